@@ -1,0 +1,62 @@
+"""The cache directory: where base images live, how it is locked and hashed."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+CACHE_ENV = "PYTEST_KVM_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$PYTEST_KVM_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-kvm``, else ``~/.cache/pytest-kvm``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "pytest-kvm"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, on_wait=None) -> Iterator[None]:
+    """An exclusive ``flock`` on *path*, held for the ``with`` block.
+
+    Parallel workers (pytest-xdist) use it to do once-per-cache work, such as
+    building an image, exactly once. *on_wait* is called once if the lock is
+    held by someone else, before blocking.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def try_lock(path: Path) -> int | None:
+    """Take an exclusive lock without waiting; return the fd holding it, or None."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,177 @@
+"""The ``pytest-kvm`` command: build and list base images, check the host, reap leftovers."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .accel import choose_accel
+from .cache import default_cache_dir
+from .errors import KvmError
+from .hypervisor import EMBED_SLOTS, Hypervisor, SYSTEM_SOCKET
+from .images import ImageStore
+from .reaper import reap_domains, reap_run_dirs
+
+
+def _progress(message: str) -> None:
+    print(f"pytest-kvm: {message}", file=sys.stderr, flush=True)
+
+
+def _store(args) -> ImageStore:
+    return ImageStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), progress=_progress)
+
+
+def cmd_image_build(args) -> int:
+    if args.mirror:
+        os.environ["PYTEST_KVM_DEBIAN_MIRROR"] = args.mirror
+    store = _store(args)
+    for name in args.names:
+        image = store.ensure_built(name, force=args.force)
+        print(f"{name}: {image.disk}")
+    return 0
+
+
+def cmd_image_list(args) -> int:
+    store = _store(args)
+    cached = {c.name: c for c in store.list_cached()}
+    print(f"cache: {store.images_dir}")
+    print(f"{'NAME':<12} {'STATE':<10} {'SIZE':>9}  {'BUILT':<20}  SHA256 (base.qcow2)")
+    for name in sorted(set(store.known_names()) | set(cached)):
+        c = cached.get(name)
+        if c is None:
+            print(f"{name:<12} {'not built':<10} {'-':>9}  {'-':<20}  -")
+        else:
+            state = "stale" if c.stale else "ready"
+            print(f"{name:<12} {state:<10} {c.size / 2**20:8.0f}M  {c.built_at:<20}  {c.sha256}")
+    return 0
+
+
+def cmd_image_rm(args) -> int:
+    store = _store(args)
+    for name in args.names:
+        print(f"{name}: {'removed' if store.remove(name) else 'not cached'}")
+    return 0
+
+
+def _hypervisors(args):
+    """Every libvirt connection leftovers can hide behind: the given URI, or the daemon's and
+    each free embedded-driver root in the cache."""
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.uri:
+        yield Hypervisor.open(args.uri, cache / "libvirt")
+        return
+    if os.geteuid() == 0 and SYSTEM_SOCKET.exists():
+        yield Hypervisor.open("qemu:///system", cache / "libvirt")
+    state = cache / "libvirt"
+    for index in range(EMBED_SLOTS):
+        if (state / f"embed-{index}").is_dir():
+            try:
+                yield Hypervisor.open_embed_slot(state, index)
+            except KvmError:  # in use by a live run: its owner cleans up
+                continue
+
+
+def cmd_reap(args) -> int:
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    removed: list[str] = []
+    for hv in _hypervisors(args):
+        try:
+            removed += reap_domains(hv, include_kept=args.kept)
+        finally:
+            hv.close()
+    removed += [str(p) for p in reap_run_dirs(cache / "runs", include_kept=args.kept)]
+    for item in removed:
+        print(f"removed {item}")
+    print(f"{len(removed)} removed")
+    return 0
+
+
+def _check(ok: bool, what: str, fix: str = "") -> bool:
+    print(f"[{'ok' if ok else 'FAIL'}] {what}" + ("" if ok or not fix else f"\n       fix: {fix}"))
+    return ok
+
+
+def cmd_doctor(args) -> int:
+    good = True
+    for tool, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils")):
+        path = shutil.which(tool)
+        version = ""
+        if path:
+            version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        good &= _check(bool(path), f"{tool}: {version or 'not found'}", f"apt install {pkg}")
+    has_libvirt = importlib.util.find_spec("libvirt") is not None
+    good &= _check(has_libvirt, "libvirt-python importable",
+                   "pip install libvirt-python (needs apt install libvirt-dev pkg-config gcc)")
+    _check(bool(shutil.which("debootstrap")), "debootstrap (to build the Debian images)",
+           "apt install debootstrap")
+    try:
+        pwd.getpwnam("libvirt-qemu")
+        has_user = True
+    except KeyError:
+        has_user = False
+    good &= _check(has_user, "user libvirt-qemu exists (libvirt's QEMU driver wants it)",
+                   "useradd --system --no-create-home libvirt-qemu")
+    accel = choose_accel("auto")
+    _check(accel.name == "kvm", f"acceleration: {accel.describe()}",
+           "guests will run under TCG (software emulation, several times slower); "
+           "for KVM enable VT-x/AMD-V and load kvm_intel or kvm_amd")
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        writable = os.access(cache, os.W_OK)
+    except OSError:
+        writable = False
+    good &= _check(writable, f"cache directory writable: {cache}", "pass --kvm-cache-dir DIR")
+    if has_libvirt:
+        try:
+            hv = Hypervisor.open(args.uri, cache / "libvirt")
+            _check(True, f"libvirt connection: {hv.uri}")
+            hv.close()
+        except KvmError as exc:
+            good &= _check(False, f"libvirt connection: {exc}", "see the message above")
+    print("all required checks passed" if good else "some required checks failed")
+    return 0 if good else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pytest-kvm", description=__doc__)
+    parser.add_argument("--cache-dir", help="cache directory (default: ~/.cache/pytest-kvm)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    image = sub.add_parser("image", help="base images").add_subparsers(dest="image_command", required=True)
+    build = image.add_parser("build", help="build base images into the cache (needs root)")
+    build.add_argument("names", nargs="+", metavar="NAME")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument("--mirror", help="Debian mirror URL (default: the recipe's)")
+    build.set_defaults(func=cmd_image_build)
+    image.add_parser("list", help="known and cached images, sizes, hashes").set_defaults(func=cmd_image_list)
+    rm = image.add_parser("rm", help="remove cached images")
+    rm.add_argument("names", nargs="+", metavar="NAME")
+    rm.set_defaults(func=cmd_image_rm)
+    doctor = sub.add_parser("doctor", help="check QEMU, libvirt and /dev/kvm; say what to fix")
+    doctor.add_argument("--uri", help="libvirt URI to try")
+    doctor.set_defaults(func=cmd_doctor)
+    reap = sub.add_parser("reap", help="remove guests and files left by dead runs")
+    reap.add_argument("--kept", action="store_true", help="also remove guests kept with --kvm-keep")
+    reap.add_argument("--uri", help="libvirt URI to sweep")
+    reap.set_defaults(func=cmd_reap)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KvmError as exc:
+        print(f"pytest-kvm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Settings: read from pytest's options and ini in one place, checked, frozen."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .accel import ACCEL_CHOICES
+from .cache import default_cache_dir
+
+DEFAULT_OS = "debian-12"
+DEFAULT_MEMORY_MIB = 512
+DEFAULT_BOOT_TIMEOUT = 60.0  # seconds under KVM
+TCG_TIMEOUT_FACTOR = 4.0  # software emulation is several times slower
+DEFAULT_COMMAND_TIMEOUT = 600.0
+KEEP_CHOICES = ("none", "failed", "all")
+
+
+class SettingsError(ValueError):
+    """An option or ini value that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    os_names: tuple[str, ...] = (DEFAULT_OS,)
+    accel: str = "auto"
+    uri: str | None = None
+    keep: str = "none"
+    local_images: dict[str, Path] = field(default_factory=dict)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    memory_mib: int = DEFAULT_MEMORY_MIB
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT
+
+    @property
+    def default_os(self) -> str:
+        return self.os_names[0]
+
+    @classmethod
+    def from_pytest_config(cls, config) -> "Settings":
+        opt = config.option
+        os_names = tuple(opt.kvm_os or ()) or tuple(config.getini("kvm_os").split()) or (DEFAULT_OS,)
+        cache_dir = opt.kvm_cache_dir or config.getini("kvm_cache_dir") or None
+        return cls.build(
+            os_names=os_names, accel=opt.kvm_accel, uri=opt.kvm_uri, keep=opt.kvm_keep,
+            images=opt.kvm_image or (), cache_dir=cache_dir,
+            boot_timeout=config.getini("kvm_boot_timeout"), memory_mib=config.getini("kvm_memory_mib"),
+            command_timeout=config.getini("kvm_command_timeout"))
+
+    @classmethod
+    def build(cls, *, os_names=(DEFAULT_OS,), accel="auto", uri=None, keep="none", images=(),
+              cache_dir=None, boot_timeout=None, memory_mib=None, command_timeout=None) -> "Settings":
+        if accel not in ACCEL_CHOICES:
+            raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
+        if keep not in KEEP_CHOICES:
+            raise SettingsError(f"--kvm-keep must be one of {', '.join(KEEP_CHOICES)}, not {keep!r}")
+        local_images = {}
+        for item in images:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise SettingsError(f"--kvm-image must be NAME=PATH, not {item!r}")
+            local_images[name] = Path(path).expanduser()
+        return cls(
+            os_names=tuple(dict.fromkeys(os_names)),
+            accel=accel, uri=uri or None, keep=keep, local_images=local_images,
+            cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
+            boot_timeout=_positive("kvm_boot_timeout", boot_timeout, DEFAULT_BOOT_TIMEOUT),
+            memory_mib=int(_positive("kvm_memory_mib", memory_mib, DEFAULT_MEMORY_MIB)),
+            command_timeout=_positive("kvm_command_timeout", command_timeout, DEFAULT_COMMAND_TIMEOUT),
+        )
+
+
+def _positive(name: str, value, default: float) -> float:
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} must be a number, not {value!r}") from None
+    if number <= 0:
+        raise SettingsError(f"{name} must be positive, not {value!r}")
+    return number

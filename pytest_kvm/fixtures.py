@@ -1,0 +1,70 @@
+"""The fixtures: ``kvm`` (session), ``guest`` and ``guest_factory`` (per test). Thin on purpose:
+the work is in :class:`~pytest_kvm.session.KvmSession`."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .guest import Guest
+from .session import KvmSession
+from .spec import guest_marker
+from .stash import GUESTS_KEY, SESSION_KEY, failed
+
+
+@pytest.fixture(scope="session")
+def kvm(pytestconfig: pytest.Config) -> KvmSession:
+    """The hypervisor session: ``kvm.boot(os=None, *, memory_mib=512, cpus=1, user_data=None,
+    image=None, boot_timeout=None)`` returns a started guest (a context manager)."""
+    return pytestconfig.stash[SESSION_KEY]
+
+
+def _finish(request: pytest.FixtureRequest, kvm: KvmSession, guest: Guest) -> None:
+    keep = kvm.settings.keep
+    if keep == "all" or (keep == "failed" and failed(request.node)):
+        kvm.keep(guest)
+    else:
+        guest.destroy()
+
+
+def _remember(request: pytest.FixtureRequest, guest: Guest) -> None:
+    request.node.stash.setdefault(GUESTS_KEY, []).append(guest)
+
+
+@pytest.fixture
+def guest(request: pytest.FixtureRequest, kvm: KvmSession) -> Iterator[Guest]:
+    """A booted guest for this test, configured by ``@pytest.mark.guest(...)``."""
+    marker = request.node.get_closest_marker("guest")
+    spec = guest_marker(*marker.args, **marker.kwargs) if marker else guest_marker()
+    os_name = spec.os or getattr(request, "param", None)
+    g = kvm.create(os_name, memory_mib=spec.memory_mib, cpus=spec.cpus,
+                   user_data=spec.user_data, image=spec.image)
+    _remember(request, g)
+    try:
+        g.start()
+        yield g
+    finally:
+        _finish(request, kvm, g)
+
+
+@pytest.fixture
+def guest_factory(request: pytest.FixtureRequest, kvm: KvmSession) -> Iterator[Any]:
+    """``guest_factory(**kwargs)`` boots a guest like ``kvm.boot``; all are destroyed after the test."""
+    made: list[Guest] = []
+
+    def factory(os: str | None = None, **kwargs: Any) -> Guest:
+        g = kvm.create(os, **kwargs)
+        made.append(g)
+        _remember(request, g)
+        return g.start()
+
+    yield factory
+    errors = []
+    for g in made:
+        try:
+            _finish(request, kvm, g)
+        except Exception as exc:  # release the others before reporting
+            errors.append(exc)
+    if errors:
+        raise errors[0]

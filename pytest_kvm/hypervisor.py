@@ -1,0 +1,220 @@
+"""The one libvirt connection: which URI, the embedded driver's set-up, error translation
+and sweeping up domains left by dead runs.
+
+This is the only module that imports ``libvirt``; every ``libvirtError`` is
+turned into a :class:`~pytest_kvm.errors.HypervisorError` here.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import try_lock
+from .domain import NAME_PREFIX, read_metadata
+from .errors import HypervisorError
+
+SYSTEM_SOCKET = Path("/run/libvirt/libvirt-sock")
+EMBED_SLOTS = 64
+
+
+class PortInUse(HypervisorError):
+    """QEMU could not bind the host forward (another program took the port)."""
+
+
+def _libvirt():
+    try:
+        import libvirt  # noqa: PLC0415 - heavy import, only when a guest is needed
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise HypervisorError("libvirt-python is not installed: pip install libvirt-python "
+                              "(needs apt install libvirt-dev pkg-config gcc)") from exc
+    return libvirt
+
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _ensure_event_loop() -> None:
+    """The embedded driver needs a libvirt event loop running in this process."""
+    global _event_loop_started  # noqa: PLW0603 - one event loop per process is libvirt's rule
+    libvirt = _libvirt()
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def loop() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=loop, name="pytest-kvm-libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+def _write_embed_config(root: Path) -> None:
+    conf = root / "etc" / "qemu.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    lines = ['security_driver = "none"', 'stdio_handler = "file"']
+    if os.geteuid() == 0:
+        lines += ['user = "root"', 'group = "root"', "dynamic_ownership = 0"]
+    conf.write_text("# written by pytest-kvm\n" + "\n".join(lines) + "\n")
+
+
+@dataclass
+class _EmbedSlot:
+    root: Path
+    lock_fd: int
+
+
+def _lock_embed_slot(state_dir: Path, index: int) -> _EmbedSlot | None:
+    root = state_dir / f"embed-{index}"
+    fd = try_lock(state_dir / f"embed-{index}.lock")
+    if fd is None:
+        return None
+    _write_embed_config(root)
+    return _EmbedSlot(root, fd)
+
+
+def _take_embed_slot(state_dir: Path) -> _EmbedSlot:
+    """One embedded-driver root per process (libvirt forbids sharing one); the capability
+    cache inside it survives, so only the first open of a slot probes QEMU (~8 s)."""
+    for index in range(EMBED_SLOTS):
+        slot = _lock_embed_slot(state_dir, index)
+        if slot is not None:
+            return slot
+    raise HypervisorError(f"all {EMBED_SLOTS} embedded libvirt roots in {state_dir} are in use")
+
+
+def default_uri(state_dir: Path) -> str | None:
+    """``qemu:///system`` when a libvirt daemon is reachable, else None (use the embedded driver)."""
+    if os.geteuid() == 0 and SYSTEM_SOCKET.exists():
+        return "qemu:///system"
+    return None
+
+
+@contextlib.contextmanager
+def translate(action: str, uri: str = "", console_tail: str = "") -> Iterator[None]:
+    """Turn ``libvirtError`` raised in the block into our own errors, by error code."""
+    libvirt = _libvirt()
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        code = exc.get_error_code()
+        message = exc.get_error_message() or str(exc)
+        if "Could not set up host forwarding rule" in message:
+            raise PortInUse(f"{action}: host port already in use: {message}") from exc
+        if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_AUTH_FAILED) or (
+                code == libvirt.VIR_ERR_SYSTEM_ERROR and "socket" in message):
+            raise HypervisorError(
+                f"{action}: libvirt is not reachable at {uri!r}: {message}. Start libvirtd "
+                "(libvirtd -d; virtlogd -d), or drop --kvm-uri to use the embedded driver "
+                "that needs no daemon.") from exc
+        raise HypervisorError(f"{action}: {message}", console_tail=console_tail) from exc
+
+
+class Hypervisor:
+    """An open libvirt connection and what this process started through it."""
+
+    def __init__(self, conn, uri: str, embed: _EmbedSlot | None = None) -> None:
+        self._conn = conn
+        self.uri = uri
+        self._embed = embed
+
+    @classmethod
+    def open(cls, uri: str | None, state_dir: Path) -> "Hypervisor":
+        """Open *uri*; without one, libvirtd's system URI if it runs, else a free embedded root."""
+        uri = uri or default_uri(state_dir)
+        return cls._open(uri, _take_embed_slot(state_dir) if uri is None else None)
+
+    @classmethod
+    def open_embed_slot(cls, state_dir: Path, index: int) -> "Hypervisor":
+        """Open embedded root number *index* if no live process holds it (for reaping)."""
+        slot = _lock_embed_slot(state_dir, index)
+        if slot is None:
+            raise HypervisorError(f"embedded libvirt root {index} is in use by a live run")
+        return cls._open(None, slot)
+
+    @classmethod
+    def _open(cls, uri: str | None, embed: _EmbedSlot | None) -> "Hypervisor":
+        libvirt = _libvirt()
+        if not shutil.which("qemu-system-x86_64"):
+            if embed is not None:
+                os.close(embed.lock_fd)
+            raise HypervisorError("qemu-system-x86_64 not found: apt install qemu-system-x86")
+        if embed is not None:
+            uri = f"qemu:///embed?root={embed.root}"
+        assert uri is not None
+        if "embed" in uri:
+            _ensure_event_loop()
+        try:
+            with translate("opening libvirt", uri):
+                conn = libvirt.open(uri)
+        except Exception:
+            if embed is not None:
+                os.close(embed.lock_fd)
+            raise
+        return cls(conn, uri, embed)
+
+    @property
+    def embed_root(self) -> Path | None:
+        return self._embed.root if self._embed else None
+
+    def qemu_log(self, name: str) -> Path | None:
+        if self._embed is None:
+            return None
+        return self._embed.root / "log" / "qemu" / f"{name}.log"
+
+    def create(self, xml: str):
+        """Start a transient domain from *xml*; returns the libvirt domain."""
+        with translate("starting the guest", self.uri):
+            return self._conn.createXML(xml, 0)
+
+    def is_running(self, dom) -> bool:
+        libvirt = _libvirt()
+        try:
+            state, _reason = dom.state()
+        except libvirt.libvirtError:
+            return False
+        return state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED,
+                         libvirt.VIR_DOMAIN_PAUSED)
+
+    def destroy(self, name: str) -> bool:
+        """Destroy domain *name* if it exists; True if it was running."""
+        libvirt = _libvirt()
+        try:
+            dom = self._conn.lookupByName(name)
+        except libvirt.libvirtError:
+            return False
+        with translate(f"destroying {name}", self.uri):
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+                    return False
+                raise
+        return True
+
+    def our_domains(self) -> dict[str, dict[str, str]]:
+        """Running domains started by pytest-kvm (any run): name -> run metadata."""
+        found = {}
+        with translate("listing domains", self.uri):
+            for dom in self._conn.listAllDomains():
+                if not dom.name().startswith(NAME_PREFIX):
+                    continue
+                meta = read_metadata(dom.XMLDesc(0))
+                if meta is not None:
+                    found[dom.name()] = meta
+        return found
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        if self._embed is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._embed.lock_fd)
+            self._embed = None

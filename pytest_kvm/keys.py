@@ -1,0 +1,52 @@
+"""SSH keys: the session's login key, each guest's host key, and known_hosts files."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_openssh: str  # PEM-like "-----BEGIN OPENSSH PRIVATE KEY-----" text
+    public_openssh: str  # "ssh-ed25519 AAAA... comment"
+
+    @classmethod
+    def generate(cls, comment: str) -> "KeyPair":
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption()).decode()
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH).decode()
+        return cls(private, f"{public} {comment}")
+
+    @property
+    def key_type(self) -> str:
+        return self.public_openssh.split()[0]
+
+    @property
+    def public_blob(self) -> str:
+        return self.public_openssh.split()[1]
+
+    def write_private(self, path: Path) -> Path:
+        """Write the private key readable by the owner only (0600), as OpenSSH wants."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.private_openssh)
+        os.chmod(path, 0o600)
+        return path
+
+
+def known_hosts_line(host: str, port: int, key: KeyPair) -> str:
+    """A known_hosts entry pinning *key* for host:port (OpenSSH's bracket form)."""
+    return f"[{host}]:{port} {key.key_type} {key.public_blob}\n"
+
+
+def write_known_hosts(path: Path, host: str, port: int, key: KeyPair) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(known_hosts_line(host, port, key))
+    return path

@@ -1,0 +1,153 @@
+"""pytest hooks: options, ini values, the marker, the header line, parametrization over
+``--kvm-os``, the outcome recorder and report sections. Fixtures live in ``fixtures.py``."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from .accel import ACCEL_CHOICES
+from .config import DEFAULT_BOOT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_MEMORY_MIB, DEFAULT_OS, \
+    KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, SettingsError
+from .errors import KvmError
+from .hypervisor import default_uri
+from .fixtures import guest, guest_factory, kvm  # noqa: F401 - registered as fixtures
+from .session import KvmSession
+from .spec import guest_marker
+from .stash import GUESTS_KEY, OUTCOME_KEY, SESSION_KEY
+
+MARKER_DOC = ("guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None): configure the "
+              "guest booted for this test by the `guest` fixture (pytest-kvm). `os` pins the test "
+              "to one OS; `user_data` is merged into the plugin's cloud-config; `image` is a local "
+              "qcow2/raw disk booted from its own bootloader.")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kvm", "pytest-kvm: boot real guest OSes under QEMU/KVM")
+    group.addoption("--kvm-os", action="append", metavar="NAME", dest="kvm_os",
+                    help=f"guest OS for the `guest` fixture (repeatable: with two or more, tests "
+                         f"using `guest` run once per OS). Default: ini kvm_os, else {DEFAULT_OS}.")
+    group.addoption("--kvm-accel", choices=ACCEL_CHOICES, default="auto", dest="kvm_accel",
+                    help="acceleration: kvm, tcg (software emulation) or auto (kvm when it really "
+                         "works, else tcg, saying why). Default: auto.")
+    group.addoption("--kvm-uri", metavar="URI", dest="kvm_uri",
+                    help="libvirt URI. Default: qemu:///system if libvirtd is running, else the "
+                         "embedded driver (qemu:///embed, no daemon needed).")
+    group.addoption("--kvm-keep", choices=KEEP_CHOICES, default="none", dest="kvm_keep",
+                    help="keep guests running after the test: none, failed (guests of failed "
+                         "tests) or all; their ssh commands are printed. Remove them with "
+                         "`pytest-kvm reap --kept`. Default: none.")
+    group.addoption("--kvm-image", action="append", metavar="NAME=PATH", dest="kvm_image",
+                    help="use the local bootable disk image PATH (qcow2 or raw) as OS NAME "
+                         "(repeatable).")
+    group.addoption("--kvm-cache-dir", metavar="DIR", dest="kvm_cache_dir",
+                    help="where base images are built and cached. Default: ini kvm_cache_dir, "
+                         "else $PYTEST_KVM_CACHE_DIR, else $XDG_CACHE_HOME/pytest-kvm "
+                         "(~/.cache/pytest-kvm).")
+    parser.addini("kvm_os", "default guest OS name(s), space separated", default="")
+    parser.addini("kvm_cache_dir", "base image cache directory", default="")
+    parser.addini("kvm_boot_timeout", f"seconds a guest may take to become ready under KVM "
+                  f"(multiplied by {TCG_TIMEOUT_FACTOR:g} under TCG); default "
+                  f"{DEFAULT_BOOT_TIMEOUT:g}", default="")
+    parser.addini("kvm_memory_mib", f"default guest memory in MiB; default {DEFAULT_MEMORY_MIB}",
+                  default="")
+    parser.addini("kvm_command_timeout", f"default timeout of guest.run() in seconds; default "
+                  f"{DEFAULT_COMMAND_TIMEOUT:g}", default="")
+
+
+def _progress(config: pytest.Config):
+    def progress(message: str) -> None:
+        capman = config.pluginmanager.getplugin("capturemanager")
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        if capman is None or reporter is None:  # xdist worker, or capture disabled
+            print(f"pytest-kvm: {message}", file=sys.stderr, flush=True)
+            return
+        with capman.global_and_fixture_disabled():
+            reporter.write_line(f"pytest-kvm: {message}")
+    return progress
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_DOC)
+    if config.option.help or getattr(config.option, "markers", False):
+        return
+    try:
+        settings = Settings.from_pytest_config(config)
+    except SettingsError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    worker = getattr(config, "workerinput", {}).get("workerid", "")
+    session = KvmSession(settings, _progress(config), worker_id=worker)
+    try:
+        session.acceleration  # noqa: B018 - cheap sysfs check; --kvm-accel kvm fails here
+        for name in settings.os_names:
+            session.images.check_name(name)
+    except KvmError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = session
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.close()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        return []
+    settings = session.settings
+    uri = (settings.uri or default_uri(settings.cache_dir / "libvirt")
+           or "qemu:///embed (embedded driver, no daemon)")
+    return [f"pytest-kvm: accel {session.acceleration.describe()}; uri {uri}; "
+            f"os {', '.join(settings.os_names)}; cache {settings.cache_dir}"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "guest" not in metafunc.fixturenames:
+        return
+    session = metafunc.config.stash.get(SESSION_KEY, None)
+    if session is None or len(session.settings.os_names) < 2:
+        return
+    marker = metafunc.definition.get_closest_marker("guest")
+    if marker is not None and marker.kwargs.get("os"):
+        return  # pinned to one OS
+    names = list(session.settings.os_names)
+    metafunc.parametrize("guest", names, indirect=True, ids=names)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    for item in items:
+        for marker in item.iter_markers("guest"):
+            try:
+                spec = guest_marker(*marker.args, **marker.kwargs)
+                if session is not None and spec.os and spec.image is None:
+                    session.images.check_name(spec.os)
+            except (TypeError, KvmError) as exc:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.guest: {exc}") from None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.when in ("setup", "call"):
+        item.stash.setdefault(OUTCOME_KEY, {})[report.when] = report.failed
+    if report.failed:
+        for g in item.stash.get(GUESTS_KEY, []):
+            report.sections.append((f"guest {g.name} ({g.os}) console, last lines", g.console_tail()))
+            if g.timeline.entries:
+                report.sections.append((f"guest {g.name} timeline", g.timeline.format()))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or not session.boots:
+        return
+    terminalreporter.write_sep("-", "pytest-kvm")
+    terminalreporter.write_line(f"guests booted: {session.boots} (accel {session.accel})")
+    for g in session.kept:
+        terminalreporter.write_line(f"kept {g.name} ({g.os}): {' '.join(g.ssh_command())}")
+    if session.kept:
+        terminalreporter.write_line("remove kept guests with: pytest-kvm reap --kept")

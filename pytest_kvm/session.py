@@ -1,0 +1,160 @@
+"""The hypervisor session behind the ``kvm`` fixture: one per pytest process.
+
+It does the heavy work once (acceleration choice, libvirt connection, the
+session's SSH key, base images) and boots guests on request. Closing it
+destroys every guest it started and removes the run's work directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .accel import Accel, choose_accel
+from .config import TCG_TIMEOUT_FACTOR, Settings
+from .domain import NAME_PREFIX
+from .guest import Guest, GuestConfig
+from .hypervisor import Hypervisor
+from .images import ImageStore
+from .keys import KeyPair
+from .reaper import KEPT_MARKER, process_start_time, reap_domains, reap_run_dirs, write_owner
+from .spec import guest_request
+
+
+class KvmSession:
+    """``kvm`` fixture object: ``kvm.boot(...)``, ``kvm.accel``, ``kvm.uri``."""
+
+    def __init__(self, settings: Settings, progress: Callable[[str], None] = lambda msg: None,
+                 worker_id: str = "") -> None:
+        self.settings = settings
+        self.progress = progress
+        self._accel: Accel | None = None
+        self._hv: Hypervisor | None = None
+        self.images = ImageStore(settings.cache_dir, settings.local_images, progress)
+        tag = f"{worker_id}-" if worker_id and worker_id != "master" else ""
+        self.run_id = f"{tag}{os.getpid()}-{secrets.token_hex(2)}"
+        self.run_dir = settings.cache_dir / "runs" / self.run_id
+        self._login_key: KeyPair | None = None
+        self._counter = 0
+        self.guests: list[Guest] = []
+        self.kept: list[Guest] = []
+        self.boots = 0
+        pid = os.getpid()
+        self._owner = {"owner_pid": str(pid), "owner_start": process_start_time(pid),
+                       "run_id": self.run_id, "run_dir": str(self.run_dir)}
+
+    # -- lazily opened pieces ---------------------------------------------------------
+    @property
+    def acceleration(self) -> Accel:
+        if self._accel is None:
+            self._accel = choose_accel(self.settings.accel)
+        return self._accel
+
+    @property
+    def accel(self) -> str:
+        """``"kvm"`` or ``"tcg"``."""
+        return self.acceleration.name
+
+    @property
+    def hypervisor(self) -> Hypervisor:
+        if self._hv is None:
+            self._hv = Hypervisor.open(self.settings.uri, self.settings.cache_dir / "libvirt")
+            leftovers = reap_domains(self._hv)
+            leftovers += [p.name for p in reap_run_dirs(self.settings.cache_dir / "runs")]
+            if leftovers:
+                self.progress(f"removed leftovers of dead runs: {', '.join(leftovers)}")
+        return self._hv
+
+    @property
+    def uri(self) -> str:
+        """The libvirt URI in use (opens the connection if needed)."""
+        return self.hypervisor.uri
+
+    def _key_file(self) -> Path:
+        key_file = self.run_dir / "id_ed25519"
+        if self._login_key is None:
+            self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_owner(self.run_dir)
+            self._login_key = KeyPair.generate(f"pytest-kvm-{self.run_id}")
+            self._login_key.write_private(key_file)
+        return key_file
+
+    def default_boot_timeout(self) -> float:
+        factor = TCG_TIMEOUT_FACTOR if self.accel == "tcg" else 1.0
+        return self.settings.boot_timeout * factor
+
+    # -- booting ----------------------------------------------------------------------
+    def boot(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int = 1,
+             user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
+             boot_timeout: float | None = None) -> Guest:
+        """Boot a guest and wait until it is ready; use it as a context manager to destroy it."""
+        return self.create(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
+                           image=image, boot_timeout=boot_timeout).start()
+
+    def create(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int = 1,
+               user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
+               boot_timeout: float | None = None) -> Guest:
+        """Like :meth:`boot` but returns the guest unstarted (call ``.start()``)."""
+        request = guest_request(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
+                                image=image, boot_timeout=boot_timeout)
+        os_name = request.os or self.settings.default_os
+        if request.image is None:
+            self.images.check_name(os_name)
+        base = self.images.resolve(os_name, request.image)
+        accel = self.acceleration
+        hv = self.hypervisor
+        key_file = self._key_file()
+        self._counter += 1
+        name = f"{NAME_PREFIX}{self.run_id}-{self._counter}"
+        config = GuestConfig(
+            name=name, os=os_name, image=base,
+            memory_mib=request.memory_mib or self.settings.memory_mib, cpus=request.cpus,
+            virt_type=accel.virt_type,
+            boot_timeout=request.boot_timeout or self.default_boot_timeout(),
+            command_timeout=self.settings.command_timeout,
+            workdir=self.run_dir / name, login_key_file=key_file, login_key=self._login_key,
+            user_data=request.user_data,
+            metadata={**self._owner, "created": str(int(time.time()))})
+        guest = Guest(hv, config)
+        self.guests.append(guest)
+        self.boots += 1
+        return guest
+
+    def keep(self, guest: Guest) -> None:
+        guest.keep()
+        (self.run_dir / guest.name / KEPT_MARKER).write_text(" ".join(guest.ssh_command()) + "\n")
+        self.kept.append(guest)
+
+    # -- teardown ---------------------------------------------------------------------
+    def close(self) -> list[BaseException]:
+        """Destroy every guest not kept, remove the run's files, close libvirt.
+        Every step runs even when one fails; the failures are returned."""
+        errors: list[BaseException] = []
+        for guest in self.guests:
+            if guest.kept:
+                continue
+            try:
+                guest.destroy()
+            except Exception as exc:
+                errors.append(exc)
+        self.guests = [g for g in self.guests if g.kept]
+        if not self.kept:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self.run_dir)
+        if self._hv is not None:
+            self._hv.close()
+            self._hv = None
+        return errors
+
+    def ensure_image(self, os_name: str) -> None:
+        """Build or verify the base image of *os_name* now (errors as ImageError)."""
+        if os_name not in self.settings.local_images:
+            self.images.check_name(os_name)
+            self.images.ensure_built(os_name)
+        else:
+            self.images.resolve(os_name)

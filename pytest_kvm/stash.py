@@ -1,0 +1,15 @@
+"""Keys under which the plugin keeps state on pytest objects, and the test outcome."""
+from __future__ import annotations
+
+import pytest
+
+from .guest import Guest
+from .session import KvmSession
+
+SESSION_KEY = pytest.StashKey[KvmSession]()
+GUESTS_KEY = pytest.StashKey[list[Guest]]()
+OUTCOME_KEY = pytest.StashKey[dict[str, bool]]()  # phase ("setup"/"call") -> failed
+
+
+def failed(item: pytest.Item) -> bool:
+    return any(item.stash.get(OUTCOME_KEY, {}).values())

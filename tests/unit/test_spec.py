@@ -1,0 +1,35 @@
+import pytest
+
+from pytest_kvm.spec import SpecError, guest_marker, guest_request
+
+
+def test_defaults():
+    req = guest_marker()
+    assert (req.os, req.memory_mib, req.cpus, req.user_data, req.image) == (None, None, 1, None, None)
+
+
+def test_unknown_keyword_names_it():
+    with pytest.raises(TypeError, match="memroy"):
+        guest_marker(memroy=512)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"memory_mib": 0}, "memory_mib"),
+    ({"memory_mib": "512"}, "memory_mib"),
+    ({"cpus": -1}, "cpus"),
+    ({"cpus": True}, "cpus"),
+    ({"user_data": "#cloud-config"}, "user_data"),
+    ({"image": 3}, "image"),
+    ({"os": ""}, "os"),
+])
+def test_bad_values_name_the_keyword(kwargs, word):
+    with pytest.raises(SpecError, match=word):
+        guest_marker(**kwargs)
+
+
+def test_boot_timeout_only_on_boot():
+    assert guest_request(boot_timeout=5).boot_timeout == 5.0
+    with pytest.raises(SpecError, match="boot_timeout"):
+        guest_request(boot_timeout=0)
+    with pytest.raises(TypeError):
+        guest_marker(boot_timeout=5)
