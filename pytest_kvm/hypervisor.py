@@ -27,11 +27,14 @@ class PortInUse(HypervisorError):
 
 
 def _libvirt():
+    # libvirt (and its embedded driver) log warnings to stderr; errors reach us as exceptions.
+    os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", "4:file:/dev/null")
     try:
         import libvirt  # noqa: PLC0415 - heavy import, only when a guest is needed
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise HypervisorError("libvirt-python is not installed: pip install libvirt-python "
                               "(needs apt install libvirt-dev pkg-config gcc)") from exc
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     return libvirt
 
 

@@ -1,0 +1,121 @@
+"""Plugin behaviour (options, markers, ids, header, errors) through pytest's own pytester.
+None of these boot a guest."""
+import pytest
+
+from pytest_kvm.accel import choose_accel
+
+KERNEL_TEST = """
+import pytest
+
+def test_a(guest):
+    pass
+
+@pytest.mark.guest(os="debian-13")
+def test_pinned(guest):
+    pass
+
+def test_plain():
+    pass
+"""
+
+
+def test_help_documents_every_option_and_ini(pytester):
+    result = pytester.runpytest("--help")
+    out = result.stdout.str()
+    for opt in ("--kvm-os", "--kvm-accel", "--kvm-uri", "--kvm-keep", "--kvm-image", "--kvm-cache-dir",
+                "kvm_os", "kvm_cache_dir", "kvm_boot_timeout", "kvm_memory_mib", "kvm_command_timeout"):
+        assert opt in out, opt
+
+
+def test_marker_is_registered(pytester):
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None)*"])
+
+
+def test_header_says_uri_and_acceleration(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest()
+    accel = choose_accel("auto")
+    result.stdout.fnmatch_lines([f"pytest-kvm: accel {accel.name}: {accel.reason}; uri *; os debian-12; cache *"])
+
+
+def test_two_os_parametrize_guest_tests_with_os_in_id(pytester):
+    pytester.makepyfile(KERNEL_TEST)
+    result = pytester.runpytest("--collect-only", "-q", "--kvm-os", "debian-12", "--kvm-os", "debian-13")
+    result.stdout.fnmatch_lines([
+        "*test_a[[]debian-12[]]", "*test_a[[]debian-13[]]", "*test_pinned", "*test_plain"])
+    assert "test_pinned[" not in result.stdout.str()
+
+
+def test_one_os_no_parametrization(pytester):
+    pytester.makepyfile(KERNEL_TEST)
+    result = pytester.runpytest("--collect-only", "-q", "--kvm-os", "debian-13")
+    result.stdout.fnmatch_lines(["*::test_a", "*::test_pinned"])
+    assert "[" not in result.stdout.str().split("test_plain")[0]
+
+
+def test_ini_kvm_os(pytester):
+    pytester.makeini("[pytest]\nkvm_os = debian-12 debian-13\n")
+    pytester.makepyfile(KERNEL_TEST)
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*test_a[[]debian-13[]]"])
+
+
+def test_unknown_os_lists_known(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--kvm-os", "plan9")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown guest OS 'plan9'; known: debian-12, debian-13*"])
+
+
+def test_local_image_registers_a_name(pytester, tmp_path):
+    pytester.makepyfile(KERNEL_TEST)
+    result = pytester.runpytest("--collect-only", "-q", "--kvm-os", "win", "--kvm-image", f"win={tmp_path}/w.qcow2")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*::test_a"])
+
+
+@pytest.mark.parametrize("marker, word", [
+    ("memroy=512", "memroy"),
+    ("memory_mib=0", "memory_mib must be between"),
+    ("cpus='2'", "cpus must be an integer"),
+    ("os='plan9'", "unknown guest OS 'plan9'"),
+])
+def test_bad_marker_is_a_usage_error_naming_it(pytester, marker, word):
+    pytester.makepyfile(f"""
+        import pytest
+        @pytest.mark.guest({marker})
+        def test_x(guest):
+            pass
+    """)
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert word in result.stderr.str()
+    assert "test_x" in result.stderr.str()
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--kvm-image", "nopath"], "--kvm-image must be NAME=PATH"),
+    (["-o", "kvm_boot_timeout=soon"], "kvm_boot_timeout must be a number"),
+    (["--kvm-keep", "sometimes"], "invalid choice"),
+])
+def test_bad_options(pytester, args, word):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert word in result.stderr.str()
+
+
+@pytest.mark.skipif(choose_accel("auto").name == "kvm", reason="KVM works on this host")
+def test_kvm_requested_without_kvm_fails_at_once(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--kvm-accel", "kvm")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kvm-accel kvm was requested but KVM cannot be used:*"])
+
+
+def test_tests_without_guests_boot_nothing(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    assert "guests booted" not in result.stdout.str()
