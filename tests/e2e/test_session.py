@@ -1,0 +1,59 @@
+"""Whole pytest runs in a subprocess: failure reports, --kvm-keep, reaping, and no leftovers."""
+import json
+import shlex
+import subprocess
+import sys
+
+CHILD = """
+import json, os, pytest
+
+@pytest.fixture(autouse=True)
+def record(request):
+    yield
+    for g in request.node.stash.get(__import__("pytest_kvm.stash", fromlist=["x"]).GUESTS_KEY, []):
+        with open(os.environ["GUEST_LOG"], "a") as fh:
+            fh.write(json.dumps({"test": request.node.name, "name": g.name}) + "\\n")
+
+def test_passes(guest):
+    assert guest.run("true").ok
+
+def test_fails(guest):
+    guest.run("echo leaving a trace > /var/tmp/trace", check=True)
+    assert guest.run("false").ok, "deliberate failure"
+"""
+
+
+def qemu_processes(name):
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if "qemu-system" in line and f"guest={name}," in line]
+
+
+def test_keep_failed_report_and_reap(pytester, monkeypatch, kvm):
+    log = pytester.path / "guests.jsonl"
+    monkeypatch.setenv("GUEST_LOG", str(log))
+    pytester.makepyfile(CHILD)
+    result = pytester.runpytest_subprocess("--kvm-os", "debian-12", "--kvm-keep", "failed",
+                                           "-p", "no:cacheprovider", timeout=1500)
+    result.assert_outcomes(passed=1, failed=1)
+    names = {entry["test"]: entry["name"] for entry in map(json.loads, log.read_text().splitlines())}
+    out = result.stdout.str()
+    # the failure report carries the guest's console tail and timeline
+    assert f"guest {names['test_fails']} (debian-12) console, last lines" in out
+    assert f"guest {names['test_fails']} timeline" in out
+    # the passing test's guest is gone; the failed one is kept and its ssh command works
+    assert qemu_processes(names["test_passes"]) == []
+    assert len(qemu_processes(names["test_fails"])) == 1
+    line = next(l for l in out.splitlines() if l.startswith(f"kept {names['test_fails']}"))
+    argv = shlex.split(line.split(": ", 1)[1])
+    done = subprocess.run(argv + ["cat /var/tmp/trace"], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "leaving a trace\n", done.stderr
+    # a plain reap leaves kept guests alone; --kept removes them
+    reap = [sys.executable, "-m", "pytest_kvm.cli", "--cache-dir", str(kvm.settings.cache_dir), "reap"]
+    subprocess.run(reap, check=True, capture_output=True, text=True, timeout=120)
+    assert len(qemu_processes(names["test_fails"])) == 1
+    removed = subprocess.run(reap + ["--kept"], check=True, capture_output=True, text=True, timeout=120)
+    assert names["test_fails"] in removed.stdout
+    assert qemu_processes(names["test_fails"]) == []
+    runs = kvm.settings.cache_dir / "runs"
+    leftovers = [p for p in runs.iterdir() if p != kvm.run_dir] if runs.exists() else []
+    assert leftovers == []
