@@ -66,6 +66,8 @@ def test_no_password_login_possible(shared_guest):
     assert shared_guest.run("sudo -n grep -c '^pytest:[!*]' /etc/shadow").stdout.strip() == "1"
     sshd = shared_guest.run("sudo -n sshd -T").stdout
     assert "passwordauthentication no" in sshd
+    assert "kbdinteractiveauthentication no" in sshd
+    assert "permitrootlogin no" in sshd
 
 
 def test_console_log(shared_guest):
