@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .accel import ACCEL_CHOICES
 from .cache import default_cache_dir
+from .clones import RESET_CHOICES
 
 DEFAULT_OS = "debian-12"
 DEFAULT_MEMORY_MIB = 512
@@ -30,6 +31,7 @@ class Settings:
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     memory_mib: int = DEFAULT_MEMORY_MIB
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    reset: str = "clone"
 
     @property
     def default_os(self) -> str:
@@ -44,15 +46,20 @@ class Settings:
             os_names=os_names, accel=opt.kvm_accel, uri=opt.kvm_uri, keep=opt.kvm_keep,
             images=opt.kvm_image or (), cache_dir=cache_dir,
             boot_timeout=config.getini("kvm_boot_timeout"), memory_mib=config.getini("kvm_memory_mib"),
-            command_timeout=config.getini("kvm_command_timeout"))
+            command_timeout=config.getini("kvm_command_timeout"),
+            reset=opt.kvm_reset or config.getini("kvm_reset") or "clone")
 
     @classmethod
     def build(cls, *, os_names=(DEFAULT_OS,), accel="auto", uri=None, keep="none", images=(),
-              cache_dir=None, boot_timeout=None, memory_mib=None, command_timeout=None) -> "Settings":
+              cache_dir=None, boot_timeout=None, memory_mib=None, command_timeout=None,
+              reset="clone") -> "Settings":
         if accel not in ACCEL_CHOICES:
             raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
         if keep not in KEEP_CHOICES:
             raise SettingsError(f"--kvm-keep must be one of {', '.join(KEEP_CHOICES)}, not {keep!r}")
+        if reset not in RESET_CHOICES:
+            raise SettingsError(f"--kvm-reset / kvm_reset must be one of {', '.join(RESET_CHOICES)}, "
+                                f"not {reset!r}")
         local_images = {}
         for item in images:
             name, sep, path = item.partition("=")
@@ -66,6 +73,7 @@ class Settings:
             boot_timeout=_positive("kvm_boot_timeout", boot_timeout, DEFAULT_BOOT_TIMEOUT),
             memory_mib=int(_positive("kvm_memory_mib", memory_mib, DEFAULT_MEMORY_MIB)),
             command_timeout=_positive("kvm_command_timeout", command_timeout, DEFAULT_COMMAND_TIMEOUT),
+            reset=reset,
         )
 
 

@@ -107,3 +107,29 @@ def read_metadata(xml: str) -> dict[str, str] | None:
     root = ET.fromstring(xml)
     run = root.find(f"./metadata/{{{META_NS}}}run")
     return dict(run.attrib) if run is not None else None
+
+
+def retarget(xml: str, *, disk: Path, console_log: Path, ssh_port: int, guest_port: int = 22) -> str:
+    """A saved domain's XML with its system disk, console file and host forward moved, for
+    restoring a clone of it (name, UUID and devices stay as saved: libvirt requires it)."""
+    root = ET.fromstring(xml)
+    for element in root.iter("disk"):
+        target = element.find("target")
+        if target is not None and target.get("dev") == "vda":
+            element.find("source").set("file", str(disk))
+            # the saved chain named the golden overlay; libvirt re-reads the new one's chain
+            for backing in element.findall("backingStore"):
+                element.remove(backing)
+    for serial in root.iter("serial"):
+        source = serial.find("source")
+        if source is not None and serial.get("type") == "file":
+            source.set("path", str(console_log))
+    for console in root.iter("console"):
+        source = console.find("source")
+        if source is not None and console.get("type") == "file":
+            source.set("path", str(console_log))
+    for arg in root.iter(f"{{{QEMU_NS}}}arg"):
+        value = arg.get("value", "")
+        if value.startswith("user,") and "hostfwd=" in value:
+            arg.set("value", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:{guest_port}")
+    return ET.tostring(root, encoding="unicode")

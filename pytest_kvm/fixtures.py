@@ -39,7 +39,7 @@ def guest(request: pytest.FixtureRequest, kvm: KvmSession) -> Iterator[Guest]:
     spec = guest_marker(*marker.args, **marker.kwargs) if marker else guest_marker()
     os_name = spec.os or getattr(request, "param", None)
     g = kvm.create(os_name, memory_mib=spec.memory_mib, cpus=spec.cpus,
-                   user_data=spec.user_data, image=spec.image)
+                   user_data=spec.user_data, image=spec.image, reset=spec.reset)
     _remember(request, g)
     try:
         g.start()

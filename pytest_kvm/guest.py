@@ -14,7 +14,8 @@ from typing import Any
 import paramiko
 
 from . import cloudinit, seed
-from .domain import DomainSpec, domain_xml
+from .clones import Golden
+from .domain import DomainSpec, domain_xml, retarget
 from .errors import CloudInitError, CommandTimeout, HostKeyMismatch, HypervisorError
 from .hypervisor import Hypervisor, PortInUse
 from .images import BaseImage
@@ -60,16 +61,19 @@ class GuestConfig:
 class Guest:
     """A running guest and its SSH handle. Leaving the ``with`` block destroys it."""
 
-    def __init__(self, hypervisor: Hypervisor, config: GuestConfig) -> None:
+    def __init__(self, hypervisor: Hypervisor, config: GuestConfig, *,
+                 golden: Golden | None = None) -> None:
         self._hv = hypervisor
         self._config = config
+        self._golden = golden
         self.name = config.name
         self.os = config.os
         self.ssh_port: int = 0
         self.timeline = Timeline()
-        self.host_key = KeyPair.generate(f"{config.name}-host")
+        self.cloned = golden is not None
+        self.host_key = golden.guest.host_key if golden else KeyPair.generate(f"{config.name}-host")
         workdir = config.workdir
-        self._overlay = workdir / "disk.qcow2"
+        self.overlay = workdir / "disk.qcow2"
         self._seed = workdir / "seed.iso"
         self._console = workdir / "console.log"
         self._known_hosts = workdir / "known_hosts"
@@ -78,14 +82,25 @@ class Guest:
         self.destroyed = False
         self.kept = False
 
+    @property
+    def config(self) -> GuestConfig:
+        return self._config
+
+    @property
+    def golden_name(self) -> str | None:
+        return self._golden.name if self._golden else None
+
     # -- start ------------------------------------------------------------------
     def start(self) -> "Guest":
         """Create the overlay and seed, start the domain and wait for SSH and cloud-init.
         On any failure everything made so far is removed before the error propagates."""
         try:
-            self._prepare()
-            self._launch()
-            self._wait_ready()
+            if self._golden is not None:
+                self._restore_clone(self._golden)
+            else:
+                self._prepare()
+                self._launch()
+                self._wait_ready()
         except BaseException:
             self.destroy()
             raise
@@ -95,7 +110,7 @@ class Guest:
         t0 = time.monotonic()
         cfg = self._config
         cfg.workdir.mkdir(mode=0o700, parents=True)
-        create_overlay(cfg.image.disk, cfg.image.format, self._overlay)
+        create_overlay(cfg.image.disk, cfg.image.format, self.overlay)
         data = cloudinit.user_data(cfg.login_key, self.host_key, cfg.user_data)
         seed.write_seed(self._seed, seed.NOCLOUD_LABEL, seed.nocloud_files(
             cloudinit.dump_cloud_config(data), cloudinit.meta_data(cfg.name, cfg.name)))
@@ -105,7 +120,7 @@ class Guest:
         cfg = self._config
         return DomainSpec(
             name=cfg.name, virt_type=cfg.virt_type, memory_mib=cfg.memory_mib, cpus=cfg.cpus,
-            disk=self._overlay, disk_format="qcow2", seed=self._seed, console_log=self._console,
+            disk=self.overlay, disk_format="qcow2", seed=self._seed, console_log=self._console,
             ssh_port=port, kernel=cfg.image.kernel, initrd=cfg.image.initrd,
             cmdline=cfg.image.cmdline, metadata=dict(cfg.metadata))
 
@@ -132,6 +147,17 @@ class Guest:
             return "stopped (its QEMU process exited)"
         return None
 
+    def _auth_attempt(self, remaining: float) -> SshClient:
+        cfg = self._config
+        client = SshClient(self.ssh_port, cfg.user, cfg.login_key_file, self._known_hosts)
+        try:
+            client.connect(timeout=min(20.0, max(remaining, 1.0)))
+        except HostKeyMismatch:
+            raise
+        except paramiko.SSHException as exc:
+            raise Retry(f"{type(exc).__name__}: {exc}") from exc
+        return client
+
     def _wait_ready(self) -> None:
         cfg = self._config
         waiter = PhaseWaiter(guest_name=self.name, timeout=cfg.boot_timeout,
@@ -144,18 +170,8 @@ class Guest:
                 raise Retry(f"no SSH banner yet (got {data[:40]!r})")
             return data
 
-        def auth(remaining: float):
-            client = SshClient(self.ssh_port, cfg.user, cfg.login_key_file, self._known_hosts)
-            try:
-                client.connect(timeout=min(20.0, max(remaining, 1.0)))
-            except HostKeyMismatch:
-                raise
-            except paramiko.SSHException as exc:
-                raise Retry(f"{type(exc).__name__}: {exc}") from exc
-            return client
-
         waiter.phase("ssh-banner", banner)
-        self._ssh = waiter.phase("ssh-auth", auth)
+        self._ssh = waiter.phase("ssh-auth", self._auth_attempt)
         def cloud_init(remaining: float):
             try:
                 return self._ssh.run(CLOUD_INIT_WAIT, timeout=max(remaining, 1.0))
@@ -168,6 +184,49 @@ class Guest:
             raise CloudInitError(f"guest {self.name}: cloud-init reported an error "
                                  "(often a bad user_data)", status=status.stdout + status.stderr)
         self.cloud_init_status = status.stdout
+
+    # -- warm clones ----------------------------------------------------------------
+    def save_as_golden(self, save_file: Path) -> Golden:
+        """Save this ready guest's memory state and freeze its disk: it becomes a golden."""
+        t0 = time.monotonic()
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+        self._hv.save(self.name, save_file)
+        self._dom = None
+        self.overlay.chmod(0o400)  # frozen: clones only read it, through their own overlays
+        golden = Golden(guest=self, save_file=save_file, xml=self._hv.saved_xml(save_file))
+        self.timeline.add("save", time.monotonic() - t0)
+        return golden
+
+    def _restore_clone(self, golden: Golden) -> None:
+        t0 = time.monotonic()
+        cfg = self._config
+        cfg.workdir.mkdir(mode=0o700, parents=True)
+        create_overlay(golden.frozen_disk, "qcow2", self.overlay)
+        self.timeline.add("prepare", time.monotonic() - t0)
+        t0 = time.monotonic()
+        for attempt in range(PORT_ATTEMPTS):
+            port = free_port()
+            xml = retarget(golden.xml, disk=self.overlay, console_log=self._console, ssh_port=port)
+            try:
+                self._dom = self._hv.restore(golden.save_file, xml, golden.name)
+            except PortInUse:
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
+                continue
+            self.ssh_port = port
+            break
+        write_known_hosts(self._known_hosts, "127.0.0.1", self.ssh_port, self.host_key)
+        self.timeline.add("restore", time.monotonic() - t0)
+        waiter = PhaseWaiter(guest_name=self.name, timeout=cfg.boot_timeout,
+                             crash_check=self._crash_check, console_tail=self.console_tail,
+                             timeline=self.timeline)
+        self._ssh = waiter.phase("ssh-auth", self._auth_attempt, interval=0.2)
+        t0 = time.monotonic()
+        # the guest's clock stopped while it was saved: set it from the host's
+        self._ssh.run(f"sudo -n date -u -s @{time.time():.3f} >/dev/null", timeout=60, check=True)
+        self.timeline.add("clock", time.monotonic() - t0)
 
     # -- use ----------------------------------------------------------------------
     def _client(self) -> SshClient:
@@ -224,10 +283,12 @@ class Guest:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self._config.workdir)
         log = self._hv.qemu_log(self.name)
-        if log is not None:
+        if log is not None and not self.cloned:  # a clone shares its golden's log
             with contextlib.suppress(FileNotFoundError):
                 log.unlink()
         self.destroyed = True
+        if self._golden is not None:
+            self._golden.in_use = False
         self.timeline.add("destroy", time.monotonic() - t0)
         if errors:
             raise errors[0]

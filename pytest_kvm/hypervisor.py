@@ -177,6 +177,23 @@ class Hypervisor:
         with translate("starting the guest", self.uri):
             return self._conn.createXML(xml, 0)
 
+    def save(self, name: str, path: Path) -> None:
+        """Save a running domain's memory state to *path*; the domain stops."""
+        with translate(f"saving {name}", self.uri):
+            self._conn.lookupByName(name).save(str(path))
+
+    def saved_xml(self, path: Path) -> str:
+        with translate(f"reading saved state {path}", self.uri):
+            return self._conn.saveImageGetXMLDesc(str(path), 0)
+
+    def restore(self, path: Path, xml: str, name: str):
+        """Start a domain from saved state *path*, with *xml* (same name and UUID) as its
+        definition; returns the running domain."""
+        libvirt = _libvirt()
+        with translate(f"restoring {name}", self.uri):
+            self._conn.restoreFlags(str(path), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            return self._conn.lookupByName(name)
+
     def is_running(self, dom) -> bool:
         libvirt = _libvirt()
         try:

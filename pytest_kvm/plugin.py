@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from .accel import ACCEL_CHOICES
+from .clones import RESET_CHOICES
 from .config import DEFAULT_BOOT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_MEMORY_MIB, DEFAULT_OS, \
     KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, SettingsError
 from .errors import KvmError
@@ -16,10 +17,11 @@ from .session import KvmSession
 from .spec import guest_marker
 from .stash import GUESTS_KEY, OUTCOME_KEY, SESSION_KEY
 
-MARKER_DOC = ("guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None): configure the "
-              "guest booted for this test by the `guest` fixture (pytest-kvm). `os` pins the test "
-              "to one OS; `user_data` is merged into the plugin's cloud-config; `image` is a local "
-              "qcow2/raw disk booted from its own bootloader.")
+MARKER_DOC = ("guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None, reset=None): "
+              "configure the guest booted for this test by the `guest` fixture (pytest-kvm). `os` "
+              "pins the test to one OS; `user_data` is merged into the plugin's cloud-config; "
+              "`image` is a local qcow2/raw disk booted from its own bootloader; `reset` is clone "
+              "(warm clone of a golden guest) or boot (cold boot).")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,6 +39,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="keep guests running after the test: none, failed (guests of failed "
                          "tests) or all; their ssh commands are printed. Remove them with "
                          "`pytest-kvm reap --kept`. Default: none.")
+    group.addoption("--kvm-reset", choices=RESET_CHOICES, default=None, dest="kvm_reset",
+                    help="how each test gets a fresh guest: clone (restore a warm clone of a golden "
+                         "guest booted once per OS and configuration: about a second) or boot "
+                         "(cold boot every time). Default: ini kvm_reset, else clone.")
     group.addoption("--kvm-image", action="append", metavar="NAME=PATH", dest="kvm_image",
                     help="use the local bootable disk image PATH (qcow2 or raw) as OS NAME "
                          "(repeatable).")
@@ -51,6 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   f"{DEFAULT_BOOT_TIMEOUT:g}", default="")
     parser.addini("kvm_memory_mib", f"default guest memory in MiB; default {DEFAULT_MEMORY_MIB}",
                   default="")
+    parser.addini("kvm_reset", "clone or boot (see --kvm-reset); default clone", default="")
     parser.addini("kvm_command_timeout", f"default timeout of guest.run() in seconds; default "
                   f"{DEFAULT_COMMAND_TIMEOUT:g}", default="")
 
@@ -100,7 +107,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     uri = (settings.uri or default_uri(settings.cache_dir / "libvirt")
            or "qemu:///embed (embedded driver, no daemon)")
     return [f"pytest-kvm: accel {session.acceleration.describe()}; uri {uri}; "
-            f"os {', '.join(settings.os_names)}; cache {settings.cache_dir}"]
+            f"os {', '.join(settings.os_names)}; reset {settings.reset}; cache {settings.cache_dir}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -146,7 +153,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if session is None or not session.boots:
         return
     terminalreporter.write_sep("-", "pytest-kvm")
-    terminalreporter.write_line(f"guests booted: {session.boots} (accel {session.accel})")
+    terminalreporter.write_line(f"guests: {session.boots} cold boots, {session.clones} warm clones "
+                                f"(accel {session.accel}, reset {session.settings.reset})")
     for g in session.kept:
         terminalreporter.write_line(f"kept {g.name} ({g.os}): {' '.join(g.ssh_command())}")
     if session.kept:

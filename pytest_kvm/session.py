@@ -11,11 +11,13 @@ import os
 import secrets
 import shutil
 import time
+from dataclasses import replace
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .accel import Accel, choose_accel
+from .clones import Golden, golden_key
 from .config import TCG_TIMEOUT_FACTOR, Settings
 from .domain import NAME_PREFIX
 from .guest import Guest, GuestConfig
@@ -43,7 +45,9 @@ class KvmSession:
         self._counter = 0
         self.guests: list[Guest] = []
         self.kept: list[Guest] = []
-        self.boots = 0
+        self.boots = 0  # cold boots, goldens included
+        self.clones = 0
+        self._goldens: dict[str, Golden] = {}
         pid = os.getpid()
         self._owner = {"owner_pid": str(pid), "owner_start": process_start_time(pid),
                        "run_id": self.run_id, "run_dir": str(self.run_dir)}
@@ -91,27 +95,44 @@ class KvmSession:
     # -- booting ----------------------------------------------------------------------
     def boot(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int = 1,
              user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
-             boot_timeout: float | None = None) -> Guest:
-        """Boot a guest and wait until it is ready; use it as a context manager to destroy it."""
+             boot_timeout: float | None = None, reset: str | None = None) -> Guest:
+        """Boot a guest and wait until it is ready; use it as a context manager to destroy it.
+        ``reset`` is ``"clone"`` (restore a warm clone of a golden guest) or ``"boot"`` (cold
+        boot); default: ``--kvm-reset``."""
         return self.create(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
-                           image=image, boot_timeout=boot_timeout).start()
+                           image=image, boot_timeout=boot_timeout, reset=reset).start()
 
     def create(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int = 1,
                user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
-               boot_timeout: float | None = None) -> Guest:
-        """Like :meth:`boot` but returns the guest unstarted (call ``.start()``)."""
+               boot_timeout: float | None = None, reset: str | None = None) -> Guest:
+        """Like :meth:`boot` but returns the guest unstarted (call ``.start()``). With
+        ``reset="clone"`` the golden guest is booted here, the first time it is needed."""
         request = guest_request(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
-                                image=image, boot_timeout=boot_timeout)
+                                image=image, boot_timeout=boot_timeout, reset=reset)
         os_name = request.os or self.settings.default_os
         if request.image is None:
             self.images.check_name(os_name)
+        config = self._config(os_name, request)
+        if (request.reset or self.settings.reset) == "clone":
+            golden = self._golden(config, request)
+            if not golden.in_use:  # one clone per golden at a time; else a cold boot
+                golden.in_use = True
+                golden.clones += 1
+                self.clones += 1
+                config = replace(golden.guest.config,
+                                 workdir=golden.guest.config.workdir / f"clone-{golden.clones}",
+                                 boot_timeout=config.boot_timeout)
+                return self._track(Guest(self.hypervisor, config, golden=golden))
+        self.boots += 1
+        return self._track(Guest(self.hypervisor, config))
+
+    def _config(self, os_name: str, request) -> GuestConfig:
         base = self.images.resolve(os_name, request.image)
         accel = self.acceleration
-        hv = self.hypervisor
         key_file = self._key_file()
         self._counter += 1
         name = f"{NAME_PREFIX}{self.run_id}-{self._counter}"
-        config = GuestConfig(
+        return GuestConfig(
             name=name, os=os_name, image=base,
             memory_mib=request.memory_mib or self.settings.memory_mib, cpus=request.cpus,
             virt_type=accel.virt_type,
@@ -120,9 +141,20 @@ class KvmSession:
             workdir=self.run_dir / name, login_key_file=key_file, login_key=self._login_key,
             user_data=request.user_data,
             metadata={**self._owner, "created": str(int(time.time()))})
-        guest = Guest(hv, config)
+
+    def _golden(self, config: GuestConfig, request) -> Golden:
+        key = golden_key(config.os, request.image, config.memory_mib, config.cpus, request.user_data)
+        if key not in self._goldens:
+            t0 = time.monotonic()
+            self.progress(f"booting golden guest {config.name} ({config.os}) for warm clones")
+            guest = Guest(self.hypervisor, config).start()
+            self.boots += 1
+            self._goldens[key] = guest.save_as_golden(config.workdir / "memory.save")
+            self.progress(f"golden {config.name} ready in {time.monotonic() - t0:.1f} s")
+        return self._goldens[key]
+
+    def _track(self, guest: Guest) -> Guest:
         self.guests.append(guest)
-        self.boots += 1
         return guest
 
     def keep(self, guest: Guest) -> None:
@@ -143,6 +175,15 @@ class KvmSession:
             except Exception as exc:
                 errors.append(exc)
         self.guests = [g for g in self.guests if g.kept]
+        needed = {g.golden_name for g in self.kept if g.cloned}
+        for golden in self._goldens.values():
+            if golden.name in needed:  # a kept clone still reads its golden's disk
+                continue
+            try:
+                golden.guest.destroy()
+            except Exception as exc:
+                errors.append(exc)
+        self._goldens = {k: g for k, g in self._goldens.items() if g.name in needed}
         if not self.kept:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(self.run_dir)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .clones import RESET_CHOICES
 from .errors import KvmError
 
 MEMORY_RANGE = (64, 1024 * 1024)
@@ -28,6 +29,7 @@ class GuestRequest:
     user_data: Mapping[str, Any] | None = None
     image: Path | None = None
     boot_timeout: float | None = None
+    reset: str | None = None
 
 
 def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
@@ -40,7 +42,7 @@ def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
 
 def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus: int = 1,
                   user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
-                  boot_timeout: float | None = None) -> GuestRequest:
+                  boot_timeout: float | None = None, reset: str | None = None) -> GuestRequest:
     """Check and normalise the arguments of ``kvm.boot`` and the ``guest`` marker."""
     if os is not None and (not isinstance(os, str) or not os):
         raise SpecError(f"os must be a non-empty string, not {os!r}")
@@ -55,13 +57,18 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
     if boot_timeout is not None and (isinstance(boot_timeout, bool)
                                      or not isinstance(boot_timeout, (int, float)) or boot_timeout <= 0):
         raise SpecError(f"boot_timeout must be a positive number of seconds, not {boot_timeout!r}")
+    if reset is not None and reset not in RESET_CHOICES:
+        raise SpecError(f"reset must be one of {', '.join(RESET_CHOICES)}, not {reset!r}")
     return GuestRequest(os=os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
                         image=Path(image) if image is not None else None,
-                        boot_timeout=float(boot_timeout) if boot_timeout is not None else None)
+                        boot_timeout=float(boot_timeout) if boot_timeout is not None else None,
+                        reset=reset)
 
 
 def guest_marker(os: str | None = None, memory_mib: int | None = None, cpus: int = 1,
                  user_data: Mapping[str, Any] | None = None,
-                 image: str | Path | None = None) -> GuestRequest:
-    """``@pytest.mark.guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None)``."""
-    return guest_request(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data, image=image)
+                 image: str | Path | None = None, reset: str | None = None) -> GuestRequest:
+    """``@pytest.mark.guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None,
+    reset=None)``."""
+    return guest_request(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data, image=image,
+                         reset=reset)

@@ -13,7 +13,7 @@ def qemu_processes(name):
 
 
 def test_boot_timeout_names_phase_and_cleans_up(kvm):
-    guest = kvm.create("debian-12", boot_timeout=5)
+    guest = kvm.create("debian-12", boot_timeout=5, reset="boot")
     t0 = time.monotonic()
     with pytest.raises(BootTimeout) as info:
         guest.start()
@@ -27,7 +27,7 @@ def test_boot_timeout_names_phase_and_cleans_up(kvm):
 
 def test_panic_fails_fast_with_console_tail(kvm):
     # 128 MiB is too little for the initramfs to unpack: the kernel panics within seconds
-    guest = kvm.create("debian-12", memory_mib=128)
+    guest = kvm.create("debian-12", memory_mib=128, reset="boot")
     t0 = time.monotonic()
     with pytest.raises(GuestCrashed) as info:
         guest.start()

@@ -12,12 +12,13 @@ def test_guest_runs_the_requested_os(guest):
     assert codename == CODENAMES[guest.os]
 
 
-@pytest.mark.guest(os="debian-12", memory_mib=640, cpus=2, user_data={
+@pytest.mark.guest(os="debian-12", memory_mib=640, cpus=2, reset="boot", user_data={
     "write_files": [{"path": "/etc/from-user-data", "content": "written\n"}],
     "runcmd": [["sh", "-c", "echo ran > /run/runcmd-marker"]],
     "users": [{"name": "alice", "lock_passwd": True}],
 })
 def test_marker_user_data_memory_cpus(guest):
+    assert not guest.cloned
     assert guest.run("cat /etc/from-user-data").stdout == "written\n"
     assert guest.run("cat /run/runcmd-marker").stdout == "ran\n"
     assert guest.run("id -un alice").stdout.strip() == "alice"
@@ -28,7 +29,8 @@ def test_marker_user_data_memory_cpus(guest):
 
 def test_guest_factory_two_isolated_guests(guest_factory, kvm):
     a = guest_factory("debian-12")
-    b = guest_factory("debian-12", memory_mib=384)
+    b = guest_factory("debian-12")  # a holds the golden: b is booted cold
+    assert a.cloned and not b.cloned
     assert a.name != b.name and a.ssh_port != b.ssh_port
     a.run("echo a > /var/tmp/mine", check=True)
     assert not b.run("test -e /var/tmp/mine").ok

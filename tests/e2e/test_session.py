@@ -32,7 +32,7 @@ def test_keep_failed_report_and_reap(pytester, monkeypatch, kvm):
     log = pytester.path / "guests.jsonl"
     monkeypatch.setenv("GUEST_LOG", str(log))
     pytester.makepyfile(CHILD)
-    result = pytester.runpytest_subprocess("--kvm-os", "debian-12", "--kvm-keep", "failed",
+    result = pytester.runpytest_subprocess("--kvm-os", "debian-12", "--kvm-keep", "failed", "--kvm-reset", "boot",
                                            "-p", "no:cacheprovider", timeout=1500)
     result.assert_outcomes(passed=1, failed=1)
     names = {entry["test"]: entry["name"] for entry in map(json.loads, log.read_text().splitlines())}

@@ -73,3 +73,19 @@ def test_serial_console_to_file():
     serial = parse(spec()).find("devices/serial")
     assert serial.get("type") == "file"
     assert serial.find("source").get("path") == "/w/console.log"
+
+
+def test_retarget_moves_disk_console_and_forward_only():
+    from pytest_kvm.domain import retarget
+    saved = domain_xml(spec())
+    moved = ET.fromstring(retarget(saved, disk=Path("/c/clone.qcow2"), console_log=Path("/c/console.log"),
+                                   ssh_port=41000))
+    original = ET.fromstring(saved)
+    disks = moved.findall("devices/disk")
+    assert disks[0].find("source").get("file") == "/c/clone.qcow2"
+    assert disks[1].find("source").get("file") == "/w/seed.iso"  # the seed stays
+    assert moved.find("devices/serial/source").get("path") == "/c/console.log"
+    args = [a.get("value") for a in moved.iter(f"{{{QEMU_NS}}}arg")]
+    assert "user,id=net0,hostfwd=tcp:127.0.0.1:41000-:22" in args
+    assert moved.findtext("name") == original.findtext("name")
+    assert moved.findtext("memory") == original.findtext("memory")

@@ -22,21 +22,21 @@ def test_plain():
 def test_help_documents_every_option_and_ini(pytester):
     result = pytester.runpytest("--help")
     out = result.stdout.str()
-    for opt in ("--kvm-os", "--kvm-accel", "--kvm-uri", "--kvm-keep", "--kvm-image", "--kvm-cache-dir",
+    for opt in ("--kvm-os", "--kvm-accel", "--kvm-uri", "--kvm-keep", "--kvm-image", "--kvm-cache-dir", "--kvm-reset", "kvm_reset",
                 "kvm_os", "kvm_cache_dir", "kvm_boot_timeout", "kvm_memory_mib", "kvm_command_timeout"):
         assert opt in out, opt
 
 
 def test_marker_is_registered(pytester):
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None)*"])
+    result.stdout.fnmatch_lines(["@pytest.mark.guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None, reset=None)*"])
 
 
 def test_header_says_uri_and_acceleration(pytester):
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest()
     accel = choose_accel("auto")
-    result.stdout.fnmatch_lines([f"pytest-kvm: accel {accel.name}: {accel.reason}; uri *; os debian-12; cache *"])
+    result.stdout.fnmatch_lines([f"pytest-kvm: accel {accel.name}: {accel.reason}; uri *; os debian-12; reset clone; cache *"])
 
 
 def test_two_os_parametrize_guest_tests_with_os_in_id(pytester):
@@ -118,4 +118,4 @@ def test_tests_without_guests_boot_nothing(pytester):
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
-    assert "guests booted" not in result.stdout.str()
+    assert "cold boots" not in result.stdout.str()
