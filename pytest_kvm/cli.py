@@ -13,7 +13,7 @@ from pathlib import Path
 from .accel import choose_accel
 from .cache import default_cache_dir
 from .errors import KvmError
-from .hypervisor import EMBED_SLOTS, Hypervisor, SYSTEM_SOCKET
+from .hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
 from .images import ImageStore
 from .reaper import reap_domains, reap_run_dirs
 
@@ -61,17 +61,16 @@ def cmd_image_rm(args) -> int:
 def _hypervisors(args):
     """Every libvirt connection leftovers can hide behind: the given URI, or the daemon's and
     each free embedded-driver root in the cache."""
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     if args.uri:
-        yield Hypervisor.open(args.uri, cache / "libvirt")
+        yield Hypervisor.open(args.uri)
         return
     if os.geteuid() == 0 and SYSTEM_SOCKET.exists():
-        yield Hypervisor.open("qemu:///system", cache / "libvirt")
-    state = cache / "libvirt"
+        yield Hypervisor.open("qemu:///system")
+    state = libvirt_state_dir()
     for index in range(EMBED_SLOTS):
         if (state / f"embed-{index}").is_dir():
             try:
-                yield Hypervisor.open_embed_slot(state, index)
+                yield Hypervisor.open_embed_slot(index)
             except KvmError:  # in use by a live run: its owner cleans up
                 continue
 
@@ -129,7 +128,7 @@ def cmd_doctor(args) -> int:
     good &= _check(writable, f"cache directory writable: {cache}", "pass --kvm-cache-dir DIR")
     if has_libvirt:
         try:
-            hv = Hypervisor.open(args.uri, cache / "libvirt")
+            hv = Hypervisor.open(args.uri)
             _check(True, f"libvirt connection: {hv.uri}")
             hv.close()
         except KvmError as exc:

@@ -245,11 +245,13 @@ class Guest:
         self._client().sftp().get(remote_path, os.fspath(local_path))
 
     def console_log(self) -> str:
-        """Everything the guest wrote on its serial console so far."""
+        """Everything the guest wrote on its serial console so far (for a clone: its
+        golden's boot, then what the clone wrote after the restore)."""
+        before = self._golden.guest.console_log() if self._golden else ""
         try:
-            return self._console.read_bytes().decode("utf-8", errors="replace")
+            return before + self._console.read_bytes().decode("utf-8", errors="replace")
         except OSError:
-            return ""
+            return before
 
     def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
         return "\n".join(self.console_log().replace("\r", "").splitlines()[-lines:])

@@ -72,6 +72,7 @@ def _write_embed_config(root: Path) -> None:
 class _EmbedSlot:
     root: Path
     lock_fd: int
+    index: int
 
 
 def _lock_embed_slot(state_dir: Path, index: int) -> _EmbedSlot | None:
@@ -80,7 +81,7 @@ def _lock_embed_slot(state_dir: Path, index: int) -> _EmbedSlot | None:
     if fd is None:
         return None
     _write_embed_config(root)
-    return _EmbedSlot(root, fd)
+    return _EmbedSlot(root, fd, index)
 
 
 def _take_embed_slot(state_dir: Path) -> _EmbedSlot:
@@ -93,7 +94,19 @@ def _take_embed_slot(state_dir: Path) -> _EmbedSlot:
     raise HypervisorError(f"all {EMBED_SLOTS} embedded libvirt roots in {state_dir} are in use")
 
 
-def default_uri(state_dir: Path) -> str | None:
+def libvirt_state_dir() -> Path:
+    """Where the embedded driver's roots live. Not under the cache directory: QEMU's UNIX
+    sockets go inside the root and their paths may not exceed 107 bytes, so this must be
+    short: ``$XDG_RUNTIME_DIR/pytest-kvm``, else ``/tmp/pytest-kvm-UID``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(runtime) / "pytest-kvm" if runtime else Path(f"/tmp/pytest-kvm-{os.getuid()}")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid != os.getuid():
+        raise HypervisorError(f"{path} belongs to another user; set XDG_RUNTIME_DIR to a directory of yours")
+    return path
+
+
+def default_uri() -> str | None:
     """``qemu:///system`` when a libvirt daemon is reachable, else None (use the embedded driver)."""
     if os.geteuid() == 0 and SYSTEM_SOCKET.exists():
         return "qemu:///system"
@@ -129,15 +142,16 @@ class Hypervisor:
         self._embed = embed
 
     @classmethod
-    def open(cls, uri: str | None, state_dir: Path) -> "Hypervisor":
+    def open(cls, uri: str | None, state_dir: Path | None = None) -> "Hypervisor":
         """Open *uri*; without one, libvirtd's system URI if it runs, else a free embedded root."""
-        uri = uri or default_uri(state_dir)
+        uri = uri or default_uri()
+        state_dir = state_dir or libvirt_state_dir()
         return cls._open(uri, _take_embed_slot(state_dir) if uri is None else None)
 
     @classmethod
-    def open_embed_slot(cls, state_dir: Path, index: int) -> "Hypervisor":
+    def open_embed_slot(cls, index: int, state_dir: Path | None = None) -> "Hypervisor":
         """Open embedded root number *index* if no live process holds it (for reaping)."""
-        slot = _lock_embed_slot(state_dir, index)
+        slot = _lock_embed_slot(state_dir or libvirt_state_dir(), index)
         if slot is None:
             raise HypervisorError(f"embedded libvirt root {index} is in use by a live run")
         return cls._open(None, slot)
@@ -166,6 +180,10 @@ class Hypervisor:
     @property
     def embed_root(self) -> Path | None:
         return self._embed.root if self._embed else None
+
+    @property
+    def embed_index(self) -> int | None:
+        return self._embed.index if self._embed else None
 
     def qemu_log(self, name: str) -> Path | None:
         if self._embed is None:

@@ -104,7 +104,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if session is None:
         return []
     settings = session.settings
-    uri = (settings.uri or default_uri(settings.cache_dir / "libvirt")
+    uri = (settings.uri or default_uri()
            or "qemu:///embed (embedded driver, no daemon)")
     return [f"pytest-kvm: accel {session.acceleration.describe()}; uri {uri}; "
             f"os {', '.join(settings.os_names)}; reset {settings.reset}; cache {settings.cache_dir}"]

@@ -64,7 +64,7 @@ def reap_run_dirs(runs_dir: Path, *, include_kept: bool = False) -> list[Path]:
     removed = []
     if not runs_dir.is_dir():
         return removed
-    for run_dir in sorted(runs_dir.iterdir()):
+    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         owner = run_dir / "owner"
         with contextlib.suppress(OSError):
             pid, start = owner.read_text().split()

@@ -26,6 +26,7 @@ from .images import ImageStore
 from .keys import KeyPair
 from .reaper import KEPT_MARKER, process_start_time, reap_domains, reap_run_dirs, write_owner
 from .spec import guest_request
+from .watchdog import Watchdog
 
 
 class KvmSession:
@@ -37,6 +38,7 @@ class KvmSession:
         self.progress = progress
         self._accel: Accel | None = None
         self._hv: Hypervisor | None = None
+        self._watchdog: Watchdog | None = None
         self.images = ImageStore(settings.cache_dir, settings.local_images, progress)
         tag = f"{worker_id}-" if worker_id and worker_id != "master" else ""
         self.run_id = f"{tag}{os.getpid()}-{secrets.token_hex(2)}"
@@ -67,7 +69,8 @@ class KvmSession:
     @property
     def hypervisor(self) -> Hypervisor:
         if self._hv is None:
-            self._hv = Hypervisor.open(self.settings.uri, self.settings.cache_dir / "libvirt")
+            self._hv = Hypervisor.open(self.settings.uri)
+            self._watchdog = Watchdog(self.run_dir, self.settings.uri, self._hv.embed_index)
             leftovers = reap_domains(self._hv)
             leftovers += [p.name for p in reap_run_dirs(self.settings.cache_dir / "runs")]
             if leftovers:
@@ -190,12 +193,7 @@ class KvmSession:
         if self._hv is not None:
             self._hv.close()
             self._hv = None
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         return errors
-
-    def ensure_image(self, os_name: str) -> None:
-        """Build or verify the base image of *os_name* now (errors as ImageError)."""
-        if os_name not in self.settings.local_images:
-            self.images.check_name(os_name)
-            self.images.ensure_built(os_name)
-        else:
-            self.images.resolve(os_name)

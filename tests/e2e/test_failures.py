@@ -56,3 +56,13 @@ def test_bad_arguments(kvm):
         kvm.boot(cpus=-1)
     with pytest.raises(TypeError, match="colour"):
         kvm.boot(colour="red")
+
+
+def test_user_data_that_breaks_cloud_init_is_reported(kvm):
+    from pytest_kvm import CloudInitError
+    guest = kvm.create("debian-12", reset="boot", user_data={"bootcmd": [["sh", "-c", "exit 3"]]})
+    with pytest.raises(CloudInitError) as info:
+        guest.start()
+    assert "cloud-init reported an error" in str(info.value)
+    assert "error" in info.value.status
+    assert guest.destroyed and qemu_processes(guest.name) == []

@@ -1,0 +1,69 @@
+"""A pytest run killed with SIGKILL leaves nothing behind: its watchdog reaps the guests."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+CHILD = """
+import os, time
+
+def test_hang(guest):
+    with open(os.environ["GUEST_NAME_FILE"], "w") as fh:
+        fh.write(guest.name)
+    time.sleep(600)
+"""
+
+
+def qemu_processes(name):
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if "qemu-system" in line and f"guest={name}," in line]
+
+
+def start_child_with_guest(pytester):
+    """A pytest run whose test has a running guest; returns (process, guest name)."""
+    name_file = pytester.path / "name"
+    pytester.makepyfile(CHILD)
+    env = {**os.environ, "GUEST_NAME_FILE": str(name_file)}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kvm-reset", "boot",
+                             str(pytester.path)], env=env, cwd=pytester.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 900
+    while not name_file.exists() or not name_file.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the child pytest did not bring a guest up:\n{proc.communicate()[0]}")
+        time.sleep(1)
+    name = name_file.read_text()
+    assert len(qemu_processes(name)) == 1
+    return proc, name
+
+
+def run_dir_of(kvm, name):
+    return kvm.settings.cache_dir / "runs" / name.removeprefix("pytest-kvm-").rsplit("-", 1)[0]
+
+
+def test_sigint_during_a_test_cleans_up(pytester, kvm):
+    proc, name = start_child_with_guest(pytester)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, out  # pytest's "interrupted"
+    assert "KeyboardInterrupt" in out
+    assert qemu_processes(name) == []
+    assert not run_dir_of(kvm, name).exists()
+
+
+def test_sigkill_of_pytest_leaves_no_guest(pytester, kvm):
+    proc, name = start_child_with_guest(pytester)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    killed = time.monotonic()
+    while qemu_processes(name) and time.monotonic() - killed < 30:
+        time.sleep(0.5)
+    gone_after = time.monotonic() - killed
+    assert qemu_processes(name) == [], "the guest outlived its killed owner by 30 s"
+    assert gone_after < 15
+    run_dir = run_dir_of(kvm, name)
+    while run_dir.exists() and time.monotonic() - killed < 30:
+        time.sleep(0.5)
+    assert not run_dir.exists()
