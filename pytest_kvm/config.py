@@ -7,10 +7,13 @@ from pathlib import Path
 from .accel import ACCEL_CHOICES
 from .cache import default_cache_dir
 from .clones import RESET_CHOICES
+from .waiting import Limit
 
 DEFAULT_OS = "debian-12"
 DEFAULT_MEMORY_MIB = 512
-DEFAULT_BOOT_TIMEOUT = 60.0  # seconds under KVM
+DEFAULT_BOOT_TIMEOUT = 60.0  # seconds under KVM: start -> SSH banner
+DEFAULT_SSH_TIMEOUT = 30.0  # SSH banner (or a clone's restore) -> authenticated
+DEFAULT_CLOUD_INIT_TIMEOUT = 60.0  # authenticated -> cloud-init done
 TCG_TIMEOUT_FACTOR = 4.0  # software emulation is several times slower
 DEFAULT_COMMAND_TIMEOUT = 600.0
 KEEP_CHOICES = ("none", "failed", "all")
@@ -29,6 +32,8 @@ class Settings:
     local_images: dict[str, Path] = field(default_factory=dict)
     cache_dir: Path = field(default_factory=default_cache_dir)
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    ssh_timeout: float = DEFAULT_SSH_TIMEOUT
+    cloud_init_timeout: float = DEFAULT_CLOUD_INIT_TIMEOUT
     memory_mib: int = DEFAULT_MEMORY_MIB
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
     reset: str = "clone"
@@ -36,6 +41,21 @@ class Settings:
     @property
     def default_os(self) -> str:
         return self.os_names[0]
+
+    def limits(self, accel: str, boot_timeout: float | None = None) -> dict[str, "Limit"]:
+        """Each boot phase's time limit, scaled under TCG, saying where it came from."""
+        factor = TCG_TIMEOUT_FACTOR if accel == "tcg" else 1.0
+        scaled = f" x{factor:g} under TCG" if factor != 1 else ""
+
+        def limit(ini: str, value: float) -> Limit:
+            return Limit(value * factor, f"{ini} = {value:g} s{scaled}")
+
+        return {
+            "boot": (Limit(boot_timeout, f"boot_timeout={boot_timeout:g} given to kvm.boot")
+                     if boot_timeout else limit("kvm_boot_timeout", self.boot_timeout)),
+            "ssh": limit("kvm_ssh_timeout", self.ssh_timeout),
+            "cloud-init": limit("kvm_cloud_init_timeout", self.cloud_init_timeout),
+        }
 
     @classmethod
     def from_pytest_config(cls, config) -> "Settings":
@@ -45,13 +65,16 @@ class Settings:
         return cls.build(
             os_names=os_names, accel=opt.kvm_accel, uri=opt.kvm_uri, keep=opt.kvm_keep,
             images=opt.kvm_image or (), cache_dir=cache_dir,
-            boot_timeout=config.getini("kvm_boot_timeout"), memory_mib=config.getini("kvm_memory_mib"),
+            boot_timeout=config.getini("kvm_boot_timeout"), ssh_timeout=config.getini("kvm_ssh_timeout"),
+            cloud_init_timeout=config.getini("kvm_cloud_init_timeout"),
+            memory_mib=config.getini("kvm_memory_mib"),
             command_timeout=config.getini("kvm_command_timeout"),
             reset=opt.kvm_reset or config.getini("kvm_reset") or "clone")
 
     @classmethod
     def build(cls, *, os_names=(DEFAULT_OS,), accel="auto", uri=None, keep="none", images=(),
-              cache_dir=None, boot_timeout=None, memory_mib=None, command_timeout=None,
+              cache_dir=None, boot_timeout=None, ssh_timeout=None, cloud_init_timeout=None,
+              memory_mib=None, command_timeout=None,
               reset="clone") -> "Settings":
         if accel not in ACCEL_CHOICES:
             raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
@@ -71,6 +94,9 @@ class Settings:
             accel=accel, uri=uri or None, keep=keep, local_images=local_images,
             cache_dir=Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
             boot_timeout=_positive("kvm_boot_timeout", boot_timeout, DEFAULT_BOOT_TIMEOUT),
+            ssh_timeout=_positive("kvm_ssh_timeout", ssh_timeout, DEFAULT_SSH_TIMEOUT),
+            cloud_init_timeout=_positive("kvm_cloud_init_timeout", cloud_init_timeout,
+                                         DEFAULT_CLOUD_INIT_TIMEOUT),
             memory_mib=int(_positive("kvm_memory_mib", memory_mib, DEFAULT_MEMORY_MIB)),
             command_timeout=_positive("kvm_command_timeout", command_timeout, DEFAULT_COMMAND_TIMEOUT),
             reset=reset,

@@ -22,9 +22,11 @@ from .images import BaseImage
 from .keys import KeyPair, write_known_hosts
 from .ssh import CommandResult, SshClient, read_banner
 from .storage import create_overlay
-from .waiting import PhaseWaiter, Retry, Timeline, find_panic
+from .waiting import Limit, PhaseWaiter, Retry, Timeline, find_panic
 
 PORT_ATTEMPTS = 8
+KERNEL_BANNER = "Linux version "
+REBOOT_LOOP = 3  # kernel banners seen while waiting: one reboot may be the user's, two are a loop
 CONSOLE_TAIL_LINES = 40
 # exit 127 when the image has no cloud-init; else cloud-init's own status code
 CLOUD_INIT_WAIT = ("command -v cloud-init >/dev/null 2>&1 || exit 127; "
@@ -48,7 +50,7 @@ class GuestConfig:
     memory_mib: int
     cpus: int
     virt_type: str
-    boot_timeout: float
+    limits: Mapping[str, Limit]  # "boot", "ssh", "cloud-init"
     command_timeout: float
     workdir: Path
     login_key_file: Path
@@ -140,9 +142,16 @@ class Guest:
         self.timeline.add("domain-start", time.monotonic() - t0)
 
     def _crash_check(self) -> str | None:
-        panic = find_panic(self.console_log())
+        try:
+            console = self._console.read_bytes().decode("utf-8", errors="replace")
+        except OSError:
+            console = ""
+        panic = find_panic(console)
         if panic:
             return panic
+        boots = console.count(KERNEL_BANNER)
+        if boots >= REBOOT_LOOP:
+            return f"rebooted {boots - 1} times (a reboot loop)"
         if self._dom is not None and not self._hv.is_running(self._dom):
             return "stopped (its QEMU process exited)"
         return None
@@ -160,9 +169,8 @@ class Guest:
 
     def _wait_ready(self) -> None:
         cfg = self._config
-        waiter = PhaseWaiter(guest_name=self.name, timeout=cfg.boot_timeout,
-                             crash_check=self._crash_check, console_tail=self.console_tail,
-                             timeline=self.timeline)
+        waiter = PhaseWaiter(guest_name=self.name, crash_check=self._crash_check,
+                             console_tail=self.console_tail, timeline=self.timeline)
 
         def banner(remaining: float):
             data = read_banner(self.ssh_port, timeout=min(3.0, remaining))
@@ -170,15 +178,15 @@ class Guest:
                 raise Retry(f"no SSH banner yet (got {data[:40]!r})")
             return data
 
-        waiter.phase("ssh-banner", banner)
-        self._ssh = waiter.phase("ssh-auth", self._auth_attempt)
+        waiter.phase("ssh-banner", banner, cfg.limits["boot"])
+        self._ssh = waiter.phase("ssh-auth", self._auth_attempt, cfg.limits["ssh"])
         def cloud_init(remaining: float):
             try:
                 return self._ssh.run(CLOUD_INIT_WAIT, timeout=max(remaining, 1.0))
             except CommandTimeout as exc:
                 raise Retry("cloud-init status --wait still running") from exc
 
-        status = waiter.phase("cloud-init", cloud_init)
+        status = waiter.phase("cloud-init", cloud_init, cfg.limits["cloud-init"])
         # 0: done; 2: done with recoverable errors (deprecations); 127: no cloud-init
         if status.exit_code not in (0, 2, 127):
             raise CloudInitError(f"guest {self.name}: cloud-init reported an error "
@@ -219,10 +227,9 @@ class Guest:
             break
         write_known_hosts(self._known_hosts, "127.0.0.1", self.ssh_port, self.host_key)
         self.timeline.add("restore", time.monotonic() - t0)
-        waiter = PhaseWaiter(guest_name=self.name, timeout=cfg.boot_timeout,
-                             crash_check=self._crash_check, console_tail=self.console_tail,
-                             timeline=self.timeline)
-        self._ssh = waiter.phase("ssh-auth", self._auth_attempt, interval=0.2)
+        waiter = PhaseWaiter(guest_name=self.name, crash_check=self._crash_check,
+                             console_tail=self.console_tail, timeline=self.timeline)
+        self._ssh = waiter.phase("ssh-auth", self._auth_attempt, cfg.limits["ssh"], interval=0.2)
         t0 = time.monotonic()
         # the guest's clock stopped while it was saved: set it from the host's
         self._ssh.run(f"sudo -n date -u -s @{time.time():.3f} >/dev/null", timeout=60, check=True)

@@ -8,8 +8,9 @@ import pytest
 
 from .accel import ACCEL_CHOICES
 from .clones import RESET_CHOICES
-from .config import DEFAULT_BOOT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_MEMORY_MIB, DEFAULT_OS, \
-    KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, SettingsError
+from .config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
+    DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
+    SettingsError
 from .errors import KvmError
 from .hypervisor import default_uri
 from .fixtures import guest, guest_factory, kvm  # noqa: F401 - registered as fixtures
@@ -52,9 +53,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(~/.cache/pytest-kvm).")
     parser.addini("kvm_os", "default guest OS name(s), space separated", default="")
     parser.addini("kvm_cache_dir", "base image cache directory", default="")
-    parser.addini("kvm_boot_timeout", f"seconds a guest may take to become ready under KVM "
-                  f"(multiplied by {TCG_TIMEOUT_FACTOR:g} under TCG); default "
-                  f"{DEFAULT_BOOT_TIMEOUT:g}", default="")
+    scaled = f"(multiplied by {TCG_TIMEOUT_FACTOR:g} under TCG)"
+    parser.addini("kvm_boot_timeout", f"seconds from start to the guest's SSH banner {scaled}; "
+                  f"default {DEFAULT_BOOT_TIMEOUT:g}", default="")
+    parser.addini("kvm_ssh_timeout", f"seconds from the SSH banner (or a clone's restore) to "
+                  f"logged in {scaled}; default {DEFAULT_SSH_TIMEOUT:g}", default="")
+    parser.addini("kvm_cloud_init_timeout", f"seconds from logged in to cloud-init done {scaled}; "
+                  f"default {DEFAULT_CLOUD_INIT_TIMEOUT:g}", default="")
     parser.addini("kvm_memory_mib", f"default guest memory in MiB; default {DEFAULT_MEMORY_MIB}",
                   default="")
     parser.addini("kvm_reset", "clone or boot (see --kvm-reset); default clone", default="")

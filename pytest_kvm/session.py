@@ -18,7 +18,7 @@ from typing import Any
 
 from .accel import Accel, choose_accel
 from .clones import Golden, golden_key
-from .config import TCG_TIMEOUT_FACTOR, Settings
+from .config import Settings
 from .domain import NAME_PREFIX
 from .guest import Guest, GuestConfig
 from .hypervisor import Hypervisor
@@ -91,10 +91,6 @@ class KvmSession:
             self._login_key.write_private(key_file)
         return key_file
 
-    def default_boot_timeout(self) -> float:
-        factor = TCG_TIMEOUT_FACTOR if self.accel == "tcg" else 1.0
-        return self.settings.boot_timeout * factor
-
     # -- booting ----------------------------------------------------------------------
     def boot(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int = 1,
              user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
@@ -124,7 +120,7 @@ class KvmSession:
                 self.clones += 1
                 config = replace(golden.guest.config,
                                  workdir=golden.guest.config.workdir / f"clone-{golden.clones}",
-                                 boot_timeout=config.boot_timeout)
+                                 limits=config.limits)
                 return self._track(Guest(self.hypervisor, config, golden=golden))
         self.boots += 1
         return self._track(Guest(self.hypervisor, config))
@@ -139,7 +135,7 @@ class KvmSession:
             name=name, os=os_name, image=base,
             memory_mib=request.memory_mib or self.settings.memory_mib, cpus=request.cpus,
             virt_type=accel.virt_type,
-            boot_timeout=request.boot_timeout or self.default_boot_timeout(),
+            limits=self.settings.limits(accel.name, request.boot_timeout),
             command_timeout=self.settings.command_timeout,
             workdir=self.run_dir / name, login_key_file=key_file, login_key=self._login_key,
             user_data=request.user_data,

@@ -29,43 +29,48 @@ class Timeline:
         return "\n".join(f"{phase:<14} {seconds:8.2f} s" for phase, seconds in self.entries)
 
 
+@dataclass(frozen=True)
+class Limit:
+    """A phase's time limit and where it came from (said in the error)."""
+
+    seconds: float
+    source: str
+
+
 class Retry(Exception):
     """Raised by an attempt that saw something worth reporting and wants another try."""
 
 
 class PhaseWaiter:
-    """Runs boot phases one after the other under one overall deadline.
+    """Runs boot phases one after the other, each under its own time limit.
 
     Before every attempt it asks *crash_check* whether the guest is still alive
-    (a panic or a dead domain fails at once, not at the timeout).
+    (a panic, a reboot loop or a dead domain fails at once, not at the timeout).
     """
 
-    def __init__(self, *, guest_name: str, timeout: float, crash_check: Callable[[], str | None],
+    def __init__(self, *, guest_name: str, crash_check: Callable[[], str | None],
                  console_tail: Callable[[], str], timeline: Timeline) -> None:
         self.guest_name = guest_name
-        self.timeout = timeout
         self.crash_check = crash_check
         self.console_tail = console_tail
         self.timeline = timeline
         self.started = time.monotonic()
 
-    def remaining(self) -> float:
-        return self.timeout - (time.monotonic() - self.started)
-
-    def phase(self, name: str, attempt: Callable[[float], T | None], *, interval: float = 0.5) -> T:
+    def phase(self, name: str, attempt: Callable[[float], T | None], limit: Limit, *,
+              interval: float = 0.5) -> T:
         """Call ``attempt(remaining_seconds)`` until it returns non-None; expected failures
         are raised as :class:`Retry` (or OSError/EOFError) and remembered as "last seen"."""
         phase_start = time.monotonic()
         last_seen = "nothing yet"
         while True:
             problem = self.crash_check()
+            elapsed = time.monotonic() - self.started
             if problem:
-                elapsed = time.monotonic() - self.started
                 raise GuestCrashed(
                     f"guest {self.guest_name} {problem} during phase {name!r} "
-                    f"after {elapsed:.1f} s", phase=name, elapsed=elapsed, timeout=self.timeout,
+                    f"after {elapsed:.1f} s", phase=name, elapsed=elapsed, timeout=limit.seconds,
                     console_tail=self.console_tail())
-            remaining = self.remaining()
+            remaining = limit.seconds - (time.monotonic() - phase_start)
             if remaining <= 0:
                 break
             try:
@@ -76,13 +81,13 @@ class PhaseWaiter:
             if value is not None:
                 self.timeline.add(name, time.monotonic() - phase_start)
                 return value
-            time.sleep(min(interval, max(0.0, self.remaining())))
+            time.sleep(max(0.0, min(interval, limit.seconds - (time.monotonic() - phase_start))))
         elapsed = time.monotonic() - self.started
         raise BootTimeout(
-            f"guest {self.guest_name}: phase {name!r} did not finish within the boot timeout of "
-            f"{self.timeout:g} s (elapsed {elapsed:.1f} s; last seen: {last_seen}). Raise it with "
-            "the kvm_boot_timeout ini option or kvm.boot(boot_timeout=S).",
-            phase=name, elapsed=elapsed, timeout=self.timeout, console_tail=self.console_tail())
+            f"guest {self.guest_name}: phase {name!r} did not finish within {limit.seconds:g} s "
+            f"({limit.source}; {elapsed:.1f} s since the guest started; last seen: {last_seen}). "
+            "Raise the limit with that ini option, or kvm.boot(boot_timeout=S) for the boot phase.",
+            phase=name, elapsed=elapsed, timeout=limit.seconds, console_tail=self.console_tail())
 
 
 def find_panic(console: str) -> str | None:

@@ -126,7 +126,7 @@ def main() -> int:
     results: dict[str, object] = {"os": args.os, "accel": session.acceleration.describe()}
     bare, cold_auth, cold_ready, clone_cmd, teardown = [], [], [], [], []
     try:
-        timeout = session.default_boot_timeout()
+        timeout = session.settings.limits(session.accel)["boot"].seconds
         for i in range(args.runs):
             bare.append(bare_qemu(session, args.os, args.memory, timeout))
             log(f"run {i + 1}: bare QEMU to SSH auth {bare[-1]:.1f} s")

@@ -31,3 +31,13 @@ def test_images_and_duplicates():
 def test_bad_values(kwargs, word):
     with pytest.raises(SettingsError, match=word):
         Settings.build(**kwargs)
+
+
+def test_limits_scaled_under_tcg_and_say_where_from():
+    s = Settings.build(boot_timeout="10", ssh_timeout="5", cloud_init_timeout="20")
+    tcg = s.limits("tcg")
+    assert tcg["boot"].seconds == 10 * TCG_TIMEOUT_FACTOR
+    assert tcg["boot"].source == f"kvm_boot_timeout = 10 s x{TCG_TIMEOUT_FACTOR:g} under TCG"
+    assert s.limits("kvm")["ssh"].seconds == 5 and s.limits("kvm")["cloud-init"].source == "kvm_cloud_init_timeout = 20 s"
+    explicit = s.limits("tcg", boot_timeout=7)["boot"]
+    assert explicit.seconds == 7 and "given to kvm.boot" in explicit.source

@@ -23,7 +23,7 @@ def test_help_documents_every_option_and_ini(pytester):
     result = pytester.runpytest("--help")
     out = result.stdout.str()
     for opt in ("--kvm-os", "--kvm-accel", "--kvm-uri", "--kvm-keep", "--kvm-image", "--kvm-cache-dir", "--kvm-reset", "kvm_reset",
-                "kvm_os", "kvm_cache_dir", "kvm_boot_timeout", "kvm_memory_mib", "kvm_command_timeout"):
+                "kvm_os", "kvm_cache_dir", "kvm_boot_timeout", "kvm_ssh_timeout", "kvm_cloud_init_timeout", "kvm_memory_mib", "kvm_command_timeout"):
         assert opt in out, opt
 
 
