@@ -1,7 +1,7 @@
 """pytest-kvm: boot real guest operating systems under QEMU/KVM for your tests."""
 from .errors import (BootTimeout, CloudInitError, CommandError, CommandFailed, CommandTimeout,
                      GuestCrashed, HostKeyMismatch, HypervisorError, ImageError,
-                     InfrastructureError, KvmError, SeedError)
+                     InfrastructureError, KvmError, SeedError, StorageError)
 from .guest import Guest
 from .session import KvmSession
 from .spec import SpecError
@@ -12,5 +12,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BootTimeout", "CloudInitError", "CommandError", "CommandFailed", "CommandResult",
     "CommandTimeout", "Guest", "GuestCrashed", "HostKeyMismatch", "HypervisorError", "ImageError",
-    "InfrastructureError", "KvmError", "KvmSession", "SeedError", "SpecError",
+    "InfrastructureError", "KvmError", "KvmSession", "SeedError", "SpecError", "StorageError",
 ]

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import StorageError
 
 CACHE_ENV = "PYTEST_KVM_CACHE_DIR"
 
@@ -60,3 +63,22 @@ def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def writable(path: Path, what: str) -> Iterator[None]:
+    """Turn "read-only" and "disk full" errors met while writing under *path* into one
+    clear :class:`StorageError` that says what to do."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise StorageError(
+                f"{what}: {path} is not writable ({exc.strerror}). pytest-kvm keeps base images "
+                "and per-run work files in its cache directory: make it writable or pass "
+                "--kvm-cache-dir DIR.") from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageError(
+                f"{what}: no space left under {path} ({exc.strerror}). Free some space "
+                "(`pytest-kvm reap` removes leftovers of dead runs) or pass --kvm-cache-dir DIR.") from exc
+        raise

@@ -32,6 +32,10 @@ class ImageError(InfrastructureError):
     """A base image is missing, corrupt, unknown or could not be built."""
 
 
+class StorageError(InfrastructureError):
+    """The cache or work directory is read-only, not ours, or full."""
+
+
 class SeedError(InfrastructureError):
     """The cloud-init seed could not be built (e.g. user_data not serialisable)."""
 

@@ -14,6 +14,7 @@ from typing import Any
 import paramiko
 
 from . import cloudinit, seed
+from .cache import writable
 from .clones import Golden
 from .domain import DomainSpec, domain_xml, retarget
 from .errors import CloudInitError, CommandTimeout, HostKeyMismatch, HypervisorError
@@ -111,11 +112,13 @@ class Guest:
     def _prepare(self) -> None:
         t0 = time.monotonic()
         cfg = self._config
-        cfg.workdir.mkdir(mode=0o700, parents=True)
-        create_overlay(cfg.image.disk, cfg.image.format, self.overlay)
         data = cloudinit.user_data(cfg.login_key, self.host_key, cfg.user_data)
-        seed.write_seed(self._seed, seed.NOCLOUD_LABEL, seed.nocloud_files(
-            cloudinit.dump_cloud_config(data), cloudinit.meta_data(cfg.name, cfg.name)))
+        user_data = cloudinit.dump_cloud_config(data)  # a bad user_data fails before any file
+        with writable(cfg.workdir.parent, f"preparing guest {self.name}"):
+            cfg.workdir.mkdir(mode=0o700, parents=True)
+            create_overlay(cfg.image.disk, cfg.image.format, self.overlay)
+            seed.write_seed(self._seed, seed.NOCLOUD_LABEL, seed.nocloud_files(
+                user_data, cloudinit.meta_data(cfg.name, cfg.name)))
         self.timeline.add("prepare", time.monotonic() - t0)
 
     def _spec(self, port: int) -> DomainSpec:
@@ -210,8 +213,9 @@ class Guest:
     def _restore_clone(self, golden: Golden) -> None:
         t0 = time.monotonic()
         cfg = self._config
-        cfg.workdir.mkdir(mode=0o700, parents=True)
-        create_overlay(golden.frozen_disk, "qcow2", self.overlay)
+        with writable(cfg.workdir.parent, f"preparing clone {self.name}"):
+            cfg.workdir.mkdir(mode=0o700, parents=True)
+            create_overlay(golden.frozen_disk, "qcow2", self.overlay)
         self.timeline.add("prepare", time.monotonic() - t0)
         t0 = time.monotonic()
         for attempt in range(PORT_ATTEMPTS):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import build
-from .cache import file_lock, sha256_file
+from .cache import file_lock, sha256_file, writable
 from .errors import ImageError
 from .recipes import list_recipes, load_recipe, recipes_dir
 from .storage import inspect_image
@@ -90,6 +90,8 @@ class ImageStore:
         dest = self.images_dir / name
         manifest = self._manifest(dest)
         if force or manifest is None or manifest.get("recipe_digest") != recipe.digest:
+            with writable(self.images_dir, f"locking the cache to build {name}"):
+                self.images_dir.mkdir(parents=True, exist_ok=True)
             with file_lock(self.images_dir / f"{name}.lock",
                            on_wait=lambda: self.progress(f"waiting for another process building {name}")):
                 manifest = self._manifest(dest)  # another worker may have built it meanwhile
@@ -97,7 +99,8 @@ class ImageStore:
                     why = ("rebuild requested" if force else "not cached" if manifest is None
                            else "recipe changed since it was built")
                     self.progress(f"building base image {name} ({why})")
-                    manifest = build.build_image(recipe, dest, self.progress)
+                    with writable(self.images_dir, f"building image {name}"):
+                        manifest = build.build_image(recipe, dest, self.progress)
         image = self._verify(name, dest, manifest)
         self._verified[name] = image
         return image

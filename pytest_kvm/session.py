@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .accel import Accel, choose_accel
+from .cache import writable
 from .clones import Golden, golden_key
 from .config import Settings
 from .domain import NAME_PREFIX
@@ -85,10 +86,12 @@ class KvmSession:
     def _key_file(self) -> Path:
         key_file = self.run_dir / "id_ed25519"
         if self._login_key is None:
-            self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_owner(self.run_dir)
-            self._login_key = KeyPair.generate(f"pytest-kvm-{self.run_id}")
-            self._login_key.write_private(key_file)
+            with writable(self.run_dir.parent, "creating the run's work directory"):
+                self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                write_owner(self.run_dir)
+                key = KeyPair.generate(f"pytest-kvm-{self.run_id}")
+                key.write_private(key_file)
+            self._login_key = key
         return key_file
 
     # -- booting ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ def test_hang(guest):
 
 def qemu_processes(name):
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if "qemu-system" in line and f"guest={name}," in line]
+    return [line for line in ps.splitlines() if "qemu-system" in line and f"guest={name}" in line]
 
 
 def start_child_with_guest(pytester):
@@ -67,3 +67,21 @@ def test_sigkill_of_pytest_leaves_no_guest(pytester, kvm):
     while run_dir.exists() and time.monotonic() - killed < 30:
         time.sleep(0.5)
     assert not run_dir.exists()
+
+
+def test_sigint_during_boot_cleans_up(pytester, kvm):
+    pytester.makepyfile("def test_boot(guest):\n    pass\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kvm-reset", "boot",
+                             str(pytester.path)], cwd=pytester.path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    prefix = f"pytest-kvm-{proc.pid}-"
+    deadline = time.monotonic() + 300
+    while not any(prefix in line for line in qemu_processes("")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.2)
+    time.sleep(2)  # booting: the kernel is up, SSH is not
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, out
+    assert not any(prefix in line for line in qemu_processes(""))
+    assert not list((kvm.settings.cache_dir / "runs").glob(f"{proc.pid}-*"))

@@ -1,4 +1,5 @@
 """Failures a user can meet: each is one clear error, in bounded time, leaving nothing behind."""
+import os
 import subprocess
 import time
 
@@ -65,3 +66,78 @@ def test_user_data_that_breaks_cloud_init_is_reported(kvm):
     assert "cloud-init reported an error" in str(info.value)
     assert "error" in info.value.status
     assert guest.destroyed and qemu_processes(guest.name) == []
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A small tmpfs mounted for the test (root only), unmounted afterwards."""
+    mounted = []
+
+    def mount(*options):
+        target = tmp_path / f"mnt{len(mounted)}"
+        target.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(target)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+@pytest.mark.parametrize("case", ["read-only", "full"])
+def test_unusable_cache_dir_is_one_clear_error(kvm, tmpfs, case):
+    from pytest_kvm import StorageError
+    from pytest_kvm.config import Settings
+    from pytest_kvm.session import KvmSession
+    if case == "read-only":
+        cache = tmpfs("size=1m", "ro")
+        expected = r"is not writable \(Read-only file system\).*--kvm-cache-dir"
+    else:
+        cache = tmpfs("size=64k")
+        fd = os.open(cache / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            with pytest.raises(OSError):
+                while True:
+                    os.write(fd, b"x" * 4096)
+        finally:
+            os.close(fd)
+        expected = r"no space left under .*pytest-kvm reap"
+    session = KvmSession(Settings.build(cache_dir=cache, reset="boot"))
+    base = kvm.images.resolve("debian-12").disk  # a disk outside the broken cache
+    try:
+        with pytest.raises(StorageError, match=expected):
+            session.boot("debian-12", image=base)
+        assert session.guests == []
+    finally:
+        session.close()
+
+
+def test_taken_port_is_skipped(kvm, monkeypatch):
+    import socket
+
+    from pytest_kvm import guest as guest_module
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    offered = iter([taken])
+    real = guest_module.free_port
+    monkeypatch.setattr(guest_module, "free_port", lambda: next(offered, None) or real())
+    try:
+        with kvm.boot("debian-12") as g:
+            assert g.ssh_port != taken
+            assert g.run("true").ok
+    finally:
+        blocker.close()
+
+
+def test_unreachable_libvirt_is_one_clear_error(pytester):
+    pytester.makepyfile("def test_x(guest):\n    pass\n")
+    result = pytester.runpytest_subprocess("--kvm-uri", "qemu+unix:///system?socket=/nonexistent/libvirt-sock",
+                                           "-p", "no:cacheprovider", timeout=300)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*HypervisorError: opening libvirt: libvirt is not reachable at*Start libvirtd*"])
