@@ -6,7 +6,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,12 +129,13 @@ class Guest:
             ssh_port=port, kernel=cfg.image.kernel, initrd=cfg.image.initrd,
             cmdline=cfg.image.cmdline, metadata=dict(cfg.metadata))
 
-    def _launch(self) -> None:
-        t0 = time.monotonic()
+    def _start_on_free_port(self, start: Callable[[int], Any]) -> None:
+        """Call ``start(port)`` (it starts the domain forwarding *port*) with free ports until
+        one is not taken meanwhile by another program; then pin the host key for it."""
         for attempt in range(PORT_ATTEMPTS):
             port = free_port()
             try:
-                self._dom = self._hv.create(domain_xml(self._spec(port)))
+                self._dom = start(port)
             except PortInUse:
                 if attempt == PORT_ATTEMPTS - 1:
                     raise
@@ -142,6 +143,10 @@ class Guest:
             self.ssh_port = port
             break
         write_known_hosts(self._known_hosts, "127.0.0.1", self.ssh_port, self.host_key)
+
+    def _launch(self) -> None:
+        t0 = time.monotonic()
+        self._start_on_free_port(lambda port: self._hv.create(domain_xml(self._spec(port))))
         self.timeline.add("domain-start", time.monotonic() - t0)
 
     def _crash_check(self) -> str | None:
@@ -218,18 +223,8 @@ class Guest:
             create_overlay(golden.frozen_disk, "qcow2", self.overlay)
         self.timeline.add("prepare", time.monotonic() - t0)
         t0 = time.monotonic()
-        for attempt in range(PORT_ATTEMPTS):
-            port = free_port()
-            xml = retarget(golden.xml, disk=self.overlay, console_log=self._console, ssh_port=port)
-            try:
-                self._dom = self._hv.restore(golden.save_file, xml, golden.name)
-            except PortInUse:
-                if attempt == PORT_ATTEMPTS - 1:
-                    raise
-                continue
-            self.ssh_port = port
-            break
-        write_known_hosts(self._known_hosts, "127.0.0.1", self.ssh_port, self.host_key)
+        self._start_on_free_port(lambda port: self._hv.restore(golden.save_file, retarget(
+            golden.xml, disk=self.overlay, console_log=self._console, ssh_port=port), golden.name))
         self.timeline.add("restore", time.monotonic() - t0)
         waiter = PhaseWaiter(guest_name=self.name, crash_check=self._crash_check,
                              console_tail=self.console_tail, timeline=self.timeline)

@@ -186,13 +186,13 @@ class KvmSession:
             except Exception as exc:
                 errors.append(exc)
         self._goldens = {k: g for k, g in self._goldens.items() if g.name in needed}
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if not self.kept:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(self.run_dir)
         if self._hv is not None:
             self._hv.close()
             self._hv = None
-        if self._watchdog is not None:
-            self._watchdog.stop()
-            self._watchdog = None
         return errors

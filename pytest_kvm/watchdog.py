@@ -32,14 +32,14 @@ class Watchdog:
         elif uri:
             argv += ["--uri", uri]
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        log = open(run_dir.parent / f"{run_dir.name}.watchdog.log", "ab")  # noqa: SIM115
+        # the log lives and dies with the run directory
+        log = open(run_dir / "watchdog.log", "ab")  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(argv, pass_fds=(read_fd,), stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=log, start_new_session=True)
         finally:
             os.close(read_fd)
             log.close()
-        self._log = run_dir.parent / f"{run_dir.name}.watchdog.log"
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -48,8 +48,6 @@ class Watchdog:
             os.close(self._write_fd)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=10)
-        with contextlib.suppress(FileNotFoundError):
-            self._log.unlink()
 
 
 def _wait_for_owner(fd: int) -> bool:
@@ -100,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     if _wait_for_owner(args.fd):
         return 0
     _reap(args)
-    with contextlib.suppress(FileNotFoundError):
-        Path(f"{args.run_dir}.watchdog.log").unlink()
     return 0
 
 

@@ -1,9 +1,12 @@
-"""A pytest run killed with SIGKILL leaves nothing behind: its watchdog reaps the guests."""
+"""Interrupted and killed runs leave nothing behind: Ctrl-C during boot, test or teardown,
+and SIGKILL (the watchdog reaps the guests)."""
 import os
 import signal
 import subprocess
 import sys
 import time
+
+from procs import qemu_processes
 
 CHILD = """
 import os, time
@@ -15,9 +18,6 @@ def test_hang(guest):
 """
 
 
-def qemu_processes(name):
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if "qemu-system" in line and f"guest={name}" in line]
 
 
 def start_child_with_guest(pytester):
@@ -76,12 +76,48 @@ def test_sigint_during_boot_cleans_up(pytester, kvm):
                             stderr=subprocess.STDOUT, text=True)
     prefix = f"pytest-kvm-{proc.pid}-"
     deadline = time.monotonic() + 300
-    while not any(prefix in line for line in qemu_processes("")) and time.monotonic() < deadline:
+    while not qemu_processes(prefix, prefix=True) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[0]
         time.sleep(0.2)
     time.sleep(2)  # booting: the kernel is up, SSH is not
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2, out
-    assert not any(prefix in line for line in qemu_processes(""))
+    assert not qemu_processes(prefix, prefix=True)
     assert not list((kvm.settings.cache_dir / "runs").glob(f"{proc.pid}-*"))
+
+
+TEARDOWN_CHILD = """
+import os, time, pytest
+
+@pytest.fixture
+def pause():
+    yield
+    with open(os.environ["TEARDOWN_FILE"], "w") as fh:
+        fh.write("tearing down")
+    time.sleep(120)  # interrupted here, while the guest is still up
+
+def test_x(guest, pause):
+    with open(os.environ["GUEST_NAME_FILE"], "w") as fh:
+        fh.write(guest.name)
+"""
+
+
+def test_sigint_during_teardown_cleans_up(pytester, kvm):
+    pytester.makepyfile(TEARDOWN_CHILD)
+    marker, name_file = pytester.path / "teardown", pytester.path / "name"
+    env = {**os.environ, "TEARDOWN_FILE": str(marker), "GUEST_NAME_FILE": str(name_file)}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kvm-reset", "boot",
+                             str(pytester.path)], env=env, cwd=pytester.path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 900
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.5)
+    name = name_file.read_text()
+    assert len(qemu_processes(name)) == 1
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, out
+    assert qemu_processes(name) == []
+    assert not run_dir_of(kvm, name).exists()

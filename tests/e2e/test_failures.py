@@ -7,10 +7,9 @@ import pytest
 
 from pytest_kvm import BootTimeout, GuestCrashed, ImageError, SpecError
 
+from procs import qemu_processes
 
-def qemu_processes(name):
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if "qemu-system" in line and f"guest={name}," in line]
+
 
 
 def test_boot_timeout_names_phase_and_cleans_up(kvm):

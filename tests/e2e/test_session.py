@@ -4,6 +4,8 @@ import shlex
 import subprocess
 import sys
 
+from procs import qemu_processes
+
 CHILD = """
 import json, os, pytest
 
@@ -23,9 +25,6 @@ def test_fails(guest):
 """
 
 
-def qemu_processes(name):
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if "qemu-system" in line and f"guest={name}," in line]
 
 
 def test_keep_failed_report_and_reap(pytester, monkeypatch, kvm):
