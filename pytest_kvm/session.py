@@ -20,6 +20,7 @@ from .accel import Accel, choose_accel
 from .cache import writable
 from .clones import Golden, golden_key
 from .config import Settings
+from .errors import KvmError
 from .domain import NAME_PREFIX
 from .guest import Guest, GuestConfig
 from .hypervisor import Hypervisor
@@ -40,6 +41,7 @@ class KvmSession:
         self._accel: Accel | None = None
         self._hv: Hypervisor | None = None
         self._watchdog: Watchdog | None = None
+        self._hv_error: KvmError | None = None
         self.images = ImageStore(settings.cache_dir, settings.local_images, progress)
         tag = f"{worker_id}-" if worker_id and worker_id != "master" else ""
         self.run_id = f"{tag}{os.getpid()}-{secrets.token_hex(2)}"
@@ -69,8 +71,14 @@ class KvmSession:
 
     @property
     def hypervisor(self) -> Hypervisor:
+        if self._hv_error is not None:  # do not retry a failed open in every test
+            raise self._hv_error
         if self._hv is None:
-            self._hv = Hypervisor.open(self.settings.uri)
+            try:
+                self._hv = Hypervisor.open(self.settings.uri)
+            except KvmError as exc:
+                self._hv_error = exc
+                raise
             self._watchdog = Watchdog(self.run_dir, self.settings.uri, self._hv.embed_index)
             leftovers = reap_domains(self._hv)
             leftovers += [p.name for p in reap_run_dirs(self.settings.cache_dir / "runs")]

@@ -103,7 +103,7 @@ def module_run(n: int, reset: str, os_name: str) -> float:
                               capture_output=True, text=True, cwd=tmp)
         wall = time.monotonic() - t0
         if done.returncode != 0:
-            raise RuntimeError(done.stdout[-2000:])
+            raise RuntimeError(done.stdout[:3000] + "\n...\n" + done.stdout[-1500:])
         return wall
 
 
