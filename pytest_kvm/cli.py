@@ -58,31 +58,46 @@ def cmd_image_rm(args) -> int:
     return 0
 
 
-def _hypervisors(args):
-    """Every libvirt connection leftovers can hide behind: the given URI, or the daemon's and
-    each free embedded-driver root in the cache."""
-    if args.uri:
-        yield Hypervisor.open(args.uri)
-        return
-    if os.geteuid() == 0 and SYSTEM_SOCKET.exists():
-        yield Hypervisor.open("qemu:///system")
+def _reap_embedded_roots(args) -> list[str]:
+    """Sweep each embedded-driver root no live run holds, one child process per root:
+    libvirt loads its embedded driver only once per process."""
+    removed = []
     state = libvirt_state_dir()
     for index in range(EMBED_SLOTS):
-        if (state / f"embed-{index}").is_dir():
-            try:
-                yield Hypervisor.open_embed_slot(index)
-            except KvmError:  # in use by a live run: its owner cleans up
-                continue
+        if not (state / f"embed-{index}").is_dir():
+            continue
+        argv = [sys.executable, "-m", "pytest_kvm.cli", "reap", "--embed-slot", str(index)]
+        if args.kept:
+            argv.append("--kept")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        removed += [line.removeprefix("removed ") for line in done.stdout.splitlines()
+                    if line.startswith("removed ")]
+    return removed
 
 
 def cmd_reap(args) -> int:
+    if args.embed_slot is not None:  # the child of _reap_embedded_roots
+        try:
+            hv = Hypervisor.open_embed_slot(args.embed_slot)
+        except KvmError:  # in use by a live run: its owner cleans up
+            return 0
+        try:
+            for name in reap_domains(hv, include_kept=args.kept):
+                print(f"removed {name}")
+        finally:
+            hv.close()
+        return 0
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     removed: list[str] = []
-    for hv in _hypervisors(args):
+    uris = [args.uri] if args.uri else (["qemu:///system"] if os.geteuid() == 0 and SYSTEM_SOCKET.exists() else [])
+    for uri in uris:
+        hv = Hypervisor.open(uri)
         try:
             removed += reap_domains(hv, include_kept=args.kept)
         finally:
             hv.close()
+    if not args.uri:
+        removed += _reap_embedded_roots(args)
     removed += [str(p) for p in reap_run_dirs(cache / "runs", include_kept=args.kept)]
     for item in removed:
         print(f"removed {item}")
@@ -157,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     reap = sub.add_parser("reap", help="remove guests and files left by dead runs")
     reap.add_argument("--kept", action="store_true", help="also remove guests kept with --kvm-keep")
     reap.add_argument("--uri", help="libvirt URI to sweep")
+    reap.add_argument("--embed-slot", type=int, help=argparse.SUPPRESS)
     reap.set_defaults(func=cmd_reap)
     return parser
 

@@ -84,13 +84,28 @@ def _lock_embed_slot(state_dir: Path, index: int) -> _EmbedSlot | None:
     return _EmbedSlot(root, fd, index)
 
 
-def _take_embed_slot(state_dir: Path) -> _EmbedSlot:
-    """One embedded-driver root per process (libvirt forbids sharing one); the capability
-    cache inside it survives, so only the first open of a slot probes QEMU (~8 s)."""
-    for index in range(EMBED_SLOTS):
-        slot = _lock_embed_slot(state_dir, index)
+# libvirt loads its embedded driver once per process, and the loaded driver keeps its root
+# busy until the process exits: so each process takes one root and keeps it (and our lock
+# on it) for its whole life, like the event loop above.
+_process_embed: dict[str, _EmbedSlot] = {}
+
+
+def _take_embed_slot(state_dir: Path, index: int | None = None) -> _EmbedSlot:
+    """This process's embedded-driver root: the first free one (or number *index*). The
+    capability cache inside a root survives, so only its first open probes QEMU (~8 s)."""
+    held = _process_embed.get("slot")
+    if held is not None:
+        if index is None or held.index == index:
+            return held
+        raise HypervisorError(f"this process already uses embedded libvirt root {held.index}; "
+                              "libvirt loads its embedded driver once per process")
+    for candidate in range(EMBED_SLOTS) if index is None else (index,):
+        slot = _lock_embed_slot(state_dir, candidate)
         if slot is not None:
+            _process_embed["slot"] = slot
             return slot
+    if index is not None:
+        raise HypervisorError(f"embedded libvirt root {index} is in use by a live run")
     raise HypervisorError(f"all {EMBED_SLOTS} embedded libvirt roots in {state_dir} are in use")
 
 
@@ -151,30 +166,20 @@ class Hypervisor:
     @classmethod
     def open_embed_slot(cls, index: int, state_dir: Path | None = None) -> "Hypervisor":
         """Open embedded root number *index* if no live process holds it (for reaping)."""
-        slot = _lock_embed_slot(state_dir or libvirt_state_dir(), index)
-        if slot is None:
-            raise HypervisorError(f"embedded libvirt root {index} is in use by a live run")
-        return cls._open(None, slot)
+        return cls._open(None, _take_embed_slot(state_dir or libvirt_state_dir(), index))
 
     @classmethod
     def _open(cls, uri: str | None, embed: _EmbedSlot | None) -> "Hypervisor":
         libvirt = _libvirt()
         if not shutil.which("qemu-system-x86_64"):
-            if embed is not None:
-                os.close(embed.lock_fd)
             raise HypervisorError("qemu-system-x86_64 not found: apt install qemu-system-x86")
         if embed is not None:
             uri = f"qemu:///embed?root={embed.root}"
         assert uri is not None
         if "embed" in uri:
             _ensure_event_loop()
-        try:
-            with translate("opening libvirt", uri):
-                conn = libvirt.open(uri)
-        except Exception:
-            if embed is not None:
-                os.close(embed.lock_fd)
-            raise
+        with translate("opening libvirt", uri):
+            conn = libvirt.open(uri)
         return cls(conn, uri, embed)
 
     @property
@@ -252,7 +257,4 @@ class Hypervisor:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
-        if self._embed is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._embed.lock_fd)
-            self._embed = None
+        self._embed = None  # the root stays this process's (see _take_embed_slot)
