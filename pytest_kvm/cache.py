@@ -57,6 +57,15 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
+def write_owner_only(path: Path, data: bytes) -> Path:
+    """Write *data* to *path* readable by its owner only (0600), even if it existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
+    return path
+
+
 def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:

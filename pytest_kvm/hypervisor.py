@@ -183,10 +183,6 @@ class Hypervisor:
         return cls(conn, uri, embed)
 
     @property
-    def embed_root(self) -> Path | None:
-        return self._embed.root if self._embed else None
-
-    @property
     def embed_index(self) -> int | None:
         return self._embed.index if self._embed else None
 

@@ -1,12 +1,13 @@
 """SSH keys: the session's login key, each guest's host key, and known_hosts files."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .cache import write_owner_only
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,7 @@ class KeyPair:
 
     def write_private(self, path: Path) -> Path:
         """Write the private key readable by the owner only (0600), as OpenSSH wants."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.private_openssh)
-        os.chmod(path, 0o600)
-        return path
+        return write_owner_only(path, self.private_openssh.encode())
 
 
 def known_hosts_line(host: str, port: int, key: KeyPair) -> str:
@@ -46,7 +43,4 @@ def known_hosts_line(host: str, port: int, key: KeyPair) -> str:
 
 
 def write_known_hosts(path: Path, host: str, port: int, key: KeyPair) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(known_hosts_line(host, port, key))
-    return path
+    return write_owner_only(path, known_hosts_line(host, port, key).encode())

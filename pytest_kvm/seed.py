@@ -8,11 +8,12 @@ ConfigDrive, ``config-2``) reuse it.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import pycdlib
+
+from .cache import write_owner_only
 
 NOCLOUD_LABEL = "cidata"
 
@@ -59,11 +60,7 @@ def nocloud_files(user_data: bytes, meta_data: bytes, network_config: bytes | No
 
 def write_seed(path: Path, volume_label: str, files: Mapping[str, bytes]) -> Path:
     """Write the seed ISO readable by its owner only: it carries a private host key."""
-    data = iso_bytes(volume_label, files)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    return path
+    return write_owner_only(path, iso_bytes(volume_label, files))
 
 
 def read_iso(data: bytes) -> dict[str, bytes]:

@@ -22,9 +22,6 @@ class Timeline:
     def add(self, phase: str, seconds: float) -> None:
         self.entries.append((phase, round(seconds, 3)))
 
-    def total(self) -> float:
-        return round(sum(seconds for _, seconds in self.entries), 3)
-
     def format(self) -> str:
         return "\n".join(f"{phase:<14} {seconds:8.2f} s" for phase, seconds in self.entries)
 
