@@ -39,7 +39,7 @@ setup() {
     say "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  if ! "$VENV/bin/python" -c "import pytest_kvm, libvirt, pytest_timeout" 2>/dev/null \
+  if ! "$VENV/bin/python" -c "import pytest_kvm, libvirt, pytest_timeout, xdist" 2>/dev/null \
      || [ pyproject.toml -nt "$VENV/.installed" ]; then
     say "installing pytest-kvm into $VENV (builds libvirt-python the first time)"
     "$VENV/bin/pip" install -q --upgrade pip

@@ -1,7 +1,8 @@
 """Build a base image from a recipe, offline, into the cache directory.
 
 The only builder so far is ``debootstrap``: install a minimal Debian root from
-a package mirror, configure it from the recipe's data, turn the root into an
+a package mirror, configure it from the recipe's data (files, unit masks, clean-up, then its
+``commands`` in a chroot, e.g. rebuilding the initramfs), turn the root into an
 ext4 file system without loop devices (``mkfs.ext4 -d``), convert it to qcow2
 and keep the kernel and initrd beside it for direct kernel boot.
 """
@@ -86,6 +87,8 @@ def _configure_root(recipe: Recipe, root: Path, progress: Progress) -> None:
                 path.unlink()
     for rel in recipe.truncate:
         (root / rel).write_text("")
+    for argv in recipe.commands:
+        _run(["chroot", str(root), *argv], progress, " ".join(argv))
     audit = _run(["chroot", str(root), "dpkg", "--audit"], progress, "dpkg --audit")
     if audit.strip():
         raise ImageError(f"recipe {recipe.name!r}: packages left unconfigured:\n{audit}")

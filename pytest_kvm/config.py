@@ -11,6 +11,7 @@ from .waiting import Limit
 
 DEFAULT_OS = "debian-12"
 DEFAULT_MEMORY_MIB = 512
+DEFAULT_CPUS = 2  # systemd and cloud-init start in parallel; TCG runs vCPUs on host threads
 DEFAULT_BOOT_TIMEOUT = 60.0  # seconds under KVM: start -> SSH banner
 DEFAULT_SSH_TIMEOUT = 30.0  # SSH banner (or a clone's restore) -> authenticated
 DEFAULT_CLOUD_INIT_TIMEOUT = 60.0  # authenticated -> cloud-init done
@@ -35,6 +36,7 @@ class Settings:
     ssh_timeout: float = DEFAULT_SSH_TIMEOUT
     cloud_init_timeout: float = DEFAULT_CLOUD_INIT_TIMEOUT
     memory_mib: int = DEFAULT_MEMORY_MIB
+    cpus: int = DEFAULT_CPUS
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
     reset: str = "clone"
 
@@ -67,14 +69,14 @@ class Settings:
             images=opt.kvm_image or (), cache_dir=cache_dir,
             boot_timeout=config.getini("kvm_boot_timeout"), ssh_timeout=config.getini("kvm_ssh_timeout"),
             cloud_init_timeout=config.getini("kvm_cloud_init_timeout"),
-            memory_mib=config.getini("kvm_memory_mib"),
+            memory_mib=config.getini("kvm_memory_mib"), cpus=config.getini("kvm_cpus"),
             command_timeout=config.getini("kvm_command_timeout"),
             reset=opt.kvm_reset or config.getini("kvm_reset") or "clone")
 
     @classmethod
     def build(cls, *, os_names=(DEFAULT_OS,), accel="auto", uri=None, keep="none", images=(),
               cache_dir=None, boot_timeout=None, ssh_timeout=None, cloud_init_timeout=None,
-              memory_mib=None, command_timeout=None,
+              memory_mib=None, cpus=None, command_timeout=None,
               reset="clone") -> "Settings":
         if accel not in ACCEL_CHOICES:
             raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
@@ -98,6 +100,7 @@ class Settings:
             cloud_init_timeout=_positive("kvm_cloud_init_timeout", cloud_init_timeout,
                                          DEFAULT_CLOUD_INIT_TIMEOUT),
             memory_mib=int(_positive("kvm_memory_mib", memory_mib, DEFAULT_MEMORY_MIB)),
+            cpus=_whole("kvm_cpus", cpus, DEFAULT_CPUS),
             command_timeout=_positive("kvm_command_timeout", command_timeout, DEFAULT_COMMAND_TIMEOUT),
             reset=reset,
         )
@@ -113,3 +116,10 @@ def _positive(name: str, value, default: float) -> float:
     if number <= 0:
         raise SettingsError(f"{name} must be positive, not {value!r}")
     return number
+
+
+def _whole(name: str, value, default: int) -> int:
+    number = _positive(name, value, default)
+    if number != int(number):
+        raise SettingsError(f"{name} must be a whole number, not {value!r}")
+    return int(number)

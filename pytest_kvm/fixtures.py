@@ -15,7 +15,7 @@ from .stash import GUESTS_KEY, SESSION_KEY, failed
 
 @pytest.fixture(scope="session")
 def kvm(pytestconfig: pytest.Config) -> KvmSession:
-    """The hypervisor session: ``kvm.boot(os=None, *, memory_mib=512, cpus=1, user_data=None,
+    """The hypervisor session: ``kvm.boot(os=None, *, memory_mib=None, cpus=None, user_data=None,
     image=None, boot_timeout=None)`` returns a started guest (a context manager)."""
     return pytestconfig.stash[SESSION_KEY]
 

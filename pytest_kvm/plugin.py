@@ -9,16 +9,16 @@ import pytest
 from .accel import ACCEL_CHOICES
 from .clones import RESET_CHOICES
 from .config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
-    DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
+    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
 from .errors import KvmError
 from .hypervisor import default_uri
 from .fixtures import guest, guest_factory, kvm  # noqa: F401 - registered as fixtures
 from .session import KvmSession
 from .spec import guest_marker
-from .stash import GUESTS_KEY, OUTCOME_KEY, SESSION_KEY
+from .stash import GUESTS_KEY, OUTCOME_KEY, SESSION_KEY, WORKER_COUNTS_KEY
 
-MARKER_DOC = ("guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None, reset=None): "
+MARKER_DOC = ("guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None, reset=None): "
               "configure the guest booted for this test by the `guest` fixture (pytest-kvm). `os` "
               "pins the test to one OS; `user_data` is merged into the plugin's cloud-config; "
               "`image` is a local qcow2/raw disk booted from its own bootloader; `reset` is clone "
@@ -62,6 +62,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   f"default {DEFAULT_CLOUD_INIT_TIMEOUT:g}", default="")
     parser.addini("kvm_memory_mib", f"default guest memory in MiB; default {DEFAULT_MEMORY_MIB}",
                   default="")
+    parser.addini("kvm_cpus", f"default number of guest vCPUs; default {DEFAULT_CPUS}", default="")
     parser.addini("kvm_reset", "clone or boot (see --kvm-reset); default clone", default="")
     parser.addini("kvm_command_timeout", f"default timeout of guest.run() in seconds; default "
                   f"{DEFAULT_COMMAND_TIMEOUT:g}", default="")
@@ -153,13 +154,40 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a pytest-xdist worker: hand this worker's guest counts to the controller."""
+    kvm = session.config.stash.get(SESSION_KEY, None)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if kvm is not None and workeroutput is not None:
+        workeroutput["pytest_kvm"] = {"boots": kvm.boots, "clones": kvm.clones}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """On the pytest-xdist controller: collect each worker's guest counts for the summary."""
+    counts = getattr(node, "workeroutput", {}).get("pytest_kvm")
+    if counts is not None:
+        node.config.stash.setdefault(WORKER_COUNTS_KEY, {})[node.gateway.id] = counts
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.boots:
+    workers = config.stash.get(WORKER_COUNTS_KEY, {})
+    if session is None or not (session.boots or workers):
         return
     terminalreporter.write_sep("-", "pytest-kvm")
-    terminalreporter.write_line(f"guests: {session.boots} cold boots, {session.clones} warm clones "
-                                f"(accel {session.accel}, reset {session.settings.reset})")
+    how = f"(accel {session.accel}, reset {session.settings.reset})"
+    if workers:
+        boots = sum(c["boots"] for c in workers.values())
+        clones = sum(c["clones"] for c in workers.values())
+        terminalreporter.write_line(f"guests: {boots} cold boots, {clones} warm clones in "
+                                    f"{len(workers)} workers {how}")
+        for worker, counts in sorted(workers.items()):
+            terminalreporter.write_line(f"  {worker}: {counts['boots']} cold boots, "
+                                        f"{counts['clones']} warm clones")
+    else:
+        terminalreporter.write_line(f"guests: {session.boots} cold boots, {session.clones} warm "
+                                    f"clones {how}")
     for g in session.kept:
         terminalreporter.write_line(f"kept {g.name} ({g.os}): {' '.join(g.ssh_command())}")
     if session.kept:

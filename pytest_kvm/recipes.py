@@ -48,6 +48,7 @@ class Recipe:
     enable_units: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()
     truncate: tuple[str, ...] = ()
+    commands: tuple[tuple[str, ...], ...] = ()
     digest: str = ""
 
     def mirror_url(self) -> str:
@@ -109,8 +110,18 @@ def load_recipe(name: str, directory: Path | None = None) -> Recipe:
         enable_units=tuple(data.get("enable_units", ())),
         remove=tuple(data.get("remove", ())),
         truncate=tuple(data.get("truncate", ())),
+        commands=_commands(path, data.get("commands", [])),
         digest=digest,
     )
+
+
+def _commands(path: Path, value) -> tuple[tuple[str, ...], ...]:
+    """``commands``: a list of argv lists, run in the root after it is configured."""
+    if not isinstance(value, list) or not all(
+            isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv) for argv in value):
+        raise ImageError(f"recipe {path}: commands must be a list of argv lists of strings, "
+                         f"e.g. [[\"update-initramfs\", \"-u\"]]")
+    return tuple(tuple(argv) for argv in value)
 
 
 def list_recipes(directory: Path | None = None) -> list[str]:

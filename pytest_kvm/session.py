@@ -103,7 +103,7 @@ class KvmSession:
         return key_file
 
     # -- booting ----------------------------------------------------------------------
-    def boot(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int = 1,
+    def boot(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int | None = None,
              user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
              boot_timeout: float | None = None, reset: str | None = None) -> Guest:
         """Boot a guest and wait until it is ready; use it as a context manager to destroy it.
@@ -112,7 +112,7 @@ class KvmSession:
         return self.create(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
                            image=image, boot_timeout=boot_timeout, reset=reset).start()
 
-    def create(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int = 1,
+    def create(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int | None = None,
                user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
                boot_timeout: float | None = None, reset: str | None = None) -> Guest:
         """Like :meth:`boot` but returns the guest unstarted (call ``.start()``). With
@@ -144,7 +144,7 @@ class KvmSession:
         name = f"{NAME_PREFIX}{self.run_id}-{self._counter}"
         return GuestConfig(
             name=name, os=os_name, image=base,
-            memory_mib=request.memory_mib or self.settings.memory_mib, cpus=request.cpus,
+            memory_mib=request.memory_mib or self.settings.memory_mib, cpus=request.cpus or self.settings.cpus,
             virt_type=accel.virt_type,
             limits=self.settings.limits(accel.name, request.boot_timeout),
             command_timeout=self.settings.command_timeout,

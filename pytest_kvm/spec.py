@@ -25,7 +25,7 @@ class SpecError(KvmError, ValueError):
 class GuestRequest:
     os: str | None = None
     memory_mib: int | None = None
-    cpus: int = 1
+    cpus: int | None = None
     user_data: Mapping[str, Any] | None = None
     image: Path | None = None
     boot_timeout: float | None = None
@@ -40,7 +40,7 @@ def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus: int = 1,
+def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus: int | None = None,
                   user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
                   boot_timeout: float | None = None, reset: str | None = None) -> GuestRequest:
     """Check and normalise the arguments of ``kvm.boot`` and the ``guest`` marker."""
@@ -48,7 +48,8 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
         raise SpecError(f"os must be a non-empty string, not {os!r}")
     if memory_mib is not None:
         _int_in("memory_mib", memory_mib, *MEMORY_RANGE)
-    _int_in("cpus", cpus, *CPU_RANGE)
+    if cpus is not None:
+        _int_in("cpus", cpus, *CPU_RANGE)
     if user_data is not None and not isinstance(user_data, Mapping):
         raise SpecError(f"user_data must be a dict (merged into the plugin's cloud-config), "
                         f"not {type(user_data).__name__}")
@@ -65,10 +66,10 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
                         reset=reset)
 
 
-def guest_marker(os: str | None = None, memory_mib: int | None = None, cpus: int = 1,
+def guest_marker(os: str | None = None, memory_mib: int | None = None, cpus: int | None = None,
                  user_data: Mapping[str, Any] | None = None,
                  image: str | Path | None = None, reset: str | None = None) -> GuestRequest:
-    """``@pytest.mark.guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None,
+    """``@pytest.mark.guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None,
     reset=None)``."""
     return guest_request(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data, image=image,
                          reset=reset)

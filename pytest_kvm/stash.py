@@ -9,6 +9,7 @@ from .session import KvmSession
 SESSION_KEY = pytest.StashKey[KvmSession]()
 GUESTS_KEY = pytest.StashKey[list[Guest]]()
 OUTCOME_KEY = pytest.StashKey[dict[str, bool]]()  # phase ("setup"/"call") -> failed
+WORKER_COUNTS_KEY = pytest.StashKey[dict[str, dict[str, int]]]()  # xdist worker id -> guest counts
 
 
 def failed(item: pytest.Item) -> bool:

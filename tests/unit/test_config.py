@@ -11,6 +11,7 @@ def test_defaults(monkeypatch, tmp_path):
     assert s.os_names == ("debian-12",) and s.default_os == "debian-12"
     assert s.cache_dir == tmp_path
     assert s.boot_timeout == 60 and s.memory_mib == 512 and TCG_TIMEOUT_FACTOR > 1
+    assert s.cpus == 2 and Settings.build(cpus="4").cpus == 4
 
 
 def test_images_and_duplicates():
@@ -27,6 +28,8 @@ def test_images_and_duplicates():
     ({"boot_timeout": "soon"}, "kvm_boot_timeout"),
     ({"boot_timeout": "-1"}, "kvm_boot_timeout"),
     ({"memory_mib": "0"}, "kvm_memory_mib"),
+    ({"cpus": "1.5"}, "kvm_cpus"),
+    ({"cpus": "0"}, "kvm_cpus"),
 ])
 def test_bad_values(kwargs, word):
     with pytest.raises(SettingsError, match=word):

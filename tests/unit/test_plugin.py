@@ -29,7 +29,7 @@ def test_help_documents_every_option_and_ini(pytester):
 
 def test_marker_is_registered(pytester):
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.guest(os=None, memory_mib=512, cpus=1, user_data=None, image=None, reset=None)*"])
+    result.stdout.fnmatch_lines(["@pytest.mark.guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None, reset=None)*"])
 
 
 def test_header_says_uri_and_acceleration(pytester):

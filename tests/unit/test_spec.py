@@ -5,7 +5,7 @@ from pytest_kvm.spec import SpecError, guest_marker, guest_request
 
 def test_defaults():
     req = guest_marker()
-    assert (req.os, req.memory_mib, req.cpus, req.user_data, req.image) == (None, None, 1, None, None)
+    assert (req.os, req.memory_mib, req.cpus, req.user_data, req.image) == (None, None, None, None, None)
 
 
 def test_unknown_keyword_names_it():
