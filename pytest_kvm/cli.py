@@ -1,4 +1,4 @@
-"""The ``pytest-kvm`` command: build and list base images, check the host, reap leftovers."""
+"""The ``pytest-kvm`` command: build, fetch and list base images, check the host, reap leftovers."""
 from __future__ import annotations
 
 import argparse
@@ -22,8 +22,9 @@ def _progress(message: str) -> None:
     print(f"pytest-kvm: {message}", file=sys.stderr, flush=True)
 
 
-def _store(args) -> ImageStore:
-    return ImageStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), progress=_progress)
+def _store(args, mirror: str | None = None) -> ImageStore:
+    return ImageStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), progress=_progress,
+                      mirror=mirror, catalogs=tuple(Path(p) for p in args.catalog or ()))
 
 
 def cmd_image_build(args) -> int:
@@ -31,7 +32,16 @@ def cmd_image_build(args) -> int:
         os.environ["PYTEST_KVM_DEBIAN_MIRROR"] = args.mirror
     store = _store(args)
     for name in args.names:
-        image = store.ensure_built(name, force=args.force)
+        # a catalog name is downloaded rather than built
+        image = store.ensure(name, force=args.force)
+        print(f"{name}: {image.disk}")
+    return 0
+
+
+def cmd_image_fetch(args) -> int:
+    store = _store(args, mirror=args.mirror)
+    for name in args.names:
+        image = store.ensure_downloaded(name, force=args.force)
         print(f"{name}: {image.disk}")
     return 0
 
@@ -39,15 +49,18 @@ def cmd_image_build(args) -> int:
 def cmd_image_list(args) -> int:
     store = _store(args)
     cached = {c.name: c for c in store.list_cached()}
+    recipes = set(store.known_names()) - set(store.catalog)
     print(f"cache: {store.images_dir}")
-    print(f"{'NAME':<12} {'STATE':<10} {'SIZE':>9}  {'BUILT':<20}  SHA256 (base.qcow2)")
+    print(f"{'NAME':<24} {'KIND':<8} {'STATE':<11} {'SIZE':>9}  {'BUILT/FETCHED':<24}  SHA256 (disk)")
     for name in sorted(set(store.known_names()) | set(cached)):
         c = cached.get(name)
+        kind = c.kind if c else "recipe" if name in recipes else "catalog"
         if c is None:
-            print(f"{name:<12} {'not built':<10} {'-':>9}  {'-':<20}  -")
+            state = "not built" if kind == "recipe" else "not fetched"
+            print(f"{name:<24} {kind:<8} {state:<11} {'-':>9}  {'-':<24}  -")
         else:
             state = "stale" if c.stale else "ready"
-            print(f"{name:<12} {state:<10} {c.size / 2**20:8.0f}M  {c.built_at:<20}  {c.sha256}")
+            print(f"{name:<24} {kind:<8} {state:<11} {c.size / 2**20:8.0f}M  {c.built_at:<24}  {c.sha256}")
     return 0
 
 
@@ -155,13 +168,22 @@ def cmd_doctor(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-kvm", description=__doc__)
     parser.add_argument("--cache-dir", help="cache directory (default: ~/.cache/pytest-kvm)")
+    parser.add_argument("--catalog", action="append", metavar="FILE",
+                        help="an image catalog file of yours, read after the built-in one (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True)
     image = sub.add_parser("image", help="base images").add_subparsers(dest="image_command", required=True)
-    build = image.add_parser("build", help="build base images into the cache (needs root)")
+    build = image.add_parser("build", help="build base images into the cache (needs root); "
+                                           "catalog images are downloaded")
     build.add_argument("names", nargs="+", metavar="NAME")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.add_argument("--mirror", help="Debian mirror URL (default: the recipe's)")
     build.set_defaults(func=cmd_image_build)
+    fetch = image.add_parser("fetch", help="download catalog images into the cache, verified")
+    fetch.add_argument("names", nargs="+", metavar="NAME")
+    fetch.add_argument("--force", action="store_true", help="download again even if cached")
+    fetch.add_argument("--mirror", metavar="URL",
+                       help="fetch from URL/HOST/PATH instead of the vendor's address")
+    fetch.set_defaults(func=cmd_image_fetch)
     image.add_parser("list", help="known and cached images, sizes, hashes").set_defaults(func=cmd_image_list)
     rm = image.add_parser("rm", help="remove cached images")
     rm.add_argument("names", nargs="+", metavar="NAME")
