@@ -2,13 +2,26 @@
 
 Networking is QEMU user-mode (slirp) with one host forward bound to 127.0.0.1.
 libvirt 9.0 cannot express that forward for slirp, so the NIC is passed through
-``<qemu:commandline>`` with a fixed PCI address that no libvirt-managed device uses.
+``<qemu:commandline>`` with a fixed PCI address that no libvirt-managed device uses
+(slot 0x1e of the root bus: free on ``pc``; on ``q35`` libvirt only puts a
+dmi-to-pci-bridge there, which these domains never need).
+
+Firmware is SeaBIOS or OVMF from Debian's ``ovmf`` package. Debian's firmware
+descriptors (``/usr/share/qemu/firmware/*.json``) say ``OVMF_CODE_4M.fd`` works on
+both ``pc`` and ``q35``, and ``OVMF_CODE_4M.secboot.fd`` needs ``q35`` with SMM:
+so Secure Boot implies ``q35``. Each guest gets its own NVRAM, which libvirt
+copies from the ``OVMF_VARS_4M`` template when the file does not exist yet.
 """
 from __future__ import annotations
 
+import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .families import Family
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 META_NS = "https://github.com/pytest-kvm/pytest-kvm/run/1"
@@ -17,6 +30,14 @@ ET.register_namespace("pytestkvm", META_NS)
 
 NAME_PREFIX = "pytest-kvm-"
 NIC_PCI_SLOT = "0x1e"
+OVMF_DIR = Path("/usr/share/OVMF")  # Debian's ovmf package
+OVMF_CODE = "OVMF_CODE_4M.fd"
+OVMF_VARS = "OVMF_VARS_4M.fd"
+OVMF_CODE_SECBOOT = "OVMF_CODE_4M.secboot.fd"
+OVMF_VARS_MS = "OVMF_VARS_4M.ms.fd"  # Microsoft's keys enrolled: what Windows Secure Boot needs
+SWTPM = "swtpm"
+NVRAM_FILE = "OVMF_VARS.fd"  # the per-guest copy, in the guest's work directory
+_DEV_PREFIX = {"virtio": "vd", "sata": "sd"}
 
 
 @dataclass(frozen=True)
@@ -29,12 +50,75 @@ class DomainSpec:
     disk_format: str
     seed: Path
     console_log: Path
-    ssh_port: int
+    ssh_port: int  # the host end of the forward, whatever the transport
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""
     guest_port: int = 22
     metadata: dict[str, str] = field(default_factory=dict)
+    machine: str = "pc"  # "pc" (i440fx) or "q35"
+    firmware: str = "bios"  # "bios" (SeaBIOS) or "uefi" (OVMF)
+    secure_boot: bool = False  # uefi + q35 only
+    nvram: Path | None = None  # this guest's UEFI variable store; required with uefi
+    ovmf_dir: Path = OVMF_DIR
+    tpm: bool = False  # a TPM 2.0 (CRB) backed by swtpm, which libvirt starts
+    disk_bus: str = "virtio"  # "virtio" or "sata"
+    nic_model: str = "virtio-net-pci"  # a QEMU -device name: "virtio-net-pci", "e1000", "e1000e"
+    seed_device: str = "disk"  # "disk" (on disk_bus) or "cdrom" (always SATA)
+
+    def __post_init__(self) -> None:
+        checks = (("machine", ("pc", "q35")), ("firmware", ("bios", "uefi")),
+                  ("disk_bus", tuple(_DEV_PREFIX)), ("seed_device", ("disk", "cdrom")))
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"DomainSpec.{name}={getattr(self, name)!r} is not one of {allowed}")
+        if self.firmware == "uefi" and self.nvram is None:
+            raise ValueError("DomainSpec: UEFI firmware needs an nvram path (the guest's own copy)")
+        if self.secure_boot and (self.firmware != "uefi" or self.machine != "q35"):
+            raise ValueError("DomainSpec: Secure Boot needs firmware='uefi' and machine='q35' (SMM)")
+
+    @property
+    def loader(self) -> Path | None:
+        if self.firmware != "uefi":
+            return None
+        return self.ovmf_dir / (OVMF_CODE_SECBOOT if self.secure_boot else OVMF_CODE)
+
+    @property
+    def nvram_template(self) -> Path | None:
+        if self.firmware != "uefi":
+            return None
+        return self.ovmf_dir / (OVMF_VARS_MS if self.secure_boot else OVMF_VARS)
+
+
+def family_fields(family: "Family", workdir: Path, *, firmware: str | None = None,
+                  tpm: bool | None = None) -> dict[str, Any]:
+    """The :class:`DomainSpec` fields a guest family decides, for ``DomainSpec(**common,
+    **family_fields(family, workdir))``. *workdir* holds the guest's NVRAM; *firmware*
+    (an image's own, e.g. from the catalog) and *tpm* override the family's defaults."""
+    firmware = firmware or family.firmware
+    return {
+        "machine": family.machine,
+        "firmware": firmware,
+        "secure_boot": family.secure_boot and firmware == "uefi",
+        "nvram": workdir / NVRAM_FILE if firmware == "uefi" else None,
+        "tpm": family.tpm if tpm is None else tpm,
+        "disk_bus": family.disk_bus,
+        "nic_model": family.nic_model,
+        "seed_device": family.seed_device,
+        "guest_port": family.guest_port,
+    }
+
+
+def host_problems(spec: DomainSpec) -> list[str]:
+    """What this host lacks for *spec* (firmware files, swtpm), as sentences; empty if
+    nothing. Checked before defining the domain, so the error names the package."""
+    problems = []
+    for path in (spec.loader, spec.nvram_template):
+        if path is not None and not path.is_file():
+            problems.append(f"UEFI firmware file {path} is missing (install Debian's 'ovmf' package)")
+    if spec.tpm and shutil.which(SWTPM) is None:
+        problems.append("a TPM was asked for but 'swtpm' is not installed (Debian: swtpm, swtpm-tools)")
+    return problems
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
@@ -44,13 +128,49 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -
     return element
 
 
-def _disk(devices: ET.Element, path: Path, fmt: str, target: str, *, readonly: bool = False) -> None:
-    disk = _sub(devices, "disk", type="file", device="disk")
-    _sub(disk, "driver", name="qemu", type=fmt, discard="unmap")
+def _disk(devices: ET.Element, path: Path, fmt: str, target: str, *, bus: str = "virtio",
+          device: str = "disk", readonly: bool = False) -> None:
+    disk = _sub(devices, "disk", type="file", device=device)
+    if device == "cdrom":
+        _sub(disk, "driver", name="qemu", type=fmt)
+    else:
+        _sub(disk, "driver", name="qemu", type=fmt, discard="unmap")
     _sub(disk, "source", file=str(path))
-    _sub(disk, "target", dev=target, bus="virtio")
+    _sub(disk, "target", dev=target, bus=bus)
     if readonly:
         _sub(disk, "readonly")
+
+
+def _disks(devices: ET.Element, spec: DomainSpec) -> None:
+    """The system disk first (``retarget`` relies on it), then the seed; target names are
+    handed out per bus in that order (vda, vdb / sda, sdb)."""
+    used: dict[str, int] = {}
+
+    def target(bus: str) -> str:
+        index = used.get(bus, 0)
+        used[bus] = index + 1
+        return _DEV_PREFIX[bus] + chr(ord("a") + index)
+
+    _disk(devices, spec.disk, spec.disk_format, target(spec.disk_bus), bus=spec.disk_bus)
+    seed_bus = "sata" if spec.seed_device == "cdrom" else spec.disk_bus
+    _disk(devices, spec.seed, "raw", target(seed_bus), bus=seed_bus, device=spec.seed_device,
+          readonly=True)
+
+
+def _os(dom: ET.Element, spec: DomainSpec) -> None:
+    os_el = _sub(dom, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine=spec.machine)
+    if spec.firmware == "uefi":
+        _sub(os_el, "loader", str(spec.loader), readonly="yes", type="pflash",
+             secure="yes" if spec.secure_boot else "no")
+        _sub(os_el, "nvram", str(spec.nvram), template=str(spec.nvram_template))
+    if spec.kernel is not None:
+        _sub(os_el, "kernel", str(spec.kernel))
+        if spec.initrd is not None:
+            _sub(os_el, "initrd", str(spec.initrd))
+        _sub(os_el, "cmdline", spec.cmdline)
+    else:
+        _sub(os_el, "boot", dev="hd")
 
 
 def domain_element(spec: DomainSpec) -> ET.Element:
@@ -62,17 +182,11 @@ def domain_element(spec: DomainSpec) -> ET.Element:
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.cpus))
 
-    os_el = _sub(dom, "os")
-    _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
-    if spec.kernel is not None:
-        _sub(os_el, "kernel", str(spec.kernel))
-        if spec.initrd is not None:
-            _sub(os_el, "initrd", str(spec.initrd))
-        _sub(os_el, "cmdline", spec.cmdline)
-    else:
-        _sub(os_el, "boot", dev="hd")
+    _os(dom, spec)
     features = _sub(dom, "features")
     _sub(features, "acpi")
+    if spec.secure_boot:
+        _sub(features, "smm", state="on")  # OVMF's Secure Boot build refuses to run without it
     if spec.virt_type == "kvm":
         _sub(dom, "cpu", mode="host-passthrough")
     _sub(dom, "clock", offset="utc")
@@ -81,8 +195,7 @@ def domain_element(spec: DomainSpec) -> ET.Element:
     _sub(dom, "on_crash", "destroy")
 
     devices = _sub(dom, "devices")
-    _disk(devices, spec.disk, spec.disk_format, "vda")
-    _disk(devices, spec.seed, "raw", "vdb", readonly=True)
+    _disks(devices, spec)
     serial = _sub(devices, "serial", type="file")
     _sub(serial, "source", path=str(spec.console_log), append="on")
     _sub(serial, "target", port="0")
@@ -90,10 +203,13 @@ def domain_element(spec: DomainSpec) -> ET.Element:
     _sub(devices, "memballoon", model="none")
     rng = _sub(devices, "rng", model="virtio")
     _sub(rng, "backend", "/dev/urandom", model="random")
+    if spec.tpm:
+        tpm = _sub(devices, "tpm", model="tpm-crb")
+        _sub(tpm, "backend", type="emulator", version="2.0")
 
     cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
     for arg in ("-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:{spec.guest_port}",
-                "-device", f"virtio-net-pci,netdev=net0,addr={NIC_PCI_SLOT}"):
+                "-device", f"{spec.nic_model},netdev=net0,addr={NIC_PCI_SLOT}"):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
     return dom
 
@@ -109,17 +225,22 @@ def read_metadata(xml: str) -> dict[str, str] | None:
     return dict(run.attrib) if run is not None else None
 
 
-def retarget(xml: str, *, disk: Path, console_log: Path, ssh_port: int, guest_port: int = 22) -> str:
-    """A saved domain's XML with its system disk, console file and host forward moved, for
-    restoring a clone of it (name, UUID and devices stay as saved: libvirt requires it)."""
+def retarget(xml: str, *, disk: Path, console_log: Path, ssh_port: int, guest_port: int = 22,
+             nvram: Path | None = None) -> str:
+    """A saved domain's XML with its system disk, console file, host forward and (for UEFI,
+    when given) NVRAM file moved, for restoring a clone of it (name, UUID and devices stay
+    as saved: libvirt requires it). The system disk is the first ``device="disk"``, on any
+    bus: :func:`domain_element` writes it first and libvirt keeps the order."""
     root = ET.fromstring(xml)
-    for element in root.iter("disk"):
-        target = element.find("target")
-        if target is not None and target.get("dev") == "vda":
-            element.find("source").set("file", str(disk))
-            # the saved chain named the golden overlay; libvirt re-reads the new one's chain
-            for backing in element.findall("backingStore"):
-                element.remove(backing)
+    system = next((d for d in root.iter("disk") if d.get("device", "disk") == "disk"), None)
+    if system is not None and system.find("source") is not None:
+        system.find("source").set("file", str(disk))
+        # the saved chain named the golden overlay; libvirt re-reads the new one's chain
+        for backing in system.findall("backingStore"):
+            system.remove(backing)
+    if nvram is not None:
+        for element in root.iter("nvram"):
+            element.text = str(nvram)
     for serial in root.iter("serial"):
         source = serial.find("source")
         if source is not None and serial.get("type") == "file":

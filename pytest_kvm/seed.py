@@ -1,21 +1,39 @@
 """Seed ISOs built in memory with pycdlib.
 
-NoCloud (volume ``cidata``: ``user-data``, ``meta-data``, optional
-``network-config`` and ``vendor-data``) is what the Linux guests read. The ISO
-writer itself is generic over a tree of files, so other layouts (OpenStack
-ConfigDrive, ``config-2``) reuse it.
+Two layouts over one generic ISO writer:
+
+- NoCloud (volume ``cidata``: ``user-data``, ``meta-data``, optional
+  ``network-config`` and ``vendor-data``): cloud-init, nuageinit.
+- OpenStack ConfigDrive (volume ``config-2``: ``openstack/latest/`` with
+  ``meta_data.json``, ``user_data``, optional ``network_data.json`` and
+  ``vendor_data.json``): cloudbase-init, cloud-init, nuageinit.
+
+Only ``openstack/latest`` is written. cloudbase-init and nuageinit read
+``latest`` and nothing else; cloud-init reads the newest dated version it
+knows (``2012-08-10`` ... ``2018-08-27``) *if one is on the drive*, else
+``latest`` (``helpers/openstack.py``, ``_find_working_version``). A dated copy
+would only be a second place for the same files to disagree.
 """
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pycdlib
+import yaml
 
 from .cache import write_owner_only
+from .cloudinit import dump_cloud_config
+from .errors import SeedError
 
 NOCLOUD_LABEL = "cidata"
+CONFIGDRIVE_LABEL = "config-2"
+CONFIGDRIVE_DIR = "openstack/latest"
+LABELS = {"nocloud": NOCLOUD_LABEL, "configdrive": CONFIGDRIVE_LABEL}
 
 
 def iso_bytes(volume_label: str, files: Mapping[str, bytes]) -> bytes:
@@ -56,6 +74,98 @@ def nocloud_files(user_data: bytes, meta_data: bytes, network_config: bytes | No
     if vendor_data is not None:
         files["vendor-data"] = vendor_data
     return files
+
+
+def configdrive_meta_data(instance_id: str, hostname: str,
+                          public_keys: Mapping[str, str] | None = None,
+                          admin_pass: str | None = None) -> dict[str, Any]:
+    """``meta_data.json`` as data. cloud-init requires ``uuid`` (its instance id) and takes
+    ``hostname`` as the local hostname; cloudbase-init reads ``uuid``, ``hostname``,
+    ``public_keys`` and ``admin_pass`` (the password of the user *its* config names)."""
+    data: dict[str, Any] = {
+        "uuid": instance_id,
+        "hostname": hostname,
+        "name": hostname,
+        "launch_index": 0,
+        "availability_zone": "nova",
+        "public_keys": dict(public_keys or {}),
+        "files": [],
+        "meta": {},
+    }
+    if admin_pass is not None:
+        data["admin_pass"] = admin_pass
+    return data
+
+
+def configdrive_files(meta_data: Mapping[str, Any], user_data: bytes | None = None,
+                      network_data: Mapping[str, Any] | None = None,
+                      vendor_data: Mapping[str, Any] | None = None) -> dict[str, bytes]:
+    files = {f"{CONFIGDRIVE_DIR}/meta_data.json": _json(meta_data)}
+    if user_data is not None:
+        files[f"{CONFIGDRIVE_DIR}/user_data"] = user_data
+    if network_data is not None:
+        files[f"{CONFIGDRIVE_DIR}/network_data.json"] = _json(network_data)
+    if vendor_data is not None:
+        files[f"{CONFIGDRIVE_DIR}/vendor_data.json"] = _json(vendor_data)
+    return files
+
+
+def _json(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A seed's volume label and files, ready to be written as an ISO."""
+
+    label: str
+    files: Mapping[str, bytes]
+
+    def iso(self) -> bytes:
+        return iso_bytes(self.label, self.files)
+
+    def write(self, path: Path) -> Path:
+        return write_seed(path, self.label, self.files)
+
+
+def build_seed(seed_format: str, *, instance_id: str, hostname: str,
+               user_data: bytes | Mapping[str, Any],
+               public_keys: Mapping[str, str] | Sequence[str] = (),
+               network_config: Mapping[str, Any] | None = None,
+               vendor_data: Mapping[str, Any] | None = None) -> Seed:
+    """The seed of *seed_format* (a family's ``seed_format``: ``"nocloud"`` or
+    ``"configdrive"``) from the same inputs for every family.
+
+    *user_data* is serialised already (``#cloud-config``, a script, MIME) or a mapping,
+    dumped as ``#cloud-config``. *public_keys* go to the metadata (``public-keys`` /
+    ``public_keys``); a sequence gets the names ``key-0``, ``key-1``, ... The layouts'
+    network formats differ, so *network_config* is in the target's own: NoCloud
+    ``network-config`` (v1/v2) or ConfigDrive ``network_data.json``; None means DHCP
+    on the first NIC, which every consumer does by default. *vendor_data* is a
+    cloud-config mapping in both layouts.
+    """
+    body = user_data if isinstance(user_data, bytes) else dump_cloud_config(user_data)
+    keys = dict(public_keys) if isinstance(public_keys, Mapping) else {
+        f"key-{index}": key for index, key in enumerate(public_keys)}
+    if seed_format == "nocloud":
+        meta: dict[str, Any] = {"instance-id": instance_id, "local-hostname": hostname}
+        if keys:
+            meta["public-keys"] = list(keys.values())
+        return Seed(NOCLOUD_LABEL, nocloud_files(
+            body, _yaml(meta),
+            network_config=None if network_config is None else _yaml(network_config),
+            vendor_data=None if vendor_data is None else dump_cloud_config(vendor_data)))
+    if seed_format == "configdrive":
+        return Seed(CONFIGDRIVE_LABEL, configdrive_files(
+            configdrive_meta_data(instance_id, hostname, keys), body, network_data=network_config,
+            # cloud-init takes the vendor cloud-config from the "cloud-init" key of vendor_data.json
+            vendor_data=None if vendor_data is None else {
+                "cloud-init": dump_cloud_config(vendor_data).decode()}))
+    raise SeedError(f"unknown seed format {seed_format!r}; known: {', '.join(LABELS)}")
+
+
+def _yaml(data: Mapping[str, Any]) -> bytes:
+    return yaml.safe_dump(dict(data), sort_keys=False).encode()
 
 
 def write_seed(path: Path, volume_label: str, files: Mapping[str, bytes]) -> Path:

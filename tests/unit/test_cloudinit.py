@@ -27,3 +27,82 @@ def test_cloud_config_header_and_yaml():
     assert out.startswith(b"#cloud-config\n")
     import yaml
     assert yaml.safe_load(out)["write_files"][0]["content"] == "a: 'b'\n"
+
+
+# -- per-family user data -------------------------------------------------------------------
+import yaml  # noqa: E402
+
+from pytest_kvm import cloudbase  # noqa: E402
+from pytest_kvm.families import family  # noqa: E402
+from pytest_kvm.keys import KeyPair  # noqa: E402
+
+LOGIN, HOST = KeyPair.generate("login"), KeyPair.generate("host")
+
+
+def test_linux_user_data_unchanged_by_the_family_path():
+    rendered = cloudinit.render_user_data(family("linux"), login_key=LOGIN, host_key=HOST,
+                                          extra={"runcmd": ["true"]})
+    assert rendered == cloudinit.dump_cloud_config(cloudinit.user_data(LOGIN, HOST, {"runcmd": ["true"]}))
+    assert yaml.safe_load(rendered)["users"][0]["shell"] == "/bin/bash"
+
+
+def test_bsd_user_gets_sh_and_openbsd_doas():
+    freebsd = yaml.safe_load(cloudinit.render_user_data(family("freebsd"), login_key=LOGIN, host_key=HOST))
+    assert freebsd["users"][0]["shell"] == "/bin/sh"
+    assert freebsd["users"][0]["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+    openbsd = yaml.safe_load(cloudinit.render_user_data(family("openbsd"), login_key=LOGIN, host_key=HOST,
+                                                        extra={"write_files": [{"path": "/x"}]}))
+    assert "sudo" not in openbsd["users"][0]
+    assert openbsd["write_files"][0] == {"path": "/etc/doas.conf", "content": "permit nopass pytest\n",
+                                         "owner": "root:wheel", "permissions": "0600", "append": True}
+    assert openbsd["write_files"][1] == {"path": "/x"}  # the user's files are added, not replacing
+    assert openbsd["ssh_keys"]["ed25519_public"] == HOST.public_openssh
+
+
+def test_unknown_privilege_tool_is_refused():
+    with pytest.raises(ValueError, match="pfexec"):
+        cloudinit.plugin_user_data(LOGIN, HOST, privilege="pfexec")
+
+
+def test_windows_user_data_is_a_cloudbase_script_with_the_password():
+    rendered = cloudinit.render_user_data(family("windows"), login_key=LOGIN, host_key=HOST,
+                                          password="Pa55-word")
+    text = rendered.decode()
+    assert text.startswith("#ps1_sysnative\r\n")
+    assert "$user = 'pytest'" in text
+    assert "ConvertTo-SecureString 'Pa55-word' -AsPlainText -Force" in text
+    assert "LocalAccountTokenFilterPolicy" in text and "-LocalPort 5985" in text
+    assert "AllowUnencrypted" not in text  # NTLM encrypts; Basic stays off
+    assert "S-1-5-32-544" in text  # the Administrators group by SID, not its localised name
+    with pytest.raises(SeedError, match="password"):
+        cloudinit.render_user_data(family("windows"), login_key=LOGIN, host_key=HOST)
+
+
+def test_powershell_quoting_cannot_be_escaped():
+    assert cloudbase.ps_quote("a'b") == "'a''b'"
+    assert cloudbase.ps_quote("a\u2019b") == "'a\u2019\u2019b'"  # PowerShell's typographic quotes
+    assert cloudbase.ps_quote("$(rm -r C:\\)") == "'$(rm -r C:\\)'"  # verbatim: no expansion
+    script = cloudbase.setup_script("o'brien", "x'; Remove-Item C:\\ -Recurse; '")
+    assert "$user = 'o''brien'" in script
+    assert "'x''; Remove-Item C:\\ -Recurse; '''" in script
+    with pytest.raises(SeedError):
+        cloudbase.ps_quote("nul\x00")
+
+
+def test_basic_auth_opt_in():
+    script = cloudbase.setup_script("pytest", "pw", basic_auth=True)
+    assert "Service\\Auth\\Basic -Value $true" in script
+    assert "Service\\AllowUnencrypted -Value $true" in script
+
+
+def test_windows_user_data_with_user_cloud_config_is_multipart():
+    import email
+    rendered = cloudbase.user_data("pytest", "pw", extra={"runcmd": ["echo hi"]})
+    message = email.message_from_bytes(rendered)
+    assert message.is_multipart()
+    script, config = message.get_payload()
+    assert script.get_content_type() == "text/x-shellscript"
+    assert script.get_filename() == "pytest-kvm.ps1"  # cloudbase-init runs a part by its extension
+    assert script.get_payload(decode=True).decode().startswith("#ps1_sysnative")
+    assert config.get_content_type() == "text/cloud-config"
+    assert yaml.safe_load(config.get_payload(decode=True)) == {"runcmd": ["echo hi"]}

@@ -89,3 +89,153 @@ def test_retarget_moves_disk_console_and_forward_only():
     assert "user,id=net0,hostfwd=tcp:127.0.0.1:41000-:22" in args
     assert moved.findtext("name") == original.findtext("name")
     assert moved.findtext("memory") == original.findtext("memory")
+
+
+# -- families: firmware, TPM, buses, NIC, seed device ---------------------------------------
+import pytest  # noqa: E402
+
+from pytest_kvm import domain  # noqa: E402
+from pytest_kvm.families import FAMILIES, family  # noqa: E402
+
+
+def family_spec(name, workdir=Path("/w"), **overrides):
+    fields = domain.family_fields(family(name), workdir)
+    values = dict(kernel=None, initrd=None, cmdline="")
+    values.update(fields)
+    values.update(overrides)
+    return spec(**values)
+
+
+def nic_args(root):
+    args = [a.get("value") for a in root.iter(f"{{{QEMU_NS}}}arg")]
+    return args[args.index("-netdev") + 1], args[args.index("-device") + 1]
+
+
+def test_default_spec_is_todays_linux_domain():
+    root = parse(spec())
+    assert root.find("os/type").get("machine") == "pc"
+    assert root.find("os/loader") is None and root.find("os/nvram") is None
+    assert root.find("devices/tpm") is None
+    targets = [(d.get("device"), d.find("target").get("dev"), d.find("target").get("bus"))
+               for d in root.findall("devices/disk")]
+    assert targets == [("disk", "vda", "virtio"), ("disk", "vdb", "virtio")]
+    assert nic_args(root)[1] == "virtio-net-pci,netdev=net0,addr=0x1e"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_builds_a_domain(name):
+    fam = family(name)
+    root = parse(family_spec(name))
+    assert root.find("os/type").get("machine") == fam.machine
+    assert root.find("os/boot").get("dev") == "hd"
+    netdev, device = nic_args(root)
+    assert netdev == f"user,id=net0,hostfwd=tcp:127.0.0.1:40022-:{fam.guest_port}"
+    assert device == f"{fam.nic_model},netdev=net0,addr=0x1e"
+    system, seed = root.findall("devices/disk")
+    assert system.find("target").get("bus") == fam.disk_bus
+    assert system.find("source").get("file") == "/w/disk.qcow2"
+    assert seed.get("device") == fam.seed_device
+    assert seed.find("source").get("file") == "/w/seed.iso"
+    assert seed.find("readonly") is not None
+    assert (root.find("os/loader") is not None) == (fam.firmware == "uefi")
+    assert root.find("devices/serial/source").get("path") == "/w/console.log"
+
+
+def test_windows_domain_uefi_sata_cdrom_e1000():
+    root = parse(family_spec("windows", workdir=Path("/w")))
+    loader = root.find("os/loader")
+    assert loader.text == "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    assert (loader.get("readonly"), loader.get("type"), loader.get("secure")) == ("yes", "pflash", "no")
+    nvram = root.find("os/nvram")
+    assert nvram.text == "/w/OVMF_VARS.fd"
+    assert nvram.get("template") == "/usr/share/OVMF/OVMF_VARS_4M.fd"
+    system, seed = root.findall("devices/disk")
+    assert (system.find("target").get("dev"), system.find("target").get("bus")) == ("sda", "sata")
+    assert (seed.get("device"), seed.find("target").get("dev"), seed.find("target").get("bus")) == (
+        "cdrom", "sdb", "sata")
+    assert seed.find("driver").get("discard") is None  # a CD-ROM has nothing to discard
+    assert nic_args(root)[1].startswith("e1000,")
+    assert root.find("features/smm") is None
+
+
+def test_cdrom_seed_next_to_a_virtio_disk_gets_the_first_sata_name():
+    root = parse(spec(seed_device="cdrom"))
+    targets = [(d.find("target").get("dev"), d.find("target").get("bus")) for d in root.findall("devices/disk")]
+    assert targets == [("vda", "virtio"), ("sda", "sata")]
+
+
+def test_tpm_is_an_swtpm_emulator():
+    root = parse(spec(tpm=True))
+    tpm = root.find("devices/tpm")
+    assert tpm.get("model") == "tpm-crb"
+    assert tpm.find("backend").get("type") == "emulator"
+    assert tpm.find("backend").get("version") == "2.0"
+    assert domain.family_fields(family("windows"), Path("/w"), tpm=True)["tpm"] is True
+    assert domain.family_fields(family("windows"), Path("/w"))["tpm"] is False
+
+
+def test_secure_boot_uses_secboot_code_ms_vars_and_smm():
+    root = parse(spec(machine="q35", firmware="uefi", secure_boot=True, nvram=Path("/w/v.fd"),
+                      ovmf_dir=Path("/fw")))
+    assert root.find("os/loader").text == "/fw/OVMF_CODE_4M.secboot.fd"
+    assert root.find("os/loader").get("secure") == "yes"
+    assert root.find("os/nvram").get("template") == "/fw/OVMF_VARS_4M.ms.fd"
+    assert root.find("features/smm").get("state") == "on"
+
+
+def test_inconsistent_specs_are_refused():
+    with pytest.raises(ValueError, match="nvram"):
+        spec(firmware="uefi")
+    with pytest.raises(ValueError, match="Secure Boot"):
+        spec(firmware="uefi", nvram=Path("/w/v.fd"), secure_boot=True)  # machine pc
+    with pytest.raises(ValueError, match="disk_bus"):
+        spec(disk_bus="ide")
+
+
+def test_image_firmware_overrides_the_family():
+    fields = domain.family_fields(family("windows"), Path("/w"), firmware="bios")
+    assert fields["firmware"] == "bios" and fields["nvram"] is None
+    fields = domain.family_fields(family("linux"), Path("/w"), firmware="uefi")
+    assert fields["nvram"] == Path("/w/OVMF_VARS.fd")
+    assert parse(spec(**{**fields, "kernel": None})).find("os/loader") is not None
+
+
+def test_host_problems_name_the_missing_package(tmp_path, monkeypatch):
+    uefi = spec(firmware="uefi", nvram=tmp_path / "v.fd", ovmf_dir=tmp_path, tpm=True)
+    monkeypatch.setattr(domain.shutil, "which", lambda name: None)
+    problems = domain.host_problems(uefi)
+    assert len(problems) == 3
+    assert all("'ovmf'" in p for p in problems[:2]) and "swtpm" in problems[2]
+    (tmp_path / "OVMF_CODE_4M.fd").write_bytes(b"")
+    (tmp_path / "OVMF_VARS_4M.fd").write_bytes(b"")
+    monkeypatch.setattr(domain.shutil, "which", lambda name: "/usr/bin/swtpm")
+    assert domain.host_problems(uefi) == []
+    assert domain.host_problems(spec()) == []
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_retarget_every_family_shape(name):
+    from pytest_kvm.domain import retarget
+    fam = family(name)
+    saved = domain_xml(family_spec(name))
+    moved = ET.fromstring(retarget(saved, disk=Path("/c/clone.qcow2"), console_log=Path("/c/console.log"),
+                                   ssh_port=41000, guest_port=fam.guest_port,
+                                   nvram=Path("/c/OVMF_VARS.fd")))
+    system, seed = moved.findall("devices/disk")
+    assert system.find("source").get("file") == "/c/clone.qcow2"
+    assert seed.find("source").get("file") == "/w/seed.iso"
+    assert nic_args(moved)[0] == f"user,id=net0,hostfwd=tcp:127.0.0.1:41000-:{fam.guest_port}"
+    assert nic_args(moved)[1] == nic_args(ET.fromstring(saved))[1]
+    if fam.firmware == "uefi":
+        assert moved.find("os/nvram").text == "/c/OVMF_VARS.fd"
+        assert moved.find("os/nvram").get("template") == "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+
+def test_retarget_drops_the_saved_backing_chain_of_a_sata_disk():
+    from pytest_kvm.domain import retarget
+    root = parse(family_spec("windows"))
+    ET.SubElement(root.find("devices/disk"), "backingStore", type="file")
+    moved = ET.fromstring(retarget(ET.tostring(root, encoding="unicode"), disk=Path("/c/d.qcow2"),
+                                   console_log=Path("/c/console.log"), ssh_port=1, guest_port=5985))
+    assert moved.find("devices/disk/backingStore") is None
+    assert moved.find("os/nvram").text == "/w/OVMF_VARS.fd"  # not asked to move: untouched

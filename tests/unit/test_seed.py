@@ -44,3 +44,92 @@ def test_seed_user_data_carries_keys():
     assert data["ssh_keys"]["ed25519_private"] == host.private_openssh
     assert data["ssh_pwauth"] is False
     assert data["runcmd"] == ["true"]
+
+
+# -- one builder for every family; ConfigDrive read back ---------------------------------------
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+from pytest_kvm.errors import SeedError  # noqa: E402
+from pytest_kvm.families import family  # noqa: E402
+
+
+def test_configdrive_read_back_with_keys_hostname_and_user_data():
+    login, host = KeyPair.generate("login"), KeyPair.generate("host")
+    built = seed.build_seed("configdrive", instance_id="pytest-kvm-1-ab-1", hostname="guest-1",
+                            user_data=cloudinit.user_data(login, host),
+                            public_keys={"pytest-kvm": login.public_openssh},
+                            network_config={"links": [], "networks": [], "services": []},
+                            vendor_data={"runcmd": ["true"]})
+    found = seed.read_iso(built.iso())
+    assert found[".volume"] == b"config-2"
+    assert sorted(k for k in found if k != ".volume") == [
+        "openstack/latest/meta_data.json", "openstack/latest/network_data.json",
+        "openstack/latest/user_data", "openstack/latest/vendor_data.json"]
+    meta = json.loads(found["openstack/latest/meta_data.json"])
+    assert meta["uuid"] == "pytest-kvm-1-ab-1"  # cloud-init refuses a meta_data.json without it
+    assert meta["hostname"] == "guest-1" and meta["name"] == "guest-1"
+    assert meta["public_keys"] == {"pytest-kvm": login.public_openssh}
+    assert "admin_pass" not in meta
+    user = yaml.safe_load(found["openstack/latest/user_data"])
+    assert found["openstack/latest/user_data"].startswith(b"#cloud-config\n")
+    assert user["users"][0]["ssh_authorized_keys"] == [login.public_openssh]
+    assert json.loads(found["openstack/latest/network_data.json"]) == {
+        "links": [], "networks": [], "services": []}
+    vendor = json.loads(found["openstack/latest/vendor_data.json"])
+    assert yaml.safe_load(vendor["cloud-init"]) == {"runcmd": ["true"]}
+
+
+def test_configdrive_joliet_names_and_label_for_windows(tmp_path):
+    # Windows reads a CD through its Joliet tree: names and label must be right there too
+    path = seed.build_seed("configdrive", instance_id="i", hostname="h",
+                           user_data=b"#ps1_sysnative\r\nexit 0\r\n").write(tmp_path / "seed.iso")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        label = iso.joliet_vd.volume_identifier.decode("utf-16-be").rstrip()
+        names = sorted(c.file_identifier().decode("utf-16-be")
+                       for c in iso.list_children(joliet_path="/openstack/latest") if c.is_file())
+    finally:
+        iso.close()
+    assert label == "config-2"
+    assert names == ["meta_data.json", "user_data"]
+
+
+def test_nocloud_from_the_same_inputs():
+    built = seed.build_seed("nocloud", instance_id="i-1", hostname="h-1",
+                            user_data={"runcmd": ["true"]}, public_keys=["ssh-ed25519 AAAA k"],
+                            network_config={"version": 2, "ethernets": {}})
+    found = seed.read_iso(built.iso())
+    assert found[".volume"] == b"cidata"
+    assert yaml.safe_load(found["meta-data"]) == {
+        "instance-id": "i-1", "local-hostname": "h-1", "public-keys": ["ssh-ed25519 AAAA k"]}
+    assert found["user-data"].startswith(b"#cloud-config\n")
+    assert yaml.safe_load(found["user-data"]) == {"runcmd": ["true"]}
+    assert yaml.safe_load(found["network-config"]) == {"version": 2, "ethernets": {}}
+    assert "vendor-data" not in found
+
+
+def test_nocloud_meta_data_without_keys_is_what_linux_guests_got_before():
+    built = seed.build_seed("nocloud", instance_id="n", hostname="n", user_data=b"#cloud-config\n{}\n")
+    assert built.files["meta-data"] == cloudinit.meta_data("n", "n")
+    assert built.files["user-data"] == b"#cloud-config\n{}\n"
+
+
+def test_seed_format_comes_from_the_family():
+    labels = {name: seed.build_seed(family(name).seed_format, instance_id="i", hostname="h",
+                                    user_data=b"x").label
+              for name in ("linux", "freebsd", "windows")}
+    assert labels == {"linux": "cidata", "freebsd": "config-2", "windows": "config-2"}
+
+
+def test_unknown_seed_format_is_a_seed_error():
+    with pytest.raises(SeedError, match="unknown seed format 'floppy'"):
+        seed.build_seed("floppy", instance_id="i", hostname="h", user_data=b"")
+
+
+def test_admin_pass_only_when_given():
+    assert seed.configdrive_meta_data("i", "h", admin_pass="s3cret!")["admin_pass"] == "s3cret!"
+    assert "admin_pass" not in seed.configdrive_meta_data("i", "h")

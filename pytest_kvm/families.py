@@ -1,0 +1,216 @@
+"""Guest families as data: everything that differs between Linux, the BSDs and Windows.
+
+A family says how a guest of that kind is seeded, reached, waited for and
+described to libvirt. The rest of the plugin reads these fields and never asks
+which operating system it is talking to: a new family is a new table entry.
+
+Sources for the values (checked against the projects' own code and docs):
+
+- cloud-init's ConfigDrive reader (``cloudinit/sources/helpers/openstack.py``):
+  ``openstack/<version>/meta_data.json`` is mandatory and must hold ``uuid``;
+  ``user_data``, ``vendor_data.json``, ``vendor_data2.json`` and
+  ``network_data.json`` are optional; it reads the newest dated version it
+  knows that is present on the drive, else ``latest``.
+- cloudbase-init (``metadata/services/osconfigdrive/windows.py``,
+  ``baseopenstackservice.py``): finds a CD-ROM or disk whose volume label is
+  ``config-2`` and that holds ``openstack\\latest\\meta_data.json``; reads
+  ``openstack/latest/{meta_data.json,user_data,network_data.json}`` only.
+  ``user_data`` starting ``#ps1_sysnative`` runs as a 64-bit PowerShell script
+  (``plugins/common/userdatautils.py``).
+- FreeBSD nuageinit (``libexec/rc/rc.d/nuageinit``, ``nuageinit(7)``, in base
+  since 14.1): mounts ``/dev/iso9660/config-2`` (else ``cidata``) and reads
+  ``openstack/latest``; the default user is ``freebsd`` with shell ``/bin/sh``;
+  ``users`` are created after the network is up; sudo/doas rules need those
+  packages. It has no ``cloud-init status``; FreeBSD has no systemd.
+- OpenBSD (vio(4), vioblk(4)) and NetBSD (vioif(4), ld(4) at virtio) run on
+  virtio disks and NICs; their community cloud images ship Python cloud-init.
+- Windows without the virtio-win drivers only sees AHCI (SATA) disks and
+  Intel e1000-family NICs; cloudbase-init finds ``config-2`` on a SATA CD-ROM.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import MappingProxyType
+
+from .cloudinit import LOGIN_USER
+from .errors import ImageError
+
+# exit 127 when the image has no cloud-init; else cloud-init's own status code
+CLOUD_INIT_WAIT = ("command -v cloud-init >/dev/null 2>&1 || exit 127; "
+                   "cloud-init status --wait >/dev/null 2>&1; rc=$?; cloud-init status --long; exit $rc")
+# cloudbase-init stops its service once every plugin ran (a reboot it asked for included);
+# WinRM answering only proves our user-data script ran, so wait for the service too.
+CLOUDBASE_INIT_WAIT = (
+    "powershell.exe -NoProfile -NonInteractive -Command "
+    "\"while ((Get-Service cloudbase-init -ErrorAction SilentlyContinue).Status -eq 'Running') "
+    "{ Start-Sleep -Seconds 2 }; exit 0\"")
+
+SEED_FORMATS = ("nocloud", "configdrive")
+TRANSPORTS = ("ssh", "winrm")
+READINESS = ("cloud-init", "ssh", "winrm")
+FIRMWARES = ("bios", "uefi")
+MACHINES = ("pc", "q35")
+DISK_BUSES = ("virtio", "sata")
+NIC_MODELS = ("virtio-net-pci", "e1000", "e1000e")
+SEED_DEVICES = ("disk", "cdrom")
+USER_DATA_FORMATS = ("cloud-config", "cloudbase-ps1")
+BSD_BANNER = "The Regents of the University of California"  # every BSD kernel prints it at boot
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one kind of guest is seeded, reached, waited for and wired up.
+
+    Every field is plain data; see the module docstring for where the values
+    come from.
+    """
+
+    name: str
+    description: str
+    #: ``"nocloud"`` (volume ``cidata``) or ``"configdrive"`` (OpenStack, volume ``config-2``)
+    seed_format: str
+    #: what the plugin puts in the seed's user data: a ``#cloud-config`` document
+    #: (cloud-init, nuageinit) or a ``#ps1_sysnative`` script (cloudbase-init)
+    user_data_format: str
+    #: the account the seed creates and the handle logs in as
+    login_user: str
+    #: ``"ssh"`` (key auth, pinned host key) or ``"winrm"`` (HTTP, per-guest password)
+    transport: str
+    #: the guest port the 127.0.0.1 host forward points at
+    guest_port: int
+    #: what "ready" means: ``"cloud-init"`` (``cloud-init status --wait`` over SSH),
+    #: ``"ssh"`` (our key logs in: the seed created the user), ``"winrm"`` (a WinRM
+    #: command runs with our credentials)
+    readiness: str
+    #: run once the login works; blocks until the guest's init system is done.
+    #: Its exit code must be in ``ready_exit_codes``; None: the login is enough
+    ready_command: str | None
+    ready_exit_codes: tuple[int, ...]
+    #: ``"bios"`` (SeaBIOS) or ``"uefi"`` (OVMF from Debian's ``ovmf``)
+    firmware: str
+    #: ``"pc"`` (i440fx) or ``"q35"`` (needed for Secure Boot: SMM)
+    machine: str
+    disk_bus: str
+    nic_model: str
+    #: how the seed is attached: ``"disk"`` (on ``disk_bus``) or ``"cdrom"`` (SATA)
+    seed_device: str
+    #: where the guest's console goes; always the serial port, logged to a file
+    console: str
+    #: the shell in which ``run(command)`` executes
+    shell: str
+    #: the login shell the seed gives the user (None: the OS decides)
+    login_shell: str | None
+    #: how the login user becomes root: ``"sudo"``, ``"doas"`` or None (it is an admin)
+    privilege: str | None
+    #: whether the seed can install the host key the plugin generated (and pins)
+    seeds_host_key: bool
+    #: whether a kernel and initrd from the image recipe may be booted directly
+    direct_kernel_boot: bool
+    #: console text printed once per kernel start (counts reboots); None: unknown
+    boot_banner: str | None
+    #: console text that means the kernel panicked
+    panic_markers: tuple[str, ...]
+    #: ``str.format`` template setting the guest clock from the host's after a warm
+    #: restore (``{epoch}``: float seconds, ``{utc}``: an aware datetime); None: unsupported
+    clock_command: str | None
+    tpm: bool = False
+    secure_boot: bool = False
+
+    def __post_init__(self) -> None:
+        for field_name, allowed in (("seed_format", SEED_FORMATS), ("transport", TRANSPORTS),
+                                    ("readiness", READINESS), ("firmware", FIRMWARES),
+                                    ("machine", MACHINES), ("disk_bus", DISK_BUSES),
+                                    ("nic_model", NIC_MODELS), ("seed_device", SEED_DEVICES),
+                                    ("user_data_format", USER_DATA_FORMATS)):
+            value = getattr(self, field_name)
+            if value not in allowed:
+                raise ValueError(f"family {self.name}: {field_name}={value!r} is not one of {allowed}")
+        if self.secure_boot and (self.firmware != "uefi" or self.machine != "q35"):
+            raise ValueError(f"family {self.name}: Secure Boot needs firmware='uefi' and machine='q35'")
+
+    def clock_command_for(self, epoch: float) -> str | None:
+        """The command that sets the guest clock to *epoch*, or None if the family has none."""
+        if self.clock_command is None:
+            return None
+        return self.clock_command.format(epoch=epoch,
+                                         utc=datetime.fromtimestamp(epoch, tz=timezone.utc))
+
+
+_UNIX = dict(user_data_format="cloud-config", login_user=LOGIN_USER, transport="ssh", guest_port=22,
+             firmware="bios", machine="pc", disk_bus="virtio", nic_model="virtio-net-pci",
+             seed_device="disk", console="serial", shell="sh", seeds_host_key=True,
+             direct_kernel_boot=False)
+# BSD date(1) takes [[[[[cc]yy]mm]dd]HH]MM[.SS]; GNU date does not, so Linux has its own
+
+
+def _bsd_clock(privilege: str) -> str:
+    return privilege + " date -u {utc:%Y%m%d%H%M.%S} >/dev/null"
+
+
+_FAMILIES: dict[str, Family] = {family.name: family for family in (
+    Family(
+        name="linux", description="Linux with cloud-init (Debian, Ubuntu, Fedora, Alma/Rocky, Alpine)",
+        **{**_UNIX, "direct_kernel_boot": True},
+        seed_format="nocloud", readiness="cloud-init",
+        ready_command=CLOUD_INIT_WAIT, ready_exit_codes=(0, 2, 127),  # 2: done, recoverable errors
+        login_shell="/bin/bash", privilege="sudo",
+        boot_banner="Linux version ", panic_markers=("Kernel panic - not syncing", "end Kernel panic"),
+        clock_command="sudo -n date -u -s @{epoch:.3f} >/dev/null"),
+    Family(
+        name="freebsd", description="FreeBSD BASIC-CLOUDINIT images (nuageinit, in base since 14.1)",
+        **_UNIX,
+        # nuageinit reads both; config-2 is probed first, and it is what OpenStack gives it
+        seed_format="configdrive", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
+        # base has no bash and no sudo: sudo rules only work once the sudo package is installed
+        login_shell="/bin/sh", privilege="sudo",
+        boot_banner=BSD_BANNER, panic_markers=("panic: ",),
+        clock_command=_bsd_clock("sudo -n")),
+    Family(
+        name="openbsd", description="OpenBSD cloud images with cloud-init (community builds)",
+        **_UNIX,
+        seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
+        login_shell="/bin/sh", privilege="doas",  # doas(1) is in base, sudo is not
+        boot_banner=BSD_BANNER, panic_markers=("panic: ", "ddb{"),
+        clock_command=_bsd_clock("doas -n")),
+    Family(
+        name="netbsd", description="NetBSD cloud images with cloud-init (community builds)",
+        **_UNIX,
+        seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
+        login_shell="/bin/sh", privilege="sudo",
+        boot_banner=BSD_BANNER, panic_markers=("panic: ", "Stopped in pid"),
+        clock_command=_bsd_clock("sudo -n")),
+    Family(
+        name="windows", description="Windows with cloudbase-init (images come from the user)",
+        seed_format="configdrive", user_data_format="cloudbase-ps1", login_user=LOGIN_USER,
+        transport="winrm", guest_port=5985, readiness="winrm",
+        ready_command=CLOUDBASE_INIT_WAIT, ready_exit_codes=(0,),
+        # UEFI: Windows 11 and Server 2022+ images are GPT/UEFI; q35 has AHCI built in
+        firmware="uefi", machine="q35",
+        # no virtio-win drivers assumed: AHCI disks and an Intel NIC have inbox drivers
+        disk_bus="sata", nic_model="e1000", seed_device="cdrom",
+        console="serial", shell="cmd.exe", login_shell=None, privilege=None,
+        seeds_host_key=False, direct_kernel_boot=False,
+        boot_banner=None, panic_markers=(),
+        clock_command=("powershell.exe -NoProfile -NonInteractive -Command \"Set-Date -Date "
+                       "([DateTimeOffset]::FromUnixTimeMilliseconds({epoch:.0f}000)).LocalDateTime "
+                       "| Out-Null\"")),
+    Family(
+        name="generic", description="any image with a NoCloud-capable cloud-init: no OS-specific assumption",
+        **_UNIX,
+        seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
+        login_shell="/bin/sh", privilege="sudo",
+        boot_banner=None, panic_markers=(), clock_command=None),
+)}
+
+FAMILIES: Mapping[str, Family] = MappingProxyType(_FAMILIES)
+
+
+def family(name: str) -> Family:
+    """The family called *name*; an unknown name is an :class:`ImageError` listing the known ones."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ImageError(f"unknown guest family {name!r}; known families: "
+                         f"{', '.join(sorted(FAMILIES))}") from None
