@@ -45,7 +45,6 @@ def plugin_user_data(login_key: KeyPair, host_key: KeyPair, user: str = LOGIN_US
     data: dict[str, Any] = {
         "users": [account],
         "disable_root": True,
-        "ssh_pwauth": False,
         "ssh_deletekeys": True,
         "ssh_genkeytypes": [],
         "ssh_keys": {

@@ -42,7 +42,7 @@ def qemu_pid(name: str) -> int | None:
     return None
 
 
-def bare_qemu(session: KvmSession, os_name: str, memory: int, timeout: float) -> float:
+def bare_qemu(session: KvmSession, os_name: str, memory: int, cpus: int, timeout: float) -> float:
     """The floor: the same kernel, initrd, disk, seed and NIC started by hand; seconds to SSH auth."""
     image = session.images.resolve(os_name)
     with tempfile.TemporaryDirectory(prefix="pk-bench-") as tmp:
@@ -56,7 +56,7 @@ def bare_qemu(session: KvmSession, os_name: str, memory: int, timeout: float) ->
         port = free_port()
         write_known_hosts(tmp / "known_hosts", "127.0.0.1", port, host)
         accel = "kvm" if session.accel == "kvm" else "tcg"
-        argv = ["qemu-system-x86_64", "-machine", f"pc,accel={accel}", "-m", str(memory), "-smp", "1",
+        argv = ["qemu-system-x86_64", "-machine", f"pc,accel={accel}", "-m", str(memory), "-smp", str(cpus),
                 "-nodefaults", "-no-user-config", "-display", "none",
                 "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", image.cmdline,
                 "-drive", f"file={tmp / 'disk.qcow2'},if=virtio,format=qcow2",
@@ -123,12 +123,13 @@ def main() -> int:
     args = parser.parse_args()
     log = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     session = KvmSession(Settings.build(reset="boot"), progress=log)
-    results: dict[str, object] = {"os": args.os, "accel": session.acceleration.describe()}
+    results: dict[str, object] = {"os": args.os, "accel": session.acceleration.describe(),
+                                  "cpus": session.settings.cpus, "memory_mib": args.memory}
     bare, cold_auth, cold_ready, clone_cmd, teardown = [], [], [], [], []
     try:
         timeout = session.settings.limits(session.accel)["boot"].seconds
         for i in range(args.runs):
-            bare.append(bare_qemu(session, args.os, args.memory, timeout))
+            bare.append(bare_qemu(session, args.os, args.memory, session.settings.cpus, timeout))
             log(f"run {i + 1}: bare QEMU to SSH auth {bare[-1]:.1f} s")
             t0 = time.monotonic()
             guest = session.boot(args.os, memory_mib=args.memory, reset="boot")
