@@ -19,9 +19,10 @@ RESET_CHOICES = ("clone", "boot")
 
 
 def golden_key(os_name: str, image: Path | None, memory_mib: int, cpus: int,
-               user_data: Mapping[str, Any] | None) -> str:
-    """Guests that may share a golden: same OS, image, size and user_data."""
-    blob = json.dumps([os_name, str(image) if image else None, memory_mib, cpus, user_data],
+               user_data: Mapping[str, Any] | None, family: str = "", seed: str | None = None) -> str:
+    """Guests that may share a golden: same OS, image, size, user_data, family and seed."""
+    blob = json.dumps([os_name, str(image) if image else None, memory_mib, cpus, user_data,
+                       family, seed],
                       sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -39,6 +39,8 @@ class Settings:
     cpus: int = DEFAULT_CPUS
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
     reset: str = "clone"
+    mirror: str | None = None  # catalog downloads come from MIRROR/HOST/PATH instead
+    catalogs: tuple[Path, ...] = ()  # the user's catalog files, over the built-in one
 
     @property
     def default_os(self) -> str:
@@ -71,13 +73,15 @@ class Settings:
             cloud_init_timeout=config.getini("kvm_cloud_init_timeout"),
             memory_mib=config.getini("kvm_memory_mib"), cpus=config.getini("kvm_cpus"),
             command_timeout=config.getini("kvm_command_timeout"),
-            reset=opt.kvm_reset or config.getini("kvm_reset") or "clone")
+            reset=opt.kvm_reset or config.getini("kvm_reset") or "clone",
+            mirror=opt.kvm_mirror or config.getini("kvm_mirror") or None,
+            catalogs=config.getini("kvm_catalog"))
 
     @classmethod
     def build(cls, *, os_names=(DEFAULT_OS,), accel="auto", uri=None, keep="none", images=(),
               cache_dir=None, boot_timeout=None, ssh_timeout=None, cloud_init_timeout=None,
               memory_mib=None, cpus=None, command_timeout=None,
-              reset="clone") -> "Settings":
+              reset="clone", mirror=None, catalogs=()) -> "Settings":
         if accel not in ACCEL_CHOICES:
             raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
         if keep not in KEEP_CHOICES:
@@ -103,6 +107,8 @@ class Settings:
             cpus=_whole("kvm_cpus", cpus, DEFAULT_CPUS),
             command_timeout=_positive("kvm_command_timeout", command_timeout, DEFAULT_COMMAND_TIMEOUT),
             reset=reset,
+            mirror=_url("--kvm-mirror / kvm_mirror", mirror),
+            catalogs=tuple(Path(p).expanduser() for p in catalogs),
         )
 
 
@@ -123,3 +129,11 @@ def _whole(name: str, value, default: int) -> int:
     if number != int(number):
         raise SettingsError(f"{name} must be a whole number, not {value!r}")
     return int(number)
+
+
+def _url(name: str, value: str | None) -> str | None:
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://", "file://")):
+        raise SettingsError(f"{name} must be an http://, https:// or file:// URL, not {value!r}")
+    return value.rstrip("/")

@@ -117,6 +117,10 @@ class Family:
     clock_command: str | None
     tpm: bool = False
     secure_boot: bool = False
+    #: ``str.format`` template (``{hostname}``) giving a warm clone its own hostname and
+    #: machine identity when a test asks for ``unique=True``; None: unsupported. (Cold
+    #: boots are always unique: cloud-init sets the hostname, the first boot a machine-id.)
+    identity_command: str | None = None
 
     def __post_init__(self) -> None:
         for field_name, allowed in (("seed_format", SEED_FORMATS), ("transport", TRANSPORTS),
@@ -149,6 +153,10 @@ def _bsd_clock(privilege: str) -> str:
     return privilege + " date -u {utc:%Y%m%d%H%M.%S} >/dev/null"
 
 
+def _bsd_identity(privilege: str) -> str:
+    return privilege + " hostname {hostname}"  # BSDs: the hostname (no machine-id to renew)
+
+
 _FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family(
         name="linux", description="Linux with cloud-init (Debian, Ubuntu, Fedora, Alma/Rocky, Alpine)",
@@ -157,7 +165,11 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         ready_command=CLOUD_INIT_WAIT, ready_exit_codes=(0, 2, 127),  # 2: done, recoverable errors
         login_shell="/bin/bash", privilege="sudo",
         boot_banner="Linux version ", panic_markers=("Kernel panic - not syncing", "end Kernel panic"),
-        clock_command="sudo -n date -u -s @{epoch:.3f} >/dev/null"),
+        clock_command="sudo -n date -u -s @{epoch:.3f} >/dev/null",
+        # a new random machine-id: systemd-machine-id-setup would derive the same one from
+        # the VM's UUID, which a clone shares with its golden
+        identity_command=("sudo -n sh -c 'hostname {hostname} && echo {hostname} > /etc/hostname"
+                          " && cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id'")),
     Family(
         name="freebsd", description="FreeBSD BASIC-CLOUDINIT images (nuageinit, in base since 14.1)",
         **_UNIX,
@@ -166,21 +178,21 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         # base has no bash and no sudo: sudo rules only work once the sudo package is installed
         login_shell="/bin/sh", privilege="sudo",
         boot_banner=BSD_BANNER, panic_markers=("panic: ",),
-        clock_command=_bsd_clock("sudo -n")),
+        clock_command=_bsd_clock("sudo -n"), identity_command=_bsd_identity("sudo -n")),
     Family(
         name="openbsd", description="OpenBSD cloud images with cloud-init (community builds)",
         **_UNIX,
         seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
         login_shell="/bin/sh", privilege="doas",  # doas(1) is in base, sudo is not
         boot_banner=BSD_BANNER, panic_markers=("panic: ", "ddb{"),
-        clock_command=_bsd_clock("doas -n")),
+        clock_command=_bsd_clock("doas -n"), identity_command=_bsd_identity("doas -n")),
     Family(
         name="netbsd", description="NetBSD cloud images with cloud-init (community builds)",
         **_UNIX,
         seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
         login_shell="/bin/sh", privilege="sudo",
         boot_banner=BSD_BANNER, panic_markers=("panic: ", "Stopped in pid"),
-        clock_command=_bsd_clock("sudo -n")),
+        clock_command=_bsd_clock("sudo -n"), identity_command=_bsd_identity("sudo -n")),
     Family(
         name="windows", description="Windows with cloudbase-init (images come from the user)",
         seed_format="configdrive", user_data_format="cloudbase-ps1", login_user=LOGIN_USER,
@@ -214,3 +226,11 @@ def family(name: str) -> Family:
     except KeyError:
         raise ImageError(f"unknown guest family {name!r}; known families: "
                          f"{', '.join(sorted(FAMILIES))}") from None
+
+
+def family_for_name(image_name: str, default: str = "linux") -> str:
+    """The family of a local image (``--kvm-image NAME=PATH``) from its name's first word:
+    ``windows-2022`` is ``windows``, ``freebsd-14.3`` is ``freebsd``; anything else is
+    *default* (override it with the ``family=`` keyword of the marker or ``kvm.boot``)."""
+    first = image_name.lower().split("-", 1)[0]
+    return first if first in FAMILIES else default

@@ -3,6 +3,7 @@ the work is in :class:`~pytest_kvm.session.KvmSession`."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ from .stash import GUESTS_KEY, SESSION_KEY, failed
 @pytest.fixture(scope="session")
 def kvm(pytestconfig: pytest.Config) -> KvmSession:
     """The hypervisor session: ``kvm.boot(os=None, *, memory_mib=None, cpus=None, user_data=None,
-    image=None, boot_timeout=None)`` returns a started guest (a context manager)."""
+    image=None, boot_timeout=None, reset=None, family=None, seed=None, unique=False)`` returns a
+    started guest (a context manager)."""
     return pytestconfig.stash[SESSION_KEY]
 
 
@@ -37,9 +39,7 @@ def guest(request: pytest.FixtureRequest, kvm: KvmSession) -> Iterator[Guest]:
     """A booted guest for this test, configured by ``@pytest.mark.guest(...)``."""
     marker = request.node.get_closest_marker("guest")
     spec = guest_marker(*marker.args, **marker.kwargs) if marker else guest_marker()
-    os_name = spec.os or getattr(request, "param", None)
-    g = kvm.create(os_name, memory_mib=spec.memory_mib, cpus=spec.cpus,
-                   user_data=spec.user_data, image=spec.image, reset=spec.reset)
+    g = kvm.create_for(replace(spec, os=spec.os or getattr(request, "param", None)))
     _remember(request, g)
     try:
         g.start()

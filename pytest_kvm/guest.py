@@ -7,31 +7,29 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
 from . import cloudinit, seed
-from .cache import writable
+from .cache import write_owner_only, writable
 from .clones import Golden
-from .domain import DomainSpec, domain_xml, retarget
-from .errors import CloudInitError, CommandTimeout, HostKeyMismatch, HypervisorError
+from .domain import NVRAM_FILE, DomainSpec, domain_xml, family_fields, host_problems, retarget
+from .errors import CloudInitError, CommandTimeout, HostKeyMismatch, HypervisorError, KvmError
+from .families import Family, family
 from .hypervisor import Hypervisor, PortInUse
 from .images import BaseImage
 from .keys import KeyPair, write_known_hosts
 from .ssh import CommandResult, SshClient, read_banner
 from .storage import create_overlay
 from .waiting import Limit, PhaseWaiter, Retry, Timeline, find_panic
+from .winrm import Credentials, WinRMClient, WinRMError
 
 PORT_ATTEMPTS = 8
-KERNEL_BANNER = "Linux version "
 REBOOT_LOOP = 3  # kernel banners seen while waiting: one reboot may be the user's, two are a loop
 CONSOLE_TAIL_LINES = 40
-# exit 127 when the image has no cloud-init; else cloud-init's own status code
-CLOUD_INIT_WAIT = ("command -v cloud-init >/dev/null 2>&1 || exit 127; "
-                   "cloud-init status --wait >/dev/null 2>&1; rc=$?; cloud-init status --long; exit $rc")
 
 
 def free_port() -> int:
@@ -58,11 +56,19 @@ class GuestConfig:
     login_key: KeyPair
     metadata: Mapping[str, str]
     user_data: Mapping[str, Any] | None = None
-    user: str = cloudinit.LOGIN_USER
+    family: Family = field(default_factory=lambda: family("linux"))
+    seed_format: str | None = None  # None: the family's
+    unique: bool = False  # a clone gets its own hostname and machine-id
+
+    @property
+    def user(self) -> str:
+        return self.family.login_user
 
 
 class Guest:
-    """A running guest and its SSH handle. Leaving the ``with`` block destroys it."""
+    """A running guest and its command handle (SSH, or WinRM for Windows). Leaving the
+    ``with`` block destroys it. Everything that differs between OS families comes from
+    ``config.family`` (see :mod:`pytest_kvm.families`)."""
 
     def __init__(self, hypervisor: Hypervisor, config: GuestConfig, *,
                  golden: Golden | None = None) -> None:
@@ -71,16 +77,21 @@ class Guest:
         self._golden = golden
         self.name = config.name
         self.os = config.os
-        self.ssh_port: int = 0
+        self.family = config.family.name
+        self.port: int = 0  # the 127.0.0.1 port forwarded to the guest's SSH (or WinRM) port
         self.timeline = Timeline()
         self.cloned = golden is not None
         self.host_key = golden.guest.host_key if golden else KeyPair.generate(f"{config.name}-host")
+        # a WinRM login has no key: the seed creates the user with this random password
+        self.credentials = (golden.guest.credentials if golden else
+                            Credentials.generate(config.user) if config.family.transport == "winrm"
+                            else None)
         workdir = config.workdir
         self.overlay = workdir / "disk.qcow2"
         self._seed = workdir / "seed.iso"
         self._console = workdir / "console.log"
         self._known_hosts = workdir / "known_hosts"
-        self._ssh: SshClient | None = None
+        self._ssh: SshClient | WinRMClient | None = None  # the command handle
         self._dom = None
         self.destroyed = False
         self.kept = False
@@ -88,6 +99,11 @@ class Guest:
     @property
     def config(self) -> GuestConfig:
         return self._config
+
+    @property
+    def ssh_port(self) -> int:
+        """The forwarded port (named for the SSH families; a Windows guest's is WinRM's)."""
+        return self.port
 
     @property
     def golden_name(self) -> str | None:
@@ -112,22 +128,34 @@ class Guest:
     def _prepare(self) -> None:
         t0 = time.monotonic()
         cfg = self._config
-        data = cloudinit.user_data(cfg.login_key, self.host_key, cfg.user_data)
-        user_data = cloudinit.dump_cloud_config(data)  # a bad user_data fails before any file
+        fam = cfg.family
+        # a bad user_data fails here, before any file is made
+        user_data = cloudinit.render_user_data(
+            fam, login_key=cfg.login_key, host_key=self.host_key,
+            password=self.credentials.password if self.credentials else None, extra=cfg.user_data)
+        guest_seed = seed.build_seed(cfg.seed_format or fam.seed_format, instance_id=cfg.name,
+                                     hostname=cfg.name, user_data=user_data,
+                                     public_keys={"pytest-kvm": cfg.login_key.public_openssh})
+        problems = host_problems(self._spec(0))
+        if problems:
+            raise HypervisorError(f"cannot boot {self.name} ({cfg.os}, family {fam.name}): "
+                                  + "; ".join(problems))
         with writable(cfg.workdir.parent, f"preparing guest {self.name}"):
             cfg.workdir.mkdir(mode=0o700, parents=True)
             create_overlay(cfg.image.disk, cfg.image.format, self.overlay)
-            seed.write_seed(self._seed, seed.NOCLOUD_LABEL, seed.nocloud_files(
-                user_data, cloudinit.meta_data(cfg.name, cfg.name)))
+            guest_seed.write(self._seed)
         self.timeline.add("prepare", time.monotonic() - t0)
 
     def _spec(self, port: int) -> DomainSpec:
         cfg = self._config
+        direct = cfg.family.direct_kernel_boot and cfg.image.kernel is not None
         return DomainSpec(
             name=cfg.name, virt_type=cfg.virt_type, memory_mib=cfg.memory_mib, cpus=cfg.cpus,
             disk=self.overlay, disk_format="qcow2", seed=self._seed, console_log=self._console,
-            ssh_port=port, kernel=cfg.image.kernel, initrd=cfg.image.initrd,
-            cmdline=cfg.image.cmdline, metadata=dict(cfg.metadata))
+            ssh_port=port, kernel=cfg.image.kernel if direct else None,
+            initrd=cfg.image.initrd if direct else None, cmdline=cfg.image.cmdline if direct else "",
+            metadata=dict(cfg.metadata),
+            **family_fields(cfg.family, cfg.workdir, firmware=cfg.image.firmware))
 
     def _start_on_free_port(self, start: Callable[[int], Any]) -> None:
         """Call ``start(port)`` (it starts the domain forwarding *port*) with free ports until
@@ -140,9 +168,10 @@ class Guest:
                 if attempt == PORT_ATTEMPTS - 1:
                     raise
                 continue
-            self.ssh_port = port
+            self.port = port
             break
-        write_known_hosts(self._known_hosts, "127.0.0.1", self.ssh_port, self.host_key)
+        if self._config.family.seeds_host_key:
+            write_known_hosts(self._known_hosts, "127.0.0.1", self.port, self.host_key)
 
     def _launch(self) -> None:
         t0 = time.monotonic()
@@ -154,19 +183,20 @@ class Guest:
             console = self._console.read_bytes().decode("utf-8", errors="replace")
         except OSError:
             console = ""
-        panic = find_panic(console)
+        fam = self._config.family
+        panic = find_panic(console, fam.panic_markers)
         if panic:
             return panic
-        boots = console.count(KERNEL_BANNER)
+        boots = console.count(fam.boot_banner) if fam.boot_banner else 0
         if boots >= REBOOT_LOOP:
             return f"rebooted {boots - 1} times (a reboot loop)"
         if self._dom is not None and not self._hv.is_running(self._dom):
             return "stopped (its QEMU process exited)"
         return None
 
-    def _auth_attempt(self, remaining: float) -> SshClient:
+    def _ssh_login(self, remaining: float) -> SshClient:
         cfg = self._config
-        client = SshClient(self.ssh_port, cfg.user, cfg.login_key_file, self._known_hosts)
+        client = SshClient(self.port, cfg.user, cfg.login_key_file, self._known_hosts)
         try:
             client.connect(timeout=min(20.0, max(remaining, 1.0)))
         except HostKeyMismatch:
@@ -175,28 +205,52 @@ class Guest:
             raise Retry(f"{type(exc).__name__}: {exc}") from exc
         return client
 
+    def _winrm_login(self, remaining: float) -> WinRMClient:
+        client = WinRMClient(self.port, self.credentials)
+        try:
+            client.connect(timeout=min(30.0, max(remaining, 1.0)))
+        except WinRMError as exc:  # not listening yet, or our user does not exist yet
+            client.close()
+            raise Retry(f"{type(exc).__name__}: {exc}") from exc
+        return client
+
+    def _ssh_banner(self, remaining: float) -> bytes:
+        data = read_banner(self.port, timeout=min(3.0, remaining))
+        if not data.startswith(b"SSH-"):
+            raise Retry(f"no SSH banner yet (got {data[:40]!r})")
+        return data
+
+    def _login_phases(self) -> list[tuple[str, Callable[[float], Any], str]]:
+        """(phase, attempt, limit) until the handle is logged in, by the family's transport.
+        With user-mode networking QEMU accepts TCP before the guest listens, so SSH waits
+        for sshd's banner first; WinRM answers only once cloudbase-init made our user."""
+        return {
+            "ssh": [("ssh-banner", self._ssh_banner, "boot"), ("ssh-auth", self._ssh_login, "ssh")],
+            "winrm": [("winrm", self._winrm_login, "boot")],
+        }[self._config.family.transport]
+
     def _wait_ready(self) -> None:
         cfg = self._config
+        fam = cfg.family
         waiter = PhaseWaiter(guest_name=self.name, crash_check=self._crash_check,
                              console_tail=self.console_tail, timeline=self.timeline)
+        handle = None
+        for phase, attempt, limit in self._login_phases():
+            handle = waiter.phase(phase, attempt, cfg.limits[limit])
+        self._ssh = handle
+        self.cloud_init_status = ""
+        if fam.ready_command is None:  # the login proves the seed was applied
+            return
 
-        def banner(remaining: float):
-            data = read_banner(self.ssh_port, timeout=min(3.0, remaining))
-            if not data.startswith(b"SSH-"):
-                raise Retry(f"no SSH banner yet (got {data[:40]!r})")
-            return data
-
-        waiter.phase("ssh-banner", banner, cfg.limits["boot"])
-        self._ssh = waiter.phase("ssh-auth", self._auth_attempt, cfg.limits["ssh"])
-        def cloud_init(remaining: float):
+        def init_done(remaining: float):
             try:
-                return self._ssh.run(CLOUD_INIT_WAIT, timeout=max(remaining, 1.0))
+                return self._ssh.run(fam.ready_command, timeout=max(remaining, 1.0))
             except CommandTimeout as exc:
-                raise Retry("cloud-init status --wait still running") from exc
+                raise Retry("the guest's init (cloud-init) is still running") from exc
 
-        status = waiter.phase("cloud-init", cloud_init, cfg.limits["cloud-init"])
-        # 0: done; 2: done with recoverable errors (deprecations); 127: no cloud-init
-        if status.exit_code not in (0, 2, 127):
+        status = waiter.phase("cloud-init", init_done, cfg.limits["cloud-init"])
+        # cloud-init: 0 done; 2 done with recoverable errors (deprecations); 127 not installed
+        if status.exit_code not in fam.ready_exit_codes:
             raise CloudInitError(f"guest {self.name}: cloud-init reported an error "
                                  "(often a bad user_data)", status=status.stdout + status.stderr)
         self.cloud_init_status = status.stdout
@@ -221,34 +275,64 @@ class Guest:
         with writable(cfg.workdir.parent, f"preparing clone {self.name}"):
             cfg.workdir.mkdir(mode=0o700, parents=True)
             create_overlay(golden.frozen_disk, "qcow2", self.overlay)
+            nvram = self._copy_nvram(golden)
         self.timeline.add("prepare", time.monotonic() - t0)
         t0 = time.monotonic()
         self._start_on_free_port(lambda port: self._hv.restore(golden.save_file, retarget(
-            golden.xml, disk=self.overlay, console_log=self._console, ssh_port=port), golden.name))
+            golden.xml, disk=self.overlay, console_log=self._console, ssh_port=port,
+            guest_port=cfg.family.guest_port, nvram=nvram), golden.name))
         self.timeline.add("restore", time.monotonic() - t0)
         waiter = PhaseWaiter(guest_name=self.name, crash_check=self._crash_check,
                              console_tail=self.console_tail, timeline=self.timeline)
-        self._ssh = waiter.phase("ssh-auth", self._auth_attempt, cfg.limits["ssh"], interval=0.2)
+        phase, attempt, limit = self._login_phases()[-1]  # the guest is up: log in again
+        self._ssh = waiter.phase(phase, attempt, cfg.limits["ssh"], interval=0.2)
         t0 = time.monotonic()
         # the guest's clock stopped while it was saved: set it from the host's
-        self._ssh.run(f"sudo -n date -u -s @{time.time():.3f} >/dev/null", timeout=60, check=True)
+        clock = cfg.family.clock_command_for(time.time())
+        if clock is not None:
+            self._ssh.run(clock, timeout=60, check=True)
         self.timeline.add("clock", time.monotonic() - t0)
+        if cfg.unique:
+            t0 = time.monotonic()
+            self._ssh.run(cfg.family.identity_command.format(hostname=self.name), timeout=120,
+                          check=True)
+            self.timeline.add("identity", time.monotonic() - t0)
+
+    def _copy_nvram(self, golden: Golden) -> Path | None:
+        """A UEFI clone's own copy of its golden's variable store (None without UEFI)."""
+        source = golden.guest.config.workdir / NVRAM_FILE
+        if not source.exists():
+            return None
+        target = self._config.workdir / NVRAM_FILE
+        shutil.copyfile(source, target)
+        return target
 
     # -- use ----------------------------------------------------------------------
-    def _client(self) -> SshClient:
+    def _client(self) -> SshClient | WinRMClient:
         if self._ssh is None or self.destroyed:
             raise HypervisorError(f"guest {self.name} is not running")
         return self._ssh
 
     def run(self, command: str, *, timeout: float | None = None, check: bool = False) -> CommandResult:
-        """Run *command* with the login user's shell; see :class:`CommandResult`."""
+        """Run *command* in the family's shell (``sh`` over SSH; ``cmd.exe`` on Windows);
+        see :class:`CommandResult`."""
         return self._client().run(command, timeout=timeout or self._config.command_timeout, check=check)
 
+    def run_ps(self, script: str, *, timeout: float | None = None, check: bool = False) -> CommandResult:
+        """Run a PowerShell *script* (Windows guests, whose handle is WinRM)."""
+        client = self._client()
+        if not isinstance(client, WinRMClient):
+            raise KvmError(f"run_ps needs a Windows guest; {self.name} is family {self.family} "
+                           f"(use run)")
+        return client.run_ps(script, timeout=timeout or self._config.command_timeout, check=check)
+
     def put(self, local_path: str | os.PathLike, remote_path: str) -> None:
-        self._client().sftp().put(os.fspath(local_path), remote_path)
+        """Copy a local file into the guest (SFTP, or WinRM chunks on Windows)."""
+        self._client().put(os.fspath(local_path), remote_path)
 
     def get(self, remote_path: str, local_path: str | os.PathLike) -> None:
-        self._client().sftp().get(remote_path, os.fspath(local_path))
+        """Copy a file from the guest to *local_path*."""
+        self._client().get(remote_path, os.fspath(local_path))
 
     def console_log(self) -> str:
         """Everything the guest wrote on its serial console so far (for a clone: its
@@ -262,8 +346,20 @@ class Guest:
     def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
         return "\n".join(self.console_log().replace("\r", "").splitlines()[-lines:])
 
+    def access(self) -> str:
+        """How a person reaches this guest (printed for kept guests): an ssh command line, or
+        for WinRM the endpoint, user and the file holding the generated password."""
+        if self._config.family.transport == "ssh":
+            return " ".join(self.ssh_command())
+        password_file = self._config.workdir / "winrm-password"
+        write_owner_only(password_file, self.credentials.password.encode())
+        return (f"winrm http://127.0.0.1:{self.port}/wsman user {self.credentials.user} "
+                f"password in {password_file}")
+
     def ssh_command(self) -> list[str]:
         """An OpenSSH argv that logs in with the same key and the pinned host key."""
+        if self._config.family.transport != "ssh":
+            raise KvmError(f"guest {self.name} (family {self.family}) has no SSH; see access()")
         return ["ssh", "-i", str(self._config.login_key_file), "-p", str(self.ssh_port),
                 "-o", f"UserKnownHostsFile={self._known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
@@ -308,4 +404,5 @@ class Guest:
         self.destroy()
 
     def __repr__(self) -> str:
-        return f"<Guest {self.name} os={self.os} ssh=127.0.0.1:{self.ssh_port}>"
+        return (f"<Guest {self.name} os={self.os} family={self.family} "
+                f"{self._config.family.transport}=127.0.0.1:{self.port}>")

@@ -22,6 +22,7 @@ from .cache import file_lock, sha256_file, writable
 from .catalog import CatalogEntry, builtin_catalog, load_catalog
 from .download import ProgressLine, RetryPolicy, fetch
 from .errors import ImageError
+from .families import family_for_name
 from .recipes import list_recipes, load_recipe, recipes_dir
 from .storage import inspect_image
 
@@ -37,7 +38,7 @@ class BaseImage:
     initrd: Path | None = None
     cmdline: str = ""
     family: str = "linux"
-    firmware: str = "bios"
+    firmware: str | None = None  # None: the family's default
     login_user: str | None = None  # None: the plugin's own user (recipe images)
     min_memory_mib: int | None = None
 
@@ -122,7 +123,8 @@ class ImageStore:
         key = f"local:{path}"
         if key not in self._verified:
             fmt = inspect_image(path)
-            self._verified[key] = BaseImage(name=name, disk=path.resolve(), format=fmt)
+            self._verified[key] = BaseImage(name=name, disk=path.resolve(), format=fmt,
+                                            family=family_for_name(name))
         return self._verified[key]
 
     # -- recipe-built images ------------------------------------------------

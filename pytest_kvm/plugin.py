@@ -47,12 +47,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kvm-image", action="append", metavar="NAME=PATH", dest="kvm_image",
                     help="use the local bootable disk image PATH (qcow2 or raw) as OS NAME "
                          "(repeatable).")
+    group.addoption("--kvm-mirror", metavar="URL", dest="kvm_mirror",
+                    help="download catalog images from URL/HOST/PATH instead of their vendor's "
+                         "https://HOST/PATH (an air-gapped mirror). Default: ini kvm_mirror.")
     group.addoption("--kvm-cache-dir", metavar="DIR", dest="kvm_cache_dir",
                     help="where base images are built and cached. Default: ini kvm_cache_dir, "
                          "else $PYTEST_KVM_CACHE_DIR, else $XDG_CACHE_HOME/pytest-kvm "
                          "(~/.cache/pytest-kvm).")
     parser.addini("kvm_os", "default guest OS name(s), space separated", default="")
     parser.addini("kvm_cache_dir", "base image cache directory", default="")
+    parser.addini("kvm_mirror", "mirror URL prefix for catalog downloads (see --kvm-mirror)",
+                  default="")
+    parser.addini("kvm_catalog", "your own image catalog files (TOML, like guest-images/"
+                  "catalog.toml), relative to the ini file", type="paths", default=[])
     scaled = f"(multiplied by {TCG_TIMEOUT_FACTOR:g} under TCG)"
     parser.addini("kvm_boot_timeout", f"seconds from start to the guest's SSH banner {scaled}; "
                   f"default {DEFAULT_BOOT_TIMEOUT:g}", default="")
@@ -189,6 +196,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"guests: {session.boots} cold boots, {session.clones} warm "
                                     f"clones {how}")
     for g in session.kept:
-        terminalreporter.write_line(f"kept {g.name} ({g.os}): {' '.join(g.ssh_command())}")
+        terminalreporter.write_line(f"kept {g.name} ({g.os}): {g.access()}")
     if session.kept:
         terminalreporter.write_line("remove kept guests with: pytest-kvm reap --kept")

@@ -27,7 +27,8 @@ from .hypervisor import Hypervisor
 from .images import ImageStore
 from .keys import KeyPair
 from .reaper import KEPT_MARKER, process_start_time, reap_domains, reap_run_dirs, write_owner
-from .spec import guest_request
+from .families import family
+from .spec import GuestRequest, SpecError, guest_request
 from .watchdog import Watchdog
 
 
@@ -42,7 +43,8 @@ class KvmSession:
         self._hv: Hypervisor | None = None
         self._watchdog: Watchdog | None = None
         self._hv_error: KvmError | None = None
-        self.images = ImageStore(settings.cache_dir, settings.local_images, progress)
+        self.images = ImageStore(settings.cache_dir, settings.local_images, progress,
+                                 mirror=settings.mirror, catalogs=settings.catalogs)
         tag = f"{worker_id}-" if worker_id and worker_id != "master" else ""
         self.run_id = f"{tag}{os.getpid()}-{secrets.token_hex(2)}"
         self.run_dir = settings.cache_dir / "runs" / self.run_id
@@ -105,25 +107,32 @@ class KvmSession:
     # -- booting ----------------------------------------------------------------------
     def boot(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int | None = None,
              user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
-             boot_timeout: float | None = None, reset: str | None = None) -> Guest:
+             boot_timeout: float | None = None, reset: str | None = None,
+             family: str | None = None, seed: str | None = None, unique: bool = False) -> Guest:
         """Boot a guest and wait until it is ready; use it as a context manager to destroy it.
         ``reset`` is ``"clone"`` (restore a warm clone of a golden guest) or ``"boot"`` (cold
-        boot); default: ``--kvm-reset``."""
+        boot); default: ``--kvm-reset``. ``family`` overrides the image's OS family, ``seed``
+        its seed format (``"nocloud"`` or ``"configdrive"``); ``unique=True`` gives a clone
+        its own hostname and machine-id."""
         return self.create(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
-                           image=image, boot_timeout=boot_timeout, reset=reset).start()
+                           image=image, boot_timeout=boot_timeout, reset=reset, family=family,
+                           seed=seed, unique=unique).start()
 
-    def create(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int | None = None,
-               user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
-               boot_timeout: float | None = None, reset: str | None = None) -> Guest:
+    def create(self, os: str | None = None, **kwargs: Any) -> Guest:
         """Like :meth:`boot` but returns the guest unstarted (call ``.start()``). With
         ``reset="clone"`` the golden guest is booted here, the first time it is needed."""
-        request = guest_request(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
-                                image=image, boot_timeout=boot_timeout, reset=reset)
+        return self.create_for(guest_request(os, **kwargs))
+
+    def create_for(self, request: GuestRequest) -> Guest:
+        """:meth:`create` for a checked request (what the ``guest`` marker gives)."""
         os_name = request.os or self.settings.default_os
         if request.image is None:
             self.images.check_name(os_name)
         config = self._config(os_name, request)
         if (request.reset or self.settings.reset) == "clone":
+            if request.unique and config.family.identity_command is None:
+                raise SpecError(f"unique=True: warm clones of family {config.family.name} cannot "
+                                f"get a new identity; use reset='boot'")
             golden = self._golden(config, request)
             if not golden.in_use:  # one clone per golden at a time; else a cold boot
                 golden.in_use = True
@@ -131,29 +140,32 @@ class KvmSession:
                 self.clones += 1
                 config = replace(golden.guest.config,
                                  workdir=golden.guest.config.workdir / f"clone-{golden.clones}",
-                                 limits=config.limits)
+                                 limits=config.limits, unique=request.unique)
                 return self._track(Guest(self.hypervisor, config, golden=golden))
         self.boots += 1
         return self._track(Guest(self.hypervisor, config))
 
     def _config(self, os_name: str, request) -> GuestConfig:
         base = self.images.resolve(os_name, request.image)
+        fam = family(request.family or base.family)
+        memory = request.memory_mib or max(self.settings.memory_mib, base.min_memory_mib or 0)
         accel = self.acceleration
         key_file = self._key_file()
         self._counter += 1
         name = f"{NAME_PREFIX}{self.run_id}-{self._counter}"
         return GuestConfig(
             name=name, os=os_name, image=base,
-            memory_mib=request.memory_mib or self.settings.memory_mib, cpus=request.cpus or self.settings.cpus,
+            memory_mib=memory, cpus=request.cpus or self.settings.cpus,
             virt_type=accel.virt_type,
             limits=self.settings.limits(accel.name, request.boot_timeout),
             command_timeout=self.settings.command_timeout,
             workdir=self.run_dir / name, login_key_file=key_file, login_key=self._login_key,
-            user_data=request.user_data,
+            user_data=request.user_data, family=fam, seed_format=request.seed, unique=request.unique,
             metadata={**self._owner, "created": str(int(time.time()))})
 
     def _golden(self, config: GuestConfig, request) -> Golden:
-        key = golden_key(config.os, request.image, config.memory_mib, config.cpus, request.user_data)
+        key = golden_key(config.os, request.image, config.memory_mib, config.cpus, request.user_data,
+                         config.family.name, config.seed_format)
         if key not in self._goldens:
             t0 = time.monotonic()
             self.progress(f"booting golden guest {config.name} ({config.os}) for warm clones")
@@ -169,7 +181,7 @@ class KvmSession:
 
     def keep(self, guest: Guest) -> None:
         guest.keep()
-        (self.run_dir / guest.name / KEPT_MARKER).write_text(" ".join(guest.ssh_command()) + "\n")
+        (self.run_dir / guest.name / KEPT_MARKER).write_text(guest.access() + "\n")
         self.kept.append(guest)
 
     # -- teardown ---------------------------------------------------------------------

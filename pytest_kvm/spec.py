@@ -12,6 +12,7 @@ from typing import Any
 
 from .clones import RESET_CHOICES
 from .errors import KvmError
+from .families import FAMILIES, SEED_FORMATS
 
 MEMORY_RANGE = (64, 1024 * 1024)
 CPU_RANGE = (1, 256)
@@ -30,6 +31,9 @@ class GuestRequest:
     image: Path | None = None
     boot_timeout: float | None = None
     reset: str | None = None
+    family: str | None = None
+    seed: str | None = None
+    unique: bool = False
 
 
 def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
@@ -42,7 +46,9 @@ def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
 
 def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus: int | None = None,
                   user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
-                  boot_timeout: float | None = None, reset: str | None = None) -> GuestRequest:
+                  boot_timeout: float | None = None, reset: str | None = None,
+                  family: str | None = None, seed: str | None = None,
+                  unique: bool = False) -> GuestRequest:
     """Check and normalise the arguments of ``kvm.boot`` and the ``guest`` marker."""
     if os is not None and (not isinstance(os, str) or not os):
         raise SpecError(f"os must be a non-empty string, not {os!r}")
@@ -60,16 +66,24 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
         raise SpecError(f"boot_timeout must be a positive number of seconds, not {boot_timeout!r}")
     if reset is not None and reset not in RESET_CHOICES:
         raise SpecError(f"reset must be one of {', '.join(RESET_CHOICES)}, not {reset!r}")
+    if family is not None and family not in FAMILIES:
+        raise SpecError(f"family must be one of {', '.join(sorted(FAMILIES))}, not {family!r}")
+    if seed is not None and seed not in SEED_FORMATS:
+        raise SpecError(f"seed must be one of {', '.join(SEED_FORMATS)}, not {seed!r}")
+    if not isinstance(unique, bool):
+        raise SpecError(f"unique must be True or False, not {unique!r}")
     return GuestRequest(os=os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
                         image=Path(image) if image is not None else None,
                         boot_timeout=float(boot_timeout) if boot_timeout is not None else None,
-                        reset=reset)
+                        reset=reset, family=family, seed=seed, unique=unique)
 
 
 def guest_marker(os: str | None = None, memory_mib: int | None = None, cpus: int | None = None,
                  user_data: Mapping[str, Any] | None = None,
-                 image: str | Path | None = None, reset: str | None = None) -> GuestRequest:
+                 image: str | Path | None = None, reset: str | None = None,
+                 family: str | None = None, seed: str | None = None,
+                 unique: bool = False) -> GuestRequest:
     """``@pytest.mark.guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None,
-    reset=None)``."""
+    reset=None, family=None, seed=None, unique=False)``."""
     return guest_request(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data, image=image,
-                         reset=reset)
+                         reset=reset, family=family, seed=seed, unique=unique)

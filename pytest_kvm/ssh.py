@@ -132,6 +132,12 @@ class SshClient:
                     raise InfrastructureError(f"SSH connection to 127.0.0.1:{self.port} is not open")
             return self._sftp
 
+    def put(self, local_path: str, remote_path: str) -> None:
+        self.sftp().put(local_path, remote_path)
+
+    def get(self, remote_path: str, local_path: str) -> None:
+        self.sftp().get(remote_path, local_path)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             if self._sftp is not None:

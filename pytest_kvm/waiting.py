@@ -87,8 +87,9 @@ class PhaseWaiter:
             phase=name, elapsed=elapsed, timeout=limit.seconds, console_tail=self.console_tail())
 
 
-def find_panic(console: str) -> str | None:
-    for marker in PANIC_MARKERS:
+def find_panic(console: str, markers: tuple[str, ...] = PANIC_MARKERS) -> str | None:
+    """The console line where the kernel panicked (*markers*: its family's panic texts)."""
+    for marker in markers:
         index = console.find(marker)
         if index >= 0:
             line = console[index:].splitlines()[0]

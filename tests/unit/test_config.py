@@ -30,6 +30,7 @@ def test_images_and_duplicates():
     ({"memory_mib": "0"}, "kvm_memory_mib"),
     ({"cpus": "1.5"}, "kvm_cpus"),
     ({"cpus": "0"}, "kvm_cpus"),
+    ({"mirror": "127.0.0.1:8000/m"}, "kvm_mirror"),
 ])
 def test_bad_values(kwargs, word):
     with pytest.raises(SettingsError, match=word):
@@ -44,3 +45,9 @@ def test_limits_scaled_under_tcg_and_say_where_from():
     assert s.limits("kvm")["ssh"].seconds == 5 and s.limits("kvm")["cloud-init"].source == "kvm_cloud_init_timeout = 20 s"
     explicit = s.limits("tcg", boot_timeout=7)["boot"]
     assert explicit.seconds == 7 and "given to kvm.boot" in explicit.source
+
+
+def test_mirror_and_catalogs():
+    s = Settings.build(mirror="http://127.0.0.1:8000/mirror/", catalogs=["~/images.toml"])
+    assert s.mirror == "http://127.0.0.1:8000/mirror"
+    assert s.catalogs == (Path("~/images.toml").expanduser(),)

@@ -5,7 +5,8 @@ import pytest
 
 from pytest_kvm import cloudinit
 from pytest_kvm.errors import ImageError
-from pytest_kvm.families import FAMILIES, Family, family
+from pytest_kvm.clones import golden_key
+from pytest_kvm.families import FAMILIES, Family, family, family_for_name
 
 EXPECTED = {"linux", "freebsd", "openbsd", "netbsd", "windows", "generic"}
 
@@ -95,3 +96,25 @@ def test_clock_commands():
 def test_every_family_is_a_family():
     assert all(isinstance(f, Family) for f in FAMILIES.values())
     assert {f.console for f in FAMILIES.values()} == {"serial"}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("windows-2022", "windows"), ("FreeBSD-14.3", "freebsd"), ("openbsd", "openbsd"),
+    ("debian-12-local", "linux"), ("mylinux", "linux"),
+])
+def test_family_of_a_local_image_from_its_name(name, expected):
+    assert family_for_name(name) == expected
+
+
+def test_identity_commands_fill_in_the_hostname():
+    assert "hostname pytest-kvm-1-x-2 " in family("linux").identity_command.format(hostname="pytest-kvm-1-x-2")
+    assert "/etc/machine-id" in family("linux").identity_command
+    assert family("openbsd").identity_command.format(hostname="h") == "doas -n hostname h"
+    assert family("windows").identity_command is None
+
+
+def test_family_and_seed_format_get_their_own_golden():
+    base = golden_key("debian-12", None, 512, 2, None, "linux", None)
+    assert base == golden_key("debian-12", None, 512, 2, None, "linux", None)
+    assert base != golden_key("debian-12", None, 512, 2, None, "linux", "configdrive")
+    assert base != golden_key("debian-12", None, 512, 2, None, "generic", None)

@@ -120,7 +120,7 @@ def store_for(tmp_path, server, catalog, messages=None):
 def test_recipe_images_keep_their_defaults(tmp_path):
     fake_cached(tmp_path)
     image = ImageStore(tmp_path).resolve("debian-12")
-    assert (image.firmware, image.login_user, image.min_memory_mib) == ("bios", None, None)
+    assert (image.firmware, image.login_user, image.min_memory_mib) == (None, None, None)  # the family decides
 
 
 def test_catalog_names_are_known(tmp_path):

@@ -23,7 +23,8 @@ def test_help_documents_every_option_and_ini(pytester):
     result = pytester.runpytest("--help")
     out = result.stdout.str()
     for opt in ("--kvm-os", "--kvm-accel", "--kvm-uri", "--kvm-keep", "--kvm-image", "--kvm-cache-dir", "--kvm-reset", "kvm_reset",
-                "kvm_os", "kvm_cache_dir", "kvm_boot_timeout", "kvm_ssh_timeout", "kvm_cloud_init_timeout", "kvm_memory_mib", "kvm_command_timeout"):
+                "kvm_os", "kvm_cache_dir", "kvm_boot_timeout", "kvm_ssh_timeout", "kvm_cloud_init_timeout", "kvm_memory_mib", "kvm_command_timeout",
+                "--kvm-mirror", "kvm_mirror", "kvm_catalog", "kvm_cpus"):
         assert opt in out, opt
 
 
@@ -119,3 +120,33 @@ def test_tests_without_guests_boot_nothing(pytester):
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
     assert "cold boots" not in result.stdout.str()
+
+
+USER_CATALOG = """
+[[image]]
+name = "windows-2022"
+family = "windows"
+url = "https://images.example.com/windows-2022.qcow2"
+sha256 = "%s"
+format = "qcow2"
+firmware = "uefi"
+min_memory_mib = 4096
+login_user = "Admin"
+""" % ("ab" * 32)
+
+
+def test_user_catalog_from_ini_adds_os_names(pytester):
+    pytester.makefile(".toml", images=USER_CATALOG)
+    pytester.makeini("[pytest]\nkvm_catalog = images.toml\n")
+    pytester.makepyfile("def test_x(): pass")
+    assert pytester.runpytest("--kvm-os", "windows-2022").ret == 0
+    result = pytester.runpytest("--kvm-os", "windows-2023")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown guest OS 'windows-2023'*windows-2022*"])
+
+
+def test_bad_mirror_is_a_usage_error(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--kvm-mirror", "mirror.example")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kvm-mirror*must be an http*"])

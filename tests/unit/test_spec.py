@@ -21,6 +21,9 @@ def test_unknown_keyword_names_it():
     ({"user_data": "#cloud-config"}, "user_data"),
     ({"image": 3}, "image"),
     ({"os": ""}, "os"),
+    ({"family": "plan9"}, "family"),
+    ({"seed": "cidata"}, "seed"),
+    ({"unique": "yes"}, "unique"),
 ])
 def test_bad_values_name_the_keyword(kwargs, word):
     with pytest.raises(SpecError, match=word):
@@ -33,3 +36,8 @@ def test_boot_timeout_only_on_boot():
         guest_request(boot_timeout=0)
     with pytest.raises(TypeError):
         guest_marker(boot_timeout=5)
+
+
+def test_family_seed_and_unique_are_kept():
+    req = guest_marker(family="windows", seed="configdrive", unique=True)
+    assert (req.family, req.seed, req.unique) == ("windows", "configdrive", True)
