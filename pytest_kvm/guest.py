@@ -78,8 +78,12 @@ class Guest:
         self.name = config.name
         self.os = config.os
         self.family = config.family.name
+        # a clone shares its golden's name (libvirt restores it under the saved one) and so
+        # its hostname, unless it asked to be unique
+        self.hostname = f"{config.name}-{config.workdir.name}" if golden and config.unique else config.name
         self.port: int = 0  # the 127.0.0.1 port forwarded to the guest's SSH (or WinRM) port
         self.timeline = Timeline()
+        self.cloud_init_status = ""  # `cloud-init status --long` once ready (cold boots)
         self.cloned = golden is not None
         self.host_key = golden.guest.host_key if golden else KeyPair.generate(f"{config.name}-host")
         # a WinRM login has no key: the seed creates the user with this random password
@@ -238,7 +242,6 @@ class Guest:
         for phase, attempt, limit in self._login_phases():
             handle = waiter.phase(phase, attempt, cfg.limits[limit])
         self._ssh = handle
-        self.cloud_init_status = ""
         if fam.ready_command is None:  # the login proves the seed was applied
             return
 
@@ -294,7 +297,7 @@ class Guest:
         self.timeline.add("clock", time.monotonic() - t0)
         if cfg.unique:
             t0 = time.monotonic()
-            self._ssh.run(cfg.family.identity_command.format(hostname=self.name), timeout=120,
+            self._ssh.run(cfg.family.identity_command.format(hostname=self.hostname), timeout=120,
                           check=True)
             self.timeline.add("identity", time.monotonic() - t0)
 

@@ -113,6 +113,14 @@ class ImageStore:
             return self.ensure_downloaded(name)
         return self.ensure_built(name)
 
+    def available(self, name: str) -> bool:
+        """Whether *name* can be booted without downloading: a local image, a recipe (built
+        offline) or a catalog entry whose current download is cached."""
+        if name in self.local_images or name in list_recipes(self.recipe_dir):
+            return True
+        entry = self.catalog.get(name)
+        return entry is not None and self._current(self._manifest(self.images_dir / name), entry)
+
     def ensure(self, name: str, *, force: bool = False) -> BaseImage:
         """Build (recipe) or download (catalog entry) *name* into the cache."""
         if name in self.catalog:

@@ -37,3 +37,17 @@ def test_reset_boot_is_a_cold_boot(kvm):
         assert not cold.cloned and cold.golden_name is None
     finally:
         cold.destroy()
+
+
+def test_unique_clone_gets_its_own_hostname_and_machine_id(kvm):
+    with kvm.boot("debian-12", reset="clone") as plain:
+        shared = (plain.run("hostname").stdout.strip(), plain.run("cat /etc/machine-id").stdout.strip())
+        assert shared[0] == plain.hostname == plain.name  # a plain clone is its golden's twin
+    with kvm.boot("debian-12", reset="clone", unique=True) as unique:
+        assert unique.cloned
+        hostname = unique.run("hostname").stdout.strip()
+        machine_id = unique.run("cat /etc/machine-id").stdout.strip()
+        assert hostname == unique.hostname != shared[0]
+        assert unique.run("cat /etc/hostname").stdout.strip() == hostname
+        assert len(machine_id) == 32 and machine_id != shared[1]
+        assert "identity" in [p for p, _ in unique.timeline.entries]

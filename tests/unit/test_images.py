@@ -246,3 +246,11 @@ def test_trust_on_first_use_prints_the_digest_to_pin(tmp_path, server, qcow2):
     digest = hashlib.sha256(body).hexdigest()
     assert any("publishes no checksum" in m and f'sha256 = "{digest}"' in m for m in messages)
     assert server.gets("/mirror/images.example.org/tiny/SHA256SUMS") == []
+
+
+def test_available_means_bootable_without_a_download(tmp_path):
+    fake_cached(tmp_path)
+    store = ImageStore(tmp_path, {"mine": tmp_path / "mine.qcow2"})
+    assert store.available("debian-12") and store.available("mine")
+    assert "freebsd-14" in store.catalog and not store.available("freebsd-14")
+    assert not store.available("no-such-os")
