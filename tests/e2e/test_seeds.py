@@ -11,6 +11,6 @@ def test_debian_boots_from_a_configdrive_seed(kvm):
         # user data, hostname (meta_data.json) and keys took effect
         assert g.run("cat /etc/pytest-kvm-seed").stdout == "from config-2\n"
         assert g.run("hostname").stdout.strip() == g.name
-        host_key = g.run("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
+        host_key = g.run("sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
         assert host_key == g.host_key.public_openssh.split()[:2]  # the pinned key, from the seed
         assert g.run("sudo -n true").ok  # the plugin's user and its sudo rule
