@@ -19,10 +19,11 @@ RESET_CHOICES = ("clone", "boot")
 
 
 def golden_key(os_name: str, image: Path | None, memory_mib: int, cpus: int,
-               user_data: Mapping[str, Any] | None, family: str = "", seed: str | None = None) -> str:
-    """Guests that may share a golden: same OS, image, size, user_data, family and seed."""
+               user_data: Mapping[str, Any] | None, family: str = "", seed: str | None = None,
+               tpm: bool | None = None) -> str:
+    """Guests that may share a golden: same OS, image, size, user_data, family, seed, TPM."""
     blob = json.dumps([os_name, str(image) if image else None, memory_mib, cpus, user_data,
-                       family, seed],
+                       family, seed, tpm],
                       sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -59,6 +59,7 @@ class GuestConfig:
     family: Family = field(default_factory=lambda: family("linux"))
     seed_format: str | None = None  # None: the family's
     unique: bool = False  # a clone gets its own hostname and machine-id
+    tpm: bool | None = None  # None: the family's default
 
     @property
     def user(self) -> str:
@@ -159,7 +160,7 @@ class Guest:
             ssh_port=port, kernel=cfg.image.kernel if direct else None,
             initrd=cfg.image.initrd if direct else None, cmdline=cfg.image.cmdline if direct else "",
             metadata=dict(cfg.metadata),
-            **family_fields(cfg.family, cfg.workdir, firmware=cfg.image.firmware))
+            **family_fields(cfg.family, cfg.workdir, firmware=cfg.image.firmware, tpm=cfg.tpm))
 
     def _start_on_free_port(self, start: Callable[[int], Any]) -> None:
         """Call ``start(port)`` (it starts the domain forwarding *port*) with free ports until

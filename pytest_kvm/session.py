@@ -108,15 +108,16 @@ class KvmSession:
     def boot(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int | None = None,
              user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
              boot_timeout: float | None = None, reset: str | None = None,
-             family: str | None = None, seed: str | None = None, unique: bool = False) -> Guest:
+             family: str | None = None, seed: str | None = None, unique: bool = False,
+             tpm: bool | None = None) -> Guest:
         """Boot a guest and wait until it is ready; use it as a context manager to destroy it.
         ``reset`` is ``"clone"`` (restore a warm clone of a golden guest) or ``"boot"`` (cold
         boot); default: ``--kvm-reset``. ``family`` overrides the image's OS family, ``seed``
         its seed format (``"nocloud"`` or ``"configdrive"``); ``unique=True`` gives a clone
-        its own hostname and machine-id."""
+        its own hostname and machine-id; ``tpm=True`` adds an emulated TPM 2.0 (swtpm)."""
         return self.create(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
                            image=image, boot_timeout=boot_timeout, reset=reset, family=family,
-                           seed=seed, unique=unique).start()
+                           seed=seed, unique=unique, tpm=tpm).start()
 
     def create(self, os: str | None = None, **kwargs: Any) -> Guest:
         """Like :meth:`boot` but returns the guest unstarted (call ``.start()``). With
@@ -129,7 +130,9 @@ class KvmSession:
         if request.image is None:
             self.images.check_name(os_name)
         config = self._config(os_name, request)
-        if (request.reset or self.settings.reset) == "clone":
+        tpm = config.family.tpm if config.tpm is None else config.tpm
+        # libvirt keys a TPM's state by the domain's UUID, which clones share: cold boot those
+        if (request.reset or self.settings.reset) == "clone" and not tpm:
             if request.unique and config.family.identity_command is None:
                 raise SpecError(f"unique=True: warm clones of family {config.family.name} cannot "
                                 f"get a new identity; use reset='boot'")
@@ -161,11 +164,12 @@ class KvmSession:
             command_timeout=self.settings.command_timeout,
             workdir=self.run_dir / name, login_key_file=key_file, login_key=self._login_key,
             user_data=request.user_data, family=fam, seed_format=request.seed, unique=request.unique,
+            tpm=request.tpm,
             metadata={**self._owner, "created": str(int(time.time()))})
 
     def _golden(self, config: GuestConfig, request) -> Golden:
         key = golden_key(config.os, request.image, config.memory_mib, config.cpus, request.user_data,
-                         config.family.name, config.seed_format)
+                         config.family.name, config.seed_format, config.tpm)
         if key not in self._goldens:
             t0 = time.monotonic()
             self.progress(f"booting golden guest {config.name} ({config.os}) for warm clones")

@@ -34,6 +34,7 @@ class GuestRequest:
     family: str | None = None
     seed: str | None = None
     unique: bool = False
+    tpm: bool | None = None
 
 
 def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
@@ -48,7 +49,7 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
                   user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
                   boot_timeout: float | None = None, reset: str | None = None,
                   family: str | None = None, seed: str | None = None,
-                  unique: bool = False) -> GuestRequest:
+                  unique: bool = False, tpm: bool | None = None) -> GuestRequest:
     """Check and normalise the arguments of ``kvm.boot`` and the ``guest`` marker."""
     if os is not None and (not isinstance(os, str) or not os):
         raise SpecError(f"os must be a non-empty string, not {os!r}")
@@ -72,18 +73,20 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
         raise SpecError(f"seed must be one of {', '.join(SEED_FORMATS)}, not {seed!r}")
     if not isinstance(unique, bool):
         raise SpecError(f"unique must be True or False, not {unique!r}")
+    if tpm is not None and not isinstance(tpm, bool):
+        raise SpecError(f"tpm must be True, False or None (the family's default), not {tpm!r}")
     return GuestRequest(os=os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
                         image=Path(image) if image is not None else None,
                         boot_timeout=float(boot_timeout) if boot_timeout is not None else None,
-                        reset=reset, family=family, seed=seed, unique=unique)
+                        reset=reset, family=family, seed=seed, unique=unique, tpm=tpm)
 
 
 def guest_marker(os: str | None = None, memory_mib: int | None = None, cpus: int | None = None,
                  user_data: Mapping[str, Any] | None = None,
                  image: str | Path | None = None, reset: str | None = None,
                  family: str | None = None, seed: str | None = None,
-                 unique: bool = False) -> GuestRequest:
+                 unique: bool = False, tpm: bool | None = None) -> GuestRequest:
     """``@pytest.mark.guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None,
-    reset=None, family=None, seed=None, unique=False)``."""
+    reset=None, family=None, seed=None, unique=False, tpm=None)``."""
     return guest_request(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data, image=image,
-                         reset=reset, family=family, seed=seed, unique=unique)
+                         reset=reset, family=family, seed=seed, unique=unique, tpm=tpm)

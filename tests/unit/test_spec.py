@@ -24,6 +24,7 @@ def test_unknown_keyword_names_it():
     ({"family": "plan9"}, "family"),
     ({"seed": "cidata"}, "seed"),
     ({"unique": "yes"}, "unique"),
+    ({"tpm": 1}, "tpm"),
 ])
 def test_bad_values_name_the_keyword(kwargs, word):
     with pytest.raises(SpecError, match=word):
