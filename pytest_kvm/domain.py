@@ -36,6 +36,7 @@ OVMF_VARS = "OVMF_VARS_4M.fd"
 OVMF_CODE_SECBOOT = "OVMF_CODE_4M.secboot.fd"
 OVMF_VARS_MS = "OVMF_VARS_4M.ms.fd"  # Microsoft's keys enrolled: what Windows Secure Boot needs
 SWTPM = "swtpm"
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
 NVRAM_FILE = "OVMF_VARS.fd"  # the per-guest copy, in the guest's work directory
 _DEV_PREFIX = {"virtio": "vd", "sata": "sd"}
 
@@ -201,6 +202,10 @@ def domain_element(spec: DomainSpec) -> ET.Element:
     _sub(serial, "target", port="0")
     _sub(devices, "controller", type="usb", model="none")
     _sub(devices, "memballoon", model="none")
+    # the QEMU guest agent's port (libvirt picks the host socket): sets a warm clone's clock
+    # while the SSH login runs, where the image has the agent
+    agent = _sub(devices, "channel", type="unix")
+    _sub(agent, "target", type="virtio", name=AGENT_CHANNEL)
     rng = _sub(devices, "rng", model="virtio")
     _sub(rng, "backend", "/dev/urandom", model="random")
     if spec.tpm:

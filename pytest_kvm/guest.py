@@ -1,6 +1,7 @@
 """The lifecycle of one guest: start (overlay, seed, domain), wait until ready, use, destroy."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -30,6 +31,7 @@ from .winrm import Credentials, WinRMClient, WinRMError
 PORT_ATTEMPTS = 8
 REBOOT_LOOP = 3  # kernel banners seen while waiting: one reboot may be the user's, two are a loop
 CONSOLE_TAIL_LINES = 40
+AGENT_WAIT = 5.0  # seconds a restored clone's guest agent may take to answer
 
 
 def free_port() -> int:
@@ -286,21 +288,40 @@ class Guest:
             golden.xml, disk=self.overlay, console_log=self._console, ssh_port=port,
             guest_port=cfg.family.guest_port, nvram=nvram), golden.name))
         self.timeline.add("restore", time.monotonic() - t0)
+        # the guest's clock stopped while it was saved: set it from the host's, through the
+        # guest agent while we log in (else with the family's clock command afterwards)
+        by_agent = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        agent_clock = by_agent.submit(self._clock_by_agent)
+        by_agent.shutdown(wait=False)
         waiter = PhaseWaiter(guest_name=self.name, crash_check=self._crash_check,
                              console_tail=self.console_tail, timeline=self.timeline)
         phase, attempt, limit = self._login_phases()[-1]  # the guest is up: log in again
         self._ssh = waiter.phase(phase, attempt, cfg.limits["ssh"], interval=0.2)
         t0 = time.monotonic()
-        # the guest's clock stopped while it was saved: set it from the host's
-        clock = cfg.family.clock_command_for(time.time())
-        if clock is not None:
-            self._ssh.run(clock, timeout=60, check=True)
+        try:
+            agent_clock.result(timeout=AGENT_WAIT + 5)
+        except Exception:  # no agent in this image (or it did not answer): log in and set it
+            clock = cfg.family.clock_command_for(time.time())
+            if clock is not None:
+                self._ssh.run(clock, timeout=60, check=True)
         self.timeline.add("clock", time.monotonic() - t0)
         if cfg.unique:
             t0 = time.monotonic()
             self._ssh.run(cfg.family.identity_command.format(hostname=self.hostname), timeout=120,
                           check=True)
             self.timeline.add("identity", time.monotonic() - t0)
+
+    def _clock_by_agent(self, deadline: float = AGENT_WAIT) -> None:
+        """Set the clock through the guest agent, retrying while it reconnects after the
+        restore; each try reads the host's time anew."""
+        end = time.monotonic() + deadline
+        while True:
+            try:
+                return self._hv.set_time(self._dom, time.time(), timeout=2)
+            except HypervisorError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.1)
 
     def _copy_nvram(self, golden: Golden) -> Path | None:
         """A UEFI clone's own copy of its golden's variable store (None without UEFI)."""

@@ -213,6 +213,14 @@ class Hypervisor:
             self._conn.restoreFlags(str(path), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
             return self._conn.lookupByName(name)
 
+    def set_time(self, dom, epoch: float, timeout: int = 5) -> None:
+        """Set the guest's clock to *epoch* through its QEMU guest agent (no login needed);
+        raises HypervisorError if no agent answers within *timeout* seconds."""
+        with translate("setting the guest clock through its agent", self.uri):
+            dom.agentSetResponseTimeout(timeout, 0)
+            seconds = int(epoch)
+            dom.setTime({"seconds": seconds, "nseconds": int((epoch - seconds) * 1e9)}, 0)
+
     def is_running(self, dom) -> bool:
         libvirt = _libvirt()
         try:

@@ -239,3 +239,11 @@ def test_retarget_drops_the_saved_backing_chain_of_a_sata_disk():
                                    console_log=Path("/c/console.log"), ssh_port=1, guest_port=5985))
     assert moved.find("devices/disk/backingStore") is None
     assert moved.find("os/nvram").text == "/w/OVMF_VARS.fd"  # not asked to move: untouched
+
+
+def test_guest_agent_channel_lets_libvirt_pick_the_socket():
+    channels = parse(spec()).findall("devices/channel")
+    assert len(channels) == 1 and channels[0].get("type") == "unix"
+    assert channels[0].find("source") is None  # libvirt makes the socket in its own state dir
+    target = channels[0].find("target")
+    assert (target.get("type"), target.get("name")) == ("virtio", "org.qemu.guest_agent.0")
