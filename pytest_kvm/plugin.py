@@ -45,7 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "`pytest-kvm reap --kept`. Default: none.")
     group.addoption("--kvm-reset", choices=RESET_CHOICES, default=None, dest="kvm_reset",
                     help="how each test gets a fresh guest: clone (restore a warm clone of a golden "
-                         "guest booted once per OS and configuration: about a second) or boot "
+                         "guest booted once per OS and configuration: a few seconds) or boot "
                          "(cold boot every time). Default: ini kvm_reset, else clone.")
     group.addoption("--kvm-image", action="append", metavar="NAME=PATH", dest="kvm_image",
                     help="use the local bootable disk image PATH (qcow2 or raw) as OS NAME "
