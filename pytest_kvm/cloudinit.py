@@ -46,7 +46,10 @@ def plugin_user_data(login_key: KeyPair, host_key: KeyPair, user: str = LOGIN_US
         "users": [account],
         "disable_root": True,
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        # only the type the seed brings (so nothing is generated); cloud-init 24+ rejects []
+        "ssh_genkeytypes": [_cloudinit_key_name(host_key)],
+        # the hostname resolves (127.0.1.1), so sudo does not try DNS and warn
+        "manage_etc_hosts": True,
         "ssh_keys": {
             f"{_cloudinit_key_name(host_key)}_private": host_key.private_openssh,
             f"{_cloudinit_key_name(host_key)}_public": host_key.public_openssh,

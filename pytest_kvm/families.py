@@ -169,6 +169,7 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         # a new random machine-id: systemd-machine-id-setup would derive the same one from
         # the VM's UUID, which a clone shares with its golden
         identity_command=("sudo -n sh -c 'hostname {hostname} && echo {hostname} > /etc/hostname"
+                          " && sed -i \"s/^127.0.1.1 .*/127.0.1.1 {hostname}/\" /etc/hosts"
                           " && cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id'")),
     Family(
         name="freebsd", description="FreeBSD BASIC-CLOUDINIT images (nuageinit, in base since 14.1)",

@@ -51,3 +51,6 @@ def test_unique_clone_gets_its_own_hostname_and_machine_id(kvm):
         assert unique.run("cat /etc/hostname").stdout.strip() == hostname
         assert len(machine_id) == 32 and machine_id != shared[1]
         assert "identity" in [p for p, _ in unique.timeline.entries]
+        # the new name resolves locally: sudo neither asks DNS nor warns
+        assert unique.run(f"getent hosts {hostname}").stdout.split()[0] == "127.0.1.1"
+        assert "unable to resolve" not in unique.run("sudo -n true").stderr

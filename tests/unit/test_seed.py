@@ -135,3 +135,13 @@ def test_unknown_seed_format_is_a_seed_error():
 def test_admin_pass_only_when_given():
     assert seed.configdrive_meta_data("i", "h", admin_pass="s3cret!")["admin_pass"] == "s3cret!"
     assert "admin_pass" not in seed.configdrive_meta_data("i", "h")
+
+
+def test_plugin_cloud_config_is_valid_for_new_cloud_init():
+    from pytest_kvm import cloudinit
+    from pytest_kvm.keys import KeyPair
+    data = cloudinit.plugin_user_data(KeyPair.generate("l"), KeyPair.generate("h"))
+    # cloud-init 24+ schema: at least one key type; the seed's own, so nothing is generated
+    assert data["ssh_genkeytypes"] == ["ed25519"]
+    assert set(data["ssh_keys"]) == {"ed25519_private", "ed25519_public"}
+    assert data["manage_etc_hosts"] is True
