@@ -81,11 +81,6 @@ def dump_cloud_config(data: Mapping[str, Any]) -> bytes:
     return ("#cloud-config\n" + body).encode()
 
 
-def meta_data(instance_id: str, hostname: str) -> bytes:
-    return yaml.safe_dump({"instance-id": instance_id, "local-hostname": hostname},
-                          sort_keys=False).encode()
-
-
 def render_user_data(family: "Family", *, login_key: KeyPair, host_key: KeyPair,
                      password: str | None = None, extra: Mapping[str, Any] | None = None) -> bytes:
     """The seed's user data for a guest of *family*, serialised: a ``#cloud-config`` for

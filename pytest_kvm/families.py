@@ -36,6 +36,7 @@ from types import MappingProxyType
 
 from .cloudinit import LOGIN_USER
 from .errors import ImageError
+from .waiting import PANIC_MARKERS
 
 # exit 127 when the image has no cloud-init; else cloud-init's own status code
 CLOUD_INIT_WAIT = ("command -v cloud-init >/dev/null 2>&1 || exit 127; "
@@ -164,7 +165,7 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         seed_format="nocloud", readiness="cloud-init",
         ready_command=CLOUD_INIT_WAIT, ready_exit_codes=(0, 2, 127),  # 2: done, recoverable errors
         login_shell="/bin/bash", privilege="sudo",
-        boot_banner="Linux version ", panic_markers=("Kernel panic - not syncing", "end Kernel panic"),
+        boot_banner="Linux version ", panic_markers=PANIC_MARKERS,
         clock_command="sudo -n date -u -s @{epoch:.3f} >/dev/null",
         # a new random machine-id: systemd-machine-id-setup would derive the same one from
         # the VM's UUID, which a clone shares with its golden

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pytest_kvm import cloudinit, seed
 from pytest_kvm.config import Settings
+from pytest_kvm.families import family
 from pytest_kvm.guest import free_port
 from pytest_kvm.keys import KeyPair, write_known_hosts
 from pytest_kvm.session import KvmSession
@@ -50,9 +51,11 @@ def bare_qemu(session: KvmSession, os_name: str, memory: int, cpus: int, timeout
         login, host = KeyPair.generate("bench"), KeyPair.generate("bench-host")
         login.write_private(tmp / "id")
         create_overlay(image.disk, image.format, tmp / "disk.qcow2")
-        seed.write_seed(tmp / "seed.iso", seed.NOCLOUD_LABEL, seed.nocloud_files(
-            cloudinit.dump_cloud_config(cloudinit.user_data(login, host)),
-            cloudinit.meta_data("bench", "bench")))
+        # the very seed the plugin writes for this family (same builder, same contents)
+        linux = family(image.family)
+        seed.build_seed(linux.seed_format, instance_id="bench", hostname="bench",
+                        user_data=cloudinit.render_user_data(linux, login_key=login, host_key=host),
+                        public_keys={"pytest-kvm": login.public_openssh}).write(tmp / "seed.iso")
         port = free_port()
         write_known_hosts(tmp / "known_hosts", "127.0.0.1", port, host)
         accel = "kvm" if session.accel == "kvm" else "tcg"

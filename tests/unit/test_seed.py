@@ -116,7 +116,7 @@ def test_nocloud_from_the_same_inputs():
 
 def test_nocloud_meta_data_without_keys_is_what_linux_guests_got_before():
     built = seed.build_seed("nocloud", instance_id="n", hostname="n", user_data=b"#cloud-config\n{}\n")
-    assert built.files["meta-data"] == cloudinit.meta_data("n", "n")
+    assert built.files["meta-data"] == b"instance-id: n\nlocal-hostname: n\n"
     assert built.files["user-data"] == b"#cloud-config\n{}\n"
 
 
