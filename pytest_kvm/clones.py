@@ -2,29 +2,42 @@
 frozen; each clone restores that state onto a fresh overlay in well under the time
 of a boot.
 
-libvirt requires a restored domain to keep the saved name and UUID, so a golden
-serves one clone at a time; a request made while its clone is in use gets a cold
-boot instead (see :meth:`KvmSession.create`).
+A golden is a directory of files (:data:`GOLDEN_FILES`): the saved state, the frozen
+disk, the seed that stays attached, the golden's console, its UEFI variables, the
+login key it trusts and ``meta.json``. It lives in the run's work directory (goldens
+per session) or in the snapshot cache (see :mod:`pytest_kvm.snapshots`), where later
+sessions find it. Clones only ever read it: each is restored under a name, UUID,
+MAC and VM generation ID of its own (see :mod:`pytest_kvm.saveimage`), so any number
+of clones of one golden run at the same time.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cache import write_owner_only
+from .keys import KeyPair
+from .saveimage import SaveImage
+from .winrm import Credentials
+
 RESET_CHOICES = ("clone", "boot")
+SAVE_FILE = "memory.save"
+DISK_FILE = "disk.qcow2"
+SEED_FILE = "seed.iso"
+CONSOLE_FILE = "console.log"
+LOGIN_KEY_FILE = "id_ed25519"
+PASSWORD_FILE = "winrm-password"
+META_FILE = "meta.json"  # written last: a golden directory without it is incomplete
+GOLDEN_FILES = (SAVE_FILE, DISK_FILE, SEED_FILE, CONSOLE_FILE, LOGIN_KEY_FILE, META_FILE)
 
 
-def golden_key(os_name: str, image: Path | None, memory_mib: int, cpus: int,
-               user_data: Mapping[str, Any] | None, family: str = "", seed: str | None = None,
-               tpm: bool | None = None) -> str:
-    """Guests that may share a golden: same OS, image, size, user_data, family, seed, TPM."""
-    blob = json.dumps([os_name, str(image) if image else None, memory_mib, cpus, user_data,
-                       family, seed, tpm],
-                      sort_keys=True, default=repr)
+def digest(value: Any) -> str:
+    """A short stable hash of a JSON-able value (keys sorted)."""
+    blob = json.dumps(value, sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -32,16 +45,71 @@ def golden_key(os_name: str, image: Path | None, memory_mib: int, cpus: int,
 class Golden:
     """A saved, stopped guest that clones are restored from."""
 
-    guest: Any  # the Guest that was booted and saved; owns the work directory
-    save_file: Path
-    xml: str  # the saved domain definition
-    in_use: bool = False
+    key: str
+    directory: Path
+    image: SaveImage
+    login_key: KeyPair
+    host_public: str  # the guest's SSH host key, pinned for every clone
+    hostname: str
+    credentials: Credentials | None = None  # WinRM families
+    guest: Any = None  # the Guest booted for it in this session (destroyed at the end), else None
+    snapshot: bool = False  # kept in the snapshot cache across runs
+    verified: bool = False  # a clone of it came up in this session
     clones: int = 0
+    # called once when the first clone of a golden loaded from the cache fails: returns a
+    # golden made anew (see KvmSession)
+    replace: Callable[[BaseException], "Golden"] | None = field(default=None, repr=False)
 
     @property
-    def name(self) -> str:
-        return self.guest.name
+    def save_file(self) -> Path:
+        return self.directory / SAVE_FILE
 
     @property
     def frozen_disk(self) -> Path:
-        return self.guest.overlay
+        return self.directory / DISK_FILE
+
+    @property
+    def seed(self) -> Path:
+        return self.directory / SEED_FILE
+
+    @property
+    def console_log(self) -> Path:
+        return self.directory / CONSOLE_FILE
+
+    @property
+    def login_key_file(self) -> Path:
+        return self.directory / LOGIN_KEY_FILE
+
+    @property
+    def name(self) -> str:
+        """The golden's libvirt name when it was booted (its clones' default hostname)."""
+        return self.hostname
+
+    def write_meta(self, fields: Mapping[str, Any], created: float) -> None:
+        """Record what the golden is (written last: it marks the directory complete)."""
+        self.login_key.write_private(self.login_key_file)
+        if self.credentials is not None:
+            write_owner_only(self.directory / PASSWORD_FILE, self.credentials.password.encode())
+        meta = {"key": self.key, "hostname": self.hostname, "host_public": self.host_public,
+                "login_public": self.login_key.public_openssh, "created": created,
+                "user": self.credentials.user if self.credentials else None,
+                "fields": dict(fields),
+                "sizes": {name: (self.directory / name).stat().st_size
+                          for name in (SAVE_FILE, DISK_FILE, SEED_FILE)}}
+        write_owner_only(self.directory / META_FILE, json.dumps(meta, indent=2).encode())
+
+    @classmethod
+    def load(cls, directory: Path) -> "Golden":
+        """A golden from its directory; ValueError/OSError if it is incomplete or damaged."""
+        meta = json.loads((directory / META_FILE).read_text())
+        for name, size in meta["sizes"].items():
+            found = (directory / name).stat().st_size
+            if found != size:
+                raise ValueError(f"{name} is {found} bytes, {size} when saved")
+        login = KeyPair((directory / LOGIN_KEY_FILE).read_text(), meta["login_public"])
+        credentials = None
+        if meta.get("user"):
+            credentials = Credentials(meta["user"], (directory / PASSWORD_FILE).read_text())
+        return cls(key=meta["key"], directory=directory, image=SaveImage.read(directory / SAVE_FILE),
+                   login_key=login, host_public=meta["host_public"], hostname=meta["hostname"],
+                   credentials=credentials, snapshot=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from .accel import ACCEL_CHOICES
 from .cache import default_cache_dir
 from .clones import RESET_CHOICES
+from .snapshots import SNAPSHOT_CHOICES
 from .waiting import Limit
 
 DEFAULT_OS = "debian-12"
@@ -18,6 +19,7 @@ DEFAULT_CLOUD_INIT_TIMEOUT = 60.0  # authenticated -> cloud-init done
 TCG_TIMEOUT_FACTOR = 4.0  # software emulation is several times slower
 DEFAULT_COMMAND_TIMEOUT = 600.0
 KEEP_CHOICES = ("none", "failed", "all")
+DEFAULT_PREPARE_AHEAD = 1  # clones of the last golden used made ready before a test asks
 
 
 class SettingsError(ValueError):
@@ -41,6 +43,9 @@ class Settings:
     reset: str = "clone"
     mirror: str | None = None  # catalog downloads come from MIRROR/HOST/PATH instead
     catalogs: tuple[Path, ...] = ()  # the user's catalog files, over the built-in one
+    snapshots: str = "on"  # goldens kept across runs in CACHE/snapshots ("off": per session)
+    snapshot_max_bytes: int | None = None  # least recently used snapshots go beyond it
+    prepare_ahead: int = DEFAULT_PREPARE_AHEAD
 
     @property
     def default_os(self) -> str:
@@ -75,13 +80,17 @@ class Settings:
             command_timeout=config.getini("kvm_command_timeout"),
             reset=opt.kvm_reset or config.getini("kvm_reset") or "clone",
             mirror=opt.kvm_mirror or config.getini("kvm_mirror") or None,
-            catalogs=config.getini("kvm_catalog"))
+            catalogs=config.getini("kvm_catalog"),
+            snapshots=opt.kvm_snapshots or config.getini("kvm_snapshots") or "on",
+            snapshot_max_gb=config.getini("kvm_snapshot_max_gb"),
+            prepare_ahead=config.getini("kvm_prepare_ahead"))
 
     @classmethod
     def build(cls, *, os_names=(DEFAULT_OS,), accel="auto", uri=None, keep="none", images=(),
               cache_dir=None, boot_timeout=None, ssh_timeout=None, cloud_init_timeout=None,
               memory_mib=None, cpus=None, command_timeout=None,
-              reset="clone", mirror=None, catalogs=()) -> "Settings":
+              reset="clone", mirror=None, catalogs=(), snapshots="on", snapshot_max_gb=None,
+              prepare_ahead=None) -> "Settings":
         if accel not in ACCEL_CHOICES:
             raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
         if keep not in KEEP_CHOICES:
@@ -89,6 +98,9 @@ class Settings:
         if reset not in RESET_CHOICES:
             raise SettingsError(f"--kvm-reset / kvm_reset must be one of {', '.join(RESET_CHOICES)}, "
                                 f"not {reset!r}")
+        if snapshots not in SNAPSHOT_CHOICES:
+            raise SettingsError(f"--kvm-snapshots / kvm_snapshots must be one of "
+                                f"{', '.join(SNAPSHOT_CHOICES)}, not {snapshots!r}")
         local_images = {}
         for item in images:
             name, sep, path = item.partition("=")
@@ -109,6 +121,10 @@ class Settings:
             reset=reset,
             mirror=_url("--kvm-mirror / kvm_mirror", mirror),
             catalogs=tuple(Path(p).expanduser() for p in catalogs),
+            snapshots=snapshots,
+            snapshot_max_bytes=(None if snapshot_max_gb in (None, "") else
+                                int(_positive("kvm_snapshot_max_gb", snapshot_max_gb, 0) * 2**30)),
+            prepare_ahead=_count("kvm_prepare_ahead", prepare_ahead, DEFAULT_PREPARE_AHEAD),
         )
 
 
@@ -129,6 +145,19 @@ def _whole(name: str, value, default: int) -> int:
     if number != int(number):
         raise SettingsError(f"{name} must be a whole number, not {value!r}")
     return int(number)
+
+
+def _count(name: str, value, default: int) -> int:
+    """A whole number >= 0."""
+    if value in (None, ""):
+        return default
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {value!r}") from None
+    if number < 0:
+        raise SettingsError(f"{name} must be 0 or more, not {value!r}")
+    return number
 
 
 def _url(name: str, value: str | None) -> str | None:

@@ -14,7 +14,10 @@ copies from the ``OVMF_VARS_4M`` template when the file does not exist yet.
 """
 from __future__ import annotations
 
+import hashlib
+import secrets
 import shutil
+import uuid as uuid_module
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ ET.register_namespace("qemu", QEMU_NS)
 ET.register_namespace("pytestkvm", META_NS)
 
 NAME_PREFIX = "pytest-kvm-"
+TCG_CPU_MODEL = "qemu64"  # QEMU's own default under TCG, named
 NIC_PCI_SLOT = "0x1e"
 OVMF_DIR = Path("/usr/share/OVMF")  # Debian's ovmf package
 OVMF_CODE = "OVMF_CODE_4M.fd"
@@ -58,6 +62,7 @@ class DomainSpec:
     guest_port: int = 22
     metadata: dict[str, str] = field(default_factory=dict)
     machine: str = "pc"  # "pc" (i440fx) or "q35"
+    machine_type: str | None = None  # the versioned type QEMU means by `machine` (pinned)
     firmware: str = "bios"  # "bios" (SeaBIOS) or "uefi" (OVMF)
     secure_boot: bool = False  # uefi + q35 only
     nvram: Path | None = None  # this guest's UEFI variable store; required with uefi
@@ -66,6 +71,7 @@ class DomainSpec:
     disk_bus: str = "virtio"  # "virtio" or "sata"
     nic_model: str = "virtio-net-pci"  # a QEMU -device name: "virtio-net-pci", "e1000", "e1000e"
     seed_device: str = "disk"  # "disk" (on disk_bus) or "cdrom" (always SATA)
+    mac: str | None = None  # the NIC's MAC; None: QEMU's default
 
     def __post_init__(self) -> None:
         checks = (("machine", ("pc", "q35")), ("firmware", ("bios", "uefi")),
@@ -108,6 +114,48 @@ def family_fields(family: "Family", workdir: Path, *, firmware: str | None = Non
         "seed_device": family.seed_device,
         "guest_port": family.guest_port,
     }
+
+
+QEMU_DATA_DIRS = (Path("/usr/share/qemu"), Path("/usr/share/seabios"), Path("/usr/lib/ipxe/qemu"))
+NIC_ROMS = {"virtio-net-pci": "efi-virtio.rom", "e1000": "efi-e1000.rom", "e1000e": "efi-e1000e.rom"}
+
+
+def firmware_files(spec: DomainSpec) -> list[str]:
+    """The firmware and option ROMs QEMU loads for *spec*: a saved state holds code from
+    them, so a snapshot is only good with the same files."""
+    names = ["bios-256k.bin" if spec.firmware == "bios" else None, "kvmvapic.bin",
+             "linuxboot_dma.bin" if spec.kernel is not None else None, NIC_ROMS.get(spec.nic_model)]
+    found = []
+    for name in filter(None, names):
+        path = next((d / name for d in QEMU_DATA_DIRS if (d / name).is_file()), None)
+        found.append(str(path) if path else name)
+    found += [str(p) for p in (spec.loader, spec.nvram_template) if p is not None]
+    return found
+
+
+def firmware_digest(spec: DomainSpec) -> dict[str, str]:
+    """``{file: sha256 prefix}`` of :func:`firmware_files` (``missing`` where absent)."""
+    digests = {}
+    for name in firmware_files(spec):
+        path = Path(name)
+        digests[path.name] = (hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+                              if path.is_file() else "missing")
+    return digests
+
+
+def host_cpu() -> str:
+    """The host CPU a ``host-passthrough`` guest sees (model name and a hash of its flags)."""
+    model, flags = "unknown", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = value.strip()
+    except OSError:
+        pass
+    return f"{model} ({hashlib.sha256(flags.encode()).hexdigest()[:12]})"
 
 
 def host_problems(spec: DomainSpec) -> list[str]:
@@ -160,7 +208,7 @@ def _disks(devices: ET.Element, spec: DomainSpec) -> None:
 
 def _os(dom: ET.Element, spec: DomainSpec) -> None:
     os_el = _sub(dom, "os")
-    _sub(os_el, "type", "hvm", arch="x86_64", machine=spec.machine)
+    _sub(os_el, "type", "hvm", arch="x86_64", machine=spec.machine_type or spec.machine)
     if spec.firmware == "uefi":
         _sub(os_el, "loader", str(spec.loader), readonly="yes", type="pflash",
              secure="yes" if spec.secure_boot else "no")
@@ -177,6 +225,9 @@ def _os(dom: ET.Element, spec: DomainSpec) -> None:
 def domain_element(spec: DomainSpec) -> ET.Element:
     dom = ET.Element("domain", type=spec.virt_type)
     _sub(dom, "name", spec.name)
+    # a VM generation ID: a clone restored under a new one makes the guest kernel reseed
+    # its random number generator (see retarget)
+    _sub(dom, "genid")
     if spec.metadata:
         meta = _sub(dom, "metadata")
         ET.SubElement(meta, f"{{{META_NS}}}run", dict(spec.metadata))
@@ -190,6 +241,9 @@ def domain_element(spec: DomainSpec) -> ET.Element:
         _sub(features, "smm", state="on")  # OVMF's Secure Boot build refuses to run without it
     if spec.virt_type == "kvm":
         _sub(dom, "cpu", mode="host-passthrough")
+    else:  # a named model: a saved state only restores onto the CPU it was saved on
+        cpu = _sub(dom, "cpu", mode="custom", match="exact", check="none")
+        _sub(cpu, "model", TCG_CPU_MODEL, fallback="forbid")
     _sub(dom, "clock", offset="utc")
     _sub(dom, "on_poweroff", "destroy")
     _sub(dom, "on_reboot", "restart")
@@ -213,10 +267,21 @@ def domain_element(spec: DomainSpec) -> ET.Element:
         _sub(tpm, "backend", type="emulator", version="2.0")
 
     cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-    for arg in ("-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:{spec.guest_port}",
-                "-device", f"{spec.nic_model},netdev=net0,addr={NIC_PCI_SLOT}"):
+    for arg in _nic_args(spec.nic_model, spec.mac, spec.ssh_port, spec.guest_port):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
     return dom
+
+
+def _nic_args(model: str, mac: str | None, host_port: int, guest_port: int) -> list[str]:
+    """QEMU arguments of the user-mode NIC with its one 127.0.0.1 forward."""
+    device = f"{model},netdev=net0,addr={NIC_PCI_SLOT}" + (f",mac={mac}" if mac else "")
+    return ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}",
+            "-device", device]
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC in QEMU's 52:54:00 prefix."""
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -230,32 +295,72 @@ def read_metadata(xml: str) -> dict[str, str] | None:
     return dict(run.attrib) if run is not None else None
 
 
-def retarget(xml: str, *, disk: Path, console_log: Path, ssh_port: int, guest_port: int = 22,
-             nvram: Path | None = None) -> str:
-    """A saved domain's XML with its system disk, console file, host forward and (for UEFI,
-    when given) NVRAM file moved, for restoring a clone of it (name, UUID and devices stay
-    as saved: libvirt requires it). The system disk is the first ``device="disk"``, on any
-    bus: :func:`domain_element` writes it first and libvirt keeps the order."""
+@dataclass(frozen=True)
+class CloneIdentity:
+    """What makes a clone of a saved golden a domain of its own: libvirt's name and UUID,
+    the NIC's MAC, the VM generation ID (the guest reseeds its RNG when it changes), its
+    own files and forward, and the owner metadata the reaper reads."""
+
+    name: str
+    disk: Path
+    console_log: Path
+    ssh_port: int
+    guest_port: int = 22
+    nvram: Path | None = None
+    seed: Path | None = None  # where the golden's seed now lives (it stays attached)
+    metadata: dict[str, str] = field(default_factory=dict)
+    uuid: str = field(default_factory=lambda: str(uuid_module.uuid4()))
+    genid: str = field(default_factory=lambda: str(uuid_module.uuid4()))
+    mac: str = field(default_factory=random_mac)
+
+
+def _set_text(root: ET.Element, tag: str, text: str) -> None:
+    element = root.find(tag)
+    if element is None:
+        element = ET.SubElement(root, tag)
+    element.text = text
+
+
+def retarget(xml: str, clone: CloneIdentity) -> str:
+    """A saved golden's XML made into *clone*'s: its own name, UUID, generation ID, MAC,
+    system disk, console file, host forward, NVRAM (for UEFI) and owner metadata; every
+    device stays as saved (QEMU's migration stream expects them). The system disk is the
+    first ``device="disk"``, on any bus: :func:`domain_element` writes it first and
+    libvirt keeps the order."""
     root = ET.fromstring(xml)
+    _set_text(root, "name", clone.name)
+    _set_text(root, "uuid", clone.uuid)
+    _set_text(root, "genid", clone.genid)
+    if clone.metadata:
+        run = root.find(f"./metadata/{{{META_NS}}}run")
+        if run is not None:
+            run.attrib.clear()
+            run.attrib.update(clone.metadata)
     system = next((d for d in root.iter("disk") if d.get("device", "disk") == "disk"), None)
     if system is not None and system.find("source") is not None:
-        system.find("source").set("file", str(disk))
+        system.find("source").set("file", str(clone.disk))
         # the saved chain named the golden overlay; libvirt re-reads the new one's chain
         for backing in system.findall("backingStore"):
             system.remove(backing)
-    if nvram is not None:
+    for disk in root.iter("disk"):
+        if clone.seed is not None and disk is not system and disk.find("readonly") is not None:
+            disk.find("source").set("file", str(clone.seed))
+    if clone.nvram is not None:
         for element in root.iter("nvram"):
-            element.text = str(nvram)
-    for serial in root.iter("serial"):
-        source = serial.find("source")
-        if source is not None and serial.get("type") == "file":
-            source.set("path", str(console_log))
-    for console in root.iter("console"):
-        source = console.find("source")
-        if source is not None and console.get("type") == "file":
-            source.set("path", str(console_log))
-    for arg in root.iter(f"{{{QEMU_NS}}}arg"):
+            element.text = str(clone.nvram)
+    for tag in ("serial", "console"):
+        for device in root.iter(tag):
+            source = device.find("source")
+            if source is not None and device.get("type") == "file":
+                source.set("path", str(clone.console_log))
+    args = list(root.iter(f"{{{QEMU_NS}}}arg"))
+    for index, arg in enumerate(args):
         value = arg.get("value", "")
-        if value.startswith("user,") and "hostfwd=" in value:
-            arg.set("value", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:{guest_port}")
+        if value.startswith("user,id=net0,"):
+            device = args[index + 2]  # -netdev VALUE -device VALUE
+            model = device.get("value", "").split(",", 1)[0]
+            netdev, nic = _nic_args(model, clone.mac, clone.ssh_port, clone.guest_port)[1::2]
+            arg.set("value", netdev)
+            device.set("value", nic)
+            break
     return ET.tostring(root, encoding="unicode")

@@ -27,7 +27,7 @@ def _finish(request: pytest.FixtureRequest, kvm: KvmSession, guest: Guest) -> No
     if keep == "all" or (keep == "failed" and failed(request.node)):
         kvm.keep(guest)
     else:
-        guest.destroy()
+        kvm.release(guest)  # destroyed in the background; the session end waits for it
 
 
 def _remember(request: pytest.FixtureRequest, guest: Guest) -> None:

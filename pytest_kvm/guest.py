@@ -6,9 +6,10 @@ import contextlib
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,15 @@ import paramiko
 
 from . import cloudinit, seed
 from .cache import write_owner_only, writable
-from .clones import Golden
-from .domain import NVRAM_FILE, DomainSpec, domain_xml, family_fields, host_problems, retarget
+from .clones import CONSOLE_FILE, DISK_FILE, SAVE_FILE, SEED_FILE, Golden
+from .domain import NVRAM_FILE, CloneIdentity, DomainSpec, domain_xml, family_fields, host_problems, \
+    random_mac, retarget
 from .errors import CloudInitError, CommandTimeout, HostKeyMismatch, HypervisorError, KvmError
 from .families import Family, family
 from .hypervisor import Hypervisor, PortInUse
 from .images import BaseImage
 from .keys import KeyPair, write_known_hosts
+from .saveimage import Feeder, SaveImage
 from .ssh import CommandResult, SshClient, read_banner
 from .storage import create_overlay
 from .waiting import Limit, PhaseWaiter, Retry, Timeline, find_panic
@@ -62,10 +65,25 @@ class GuestConfig:
     seed_format: str | None = None  # None: the family's
     unique: bool = False  # a clone gets its own hostname and machine-id
     tpm: bool | None = None  # None: the family's default
+    machine_type: str | None = None  # the versioned machine type (pinned); None: the alias
 
     @property
     def user(self) -> str:
         return self.family.login_user
+
+
+def domain_spec(cfg: GuestConfig, port: int, mac: str | None = None) -> DomainSpec:
+    """The domain of a guest booted cold from *cfg*, forwarding 127.0.0.1:*port*."""
+    direct = cfg.family.direct_kernel_boot and cfg.image.kernel is not None
+    workdir = cfg.workdir
+    return DomainSpec(
+        name=cfg.name, virt_type=cfg.virt_type, memory_mib=cfg.memory_mib, cpus=cfg.cpus,
+        disk=workdir / DISK_FILE, disk_format="qcow2", seed=workdir / SEED_FILE,
+        console_log=workdir / CONSOLE_FILE, ssh_port=port,
+        kernel=cfg.image.kernel if direct else None, initrd=cfg.image.initrd if direct else None,
+        cmdline=cfg.image.cmdline if direct else "", metadata=dict(cfg.metadata),
+        machine_type=cfg.machine_type, mac=mac,
+        **family_fields(cfg.family, workdir, firmware=cfg.image.firmware, tpm=cfg.tpm))
 
 
 class Guest:
@@ -81,27 +99,40 @@ class Guest:
         self.name = config.name
         self.os = config.os
         self.family = config.family.name
-        # a clone shares its golden's name (libvirt restores it under the saved one) and so
-        # its hostname, unless it asked to be unique
-        self.hostname = f"{config.name}-{config.workdir.name}" if golden and config.unique else config.name
         self.port: int = 0  # the 127.0.0.1 port forwarded to the guest's SSH (or WinRM) port
         self.timeline = Timeline()
         self.cloud_init_status = ""  # `cloud-init status --long` once ready (cold boots)
         self.cloned = golden is not None
-        self.host_key = golden.guest.host_key if golden else KeyPair.generate(f"{config.name}-host")
-        # a WinRM login has no key: the seed creates the user with this random password
-        self.credentials = (golden.guest.credentials if golden else
-                            Credentials.generate(config.user) if config.family.transport == "winrm"
-                            else None)
+        if golden is None:
+            self.hostname = config.name
+            self._host_key = KeyPair.generate(f"{config.name}-host")
+            self.host_public = self._host_key.public_openssh
+            self.login_key_file = config.login_key_file
+            # a WinRM login has no key: the seed creates the user with this random password
+            self.credentials = (Credentials.generate(config.user)
+                                if config.family.transport == "winrm" else None)
+        else:
+            self._use_golden(golden)
         workdir = config.workdir
-        self.overlay = workdir / "disk.qcow2"
-        self._seed = workdir / "seed.iso"
-        self._console = workdir / "console.log"
+        self.overlay = workdir / DISK_FILE
+        self._seed = workdir / SEED_FILE
+        self._console = workdir / CONSOLE_FILE
         self._known_hosts = workdir / "known_hosts"
+        self.mac = random_mac() if golden is None else ""  # the NIC's; a clone's: at restore
         self._ssh: SshClient | WinRMClient | None = None  # the command handle
         self._dom = None
         self.destroyed = False
         self.kept = False
+        self.started = threading.Event()  # set when start() returned or failed
+
+    def _use_golden(self, golden: Golden) -> None:
+        """Become a clone of *golden*: its host key, login key and credentials; its hostname
+        unless this clone asked to be unique (then its own name)."""
+        self._golden = golden
+        self.hostname = self.name if self._config.unique else golden.hostname
+        self.host_public = golden.host_public
+        self.login_key_file = golden.login_key_file
+        self.credentials = golden.credentials
 
     @property
     def config(self) -> GuestConfig:
@@ -114,15 +145,21 @@ class Guest:
 
     @property
     def golden_name(self) -> str | None:
+        """The golden this clone was restored from (its name when it booted), else None."""
         return self._golden.name if self._golden else None
 
     # -- start ------------------------------------------------------------------
     def start(self) -> "Guest":
         """Create the overlay and seed, start the domain and wait for SSH and cloud-init.
-        On any failure everything made so far is removed before the error propagates."""
+        On any failure everything made so far is removed before the error propagates.
+        Starting a started guest (a clone made ahead) does nothing."""
+        if self.started.is_set():
+            if self.destroyed:
+                raise HypervisorError(f"guest {self.name} failed to start or was destroyed")
+            return self
         try:
             if self._golden is not None:
-                self._restore_clone(self._golden)
+                self._start_clone()
             else:
                 self._prepare()
                 self._launch()
@@ -130,6 +167,8 @@ class Guest:
         except BaseException:
             self.destroy()
             raise
+        finally:
+            self.started.set()
         return self
 
     def _prepare(self) -> None:
@@ -138,7 +177,7 @@ class Guest:
         fam = cfg.family
         # a bad user_data fails here, before any file is made
         user_data = cloudinit.render_user_data(
-            fam, login_key=cfg.login_key, host_key=self.host_key,
+            fam, login_key=cfg.login_key, host_key=self._host_key,
             password=self.credentials.password if self.credentials else None, extra=cfg.user_data)
         guest_seed = seed.build_seed(cfg.seed_format or fam.seed_format, instance_id=cfg.name,
                                      hostname=cfg.name, user_data=user_data,
@@ -148,21 +187,13 @@ class Guest:
             raise HypervisorError(f"cannot boot {self.name} ({cfg.os}, family {fam.name}): "
                                   + "; ".join(problems))
         with writable(cfg.workdir.parent, f"preparing guest {self.name}"):
-            cfg.workdir.mkdir(mode=0o700, parents=True)
+            cfg.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
             create_overlay(cfg.image.disk, cfg.image.format, self.overlay)
             guest_seed.write(self._seed)
         self.timeline.add("prepare", time.monotonic() - t0)
 
     def _spec(self, port: int) -> DomainSpec:
-        cfg = self._config
-        direct = cfg.family.direct_kernel_boot and cfg.image.kernel is not None
-        return DomainSpec(
-            name=cfg.name, virt_type=cfg.virt_type, memory_mib=cfg.memory_mib, cpus=cfg.cpus,
-            disk=self.overlay, disk_format="qcow2", seed=self._seed, console_log=self._console,
-            ssh_port=port, kernel=cfg.image.kernel if direct else None,
-            initrd=cfg.image.initrd if direct else None, cmdline=cfg.image.cmdline if direct else "",
-            metadata=dict(cfg.metadata),
-            **family_fields(cfg.family, cfg.workdir, firmware=cfg.image.firmware, tpm=cfg.tpm))
+        return domain_spec(self._config, port, self.mac)
 
     def _start_on_free_port(self, start: Callable[[int], Any]) -> None:
         """Call ``start(port)`` (it starts the domain forwarding *port*) with free ports until
@@ -178,7 +209,7 @@ class Guest:
             self.port = port
             break
         if self._config.family.seeds_host_key:
-            write_known_hosts(self._known_hosts, "127.0.0.1", self.port, self.host_key)
+            write_known_hosts(self._known_hosts, "127.0.0.1", self.port, self.host_public)
 
     def _launch(self) -> None:
         t0 = time.monotonic()
@@ -203,7 +234,7 @@ class Guest:
 
     def _ssh_login(self, remaining: float) -> SshClient:
         cfg = self._config
-        client = SshClient(self.port, cfg.user, cfg.login_key_file, self._known_hosts)
+        client = SshClient(self.port, cfg.user, self.login_key_file, self._known_hosts)
         try:
             client.connect(timeout=min(20.0, max(remaining, 1.0)))
         except HostKeyMismatch:
@@ -262,18 +293,38 @@ class Guest:
         self.cloud_init_status = status.stdout
 
     # -- warm clones ----------------------------------------------------------------
-    def save_as_golden(self, save_file: Path) -> Golden:
-        """Save this ready guest's memory state and freeze its disk: it becomes a golden."""
+    def save_as_golden(self, key: str) -> Golden:
+        """Save this ready guest's memory state and freeze its disk: it becomes a golden,
+        whose directory is this guest's work directory."""
         t0 = time.monotonic()
         if self._ssh is not None:
             self._ssh.close()
             self._ssh = None
+        save_file = self._config.workdir / SAVE_FILE
         self._hv.save(self.name, save_file)
         self._dom = None
+        self._remove_qemu_log()  # its QEMU is gone; clones have logs of their own
         self.overlay.chmod(0o400)  # frozen: clones only read it, through their own overlays
-        golden = Golden(guest=self, save_file=save_file, xml=self._hv.saved_xml(save_file))
+        golden = Golden(key=key, directory=self._config.workdir, image=SaveImage.read(save_file),
+                        login_key=self._config.login_key, host_public=self.host_public,
+                        hostname=self.hostname, credentials=self.credentials, guest=self)
         self.timeline.add("save", time.monotonic() - t0)
         return golden
+
+    def _start_clone(self) -> None:
+        """Restore this clone; if the golden came from the snapshot cache and its first
+        clone fails, the session makes the golden anew (a stale cache never fails a test)."""
+        golden = self._golden
+        try:
+            self._restore_clone(golden)
+        except KvmError as exc:
+            if golden.verified or golden.replace is None:
+                raise
+            self._remove()
+            self.timeline = Timeline()
+            self._use_golden(golden.replace(exc))
+            self._restore_clone(self._golden)
+        self._golden.verified = True
 
     def _restore_clone(self, golden: Golden) -> None:
         t0 = time.monotonic()
@@ -282,11 +333,22 @@ class Guest:
             cfg.workdir.mkdir(mode=0o700, parents=True)
             create_overlay(golden.frozen_disk, "qcow2", self.overlay)
             nvram = self._copy_nvram(golden)
+        identity = CloneIdentity(name=self.name, disk=self.overlay, console_log=self._console,
+                                 ssh_port=0, guest_port=cfg.family.guest_port, nvram=nvram,
+                                 seed=golden.seed, metadata=dict(cfg.metadata))
+        self.mac = identity.mac
         self.timeline.add("prepare", time.monotonic() - t0)
         t0 = time.monotonic()
-        self._start_on_free_port(lambda port: self._hv.restore(golden.save_file, retarget(
-            golden.xml, disk=self.overlay, console_log=self._console, ssh_port=port,
-            guest_port=cfg.family.guest_port, nvram=nvram), golden.name))
+
+        def restore(port: int):
+            xml = retarget(golden.image.xml, replace(identity, ssh_port=port))
+            feeder = Feeder(golden.image, xml, cfg.workdir / "restore.fifo").start()
+            try:
+                return self._hv.restore(feeder.fifo, self.name)
+            finally:
+                feeder.finish()
+
+        self._start_on_free_port(restore)
         self.timeline.add("restore", time.monotonic() - t0)
         # the guest's clock stopped while it was saved: set it from the host's, through the
         # guest agent while we log in (else with the family's clock command afterwards)
@@ -325,7 +387,7 @@ class Guest:
 
     def _copy_nvram(self, golden: Golden) -> Path | None:
         """A UEFI clone's own copy of its golden's variable store (None without UEFI)."""
-        source = golden.guest.config.workdir / NVRAM_FILE
+        source = golden.directory / NVRAM_FILE
         if not source.exists():
             return None
         target = self._config.workdir / NVRAM_FILE
@@ -362,11 +424,12 @@ class Guest:
     def console_log(self) -> str:
         """Everything the guest wrote on its serial console so far (for a clone: its
         golden's boot, then what the clone wrote after the restore)."""
-        before = self._golden.guest.console_log() if self._golden else ""
-        try:
-            return before + self._console.read_bytes().decode("utf-8", errors="replace")
-        except OSError:
-            return before
+        files = ([self._golden.console_log] if self._golden else []) + [self._console]
+        text = ""
+        for path in files:
+            with contextlib.suppress(OSError):
+                text += path.read_bytes().decode("utf-8", errors="replace")
+        return text
 
     def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
         return "\n".join(self.console_log().replace("\r", "").splitlines()[-lines:])
@@ -385,7 +448,7 @@ class Guest:
         """An OpenSSH argv that logs in with the same key and the pinned host key."""
         if self._config.family.transport != "ssh":
             raise KvmError(f"guest {self.name} (family {self.family}) has no SSH; see access()")
-        return ["ssh", "-i", str(self._config.login_key_file), "-p", str(self.ssh_port),
+        return ["ssh", "-i", str(self.login_key_file), "-p", str(self.ssh_port),
                 "-o", f"UserKnownHostsFile={self._known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                 f"{self._config.user}@127.0.0.1"]
@@ -402,25 +465,32 @@ class Guest:
         if self.destroyed:
             return
         t0 = time.monotonic()
+        try:
+            self._remove()
+        finally:
+            self.destroyed = True
+            self.timeline.add("destroy", time.monotonic() - t0)
+
+    def _remove(self) -> None:
         errors: list[BaseException] = []
         if self._ssh is not None:
             self._ssh.close()
+            self._ssh = None
         try:
             self._hv.destroy(self.name)
         except Exception as exc:  # keep going: the files must go too
             errors.append(exc)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self._config.workdir)
-        log = self._hv.qemu_log(self.name)
-        if log is not None and not self.cloned:  # a clone shares its golden's log
-            with contextlib.suppress(FileNotFoundError):
-                log.unlink()
-        self.destroyed = True
-        if self._golden is not None:
-            self._golden.in_use = False
-        self.timeline.add("destroy", time.monotonic() - t0)
+        self._remove_qemu_log()
         if errors:
             raise errors[0]
+
+    def _remove_qemu_log(self) -> None:
+        log = self._hv.qemu_log(self.name)
+        if log is not None:
+            with contextlib.suppress(FileNotFoundError):
+                log.unlink()
 
     def __enter__(self) -> "Guest":
         return self

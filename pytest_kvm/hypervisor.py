@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import threading
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,7 @@ class Hypervisor:
         self._conn = conn
         self.uri = uri
         self._embed = embed
+        self._machines: dict[str, str] | None = None
 
     @classmethod
     def open(cls, uri: str | None, state_dir: Path | None = None) -> "Hypervisor":
@@ -205,13 +207,39 @@ class Hypervisor:
         with translate(f"reading saved state {path}", self.uri):
             return self._conn.saveImageGetXMLDesc(str(path), 0)
 
-    def restore(self, path: Path, xml: str, name: str):
-        """Start a domain from saved state *path*, with *xml* (same name and UUID) as its
-        definition; returns the running domain."""
+    def restore(self, path: Path, name: str):
+        """Start a domain from the saved state at *path* (a file or a FIFO fed by
+        :class:`~pytest_kvm.saveimage.Feeder`), as the definition saved in it says;
+        returns the running domain *name*."""
         libvirt = _libvirt()
         with translate(f"restoring {name}", self.uri):
-            self._conn.restoreFlags(str(path), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            self._conn.restoreFlags(str(path), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
             return self._conn.lookupByName(name)
+
+    def versions(self) -> dict[str, str]:
+        """The libvirt library's and the hypervisor's (QEMU's) versions, as ``x.y.z``."""
+        def dotted(number: int) -> str:
+            return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+        with translate("reading versions", self.uri):
+            return {"libvirt": dotted(self._conn.getLibVersion()),
+                    "qemu": dotted(self._conn.getVersion())}
+
+    def canonical_machine(self, alias: str) -> str:
+        """The versioned machine type QEMU means by *alias* (``pc`` -> ``pc-i440fx-7.2``):
+        a saved state restores only onto the same machine type."""
+        if self._machines is None:
+            with translate("reading the host's capabilities", self.uri):
+                caps = ET.fromstring(self._conn.getCapabilities())
+            self._machines = {}
+            for guest in caps.iter("guest"):
+                arch = guest.find("arch")
+                if arch is None or arch.get("name") != "x86_64":
+                    continue
+                for machine in arch.iter("machine"):
+                    if machine.get("canonical") and machine.text:
+                        self._machines[machine.text] = machine.get("canonical")
+        return self._machines.get(alias, alias)
 
     def set_time(self, dom, epoch: float, timeout: int = 5) -> None:
         """Set the guest's clock to *epoch* through its QEMU guest agent (no login needed);

@@ -9,6 +9,7 @@ lock shared by parallel workers and checked by hash once per session.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ class BaseImage:
     firmware: str | None = None  # None: the family's default
     login_user: str | None = None  # None: the plugin's own user (recipe images)
     min_memory_mib: int | None = None
+    digest: str | None = None  # a hash of the verified files' sha256s; None: not hashed (local)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,8 @@ class ImageStore:
         self._check_files(name, dest, manifest, f"rebuild it with `pytest-kvm image build --force {name}`")
         image = BaseImage(name=name, disk=dest / build.DISK, format=manifest["format"],
                           kernel=dest / build.KERNEL, initrd=dest / build.INITRD,
-                          cmdline=manifest["kernel_cmdline"], family=manifest["family"])
+                          cmdline=manifest["kernel_cmdline"], family=manifest["family"],
+                          digest=_files_digest(manifest))
         self._verified[name] = image
         return image
 
@@ -211,7 +214,8 @@ class ImageStore:
                               f"download it again with `pytest-kvm image fetch --force {name}`")
         image = BaseImage(name=name, disk=dest / manifest["disk"], format=manifest["format"],
                           family=entry.family, firmware=entry.firmware,
-                          login_user=entry.login_user, min_memory_mib=entry.min_memory_mib)
+                          login_user=entry.login_user, min_memory_mib=entry.min_memory_mib,
+                          digest=_files_digest(manifest))
         self._verified[name] = image
         return image
 
@@ -297,3 +301,9 @@ class ImageStore:
             return False
         shutil.rmtree(dest)
         return True
+
+
+def _files_digest(manifest: dict) -> str:
+    """One sha256 over the sha256 of every file of a cached image (checked this session)."""
+    listing = "".join(f"{name} {sha}\n" for name, sha in sorted(manifest["sha256"].items()))
+    return hashlib.sha256(listing.encode()).hexdigest()

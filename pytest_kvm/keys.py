@@ -37,10 +37,12 @@ class KeyPair:
         return write_owner_only(path, self.private_openssh.encode())
 
 
-def known_hosts_line(host: str, port: int, key: KeyPair) -> str:
-    """A known_hosts entry pinning *key* for host:port (OpenSSH's bracket form)."""
-    return f"[{host}]:{port} {key.key_type} {key.public_blob}\n"
+def known_hosts_line(host: str, port: int, public_openssh: str) -> str:
+    """A known_hosts entry pinning the public key *public_openssh* ("TYPE BLOB [comment]")
+    for host:port (OpenSSH's bracket form)."""
+    key_type, blob = public_openssh.split()[:2]
+    return f"[{host}]:{port} {key_type} {blob}\n"
 
 
-def write_known_hosts(path: Path, host: str, port: int, key: KeyPair) -> Path:
-    return write_owner_only(path, known_hosts_line(host, port, key).encode())
+def write_known_hosts(path: Path, host: str, port: int, public_openssh: str) -> Path:
+    return write_owner_only(path, known_hosts_line(host, port, public_openssh).encode())

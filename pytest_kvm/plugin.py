@@ -9,12 +9,13 @@ import pytest
 from .accel import ACCEL_CHOICES
 from .clones import RESET_CHOICES
 from .config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
-    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
+    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
 from .errors import KvmError
 from .hypervisor import default_uri
 from .fixtures import guest, guest_factory, kvm  # noqa: F401 - registered as fixtures
 from .session import KvmSession
+from .snapshots import SNAPSHOT_CHOICES
 from .spec import guest_marker
 from .stash import GUESTS_KEY, OUTCOME_KEY, SESSION_KEY, WORKER_COUNTS_KEY
 
@@ -47,6 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="how each test gets a fresh guest: clone (restore a warm clone of a golden "
                          "guest booted once per OS and configuration: a few seconds) or boot "
                          "(cold boot every time). Default: ini kvm_reset, else clone.")
+    group.addoption("--kvm-snapshots", choices=SNAPSHOT_CHOICES, default=None, dest="kvm_snapshots",
+                    help="on: keep golden guests across runs in the cache's snapshots/ directory, "
+                         "so a later session clones without booting; off: boot goldens per "
+                         "session. Default: ini kvm_snapshots, else on.")
     group.addoption("--kvm-image", action="append", metavar="NAME=PATH", dest="kvm_image",
                     help="use the local bootable disk image PATH (qcow2 or raw) as OS NAME "
                          "(repeatable).")
@@ -74,6 +79,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   default="")
     parser.addini("kvm_cpus", f"default number of guest vCPUs; default {DEFAULT_CPUS}", default="")
     parser.addini("kvm_reset", "clone or boot (see --kvm-reset); default clone", default="")
+    parser.addini("kvm_snapshots", "on or off (see --kvm-snapshots); default on", default="")
+    parser.addini("kvm_snapshot_max_gb", "size limit of the snapshot cache in GiB: the least "
+                  "recently used snapshots are removed beyond it; default no limit", default="")
+    parser.addini("kvm_prepare_ahead", f"clones of the golden the last test used made ready "
+                  f"while tests run (0: off); default {DEFAULT_PREPARE_AHEAD}", default="")
     parser.addini("kvm_command_timeout", f"default timeout of guest.run() in seconds; default "
                   f"{DEFAULT_COMMAND_TIMEOUT:g}", default="")
 
@@ -123,7 +133,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     uri = (settings.uri or default_uri()
            or "qemu:///embed (embedded driver, no daemon)")
     return [f"pytest-kvm: accel {session.acceleration.describe()}; uri {uri}; "
-            f"os {', '.join(settings.os_names)}; reset {settings.reset}; cache {settings.cache_dir}"]
+            f"os {', '.join(settings.os_names)}; reset {settings.reset}; snapshots {settings.snapshots}; "
+            f"prepare ahead {settings.prepare_ahead}; cache {settings.cache_dir}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -169,7 +180,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     kvm = session.config.stash.get(SESSION_KEY, None)
     workeroutput = getattr(session.config, "workeroutput", None)
     if kvm is not None and workeroutput is not None:
-        workeroutput["pytest_kvm"] = {"boots": kvm.boots, "clones": kvm.clones}
+        workeroutput["pytest_kvm"] = kvm.counts()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -180,24 +191,27 @@ def pytest_testnodedown(node, error) -> None:
         node.config.stash.setdefault(WORKER_COUNTS_KEY, {})[node.gateway.id] = counts
 
 
+def _counts_line(counts: dict[str, int]) -> str:
+    line = f"{counts['boots']} cold boots, {counts['clones']} warm clones"
+    if counts.get("ahead"):
+        line += f" ({counts['ahead']} made ahead)"
+    return line + f"; snapshots {counts['reused']} reused, {counts['created']} created"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     workers = config.stash.get(WORKER_COUNTS_KEY, {})
-    if session is None or not (session.boots or workers):
+    if session is None or not (session.boots or session.clones or workers):
         return
     terminalreporter.write_sep("-", "pytest-kvm")
-    how = f"(accel {session.accel}, reset {session.settings.reset})"
+    how = f"(accel {session.accel}, reset {session.settings.reset}, snapshots {session.settings.snapshots})"
     if workers:
-        boots = sum(c["boots"] for c in workers.values())
-        clones = sum(c["clones"] for c in workers.values())
-        terminalreporter.write_line(f"guests: {boots} cold boots, {clones} warm clones in "
-                                    f"{len(workers)} workers {how}")
+        totals = {k: sum(c.get(k, 0) for c in workers.values()) for k in session.counts()}
+        terminalreporter.write_line(f"guests: {_counts_line(totals)} in {len(workers)} workers {how}")
         for worker, counts in sorted(workers.items()):
-            terminalreporter.write_line(f"  {worker}: {counts['boots']} cold boots, "
-                                        f"{counts['clones']} warm clones")
+            terminalreporter.write_line(f"  {worker}: {_counts_line(counts)}")
     else:
-        terminalreporter.write_line(f"guests: {session.boots} cold boots, {session.clones} warm "
-                                    f"clones {how}")
+        terminalreporter.write_line(f"guests: {_counts_line(session.counts())} {how}")
     for g in session.kept:
         terminalreporter.write_line(f"kept {g.name} ({g.os}): {g.access()}")
     if session.kept:

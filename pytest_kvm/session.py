@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from .accel import Accel, choose_accel
-from .cache import writable
-from .clones import Golden, golden_key
+from .cache import sha256_file, writable
+from . import cloudinit, seed
+from .background import AheadPool, Reclaimer
+from .clones import Golden, digest
 from .config import Settings
 from .errors import KvmError
-from .domain import NAME_PREFIX
-from .guest import Guest, GuestConfig
+from .domain import NAME_PREFIX, TCG_CPU_MODEL, domain_xml, firmware_digest, host_cpu
+from .guest import Guest, GuestConfig, domain_spec
 from .hypervisor import Hypervisor
 from .images import ImageStore
 from .keys import KeyPair
 from .reaper import KEPT_MARKER, process_start_time, reap_domains, reap_run_dirs, write_owner
 from .families import family
+from .snapshots import SnapshotStore
 from .spec import GuestRequest, SpecError, guest_request
 from .watchdog import Watchdog
 
@@ -53,8 +56,13 @@ class KvmSession:
         self.guests: list[Guest] = []
         self.kept: list[Guest] = []
         self.boots = 0  # cold boots, goldens included
-        self.clones = 0
-        self._goldens: dict[str, Golden] = {}
+        self.clones = 0  # clones handed to tests
+        self._goldens: dict[str, Golden] = {}  # by key
+        self._golden_guests: list[Guest] = []  # goldens of this session only (snapshots off)
+        self._digests: dict[tuple, str] = {}  # local image (path, size, mtime, inode) -> sha256
+        self.snapshots = SnapshotStore(settings.cache_dir, progress)
+        self._ahead = AheadPool(settings.prepare_ahead)
+        self._reclaimer = Reclaimer()
         pid = os.getpid()
         self._owner = {"owner_pid": str(pid), "owner_start": process_start_time(pid),
                        "run_id": self.run_id, "run_dir": str(self.run_dir)}
@@ -137,16 +145,22 @@ class KvmSession:
                 raise SpecError(f"unique=True: warm clones of family {config.family.name} cannot "
                                 f"get a new identity; use reset='boot'")
             golden = self._golden(config, request)
-            if not golden.in_use:  # one clone per golden at a time; else a cold boot
-                golden.in_use = True
-                golden.clones += 1
-                self.clones += 1
-                config = replace(golden.guest.config,
-                                 workdir=golden.guest.config.workdir / f"clone-{golden.clones}",
-                                 limits=config.limits, unique=request.unique)
-                return self._track(Guest(self.hypervisor, config, golden=golden))
+            self.clones += 1
+            # a unique clone gets its identity while it starts: never one made ahead
+            guest = None if request.unique else self._ahead.take(golden.key)
+            if guest is None:
+                guest = self._clone(golden, config)
+            if not request.unique and self._ahead.wanted(golden.key):
+                self._ahead.prepare(golden.key, self._clone(golden, self._config(os_name, request)),
+                                    after=guest)
+            return guest
         self.boots += 1
         return self._track(Guest(self.hypervisor, config))
+
+    def _clone(self, golden: Golden, config: GuestConfig) -> Guest:
+        """A clone of *golden* named and placed by *config*, unstarted."""
+        golden.clones += 1
+        return self._track(Guest(self.hypervisor, config, golden=golden))
 
     def _config(self, os_name: str, request) -> GuestConfig:
         base = self.images.resolve(os_name, request.image)
@@ -154,8 +168,7 @@ class KvmSession:
         memory = request.memory_mib or max(self.settings.memory_mib, base.min_memory_mib or 0)
         accel = self.acceleration
         key_file = self._key_file()
-        self._counter += 1
-        name = f"{NAME_PREFIX}{self.run_id}-{self._counter}"
+        name = self._next_name()
         return GuestConfig(
             name=name, os=os_name, image=base,
             memory_mib=memory, cpus=request.cpus or self.settings.cpus,
@@ -164,24 +177,110 @@ class KvmSession:
             command_timeout=self.settings.command_timeout,
             workdir=self.run_dir / name, login_key_file=key_file, login_key=self._login_key,
             user_data=request.user_data, family=fam, seed_format=request.seed, unique=request.unique,
-            tpm=request.tpm,
+            tpm=request.tpm, machine_type=self.hypervisor.canonical_machine(fam.machine),
             metadata={**self._owner, "created": str(int(time.time()))})
 
-    def _golden(self, config: GuestConfig, request) -> Golden:
-        key = golden_key(config.os, request.image, config.memory_mib, config.cpus, request.user_data,
-                         config.family.name, config.seed_format, config.tpm)
-        if key not in self._goldens:
-            t0 = time.monotonic()
-            self.progress(f"booting golden guest {config.name} ({config.os}) for warm clones")
-            guest = Guest(self.hypervisor, config).start()
-            self.boots += 1
-            self._goldens[key] = guest.save_as_golden(config.workdir / "memory.save")
-            self.progress(f"golden {config.name} ready in {time.monotonic() - t0:.1f} s")
-        return self._goldens[key]
+    def _next_name(self) -> str:
+        self._counter += 1
+        return f"{NAME_PREFIX}{self.run_id}-{self._counter}"
+
+    # -- goldens ------------------------------------------------------------------------
+    def _golden(self, config: GuestConfig, request: GuestRequest) -> Golden:
+        fields = self._golden_fields(config)
+        key = digest(fields)
+        if key in self._goldens:
+            return self._goldens[key]
+        if self.settings.snapshots == "on":
+            golden = self.snapshots.get_or_create(
+                key, lambda directory: self._boot_golden(config, key, directory, fields),
+                what=config.os)
+            golden.replace = lambda exc: self._remake_snapshot(config, key, fields, exc)
+            if self.settings.snapshot_max_bytes is not None:
+                for name in self.snapshots.prune(self.settings.snapshot_max_bytes):
+                    self.progress(f"snapshot {name} removed: the snapshot cache is over "
+                                  f"kvm_snapshot_max_gb")
+        else:
+            golden = self._boot_golden(config, key, self.run_dir / f"golden-{key}", fields)
+        self._goldens[key] = golden
+        return golden
+
+    def _boot_golden(self, config: GuestConfig, key: str, directory: Path,
+                     fields: Mapping[str, Any]) -> Golden:
+        """Boot a guest cold in *directory* and save it there as a golden."""
+        t0 = time.monotonic()
+        where = "snapshot" if self.settings.snapshots == "on" else "golden guest"
+        self.progress(f"booting {where} {key} ({config.os}) for warm clones")
+        guest = Guest(self.hypervisor, replace(config, name=self._next_name(), workdir=directory))
+        self.boots += 1
+        self._golden_guests.append(guest)
+        guest.start()
+        golden = guest.save_as_golden(key)
+        golden.write_meta(fields, time.time())
+        if self.settings.snapshots == "on":  # the cache keeps its files; nothing is running
+            self._golden_guests.remove(guest)
+            golden.guest = None
+        self.progress(f"{where} {key} ready in {time.monotonic() - t0:.1f} s")
+        return golden
+
+    def _remake_snapshot(self, config: GuestConfig, key: str, fields: Mapping[str, Any],
+                         exc: BaseException) -> Golden:
+        """The first clone of a cached snapshot failed: remove it, boot cold, save again."""
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        self.snapshots.discard(key, f"its clone did not come up ({first_line}); booting cold")
+        self._goldens.pop(key, None)
+        golden = self.snapshots.get_or_create(
+            key, lambda directory: self._boot_golden(config, key, directory, fields), what=config.os)
+        self._goldens[key] = golden
+        return golden
+
+    def _golden_fields(self, config: GuestConfig) -> dict[str, Any]:
+        """Everything that can make a saved state wrong for *config*: the snapshot key hashes
+        it, ``pytest-kvm snapshot list`` shows it."""
+        fam = config.family
+        template = replace(config, name="golden", workdir=Path("/golden"), metadata={})
+        dummy = KeyPair("private", "ssh-ed25519 AAAA pytest-kvm")
+        user_data = cloudinit.render_user_data(fam, login_key=dummy, host_key=dummy,
+                                               password="password" if fam.transport == "winrm"
+                                               else None, extra=config.user_data)
+        seed_files = seed.build_seed(config.seed_format or fam.seed_format, instance_id="golden",
+                                     hostname="golden", user_data=user_data,
+                                     public_keys={"pytest-kvm": dummy.public_openssh}).files
+        spec = domain_spec(template, 0)
+        return {
+            "os": config.os, "family": fam.name, "accel": config.virt_type,
+            "memory_mib": config.memory_mib, "cpus": config.cpus,
+            "machine": config.machine_type or fam.machine,
+            "cpu": host_cpu() if config.virt_type == "kvm" else TCG_CPU_MODEL,
+            "base": self._image_digest(config.image),
+            "domain": digest(domain_xml(spec)),
+            "seed": digest({name: data.hex() for name, data in sorted(seed_files.items())}),
+            "user_data": digest(config.user_data) if config.user_data else None,
+            **self.hypervisor.versions(),
+            "firmware": firmware_digest(spec),
+        }
+
+    def _image_digest(self, image) -> str:
+        if image.digest:
+            return image.digest
+        stat = image.disk.stat()
+        memo = (str(image.disk), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if memo not in self._digests:
+            self._digests[memo] = sha256_file(image.disk)
+        return self._digests[memo]
 
     def _track(self, guest: Guest) -> Guest:
         self.guests.append(guest)
         return guest
+
+    def release(self, guest: Guest) -> None:
+        """Destroy *guest* in the background (the session end waits for it)."""
+        self._reclaimer.destroy(guest.destroy)
+
+    def counts(self) -> dict[str, int]:
+        """Cold boots (goldens included), clones handed out (of them made ahead), snapshots
+        reused and created: the summary line."""
+        return {"boots": self.boots, "clones": self.clones, "ahead": self._ahead.handed_over,
+                "reused": self.snapshots.reused, "created": self.snapshots.created}
 
     def keep(self, guest: Guest) -> None:
         guest.keep()
@@ -190,9 +289,11 @@ class KvmSession:
 
     # -- teardown ---------------------------------------------------------------------
     def close(self) -> list[BaseException]:
-        """Destroy every guest not kept, remove the run's files, close libvirt.
-        Every step runs even when one fails; the failures are returned."""
-        errors: list[BaseException] = []
+        """Destroy every guest not kept (clones made ahead and not taken included), remove
+        the run's files, close libvirt. Every step runs even when one fails; the failures
+        are returned."""
+        self._ahead.close()  # the clones it made are in self.guests
+        errors: list[BaseException] = self._reclaimer.wait()
         for guest in self.guests:
             if guest.kept:
                 continue
@@ -202,14 +303,16 @@ class KvmSession:
                 errors.append(exc)
         self.guests = [g for g in self.guests if g.kept]
         needed = {g.golden_name for g in self.kept if g.cloned}
-        for golden in self._goldens.values():
+        for golden in self._golden_guests:
             if golden.name in needed:  # a kept clone still reads its golden's disk
                 continue
             try:
-                golden.guest.destroy()
+                golden.destroy()
             except Exception as exc:
                 errors.append(exc)
-        self._goldens = {k: g for k, g in self._goldens.items() if g.name in needed}
+        self._golden_guests = [g for g in self._golden_guests if g.name in needed]
+        self._goldens = {}
+        self.snapshots.release()
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None

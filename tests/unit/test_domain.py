@@ -51,9 +51,19 @@ def test_own_bootloader_when_no_kernel():
     assert root.find("os/boot").get("dev") == "hd"
 
 
-def test_kvm_uses_host_cpu_tcg_does_not():
+def test_kvm_uses_host_cpu_tcg_a_named_model():
     assert parse(spec(virt_type="kvm")).find("cpu").get("mode") == "host-passthrough"
-    assert parse(spec()).find("cpu") is None
+    cpu = parse(spec()).find("cpu")
+    assert cpu.get("mode") == "custom" and cpu.findtext("model") == "qemu64"
+
+
+def test_machine_type_is_pinned_when_given():
+    assert parse(spec()).find("os/type").get("machine") == "pc"
+    assert parse(spec(machine_type="pc-i440fx-7.2")).find("os/type").get("machine") == "pc-i440fx-7.2"
+
+
+def test_every_domain_asks_for_a_generation_id():
+    assert parse(spec()).find("genid") is not None
 
 
 def test_values_are_escaped_not_formatted():
@@ -75,20 +85,50 @@ def test_serial_console_to_file():
     assert serial.find("source").get("path") == "/w/console.log"
 
 
-def test_retarget_moves_disk_console_and_forward_only():
-    from pytest_kvm.domain import retarget
-    saved = domain_xml(spec())
-    moved = ET.fromstring(retarget(saved, disk=Path("/c/clone.qcow2"), console_log=Path("/c/console.log"),
-                                   ssh_port=41000))
+def saved_form(xml):
+    """What libvirt's saved XML adds to ours: a UUID and a generation ID value."""
+    root = ET.fromstring(xml)
+    root.insert(1, ET.Element("uuid"))
+    root.find("uuid").text = "11111111-2222-3333-4444-555555555555"
+    root.find("genid").text = "66666666-7777-8888-9999-000000000000"
+    return ET.tostring(root, encoding="unicode")
+
+
+def test_retarget_gives_a_clone_its_own_identity_files_and_forward():
+    from pytest_kvm.domain import CloneIdentity, retarget
+    saved = saved_form(domain_xml(spec(metadata={"owner_pid": "1", "run_id": "old"})))
+    clone = CloneIdentity(name="pytest-kvm-9-x-3", disk=Path("/c/clone.qcow2"),
+                          console_log=Path("/c/console.log"), ssh_port=41000,
+                          metadata={"owner_pid": "9", "run_id": "new"})
+    moved = ET.fromstring(retarget(saved, clone))
     original = ET.fromstring(saved)
     disks = moved.findall("devices/disk")
     assert disks[0].find("source").get("file") == "/c/clone.qcow2"
-    assert disks[1].find("source").get("file") == "/w/seed.iso"  # the seed stays
+    assert disks[1].find("source").get("file") == "/w/seed.iso"  # not asked to move: the seed stays
     assert moved.find("devices/serial/source").get("path") == "/c/console.log"
     args = [a.get("value") for a in moved.iter(f"{{{QEMU_NS}}}arg")]
     assert "user,id=net0,hostfwd=tcp:127.0.0.1:41000-:22" in args
-    assert moved.findtext("name") == original.findtext("name")
+    assert f"virtio-net-pci,netdev=net0,addr=0x1e,mac={clone.mac}" in args
+    assert moved.findtext("name") == "pytest-kvm-9-x-3"
+    assert moved.findtext("uuid") == clone.uuid != original.findtext("uuid")
+    assert moved.findtext("genid") == clone.genid != original.findtext("genid")
+    assert domain.read_metadata(ET.tostring(moved, encoding="unicode"))["owner_pid"] == "9"
     assert moved.findtext("memory") == original.findtext("memory")
+
+
+def test_two_clone_identities_differ():
+    from pytest_kvm.domain import CloneIdentity
+    a, b = (CloneIdentity(name=n, disk=Path("/d"), console_log=Path("/c"), ssh_port=1) for n in "ab")
+    assert a.uuid != b.uuid and a.genid != b.genid and a.mac != b.mac
+    assert a.mac.startswith("52:54:00:") and len(a.mac) == 17
+
+
+def test_retarget_moves_the_seed_when_asked():
+    from pytest_kvm.domain import CloneIdentity, retarget
+    clone = CloneIdentity(name="n", disk=Path("/c/d.qcow2"), console_log=Path("/c/l"), ssh_port=1,
+                          seed=Path("/snap/seed.iso"))
+    moved = ET.fromstring(retarget(saved_form(domain_xml(spec())), clone))
+    assert moved.findall("devices/disk")[1].find("source").get("file") == "/snap/seed.iso"
 
 
 # -- families: firmware, TPM, buses, NIC, seed device ---------------------------------------
@@ -215,28 +255,29 @@ def test_host_problems_name_the_missing_package(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_retarget_every_family_shape(name):
-    from pytest_kvm.domain import retarget
+    from pytest_kvm.domain import CloneIdentity, retarget
     fam = family(name)
     saved = domain_xml(family_spec(name))
-    moved = ET.fromstring(retarget(saved, disk=Path("/c/clone.qcow2"), console_log=Path("/c/console.log"),
-                                   ssh_port=41000, guest_port=fam.guest_port,
-                                   nvram=Path("/c/OVMF_VARS.fd")))
+    moved = ET.fromstring(retarget(saved, CloneIdentity(
+        name="c", disk=Path("/c/clone.qcow2"), console_log=Path("/c/console.log"), ssh_port=41000,
+        guest_port=fam.guest_port, nvram=Path("/c/OVMF_VARS.fd"), mac="52:54:00:00:00:01")))
     system, seed = moved.findall("devices/disk")
     assert system.find("source").get("file") == "/c/clone.qcow2"
     assert seed.find("source").get("file") == "/w/seed.iso"
     assert nic_args(moved)[0] == f"user,id=net0,hostfwd=tcp:127.0.0.1:41000-:{fam.guest_port}"
-    assert nic_args(moved)[1] == nic_args(ET.fromstring(saved))[1]
+    assert nic_args(moved)[1] == nic_args(ET.fromstring(saved))[1] + ",mac=52:54:00:00:00:01"
     if fam.firmware == "uefi":
         assert moved.find("os/nvram").text == "/c/OVMF_VARS.fd"
         assert moved.find("os/nvram").get("template") == "/usr/share/OVMF/OVMF_VARS_4M.fd"
 
 
 def test_retarget_drops_the_saved_backing_chain_of_a_sata_disk():
-    from pytest_kvm.domain import retarget
+    from pytest_kvm.domain import CloneIdentity, retarget
     root = parse(family_spec("windows"))
     ET.SubElement(root.find("devices/disk"), "backingStore", type="file")
-    moved = ET.fromstring(retarget(ET.tostring(root, encoding="unicode"), disk=Path("/c/d.qcow2"),
-                                   console_log=Path("/c/console.log"), ssh_port=1, guest_port=5985))
+    moved = ET.fromstring(retarget(ET.tostring(root, encoding="unicode"), CloneIdentity(
+        name="c", disk=Path("/c/d.qcow2"), console_log=Path("/c/console.log"), ssh_port=1,
+        guest_port=5985)))
     assert moved.find("devices/disk/backingStore") is None
     assert moved.find("os/nvram").text == "/w/OVMF_VARS.fd"  # not asked to move: untouched
 

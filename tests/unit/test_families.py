@@ -5,7 +5,6 @@ import pytest
 
 from pytest_kvm import cloudinit
 from pytest_kvm.errors import ImageError
-from pytest_kvm.clones import golden_key
 from pytest_kvm.families import FAMILIES, Family, family, family_for_name
 
 EXPECTED = {"linux", "freebsd", "openbsd", "netbsd", "windows", "generic"}
@@ -111,10 +110,3 @@ def test_identity_commands_fill_in_the_hostname():
     assert "/etc/machine-id" in family("linux").identity_command
     assert family("openbsd").identity_command.format(hostname="h") == "doas -n hostname h"
     assert family("windows").identity_command is None
-
-
-def test_family_and_seed_format_get_their_own_golden():
-    base = golden_key("debian-12", None, 512, 2, None, "linux", None)
-    assert base == golden_key("debian-12", None, 512, 2, None, "linux", None)
-    assert base != golden_key("debian-12", None, 512, 2, None, "linux", "configdrive")
-    assert base != golden_key("debian-12", None, 512, 2, None, "generic", None)

@@ -37,7 +37,7 @@ def test_header_says_uri_and_acceleration(pytester):
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest()
     accel = choose_accel("auto")
-    result.stdout.fnmatch_lines([f"pytest-kvm: accel {accel.name}: {accel.reason}; uri *; os debian-12; reset clone; cache *"])
+    result.stdout.fnmatch_lines([f"pytest-kvm: accel {accel.name}: {accel.reason}; uri *; os debian-12; reset clone; snapshots on; prepare ahead 1; cache *"])
 
 
 def test_two_os_parametrize_guest_tests_with_os_in_id(pytester):

@@ -1,0 +1,92 @@
+"""Work kept off the test's path: clones made ahead of the tests that will take them, and
+guests destroyed behind the tests that used them.
+
+Both run in threads of the pytest process; the libvirt connection and the handles
+are safe to use from them. The session end waits for all of it (see ``KvmSession.close``).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .guest import Guest
+
+HANDOVER_WAIT = 600.0  # seconds a test waits for a clone already being made for it
+
+
+class AheadPool:
+    """Clones of each golden restored, logged in and clock-set before a test asks.
+
+    ``prepare(key, guest, after)`` starts *guest* in a thread once *after* (the clone
+    just handed out, still starting) is up, so that the two never compete; ``take(key)``
+    hands over the oldest prepared clone of golden *key*, waiting for it if it is still
+    starting. A clone whose preparation failed is destroyed and not handed over.
+    """
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[tuple[Guest, concurrent.futures.Future]]] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(depth, 1),
+                                                           thread_name_prefix="pytest-kvm-ahead")
+        self.handed_over = 0
+
+    def wanted(self, key: str) -> bool:
+        with self._lock:
+            return self.depth > 0 and len(self._pending.get(key, ())) < self.depth
+
+    def prepare(self, key: str, guest: "Guest", after: "Guest | None" = None) -> None:
+        def start() -> "Guest":
+            if after is not None:
+                after.started.wait(HANDOVER_WAIT)
+            return guest.start()
+
+        with self._lock:
+            self._pending.setdefault(key, []).append((guest, self._pool.submit(start)))
+
+    def take(self, key: str) -> "Guest | None":
+        with self._lock:
+            queue = self._pending.get(key, [])
+            if not queue:
+                return None
+            guest, future = queue.pop(0)
+        try:
+            future.result(HANDOVER_WAIT)
+        except BaseException:  # noqa: BLE001 - start() removed what it made; boot another
+            guest.destroy()
+            return None
+        self.handed_over += 1
+        return guest
+
+    def close(self) -> list[Guest]:
+        """Stop preparing; the clones nobody took (the caller destroys them)."""
+        with self._lock:
+            leftovers = [g for queue in self._pending.values() for g, _ in queue]
+            self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        return leftovers
+
+
+class Reclaimer:
+    """Destroys guests in a thread; ``wait()`` returns the failures."""
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                           thread_name_prefix="pytest-kvm-destroy")
+        self._futures: list[concurrent.futures.Future] = []
+
+    def destroy(self, destroy: Callable[[], None]) -> None:
+        self._futures.append(self._pool.submit(destroy))
+
+    def wait(self) -> list[BaseException]:
+        errors = []
+        for future in self._futures:
+            try:
+                future.result()
+            except BaseException as exc:  # noqa: BLE001 - reported by the session
+                errors.append(exc)
+        self._futures.clear()
+        return errors
