@@ -16,6 +16,7 @@ from .errors import KvmError
 from .hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
 from .images import ImageStore
 from .reaper import reap_domains, reap_run_dirs
+from .snapshots import SUMMARY_FIELDS, SnapshotStore, age
 
 
 def _progress(message: str) -> None:
@@ -118,6 +119,47 @@ def cmd_reap(args) -> int:
     return 0
 
 
+def _snapshots(args) -> SnapshotStore:
+    return SnapshotStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+
+
+def cmd_snapshot_list(args) -> int:
+    store = _snapshots(args)
+    snapshots = store.list()
+    print(f"snapshots: {store.root}")
+    print(f"{'NAME':<17} {'SIZE':>7} {'AGE':>5} {'USED':>5}  {'STATE':<10} KEY FIELDS")
+    for info in snapshots:
+        state = "in use" if info.in_use else "ready" if info.complete else "incomplete"
+        fields = info.fields
+        summary = " ".join(f"{k}={fields[k]}" for k in SUMMARY_FIELDS if fields.get(k) is not None)
+        print(f"{info.name:<17} {info.size / 2**20:6.0f}M {age(info.created):>5} {age(info.last_used):>5}  "
+              f"{state:<10} {summary}")
+    total = sum(i.size for i in snapshots)
+    print(f"{len(snapshots)} snapshots, {total / 2**30:.2f} GiB")
+    return 0
+
+
+def cmd_snapshot_rm(args) -> int:
+    store = _snapshots(args)
+    status = 0
+    for name in args.names:
+        outcome = store.remove(name)
+        print(f"{name}: {outcome}")
+        status |= outcome != "removed"
+    return status
+
+
+def cmd_snapshot_prune(args) -> int:
+    store = _snapshots(args)
+    max_bytes = None if args.max_gb is None else int(args.max_gb * 2**30)
+    removed = store.prune(max_bytes)
+    for name in removed:
+        print(f"removed {name}")
+    left = sum(i.size for i in store.list())
+    print(f"{len(removed)} removed; {left / 2**30:.2f} GiB left")
+    return 0
+
+
 def _check(ok: bool, what: str, fix: str = "") -> bool:
     print(f"[{'ok' if ok else 'FAIL'}] {what}" + ("" if ok or not fix else f"\n       fix: {fix}"))
     return ok
@@ -191,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check QEMU, libvirt and /dev/kvm; say what to fix")
     doctor.add_argument("--uri", help="libvirt URI to try")
     doctor.set_defaults(func=cmd_doctor)
+    snapshot = sub.add_parser("snapshot", help="the snapshot cache (goldens kept across runs)") \
+        .add_subparsers(dest="snapshot_command", required=True)
+    snapshot.add_parser("list", help="snapshots: size, age, last use, key fields") \
+        .set_defaults(func=cmd_snapshot_list)
+    snap_rm = snapshot.add_parser("rm", help="remove snapshots (not those a running session uses)")
+    snap_rm.add_argument("names", nargs="+", metavar="NAME")
+    snap_rm.set_defaults(func=cmd_snapshot_rm)
+    prune = snapshot.add_parser("prune", help="remove incomplete snapshots, then the least "
+                                              "recently used ones beyond --max-gb")
+    prune.add_argument("--max-gb", type=float, metavar="GB",
+                       help="size limit in GiB (default: only incomplete ones are removed)")
+    prune.set_defaults(func=cmd_snapshot_prune)
     reap = sub.add_parser("reap", help="remove guests and files left by dead runs")
     reap.add_argument("--kept", action="store_true", help="also remove guests kept with --kvm-keep")
     reap.add_argument("--uri", help="libvirt URI to sweep")

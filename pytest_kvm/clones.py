@@ -56,9 +56,20 @@ class Golden:
     snapshot: bool = False  # kept in the snapshot cache across runs
     verified: bool = False  # a clone of it came up in this session
     clones: int = 0
-    # called once when the first clone of a golden loaded from the cache fails: returns a
-    # golden made anew (see KvmSession)
-    replace: Callable[[BaseException], "Golden"] | None = field(default=None, repr=False)
+    generation: int = 0  # how many times it was made anew (see replace)
+    # replace(error, generation): the first clone of a golden loaded from the cache failed:
+    # the session makes it anew and refreshes this object in place, so that every clone
+    # holding it (one made ahead too) uses the new files; a second caller with the same
+    # generation finds it done (see KvmSession)
+    replace: Callable[[BaseException, int], None] | None = field(default=None, repr=False)
+
+    def refresh_from(self, other: "Golden") -> None:
+        """Take *other*'s files and keys: this golden was made anew."""
+        for name in ("directory", "image", "login_key", "host_public", "hostname", "credentials",
+                     "guest", "snapshot"):
+            setattr(self, name, getattr(other, name))
+        self.verified = False
+        self.generation += 1
 
     @property
     def save_file(self) -> Path:

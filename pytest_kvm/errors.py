@@ -69,6 +69,11 @@ class HostKeyMismatch(InfrastructureError):
 
 
 # -- commands -----------------------------------------------------------------
+class LoginRefused(InfrastructureError):
+    """The guest is up but refused the plugin's login key (a clone of a golden that trusts
+    another key)."""
+
+
 class CommandError(KvmError):
     """A command run in the guest did not succeed."""
 

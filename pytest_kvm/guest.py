@@ -20,7 +20,8 @@ from .cache import write_owner_only, writable
 from .clones import CONSOLE_FILE, DISK_FILE, SAVE_FILE, SEED_FILE, Golden
 from .domain import NVRAM_FILE, CloneIdentity, DomainSpec, domain_xml, family_fields, host_problems, \
     random_mac, retarget
-from .errors import CloudInitError, CommandTimeout, HostKeyMismatch, HypervisorError, KvmError
+from .errors import CloudInitError, CommandTimeout, HostKeyMismatch, HypervisorError, KvmError, \
+    LoginRefused
 from .families import Family, family
 from .hypervisor import Hypervisor, PortInUse
 from .images import BaseImage
@@ -239,6 +240,11 @@ class Guest:
             client.connect(timeout=min(20.0, max(remaining, 1.0)))
         except HostKeyMismatch:
             raise
+        except paramiko.AuthenticationException as exc:
+            if self.cloned:  # a restored guest is fully up: no key is on its way
+                raise LoginRefused(f"guest {self.name} refused the login key "
+                                   f"{self.login_key_file}: {exc}") from exc
+            raise Retry(f"{type(exc).__name__}: {exc}") from exc
         except paramiko.SSHException as exc:
             raise Retry(f"{type(exc).__name__}: {exc}") from exc
         return client
@@ -315,16 +321,18 @@ class Guest:
         """Restore this clone; if the golden came from the snapshot cache and its first
         clone fails, the session makes the golden anew (a stale cache never fails a test)."""
         golden = self._golden
+        generation = golden.generation
         try:
             self._restore_clone(golden)
-        except KvmError as exc:
+        except (KvmError, OSError, ValueError) as exc:  # ValueError: a damaged save image
             if golden.verified or golden.replace is None:
                 raise
             self._remove()
             self.timeline = Timeline()
-            self._use_golden(golden.replace(exc))
-            self._restore_clone(self._golden)
-        self._golden.verified = True
+            golden.replace(exc, generation)
+            self._use_golden(golden)
+            self._restore_clone(golden)
+        golden.verified = True
 
     def _restore_clone(self, golden: Golden) -> None:
         t0 = time.monotonic()

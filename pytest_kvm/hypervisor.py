@@ -261,11 +261,13 @@ class Hypervisor:
     def destroy(self, name: str) -> bool:
         """Destroy domain *name* if it exists; True if it was running."""
         libvirt = _libvirt()
-        try:
-            dom = self._conn.lookupByName(name)
-        except libvirt.libvirtError:
-            return False
         with translate(f"destroying {name}", self.uri):
+            try:
+                dom = self._conn.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # gone; anything else
+                    return False  # (a broken connection) must not pass for "gone"
+                raise
             try:
                 dom.destroy()
             except libvirt.libvirtError as exc:
@@ -276,14 +278,21 @@ class Hypervisor:
 
     def our_domains(self) -> dict[str, dict[str, str]]:
         """Running domains started by pytest-kvm (any run): name -> run metadata."""
+        libvirt = _libvirt()
         found = {}
         with translate("listing domains", self.uri):
             for dom in self._conn.listAllDomains():
-                if not dom.name().startswith(NAME_PREFIX):
-                    continue
-                meta = read_metadata(dom.XMLDesc(0))
+                try:
+                    name = dom.name()
+                    if not name.startswith(NAME_PREFIX):
+                        continue
+                    meta = read_metadata(dom.XMLDesc(0))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue  # it went away while we listed
+                    raise
                 if meta is not None:
-                    found[dom.name()] = meta
+                    found[name] = meta
         return found
 
     def close(self) -> None:

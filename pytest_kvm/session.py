@@ -10,6 +10,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import replace
 from collections.abc import Callable, Mapping
@@ -63,6 +64,7 @@ class KvmSession:
         self.snapshots = SnapshotStore(settings.cache_dir, progress)
         self._ahead = AheadPool(settings.prepare_ahead)
         self._reclaimer = Reclaimer()
+        self._remake_lock = threading.Lock()
         pid = os.getpid()
         self._owner = {"owner_pid": str(pid), "owner_start": process_start_time(pid),
                        "run_id": self.run_id, "run_dir": str(self.run_dir)}
@@ -194,7 +196,7 @@ class KvmSession:
             golden = self.snapshots.get_or_create(
                 key, lambda directory: self._boot_golden(config, key, directory, fields),
                 what=config.os)
-            golden.replace = lambda exc: self._remake_snapshot(config, key, fields, exc)
+            golden.replace = lambda exc, gen: self._remake_snapshot(config, key, fields, exc, gen)
             if self.settings.snapshot_max_bytes is not None:
                 for name in self.snapshots.prune(self.settings.snapshot_max_bytes):
                     self.progress(f"snapshot {name} removed: the snapshot cache is over "
@@ -223,15 +225,18 @@ class KvmSession:
         return golden
 
     def _remake_snapshot(self, config: GuestConfig, key: str, fields: Mapping[str, Any],
-                         exc: BaseException) -> Golden:
-        """The first clone of a cached snapshot failed: remove it, boot cold, save again."""
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        self.snapshots.discard(key, f"its clone did not come up ({first_line}); booting cold")
-        self._goldens.pop(key, None)
-        golden = self.snapshots.get_or_create(
-            key, lambda directory: self._boot_golden(config, key, directory, fields), what=config.os)
-        self._goldens[key] = golden
-        return golden
+                         exc: BaseException, generation: int) -> None:
+        """The first clone of a cached snapshot failed: remove it, boot cold, save again,
+        and refresh the golden in place (once, if two clones failed on the same files)."""
+        golden = self._goldens[key]
+        with self._remake_lock:
+            if golden.generation != generation:  # another clone already had it made anew
+                return
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.snapshots.discard(key, f"its clone did not come up ({first_line}); booting cold")
+            golden.refresh_from(self.snapshots.get_or_create(
+                key, lambda directory: self._boot_golden(config, key, directory, fields),
+                what=config.os))
 
     def _golden_fields(self, config: GuestConfig) -> dict[str, Any]:
         """Everything that can make a saved state wrong for *config*: the snapshot key hashes

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import time
@@ -26,6 +27,8 @@ from .clones import META_FILE, Golden
 
 SNAPSHOTS_DIR = "snapshots"
 SNAPSHOT_CHOICES = ("on", "off")
+SUMMARY_FIELDS = ("os", "family", "memory_mib", "cpus", "accel", "machine", "qemu", "libvirt", "base",
+                  "user_data")  # the key fields `pytest-kvm snapshot list` shows
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,6 @@ class SnapshotStore:
             meta: dict = {}
             if complete:
                 with contextlib.suppress(OSError, ValueError):
-                    import json  # noqa: PLC0415
                     meta = json.loads((directory / META_FILE).read_text())
             size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
             use = self.root / f"{key}.use"

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -67,6 +68,7 @@ def _reap(args) -> None:
     from .hypervisor import Hypervisor  # noqa: PLC0415 - only after the owner died
     from .errors import KvmError  # noqa: PLC0415
     from .reaper import reap_domains  # noqa: PLC0415
+    from .domain import NAME_PREFIX  # noqa: PLC0415
 
     deadline = time.monotonic() + SLOT_WAIT
     hv = None
@@ -83,9 +85,33 @@ def _reap(args) -> None:
         try:
             removed = reap_domains(hv)
             print(f"watchdog: removed {removed}", file=sys.stderr)
+        except KvmError as exc:
+            print(f"watchdog: reaping through libvirt failed: {exc}", file=sys.stderr)
         finally:
             hv.close()
+    # a QEMU the dead owner was still starting may be unknown to libvirt: end it by name
+    killed = kill_orphans(NAME_PREFIX + Path(args.run_dir).name + "-")
+    if killed:
+        print(f"watchdog: killed QEMU processes libvirt did not know: {killed}", file=sys.stderr)
     shutil.rmtree(args.run_dir, ignore_errors=True)
+
+
+def kill_orphans(prefix: str) -> list[int]:
+    """SIGKILL the QEMU processes of guests whose name starts with *prefix*."""
+    killed = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in argv[0] and any(
+                a.startswith(f"guest={prefix}".encode()) for a in argv):
+            with contextlib.suppress(OSError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+    return killed
 
 
 def main(argv: list[str] | None = None) -> int:

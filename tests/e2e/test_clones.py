@@ -10,7 +10,7 @@ def test_clone_is_fresh_and_on_time(guest_factory):
     first.run("echo dirty > /var/tmp/state && sudo -n touch /etc/dirty", check=True)
     first.destroy()
     second = guest_factory("debian-12")
-    assert second.cloned and second.name == first.name  # same golden, one clone at a time
+    assert second.cloned and second.golden_name == first.golden_name and second.name != first.name
     assert second.ssh_port > 0
     assert second.run("ls /var/tmp/state /etc/dirty").exit_code != 0
     guest_clock = float(second.run("date +%s.%N").stdout)
@@ -42,7 +42,7 @@ def test_reset_boot_is_a_cold_boot(kvm):
 def test_unique_clone_gets_its_own_hostname_and_machine_id(kvm):
     with kvm.boot("debian-12", reset="clone") as plain:
         shared = (plain.run("hostname").stdout.strip(), plain.run("cat /etc/machine-id").stdout.strip())
-        assert shared[0] == plain.hostname == plain.name  # a plain clone is its golden's twin
+        assert shared[0] == plain.hostname == plain.golden_name  # a plain clone is its golden's twin
     with kvm.boot("debian-12", reset="clone", unique=True) as unique:
         assert unique.cloned
         hostname = unique.run("hostname").stdout.strip()

@@ -1,0 +1,87 @@
+"""Many clones of one golden at once, clones made ahead, and nothing of them left behind:
+after the session end, Ctrl-C and SIGKILL."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from procs import qemu_processes
+
+
+def test_two_clones_at_once_have_their_own_identity(guest_factory, kvm):
+    a = guest_factory("debian-12")
+    boots = kvm.boots
+    b = guest_factory("debian-12")
+    assert kvm.boots == boots  # b is a clone too, not a cold boot
+    assert a.cloned and b.cloned and a.golden_name == b.golden_name
+    assert a.name != b.name and a.mac != b.mac and a.ssh_port != b.ssh_port
+    # the restored state is the same; the VM generation ID is not: each kernel reseeds
+    read = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'"
+    bytes_a, bytes_b = a.run(read).stdout, b.run(read).stdout
+    assert len(bytes_a) == 64 and bytes_a != bytes_b
+    assert len(qemu_processes(a.name)) == 1 and len(qemu_processes(b.name)) == 1
+
+
+CHILD = """
+import os, time
+
+def test_first(guest):
+    assert guest.run("true").ok
+
+def test_second(guest):
+    with open(os.environ["GUEST_NAME_FILE"], "w") as fh:
+        fh.write(guest.name)
+    if os.environ.get("HANG"):
+        time.sleep(600)
+"""
+
+
+def child(pytester, hang):
+    name_file = pytester.path / "name"
+    pytester.makepyfile(CHILD)
+    env = {**os.environ, "GUEST_NAME_FILE": str(name_file), "HANG": "1" if hang else ""}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kvm-reset", "clone",
+                             "-o", "kvm_prepare_ahead=1", str(pytester.path)], env=env, cwd=pytester.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, name_file, f"pytest-kvm-{proc.pid}-"
+
+
+def wait_for_ahead_clone(proc, name_file, prefix):
+    """Until the second test runs and the clone made ahead for a third is up beside it."""
+    deadline = time.monotonic() + 900
+    while not (name_file.exists() and len(qemu_processes(prefix, prefix=True)) >= 2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no clone was made ahead:\n{proc.communicate()[0]}")
+        time.sleep(0.5)
+
+
+def test_clones_made_ahead_are_gone_after_the_session(pytester, kvm):
+    proc, name_file, prefix = child(pytester, hang=False)
+    out = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, out
+    assert "made ahead" in out  # the second test got a clone that was ready
+    assert qemu_processes(prefix, prefix=True) == []
+    assert not list((kvm.settings.cache_dir / "runs").glob(f"{proc.pid}-*"))
+
+
+def test_clones_made_ahead_are_gone_after_ctrl_c(pytester, kvm):
+    proc, name_file, prefix = child(pytester, hang=True)
+    wait_for_ahead_clone(proc, name_file, prefix)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, out
+    assert qemu_processes(prefix, prefix=True) == []
+    assert not list((kvm.settings.cache_dir / "runs").glob(f"{proc.pid}-*"))
+
+
+def test_clones_made_ahead_are_gone_after_sigkill(pytester, kvm):
+    proc, name_file, prefix = child(pytester, hang=True)
+    wait_for_ahead_clone(proc, name_file, prefix)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    killed = time.monotonic()
+    while qemu_processes(prefix, prefix=True) and time.monotonic() - killed < 30:
+        time.sleep(0.5)
+    assert qemu_processes(prefix, prefix=True) == [], "clones outlived their killed owner by 30 s"

@@ -1,0 +1,80 @@
+"""libvirt save images: reading the header, and streaming one with another XML."""
+import os
+import threading
+
+import pytest
+
+from pytest_kvm.saveimage import HEADER, MAGIC, PARTIAL, Feeder, SaveImage, SaveImageError
+
+XML = "<domain type='qemu'><name>golden</name><uuid>u-1</uuid></domain>"
+COOKIE = "<qemu-migration><name>golden</name></qemu-migration>"
+STREAM = b"QEVM" + bytes(range(256)) * 4096  # ~1 MiB standing in for QEMU's migration stream
+
+
+def write_image(path, xml=XML, cookie=COOKIE, magic=MAGIC, pad=64 * 1024, stream=STREAM, fmt=0):
+    xml_bytes, cookie_bytes = xml.encode() + b"\0", cookie.encode() + b"\0"
+    data_len = len(xml_bytes) + len(cookie_bytes) + pad
+    head = HEADER.pack(magic, 2, data_len, 1, fmt, len(xml_bytes), *([0] * 14))
+    body = xml_bytes + cookie_bytes + b"\0" * pad
+    path.write_bytes(head + body + stream)
+    return path
+
+
+def test_read_finds_xml_cookie_and_stream(tmp_path):
+    image = SaveImage.read(write_image(tmp_path / "m.save"))
+    assert image.xml == XML
+    assert image.cookie == COOKIE.encode()
+    assert image.was_running == 1
+    assert (tmp_path / "m.save").read_bytes()[image.stream_offset:] == STREAM
+
+
+def test_header_with_a_longer_xml_keeps_cookie_and_length(tmp_path):
+    image = SaveImage.read(write_image(tmp_path / "m.save"))
+    longer = XML.replace("golden", "pytest-kvm-12345-abcd-17" * 10)
+    rewritten = write_image(tmp_path / "n.save", pad=0, stream=b"")  # placeholder, overwritten
+    rewritten.write_bytes(image.header_with(longer) + STREAM)
+    again = SaveImage.read(rewritten)
+    assert again.xml == longer and again.cookie == image.cookie
+    assert again.data_len == image.data_len and again.stream_offset == image.stream_offset
+
+
+def test_an_xml_larger_than_the_padding_is_refused(tmp_path):
+    image = SaveImage.read(write_image(tmp_path / "m.save", pad=16))
+    with pytest.raises(SaveImageError, match="does not fit"):
+        image.header_with(XML + " " * 100)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:50]), "too short"),
+    (lambda p: p.write_bytes(p.read_bytes()[:HEADER.size + 100]), "truncated"),
+    (lambda p: write_image(p, magic=PARTIAL), "never finished"),
+    (lambda p: write_image(p, magic=b"SomethingElse!!!"), "not a libvirt"),
+    (lambda p: write_image(p, fmt=1), "compressed"),
+])
+def test_damaged_images_are_named(tmp_path, damage, message):
+    path = write_image(tmp_path / "m.save")
+    damage(path)
+    with pytest.raises(SaveImageError, match=message):
+        SaveImage.read(path)
+
+
+def test_feeder_streams_header_and_stream_through_a_fifo(tmp_path):
+    image = SaveImage.read(write_image(tmp_path / "m.save"))
+    new_xml = XML.replace("golden", "clone-1")
+    feeder = Feeder(image, new_xml, tmp_path / "restore.fifo").start()
+    received = []
+    reader = threading.Thread(target=lambda: received.append((tmp_path / "restore.fifo").read_bytes()))
+    reader.start()
+    reader.join(30)
+    feeder.finish()
+    data = received[0]
+    assert data == image.header_with(new_xml) + STREAM
+    assert not (tmp_path / "restore.fifo").exists()
+
+
+def test_feeder_nobody_reads_finish_stops_it(tmp_path):
+    image = SaveImage.read(write_image(tmp_path / "m.save"))
+    feeder = Feeder(image, XML, tmp_path / "restore.fifo").start()
+    feeder.finish(timeout=5)  # a restore that failed before opening the FIFO
+    assert not feeder._thread.is_alive()
+    assert not os.path.exists(tmp_path / "restore.fifo")
