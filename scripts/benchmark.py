@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Benchmark: bare QEMU vs the plugin's cold boot, warm clones, a module of tests with
-``--kvm-reset clone`` and ``boot``, and memory. Prints a table and JSON. Not a test.
+"""Benchmark: bare QEMU vs the plugin's cold boots (per OS), warm clones, two clones alive
+at once, the first test of a second session (snapshots on vs off), 20-test modules (the
+new way: snapshots, clones made ahead, teardown in the background; today's way:
+per-session goldens, serial clones, teardown in line), a module whose tests keep the
+host's CPUs busy (clones made ahead on vs off), and memory. Each next to its baseline,
+in the same run. Prints a table and JSON. Not a test; run it with nothing else booting.
 
     .venv/bin/python scripts/benchmark.py                  # 3 runs, 20-test modules
-    .venv/bin/python scripts/benchmark.py --runs 5 --module-tests 20 --boot-module-tests 5
+    .venv/bin/python scripts/benchmark.py --runs 5 --cold-os debian-12 debian-13
 """
 from __future__ import annotations
 
@@ -57,7 +61,7 @@ def bare_qemu(session: KvmSession, os_name: str, memory: int, cpus: int, timeout
                         user_data=cloudinit.render_user_data(linux, login_key=login, host_key=host),
                         public_keys={"pytest-kvm": login.public_openssh}).write(tmp / "seed.iso")
         port = free_port()
-        write_known_hosts(tmp / "known_hosts", "127.0.0.1", port, host)
+        write_known_hosts(tmp / "known_hosts", "127.0.0.1", port, host.public_openssh)
         accel = "kvm" if session.accel == "kvm" else "tcg"
         argv = ["qemu-system-x86_64", "-machine", f"pc,accel={accel}", "-m", str(memory), "-smp", str(cpus),
                 "-nodefaults", "-no-user-config", "-display", "none",
@@ -96,18 +100,77 @@ def phase_sum(guest, upto: str) -> float:
     return total
 
 
-def module_run(n: int, reset: str, os_name: str) -> float:
+STAMP = """
+import json, os, time, pytest
+
+@pytest.fixture(autouse=True)
+def _stamp(request):
+    t0 = time.monotonic()
+    yield
+    with open(os.environ["BENCH_STAMPS"], "a") as fh:
+        fh.write(json.dumps({"test": request.node.name, "start": t0, "end": time.monotonic()}) + "\\n")
+"""
+
+
+def child_pytest(body: str, *options: str, conftest: str = STAMP) -> list[dict]:
+    """Run a test module in a child pytest; each test's start and end (monotonic)."""
     with tempfile.TemporaryDirectory(prefix="pk-bench-mod-") as tmp:
-        body = "".join(f"def test_{i}(guest):\n    assert guest.run('true').ok\n\n" for i in range(n))
         (Path(tmp) / "test_module.py").write_text(body)
-        t0 = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "--kvm-reset", reset, "--kvm-os", os_name, tmp],
-                              capture_output=True, text=True, cwd=tmp)
-        wall = time.monotonic() - t0
+        (Path(tmp) / "conftest.py").write_text(conftest)
+        stamps = Path(tmp) / "stamps.jsonl"
+        env = {**os.environ, "BENCH_STAMPS": str(stamps)}
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, tmp],
+                              capture_output=True, text=True, cwd=tmp, env=env)
         if done.returncode != 0:
             raise RuntimeError(done.stdout[:3000] + "\n...\n" + done.stdout[-1500:])
-        return wall
+        return [json.loads(line) for line in stamps.read_text().splitlines()]
+
+
+def per_test_after_first(stamps: list[dict]) -> float:
+    """Wall time per test after the first: from the first test's end to the last's end."""
+    return (stamps[-1]["end"] - stamps[0]["end"]) / (len(stamps) - 1)
+
+
+FIRST_TEST = """
+import time
+
+def test_first(request):
+    t0 = time.monotonic()
+    guest = request.getfixturevalue("guest")
+    assert guest.run("true").ok
+    print(f"SETUP {time.monotonic() - t0:.3f}")
+"""
+
+
+def first_test_setup(os_name: str, snapshots: str) -> float:
+    """Seconds from asking for ``guest`` to its first command, in a new session."""
+    with tempfile.TemporaryDirectory(prefix="pk-bench-first-") as tmp:
+        (Path(tmp) / "test_first.py").write_text(FIRST_TEST)
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                               "--kvm-os", os_name, "--kvm-snapshots", snapshots, tmp],
+                              capture_output=True, text=True, cwd=tmp)
+        if done.returncode != 0:
+            raise RuntimeError(done.stdout[-3000:])
+        return float(next(l.split()[1] for l in done.stdout.splitlines() if l.startswith("SETUP ")))
+
+
+def module(n: int, *, inline_teardown: bool = False, busy: float = 0.0) -> str:
+    """*n* trivial tests using ``guest``; *inline_teardown*: each destroys its guest itself
+    (today's way); *busy*: each first keeps every host CPU busy for that many seconds."""
+    lines = ["import multiprocessing, os, time", "",
+             "def spin(seconds):", "    end = time.monotonic() + seconds",
+             "    while time.monotonic() < end:", "        pass", ""]
+    for i in range(n):
+        lines.append(f"def test_{i:02d}(guest):")
+        if busy:
+            lines += [f"    procs = [multiprocessing.Process(target=spin, args=({busy},)) "
+                      f"for _ in range(os.cpu_count())]",
+                      "    [p.start() for p in procs]", "    [p.join() for p in procs]"]
+        lines.append("    assert guest.run('true').ok")
+        if inline_teardown:
+            lines.append("    guest.destroy()")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def summary(values: list[float]) -> dict:
@@ -118,72 +181,112 @@ def summary(values: list[float]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--os", default="debian-12")
+    parser.add_argument("--cold-os", nargs="+", default=["debian-12", "debian-13"],
+                        help="OSes whose cold boot is measured")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", type=int, default=512)
     parser.add_argument("--module-tests", type=int, default=20)
-    parser.add_argument("--boot-module-tests", type=int, default=20,
-                        help="tests in the --kvm-reset boot module (each a cold boot)")
+    parser.add_argument("--busy-tests", type=int, default=8)
+    parser.add_argument("--busy-seconds", type=float, default=2.0)
     args = parser.parse_args()
     log = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    session = KvmSession(Settings.build(reset="boot"), progress=log)
+    session = KvmSession(Settings.build(reset="boot", prepare_ahead=0), progress=log)
     results: dict[str, object] = {"os": args.os, "accel": session.acceleration.describe(),
                                   "cpus": session.settings.cpus, "memory_mib": args.memory}
-    bare, cold_auth, cold_ready, clone_cmd, teardown = [], [], [], [], []
+    bare, teardown, clone_cmd, pair = [], [], [], []
+    cold = {name: {"auth": [], "ready": []} for name in args.cold_os}
     try:
         timeout = session.settings.limits(session.accel)["boot"].seconds
         for i in range(args.runs):
             bare.append(bare_qemu(session, args.os, args.memory, session.settings.cpus, timeout))
             log(f"run {i + 1}: bare QEMU to SSH auth {bare[-1]:.1f} s")
-            t0 = time.monotonic()
-            guest = session.boot(args.os, memory_mib=args.memory, reset="boot")
-            cold_ready.append(time.monotonic() - t0)
-            cold_auth.append(phase_sum(guest, "ssh-auth"))
-            if i == 0:
-                time.sleep(5)  # idle
-                pid = qemu_pid(guest.name)
-                results["guest_qemu_rss_mib"] = round(rss_mib(pid), 1) if pid else None
-            t0 = time.monotonic()
-            guest.destroy()
-            teardown.append(time.monotonic() - t0)
-            log(f"run {i + 1}: plugin cold boot to SSH auth {cold_auth[-1]:.1f} s, ready {cold_ready[-1]:.1f} s")
-        session.boot(args.os, memory_mib=args.memory, reset="clone").destroy()  # make the golden
+            for name in args.cold_os:
+                t0 = time.monotonic()
+                guest = session.boot(name, memory_mib=args.memory, reset="boot")
+                cold[name]["ready"].append(time.monotonic() - t0)
+                cold[name]["auth"].append(phase_sum(guest, "ssh-auth"))
+                if i == 0 and name == args.os:
+                    time.sleep(5)  # idle
+                    pid = qemu_pid(guest.name)
+                    results["guest_qemu_rss_mib"] = round(rss_mib(pid), 1) if pid else None
+                t0 = time.monotonic()
+                guest.destroy()
+                if name == args.os:
+                    teardown.append(time.monotonic() - t0)
+                log(f"run {i + 1}: {name} cold boot to SSH auth {cold[name]['auth'][-1]:.1f} s, "
+                    f"ready {cold[name]['ready'][-1]:.1f} s")
+        session.boot(args.os, memory_mib=args.memory, reset="clone").destroy()  # the golden
         for i in range(max(args.runs, 5)):
             t0 = time.monotonic()
             guest = session.boot(args.os, memory_mib=args.memory, reset="clone")
             guest.run("true", check=True)
             clone_cmd.append(time.monotonic() - t0)
             guest.destroy()
-        log(f"clone to first command: {statistics.median(clone_cmd):.2f} s")
+            # two clones of the one golden alive at once: each to its first command
+            alive = []
+            for _ in range(2):
+                t0 = time.monotonic()
+                alive.append(session.boot(args.os, memory_mib=args.memory, reset="clone"))
+                alive[-1].run("true", check=True)
+                pair.append(time.monotonic() - t0)
+            for g in alive:
+                g.destroy()
+        log(f"clone to first command: {statistics.median(clone_cmd):.2f} s; two at once: {pair}")
         results["plugin_rss_mib"] = round(rss_mib(os.getpid()), 1)
+        results["cold_boots_during_clones"] = session.boots - len(args.cold_os) * args.runs - 1
     finally:
         session.close()
     results["bare_qemu_to_ssh_auth_s"] = summary(bare)
-    results["plugin_cold_to_ssh_auth_s"] = summary(cold_auth)
-    results["plugin_cold_to_ready_s"] = summary(cold_ready)
-    results["plugin_overhead_ratio"] = round(statistics.median(cold_auth) / statistics.median(bare), 3)
+    for name in args.cold_os:
+        results[f"{name}_cold_to_ssh_auth_s"] = summary(cold[name]["auth"])
+        results[f"{name}_cold_to_ready_s"] = summary(cold[name]["ready"])
+    results["plugin_overhead_ratio"] = round(statistics.median(cold[args.cold_os[0]]["auth"])
+                                             / statistics.median(bare), 3)
     results["clone_to_first_command_s"] = summary(clone_cmd)
+    results["two_clones_at_once_each_to_first_command_s"] = summary(pair)
     results["teardown_s"] = summary(teardown)
-    for reset, n in (("clone", args.module_tests), ("boot", args.boot_module_tests)):
-        if n <= 0:
-            continue
-        log(f"{n}-test module with --kvm-reset {reset}")
-        wall = module_run(n, reset, args.os)
-        results[f"module_{reset}"] = {"tests": n, "wall_s": round(wall, 1), "per_test_s": round(wall / n, 2)}
-    rows = [
-        ("bare QEMU to SSH auth", results["bare_qemu_to_ssh_auth_s"]),
-        ("plugin cold boot to SSH auth", results["plugin_cold_to_ssh_auth_s"]),
-        ("plugin cold boot to ready (cloud-init done)", results["plugin_cold_to_ready_s"]),
-        ("warm clone: start to first command", results["clone_to_first_command_s"]),
-        ("teardown", results["teardown_s"]),
-    ]
-    print(f"\n{'measure':<46} {'median':>8} {'min':>8} {'max':>8} runs")
+
+    log("first test of a second session: snapshots on vs off")
+    first_test_setup(args.os, "on")  # make sure the snapshot exists
+    results["second_session_first_test_s"] = {
+        mode: summary([first_test_setup(args.os, mode) for _ in range(max(2, args.runs - 1))])
+        for mode in ("on", "off")}
+    log(f"{args.module_tests}-test modules: new way vs today's way")
+    new = child_pytest(module(args.module_tests), "--kvm-os", args.os)
+    old = child_pytest(module(args.module_tests, inline_teardown=True), "--kvm-os", args.os,
+                       "--kvm-snapshots", "off", "-o", "kvm_prepare_ahead=0")
+    results["module_per_test_after_first_s"] = {"new": round(per_test_after_first(new), 2),
+                                                "today": round(per_test_after_first(old), 2),
+                                                "tests": args.module_tests}
+    log(f"{args.busy_tests} tests keeping the CPUs busy: clones made ahead on vs off")
+    busy = {}
+    for ahead in ("1", "0"):
+        stamps = child_pytest(module(args.busy_tests, busy=args.busy_seconds), "--kvm-os", args.os,
+                              "-o", f"kvm_prepare_ahead={ahead}")
+        busy[f"ahead_{ahead}"] = round(per_test_after_first(stamps), 2)
+    results["busy_module_per_test_after_first_s"] = {**busy, "busy_s": args.busy_seconds}
+
+    rows = [("bare QEMU to SSH auth", results["bare_qemu_to_ssh_auth_s"])]
+    for name in args.cold_os:
+        rows += [(f"{name} cold boot to SSH auth", results[f"{name}_cold_to_ssh_auth_s"]),
+                 (f"{name} cold boot to ready (cloud-init done)", results[f"{name}_cold_to_ready_s"])]
+    rows += [("warm clone: start to first command", results["clone_to_first_command_s"]),
+             ("two clones alive at once: each to first command",
+              results["two_clones_at_once_each_to_first_command_s"]),
+             ("new session, first test (snapshots on)", results["second_session_first_test_s"]["on"]),
+             ("new session, first test (snapshots off)", results["second_session_first_test_s"]["off"]),
+             ("teardown", results["teardown_s"])]
+    print(f"\n{'measure':<50} {'median':>8} {'min':>8} {'max':>8} runs")
     for label, s in rows:
-        print(f"{label:<46} {s['median']:>7.2f}s {s['min']:>7.2f}s {s['max']:>7.2f}s {s['runs']:>4}")
+        print(f"{label:<50} {s['median']:>7.2f}s {s['min']:>7.2f}s {s['max']:>7.2f}s {s['runs']:>4}")
     print(f"plugin overhead vs bare QEMU (to SSH auth): {results['plugin_overhead_ratio']}x")
-    for reset in ("clone", "boot"):
-        if f"module_{reset}" in results:
-            m = results[f"module_{reset}"]
-            print(f"{m['tests']}-test module, --kvm-reset {reset}: {m['wall_s']} s wall, {m['per_test_s']} s per test")
+    m = results["module_per_test_after_first_s"]
+    print(f"{m['tests']}-test module, per test after the first: {m['new']} s (snapshots, made ahead, "
+          f"background teardown) vs {m['today']} s (per-session golden, serial, teardown in line)")
+    b = results["busy_module_per_test_after_first_s"]
+    print(f"{args.busy_tests} tests each keeping the CPUs busy {b['busy_s']:g} s, per test after the first: "
+          f"{b['ahead_1']} s with a clone made ahead vs {b['ahead_0']} s without")
+    print(f"cold boots while cloning: {results['cold_boots_during_clones']}")
     print(f"idle guest QEMU RSS: {results.get('guest_qemu_rss_mib')} MiB; plugin RSS: {results.get('plugin_rss_mib')} MiB")
     print(json.dumps(results, indent=2))
     return 0

@@ -95,7 +95,7 @@ def test_real_ssh_client_with_ssh_command(shared_guest):
 
 def test_wrong_host_key_is_refused(shared_guest, tmp_path):
     key_file = next(arg for prev, arg in zip(shared_guest.ssh_command(), shared_guest.ssh_command()[1:]) if prev == "-i")
-    wrong = write_known_hosts(tmp_path / "known_hosts", "127.0.0.1", shared_guest.ssh_port, KeyPair.generate("x"))
+    wrong = write_known_hosts(tmp_path / "known_hosts", "127.0.0.1", shared_guest.ssh_port, KeyPair.generate("x").public_openssh)
     client = SshClient(shared_guest.ssh_port, "pytest", key_file, wrong)
     with pytest.raises(HostKeyMismatch, match="not the one pinned"):
         client.connect(timeout=30)

@@ -51,3 +51,22 @@ def test_mirror_and_catalogs():
     s = Settings.build(mirror="http://127.0.0.1:8000/mirror/", catalogs=["~/images.toml"])
     assert s.mirror == "http://127.0.0.1:8000/mirror"
     assert s.catalogs == (Path("~/images.toml").expanduser(),)
+
+
+def test_snapshot_and_ahead_settings():
+    s = Settings.build()
+    assert s.snapshots == "on" and s.snapshot_max_bytes is None and s.prepare_ahead == 1
+    s = Settings.build(snapshots="off", snapshot_max_gb="1.5", prepare_ahead="0")
+    assert s.snapshots == "off" and s.snapshot_max_bytes == int(1.5 * 2**30) and s.prepare_ahead == 0
+
+
+def test_ini_reaches_settings(pytester):
+    pytester.makeini("[pytest]\nkvm_snapshots = off\nkvm_snapshot_max_gb = 2\nkvm_prepare_ahead = 3\n")
+    pytester.makepyfile("""
+        from pytest_kvm.stash import SESSION_KEY
+
+        def test_x(pytestconfig):
+            s = pytestconfig.stash[SESSION_KEY].settings
+            assert (s.snapshots, s.snapshot_max_bytes, s.prepare_ahead) == ("off", 2 * 2**30, 3)
+    """)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)

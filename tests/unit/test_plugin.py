@@ -24,7 +24,8 @@ def test_help_documents_every_option_and_ini(pytester):
     out = result.stdout.str()
     for opt in ("--kvm-os", "--kvm-accel", "--kvm-uri", "--kvm-keep", "--kvm-image", "--kvm-cache-dir", "--kvm-reset", "kvm_reset",
                 "kvm_os", "kvm_cache_dir", "kvm_boot_timeout", "kvm_ssh_timeout", "kvm_cloud_init_timeout", "kvm_memory_mib", "kvm_command_timeout",
-                "--kvm-mirror", "kvm_mirror", "kvm_catalog", "kvm_cpus"):
+                "--kvm-mirror", "kvm_mirror", "kvm_catalog", "kvm_cpus", "--kvm-snapshots", "kvm_snapshots",
+                "kvm_snapshot_max_gb", "kvm_prepare_ahead"):
         assert opt in out, opt
 
 
@@ -99,6 +100,11 @@ def test_bad_marker_is_a_usage_error_naming_it(pytester, marker, word):
     (["--kvm-image", "nopath"], "--kvm-image must be NAME=PATH"),
     (["-o", "kvm_boot_timeout=soon"], "kvm_boot_timeout must be a number"),
     (["--kvm-keep", "sometimes"], "invalid choice"),
+    (["--kvm-snapshots", "maybe"], "invalid choice"),
+    (["-o", "kvm_snapshots=maybe"], "kvm_snapshots must be one of on, off"),
+    (["-o", "kvm_prepare_ahead=-1"], "kvm_prepare_ahead must be 0 or more"),
+    (["-o", "kvm_prepare_ahead=two"], "kvm_prepare_ahead must be a whole number"),
+    (["-o", "kvm_snapshot_max_gb=lots"], "kvm_snapshot_max_gb must be a number"),
 ])
 def test_bad_options(pytester, args, word):
     pytester.makepyfile("def test_x(): pass")
