@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from .guest import Guest
 
+DESTROY_WORKERS = 4
 HANDOVER_WAIT = 600.0  # seconds a test waits for a clone already being made for it
 
 
@@ -33,6 +35,7 @@ class AheadPool:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(depth, 1),
                                                            thread_name_prefix="pytest-kvm-ahead")
         self.handed_over = 0
+        self._closed = threading.Event()
 
     def wanted(self, key: str) -> bool:
         with self._lock:
@@ -40,8 +43,12 @@ class AheadPool:
 
     def prepare(self, key: str, guest: "Guest", after: "Guest | None" = None) -> None:
         def start() -> "Guest":
-            if after is not None:
-                after.started.wait(HANDOVER_WAIT)
+            deadline = time.monotonic() + HANDOVER_WAIT
+            while after is not None and not after.started.wait(0.2):
+                if self._closed.is_set() or time.monotonic() > deadline:
+                    raise RuntimeError("not started: the session ended first")
+            if self._closed.is_set():
+                raise RuntimeError("not started: the session ended first")
             return guest.start()
 
         with self._lock:
@@ -63,6 +70,7 @@ class AheadPool:
 
     def close(self) -> list[Guest]:
         """Stop preparing; the clones nobody took (the caller destroys them)."""
+        self._closed.set()
         with self._lock:
             leftovers = [g for queue in self._pending.values() for g, _ in queue]
             self._pending.clear()
@@ -71,10 +79,11 @@ class AheadPool:
 
 
 class Reclaimer:
-    """Destroys guests in a thread; ``wait()`` returns the failures."""
+    """Destroys guests in threads (libvirt takes ~1.5 s to tear a domain down, mostly
+    waiting, so several go at once); ``wait()`` returns the failures."""
 
-    def __init__(self) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+    def __init__(self, workers: int = DESTROY_WORKERS) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
                                                            thread_name_prefix="pytest-kvm-destroy")
         self._futures: list[concurrent.futures.Future] = []
 

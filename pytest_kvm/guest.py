@@ -124,7 +124,8 @@ class Guest:
         self._dom = None
         self.destroyed = False
         self.kept = False
-        self.started = threading.Event()  # set when start() returned or failed
+        self.started = threading.Event()  # set when start() returned or failed, or on destroy
+        self._destroy_lock = threading.Lock()
 
     def _use_golden(self, golden: Golden) -> None:
         """Become a clone of *golden*: its host key, login key and credentials; its hostname
@@ -470,14 +471,16 @@ class Guest:
 
     def destroy(self) -> None:
         """Destroy the domain and remove every file made for it. Idempotent; every step runs."""
-        if self.destroyed:
-            return
-        t0 = time.monotonic()
-        try:
-            self._remove()
-        finally:
-            self.destroyed = True
-            self.timeline.add("destroy", time.monotonic() - t0)
+        with self._destroy_lock:  # the background reclaimer and the session end may race
+            if self.destroyed:
+                return
+            t0 = time.monotonic()
+            try:
+                self._remove()
+            finally:
+                self.destroyed = True
+                self.started.set()  # nobody waits for a destroyed guest to come up
+                self.timeline.add("destroy", time.monotonic() - t0)
 
     def _remove(self) -> None:
         errors: list[BaseException] = []

@@ -61,6 +61,7 @@ class KvmSession:
         self._goldens: dict[str, Golden] = {}  # by key
         self._golden_guests: list[Guest] = []  # goldens of this session only (snapshots off)
         self._digests: dict[tuple, str] = {}  # local image (path, size, mtime, inode) -> sha256
+        self._fields: dict[str, dict[str, Any]] = {}  # kind of guest -> its golden's key fields
         self.snapshots = SnapshotStore(settings.cache_dir, progress)
         self._ahead = AheadPool(settings.prepare_ahead)
         self._reclaimer = Reclaimer()
@@ -146,7 +147,7 @@ class KvmSession:
             if request.unique and config.family.identity_command is None:
                 raise SpecError(f"unique=True: warm clones of family {config.family.name} cannot "
                                 f"get a new identity; use reset='boot'")
-            golden = self._golden(config, request)
+            golden = self._golden(config)
             self.clones += 1
             # a unique clone gets its identity while it starts: never one made ahead
             guest = None if request.unique else self._ahead.take(golden.key)
@@ -187,8 +188,13 @@ class KvmSession:
         return f"{NAME_PREFIX}{self.run_id}-{self._counter}"
 
     # -- goldens ------------------------------------------------------------------------
-    def _golden(self, config: GuestConfig, request: GuestRequest) -> Golden:
-        fields = self._golden_fields(config)
+    def _golden(self, config: GuestConfig) -> Golden:
+        # the full key builds a seed and hashes firmware: once per kind of guest and session
+        kind = digest([config.os, str(config.image.disk), config.memory_mib, config.cpus,
+                       config.user_data, config.family.name, config.seed_format, config.tpm])
+        if kind not in self._fields:
+            self._fields[kind] = self._golden_fields(config)
+        fields = self._fields[kind]
         key = digest(fields)
         if key in self._goldens:
             return self._goldens[key]
@@ -298,23 +304,12 @@ class KvmSession:
         the run's files, close libvirt. Every step runs even when one fails; the failures
         are returned."""
         self._ahead.close()  # the clones it made are in self.guests
+        needed = {g.golden_name for g in self.kept if g.cloned}  # their golden's disk is read
+        for guest in self.guests + self._golden_guests:
+            if not guest.kept and guest.name not in needed:
+                self._reclaimer.destroy(guest.destroy)
         errors: list[BaseException] = self._reclaimer.wait()
-        for guest in self.guests:
-            if guest.kept:
-                continue
-            try:
-                guest.destroy()
-            except Exception as exc:
-                errors.append(exc)
         self.guests = [g for g in self.guests if g.kept]
-        needed = {g.golden_name for g in self.kept if g.cloned}
-        for golden in self._golden_guests:
-            if golden.name in needed:  # a kept clone still reads its golden's disk
-                continue
-            try:
-                golden.destroy()
-            except Exception as exc:
-                errors.append(exc)
         self._golden_guests = [g for g in self._golden_guests if g.name in needed]
         self._goldens = {}
         self.snapshots.release()

@@ -216,6 +216,7 @@ def main() -> int:
                 log(f"run {i + 1}: {name} cold boot to SSH auth {cold[name]['auth'][-1]:.1f} s, "
                     f"ready {cold[name]['ready'][-1]:.1f} s")
         session.boot(args.os, memory_mib=args.memory, reset="clone").destroy()  # the golden
+        boots_before_clones = session.boots
         for i in range(max(args.runs, 5)):
             t0 = time.monotonic()
             guest = session.boot(args.os, memory_mib=args.memory, reset="clone")
@@ -233,7 +234,7 @@ def main() -> int:
                 g.destroy()
         log(f"clone to first command: {statistics.median(clone_cmd):.2f} s; two at once: {pair}")
         results["plugin_rss_mib"] = round(rss_mib(os.getpid()), 1)
-        results["cold_boots_during_clones"] = session.boots - len(args.cold_os) * args.runs - 1
+        results["cold_boots_during_clones"] = session.boots - boots_before_clones
     finally:
         session.close()
     results["bare_qemu_to_ssh_auth_s"] = summary(bare)
@@ -253,9 +254,11 @@ def main() -> int:
         for mode in ("on", "off")}
     log(f"{args.module_tests}-test modules: new way vs today's way")
     new = child_pytest(module(args.module_tests), "--kvm-os", args.os)
+    two = child_pytest(module(args.module_tests), "--kvm-os", args.os, "-o", "kvm_prepare_ahead=2")
     old = child_pytest(module(args.module_tests, inline_teardown=True), "--kvm-os", args.os,
                        "--kvm-snapshots", "off", "-o", "kvm_prepare_ahead=0")
     results["module_per_test_after_first_s"] = {"new": round(per_test_after_first(new), 2),
+                                                "new_ahead_2": round(per_test_after_first(two), 2),
                                                 "today": round(per_test_after_first(old), 2),
                                                 "tests": args.module_tests}
     log(f"{args.busy_tests} tests keeping the CPUs busy: clones made ahead on vs off")
@@ -282,7 +285,8 @@ def main() -> int:
     print(f"plugin overhead vs bare QEMU (to SSH auth): {results['plugin_overhead_ratio']}x")
     m = results["module_per_test_after_first_s"]
     print(f"{m['tests']}-test module, per test after the first: {m['new']} s (snapshots, made ahead, "
-          f"background teardown) vs {m['today']} s (per-session golden, serial, teardown in line)")
+          f"background teardown; {m['new_ahead_2']} s with kvm_prepare_ahead=2) vs {m['today']} s "
+          f"(per-session golden, serial, teardown in line)")
     b = results["busy_module_per_test_after_first_s"]
     print(f"{args.busy_tests} tests each keeping the CPUs busy {b['busy_s']:g} s, per test after the first: "
           f"{b['ahead_1']} s with a clone made ahead vs {b['ahead_0']} s without")
