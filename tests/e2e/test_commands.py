@@ -90,7 +90,7 @@ def test_real_ssh_client_with_ssh_command(shared_guest):
     assert argv[0] == "ssh" and argv[-1] == "pytest@127.0.0.1"
     done = subprocess.run(argv + ["uname -n"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == shared_guest.name
+    assert done.stdout.strip() == shared_guest.hostname
 
 
 def test_wrong_host_key_is_refused(shared_guest, tmp_path):
