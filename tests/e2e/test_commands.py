@@ -57,7 +57,7 @@ def test_put_get_binary_round_trip(shared_guest, tmp_path):
 
 
 def test_identity_and_sudo(shared_guest):
-    assert shared_guest.run("hostname").stdout.strip() == shared_guest.name
+    assert shared_guest.run("hostname").stdout.strip() == shared_guest.hostname
     assert shared_guest.run("sudo -n id -u").stdout.strip() == "0"
     assert shared_guest.os == "debian-12"
 
