@@ -12,5 +12,5 @@ def test_debian_boots_from_a_configdrive_seed(kvm):
         assert g.run("cat /etc/pytest-kvm-seed").stdout == "from config-2\n"
         assert g.run("hostname").stdout.strip() == g.name
         host_key = g.run("sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
-        assert host_key == g.host_key.public_openssh.split()[:2]  # the pinned key, from the seed
+        assert host_key == g.host_public.split()[:2]  # the pinned key, from the seed
         assert g.run("sudo -n true").ok  # the plugin's user and its sudo rule
