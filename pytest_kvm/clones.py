@@ -52,10 +52,7 @@ class Golden:
     host_public: str  # the guest's SSH host key, pinned for every clone
     hostname: str
     credentials: Credentials | None = None  # WinRM families
-    guest: Any = None  # the Guest booted for it in this session (destroyed at the end), else None
-    snapshot: bool = False  # kept in the snapshot cache across runs
     verified: bool = False  # a clone of it came up in this session
-    clones: int = 0
     generation: int = 0  # how many times it was made anew (see replace)
     # replace(error, generation): the first clone of a golden loaded from the cache failed:
     # the session makes it anew and refreshes this object in place, so that every clone
@@ -65,8 +62,7 @@ class Golden:
 
     def refresh_from(self, other: "Golden") -> None:
         """Take *other*'s files and keys: this golden was made anew."""
-        for name in ("directory", "image", "login_key", "host_public", "hostname", "credentials",
-                     "guest", "snapshot"):
+        for name in ("directory", "image", "login_key", "host_public", "hostname", "credentials"):
             setattr(self, name, getattr(other, name))
         self.verified = False
         self.generation += 1
@@ -123,4 +119,4 @@ class Golden:
             credentials = Credentials(meta["user"], (directory / PASSWORD_FILE).read_text())
         return cls(key=meta["key"], directory=directory, image=SaveImage.read(directory / SAVE_FILE),
                    login_key=login, host_public=meta["host_public"], hostname=meta["hostname"],
-                   credentials=credentials, snapshot=True)
+                   credentials=credentials)

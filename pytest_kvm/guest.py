@@ -314,7 +314,7 @@ class Guest:
         self.overlay.chmod(0o400)  # frozen: clones only read it, through their own overlays
         golden = Golden(key=key, directory=self._config.workdir, image=SaveImage.read(save_file),
                         login_key=self._config.login_key, host_public=self.host_public,
-                        hostname=self.hostname, credentials=self.credentials, guest=self)
+                        hostname=self.hostname, credentials=self.credentials)
         self.timeline.add("save", time.monotonic() - t0)
         return golden
 

@@ -203,10 +203,6 @@ class Hypervisor:
         with translate(f"saving {name}", self.uri):
             self._conn.lookupByName(name).save(str(path))
 
-    def saved_xml(self, path: Path) -> str:
-        with translate(f"reading saved state {path}", self.uri):
-            return self._conn.saveImageGetXMLDesc(str(path), 0)
-
     def restore(self, path: Path, name: str):
         """Start a domain from the saved state at *path* (a file or a FIFO fed by
         :class:`~pytest_kvm.saveimage.Feeder`), as the definition saved in it says;

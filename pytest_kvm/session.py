@@ -162,7 +162,6 @@ class KvmSession:
 
     def _clone(self, golden: Golden, config: GuestConfig) -> Guest:
         """A clone of *golden* named and placed by *config*, unstarted."""
-        golden.clones += 1
         return self._track(Guest(self.hypervisor, config, golden=golden))
 
     def _config(self, os_name: str, request) -> GuestConfig:
@@ -226,7 +225,6 @@ class KvmSession:
         golden.write_meta(fields, time.time())
         if self.settings.snapshots == "on":  # the cache keeps its files; nothing is running
             self._golden_guests.remove(guest)
-            golden.guest = None
         self.progress(f"{where} {key} ready in {time.monotonic() - t0:.1f} s")
         return golden
 

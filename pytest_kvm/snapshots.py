@@ -80,7 +80,6 @@ class SnapshotStore:
                 except BaseException:
                     shutil.rmtree(directory, ignore_errors=True)
                     raise
-                golden.snapshot = True
                 self.created += 1
             else:
                 self.reused += 1

@@ -66,10 +66,16 @@ def test_clones_made_ahead_are_gone_after_the_session(pytester, kvm):
     assert not list((kvm.settings.cache_dir / "runs").glob(f"{proc.pid}-*"))
 
 
-def test_clones_made_ahead_are_gone_after_ctrl_c(pytester, kvm):
+def interrupted_child(pytester, sig):
+    """A child pytest stopped by *sig* while a test holds a clone and one more is made ahead."""
     proc, name_file, prefix = child(pytester, hang=True)
     wait_for_ahead_clone(proc, name_file, prefix)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
+    return proc, prefix
+
+
+def test_clones_made_ahead_are_gone_after_ctrl_c(pytester, kvm):
+    proc, prefix = interrupted_child(pytester, signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2, out
     assert qemu_processes(prefix, prefix=True) == []
@@ -77,9 +83,7 @@ def test_clones_made_ahead_are_gone_after_ctrl_c(pytester, kvm):
 
 
 def test_clones_made_ahead_are_gone_after_sigkill(pytester, kvm):
-    proc, name_file, prefix = child(pytester, hang=True)
-    wait_for_ahead_clone(proc, name_file, prefix)
-    proc.send_signal(signal.SIGKILL)
+    proc, prefix = interrupted_child(pytester, signal.SIGKILL)
     proc.communicate()
     killed = time.monotonic()
     while qemu_processes(prefix, prefix=True) and time.monotonic() - killed < 30:

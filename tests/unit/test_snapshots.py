@@ -33,7 +33,7 @@ def test_a_complete_snapshot_loads_with_its_login_key(tmp_path):
     store = SnapshotStore(tmp_path)
     make_snapshot(store, "k1")
     golden = store.get_or_create("k1", create=lambda d: pytest.fail("must not boot"), what="t")
-    assert golden.snapshot and golden.hostname == "g"
+    assert golden.hostname == "g" and golden.directory == store.path("k1")
     assert golden.login_key.private_openssh.startswith("-----BEGIN OPENSSH PRIVATE KEY")
     assert oct(golden.login_key_file.stat().st_mode & 0o777) == "0o600"
     assert store.reused == 1 and store.created == 0
