@@ -123,7 +123,7 @@ class Settings:
             catalogs=tuple(Path(p).expanduser() for p in catalogs),
             snapshots=snapshots,
             snapshot_max_bytes=(None if snapshot_max_gb in (None, "") else
-                                int(_positive("kvm_snapshot_max_gb", snapshot_max_gb, 0) * 2**30)),
+                                int(_not_negative("kvm_snapshot_max_gb", snapshot_max_gb) * 2**30)),
             prepare_ahead=_count("kvm_prepare_ahead", prepare_ahead, DEFAULT_PREPARE_AHEAD),
         )
 
@@ -145,6 +145,16 @@ def _whole(name: str, value, default: int) -> int:
     if number != int(number):
         raise SettingsError(f"{name} must be a whole number, not {value!r}")
     return int(number)
+
+
+def _not_negative(name: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} must be a number, not {value!r}") from None
+    if number < 0:
+        raise SettingsError(f"{name} must be 0 or more, not {value!r}")
+    return number
 
 
 def _count(name: str, value, default: int) -> int:

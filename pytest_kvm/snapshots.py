@@ -88,7 +88,11 @@ class SnapshotStore:
 
     def _load(self, key: str) -> Golden | None:
         directory = self.path(key)
+        if not directory.exists():
+            return None
         if not (directory / META_FILE).is_file():
+            self.progress(f"snapshot {key} is incomplete (made by a run that did not finish); "
+                          "removed, booting the guest cold")
             return None
         try:
             return Golden.load(directory)

@@ -21,11 +21,11 @@ def test_fresh(guest):
 """
 
 
-def session(pytester, monkeypatch, token, memory=512):
+def session(pytester, monkeypatch, token, memory=512, *options):
     monkeypatch.setenv("SNAP_TOKEN", token)
     monkeypatch.setenv("SNAP_MEMORY", str(memory))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-os", "debian-12",
-                                           "--kvm-snapshots", "on", timeout=900)
+                                           "--kvm-snapshots", "on", *options, timeout=900)
     result.assert_outcomes(passed=1)
     out = result.stdout.str()
     counts = re.search(r"guests: (\d+) cold boots, (\d+) warm clones.*; snapshots (\d+) reused, "
@@ -77,6 +77,14 @@ def test_sessions_share_snapshots_and_fall_back_when_damaged(pytester, monkeypat
         again, keys, out = session(pytester, monkeypatch, token)
         assert f"snapshot {key} is damaged" in out, out
         assert again["created"] == 1
+
+        # over the size limit: the snapshots no session uses go (the 640 MiB one among
+        # them), the one in use stays
+        limited, keys, out = session(pytester, monkeypatch, token, 512, "-o", "kvm_snapshot_max_gb=0")
+        assert limited["reused"] == 1 and keys == []
+        assert f"snapshot {made[1]} removed: the snapshot cache is over kvm_snapshot_max_gb" in out, out
+        assert not (kvm.settings.cache_dir / "snapshots" / made[1]).exists()
+        assert snapshot.is_dir()
     finally:
         for name in made:
             snapshot_cli(kvm, "rm", name)

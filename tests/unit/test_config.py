@@ -58,6 +58,9 @@ def test_snapshot_and_ahead_settings():
     assert s.snapshots == "on" and s.snapshot_max_bytes is None and s.prepare_ahead == 1
     s = Settings.build(snapshots="off", snapshot_max_gb="1.5", prepare_ahead="0")
     assert s.snapshots == "off" and s.snapshot_max_bytes == int(1.5 * 2**30) and s.prepare_ahead == 0
+    assert Settings.build(snapshot_max_gb="0").snapshot_max_bytes == 0  # keep none but those in use
+    with pytest.raises(SettingsError, match="kvm_snapshot_max_gb must be 0 or more"):
+        Settings.build(snapshot_max_gb="-1")
 
 
 def test_ini_reaches_settings(pytester):

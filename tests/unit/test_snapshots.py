@@ -63,6 +63,18 @@ def test_a_truncated_snapshot_is_removed_and_made_again(tmp_path):
     store.release()
 
 
+def test_an_incomplete_snapshot_is_named_and_made_again(tmp_path):
+    messages = []
+    store = SnapshotStore(tmp_path, messages.append)
+    (store.path("k1")).mkdir(parents=True)  # a run killed while making it: no meta.json
+    made = []
+    with pytest.raises(RuntimeError):  # stands for the boot; what matters is that it was tried
+        store.get_or_create("k1", create=lambda d: made.append(d) or (_ for _ in ()).throw(RuntimeError()),
+                            what="t")
+    assert made == [store.path("k1")] and not store.path("k1").exists()
+    assert any("snapshot k1 is incomplete" in m for m in messages)
+
+
 def test_prune_removes_least_recently_used_until_under_the_limit(tmp_path):
     store = SnapshotStore(tmp_path)
     for key, age in (("old", 300), ("mid", 200), ("new", 100)):
