@@ -1,6 +1,7 @@
 """pytest-xdist: guests of parallel workers never clash, and the summary counts per worker."""
 import json
 import re
+import time
 
 from procs import qemu_processes
 
@@ -46,5 +47,10 @@ def test_two_workers(pytester, monkeypatch, kvm):
     assert clones == 4 and boots == created <= 1 and reused + created == len(workers)
     # nothing left behind by either worker
     assert qemu_processes("pytest-kvm-gw", prefix=True) == []
+    # xdist gives a worker 10 s to finish its session end before killing it (the watchdog
+    # then finishes the job): the run directories are gone within seconds either way
     runs = kvm.settings.cache_dir / "runs"
+    deadline = time.monotonic() + 30
+    while [p for p in runs.iterdir() if p.name.startswith("gw")] and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert [p.name for p in runs.iterdir() if p.name.startswith("gw")] == []
