@@ -68,14 +68,13 @@ class AheadPool:
         self.handed_over += 1
         return guest
 
-    def close(self) -> list[Guest]:
-        """Stop preparing; the clones nobody took (the caller destroys them)."""
+    def close(self) -> None:
+        """Stop preparing and wait for clones being started; the caller destroys the clones
+        nobody took (they are among the session's guests)."""
         self._closed.set()
         with self._lock:
-            leftovers = [g for queue in self._pending.values() for g, _ in queue]
             self._pending.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        return leftovers
 
 
 class Reclaimer:
@@ -88,6 +87,8 @@ class Reclaimer:
         self._futures: list[concurrent.futures.Future] = []
 
     def destroy(self, destroy: Callable[[], None]) -> None:
+        # keep what wait() reports: the ones still running and the ones that failed
+        self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
         self._futures.append(self._pool.submit(destroy))
 
     def wait(self) -> list[BaseException]:

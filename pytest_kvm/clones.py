@@ -2,7 +2,7 @@
 frozen; each clone restores that state onto a fresh overlay in well under the time
 of a boot.
 
-A golden is a directory of files (:data:`GOLDEN_FILES`): the saved state, the frozen
+A golden is a directory of files (the ``*_FILE`` names below): the saved state, the frozen
 disk, the seed that stays attached, the golden's console, its UEFI variables, the
 login key it trusts and ``meta.json``. It lives in the run's work directory (goldens
 per session) or in the snapshot cache (see :mod:`pytest_kvm.snapshots`), where later
@@ -32,7 +32,6 @@ CONSOLE_FILE = "console.log"
 LOGIN_KEY_FILE = "id_ed25519"
 PASSWORD_FILE = "winrm-password"
 META_FILE = "meta.json"  # written last: a golden directory without it is incomplete
-GOLDEN_FILES = (SAVE_FILE, DISK_FILE, SEED_FILE, CONSOLE_FILE, LOGIN_KEY_FILE, META_FILE)
 
 
 def digest(value: Any) -> str:
@@ -50,7 +49,7 @@ class Golden:
     image: SaveImage
     login_key: KeyPair
     host_public: str  # the guest's SSH host key, pinned for every clone
-    hostname: str
+    hostname: str  # also its libvirt name when it booted (Guest.golden_name)
     credentials: Credentials | None = None  # WinRM families
     verified: bool = False  # a clone of it came up in this session
     generation: int = 0  # how many times it was made anew (see replace)
@@ -68,10 +67,6 @@ class Golden:
         self.generation += 1
 
     @property
-    def save_file(self) -> Path:
-        return self.directory / SAVE_FILE
-
-    @property
     def frozen_disk(self) -> Path:
         return self.directory / DISK_FILE
 
@@ -86,11 +81,6 @@ class Golden:
     @property
     def login_key_file(self) -> Path:
         return self.directory / LOGIN_KEY_FILE
-
-    @property
-    def name(self) -> str:
-        """The golden's libvirt name when it was booted (its clones' default hostname)."""
-        return self.hostname
 
     def write_meta(self, fields: Mapping[str, Any], created: float) -> None:
         """Record what the golden is (written last: it marks the directory complete)."""

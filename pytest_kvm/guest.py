@@ -148,7 +148,7 @@ class Guest:
     @property
     def golden_name(self) -> str | None:
         """The golden this clone was restored from (its name when it booted), else None."""
-        return self._golden.name if self._golden else None
+        return self._golden.hostname if self._golden else None
 
     # -- start ------------------------------------------------------------------
     def start(self) -> "Guest":

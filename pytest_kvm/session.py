@@ -301,7 +301,7 @@ class KvmSession:
         """Destroy every guest not kept (clones made ahead and not taken included), remove
         the run's files, close libvirt. Every step runs even when one fails; the failures
         are returned."""
-        self._ahead.close()  # the clones it made are in self.guests
+        self._ahead.close()
         needed = {g.golden_name for g in self.kept if g.cloned}  # their golden's disk is read
         for guest in self.guests + self._golden_guests:
             if not guest.kept and guest.name not in needed:
