@@ -141,6 +141,16 @@ class Guest:
         return self._config
 
     @property
+    def user(self) -> str:
+        """The account the handle logs in as (the family's login user)."""
+        return self._config.user
+
+    @property
+    def known_hosts(self) -> Path:
+        """The known_hosts file pinning this guest's host key on its forwarded port."""
+        return self._known_hosts
+
+    @property
     def ssh_port(self) -> int:
         """The forwarded port (named for the SSH families; a Windows guest's is WinRM's)."""
         return self.port
@@ -460,7 +470,7 @@ class Guest:
         return ["ssh", "-i", str(self.login_key_file), "-p", str(self.ssh_port),
                 "-o", f"UserKnownHostsFile={self._known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                f"{self._config.user}@127.0.0.1"]
+                f"{self.user}@127.0.0.1"]
 
     # -- teardown -------------------------------------------------------------------
     def keep(self) -> None:
