@@ -72,6 +72,7 @@ class DomainSpec:
     nic_model: str = "virtio-net-pci"  # a QEMU -device name: "virtio-net-pci", "e1000", "e1000e"
     seed_device: str = "disk"  # "disk" (on disk_bus) or "cdrom" (always SATA)
     mac: str | None = None  # the NIC's MAC; None: QEMU's default
+    shared_memory: bool = False  # memfd RAM shared with helper processes (virtiofsd: shares)
 
     def __post_init__(self) -> None:
         checks = (("machine", ("pc", "q35")), ("firmware", ("bios", "uefi")),
@@ -113,6 +114,7 @@ def family_fields(family: "Family", workdir: Path, *, firmware: str | None = Non
         "nic_model": family.nic_model,
         "seed_device": family.seed_device,
         "guest_port": family.guest_port,
+        "shared_memory": family.share_mount_command is not None,
     }
 
 
@@ -232,6 +234,12 @@ def domain_element(spec: DomainSpec) -> ET.Element:
         meta = _sub(dom, "metadata")
         ET.SubElement(meta, f"{{{META_NS}}}run", dict(spec.metadata))
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
+    if spec.shared_memory:
+        # virtiofsd maps the guest's RAM; a memfd saves and restores like private RAM, so
+        # goldens keep it and a share is hot-plugged into any clone (see filesystem_xml)
+        backing = _sub(dom, "memoryBacking")
+        _sub(backing, "source", type="memfd")
+        _sub(backing, "access", mode="shared")
     _sub(dom, "vcpu", str(spec.cpus))
 
     _os(dom, spec)
@@ -277,6 +285,18 @@ def _nic_args(model: str, mac: str | None, host_port: int, guest_port: int) -> l
     device = f"{model},netdev=net0,addr={NIC_PCI_SLOT}" + (f",mac={mac}" if mac else "")
     return ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}",
             "-device", device]
+
+
+def filesystem_xml(tag: str, source: Path) -> str:
+    """A virtiofs ``<filesystem>`` exporting host directory *source* under mount *tag*, to
+    hot-plug into a running guest (QEMU 7.2 cannot save a guest with a vhost-user-fs device,
+    so shares are never part of a golden: each clone gets its own after the restore).
+    libvirt starts and stops the virtiofsd process with the device."""
+    fs = ET.Element("filesystem", type="mount", accessmode="passthrough")
+    _sub(fs, "driver", type="virtiofs", queue="1024")
+    _sub(fs, "source", dir=str(source))
+    _sub(fs, "target", dir=tag)
+    return ET.tostring(fs, encoding="unicode")
 
 
 def random_mac() -> str:

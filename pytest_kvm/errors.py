@@ -68,6 +68,11 @@ class HostKeyMismatch(InfrastructureError):
     """The guest presented an SSH host key other than the one pinned for it."""
 
 
+class ConnectionLost(InfrastructureError):
+    """The connection to the guest dropped, or the guest stopped, while the plugin used it
+    (a reboot, a shutdown, sshd restarted, the domain destroyed): not the command's fault."""
+
+
 # -- commands -----------------------------------------------------------------
 class LoginRefused(InfrastructureError):
     """The guest is up but refused the plugin's login key (a clone of a golden that trusts

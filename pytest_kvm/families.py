@@ -99,7 +99,8 @@ class Family:
     seed_device: str
     #: where the guest's console goes; always the serial port, logged to a file
     console: str
-    #: the shell in which ``run(command)`` executes
+    #: the shell ``run(command, sudo=, env=, cwd=)`` wraps the command in (``sh``/``bash``
+    #: with POSIX quoting, or ``cmd.exe``); see :mod:`pytest_kvm.commands`
     shell: str
     #: the login shell the seed gives the user (None: the OS decides)
     login_shell: str | None
@@ -122,6 +123,10 @@ class Family:
     #: machine identity when a test asks for ``unique=True``; None: unsupported. (Cold
     #: boots are always unique: cloud-init sets the hostname, the first boot a machine-id.)
     identity_command: str | None = None
+    #: ``str.format`` template (``{tag}``, ``{mount_point}``, ``{mode}``: ``ro``/``rw``; the
+    #: values come quoted) mounting a virtiofs share, run as root once the guest is up; None:
+    #: the family cannot mount shares (``share=`` is refused for it)
+    share_mount_command: str | None = None
 
     def __post_init__(self) -> None:
         for field_name, allowed in (("seed_format", SEED_FORMATS), ("transport", TRANSPORTS),
@@ -161,7 +166,7 @@ def _bsd_identity(privilege: str) -> str:
 _FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family(
         name="linux", description="Linux with cloud-init (Debian, Ubuntu, Fedora, Alma/Rocky, Alpine)",
-        **{**_UNIX, "direct_kernel_boot": True},
+        **{**_UNIX, "direct_kernel_boot": True, "shell": "bash"},
         seed_format="nocloud", readiness="cloud-init",
         ready_command=CLOUD_INIT_WAIT, ready_exit_codes=(0, 2, 127),  # 2: done, recoverable errors
         login_shell="/bin/bash", privilege="sudo",
@@ -171,7 +176,9 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         # the VM's UUID, which a clone shares with its golden
         identity_command=("sudo -n sh -c 'hostname {hostname} && echo {hostname} > /etc/hostname"
                           " && sed -i \"s/^127.0.1.1 .*/127.0.1.1 {hostname}/\" /etc/hosts"
-                          " && cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id'")),
+                          " && cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id'"),
+        # virtiofs: in Linux since 5.4 (a module in Debian's cloud and generic kernels)
+        share_mount_command="mkdir -p {mount_point} && mount -t virtiofs -o {mode} {tag} {mount_point}"),
     Family(
         name="freebsd", description="FreeBSD BASIC-CLOUDINIT images (nuageinit, in base since 14.1)",
         **_UNIX,

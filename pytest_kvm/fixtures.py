@@ -16,9 +16,8 @@ from .stash import GUESTS_KEY, SESSION_KEY, failed
 
 @pytest.fixture(scope="session")
 def kvm(pytestconfig: pytest.Config) -> KvmSession:
-    """The hypervisor session: ``kvm.boot(os=None, *, memory_mib=None, cpus=None, user_data=None,
-    image=None, boot_timeout=None, reset=None, family=None, seed=None, unique=False, tpm=None)`` returns a
-    started guest (a context manager)."""
+    """The hypervisor session: ``kvm.boot(os=None, **keywords)`` returns a started guest (a
+    context manager); the keywords are :data:`pytest_kvm.spec.KEYWORDS`."""
     return pytestconfig.stash[SESSION_KEY]
 
 

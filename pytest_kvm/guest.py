@@ -4,29 +4,32 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import shlex
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
-from . import cloudinit, seed
+from . import archive, cloudinit, commands, seed
 from .cache import write_owner_only, writable
 from .clones import CONSOLE_FILE, DISK_FILE, SAVE_FILE, SEED_FILE, Golden
-from .domain import NVRAM_FILE, CloneIdentity, DomainSpec, domain_xml, family_fields, host_problems, \
-    random_mac, retarget
-from .errors import CloudInitError, CommandTimeout, HostKeyMismatch, HypervisorError, KvmError, \
-    LoginRefused
+from .domain import NVRAM_FILE, CloneIdentity, DomainSpec, domain_xml, family_fields, \
+    filesystem_xml, host_problems, random_mac, retarget
+from .errors import CloudInitError, CommandTimeout, ConnectionLost, HostKeyMismatch, \
+    HypervisorError, KvmError, LoginRefused
 from .families import Family, family
 from .hypervisor import Hypervisor, PortInUse
 from .images import BaseImage
 from .keys import KeyPair, write_known_hosts
 from .saveimage import Feeder, SaveImage
+from .spec import Share
+from .output import LineLog, guest_logger
 from .ssh import CommandResult, SshClient, read_banner
 from .storage import create_overlay
 from .waiting import Limit, PhaseWaiter, Retry, Timeline, find_panic
@@ -67,6 +70,8 @@ class GuestConfig:
     unique: bool = False  # a clone gets its own hostname and machine-id
     tpm: bool | None = None  # None: the family's default
     machine_type: str | None = None  # the versioned machine type (pinned); None: the alias
+    shares: tuple[Share, ...] = ()  # host directories mounted once the guest is up
+    artifacts: tuple[str, ...] = ()  # guest paths collected for a failed test
 
     @property
     def user(self) -> str:
@@ -126,6 +131,7 @@ class Guest:
         self.kept = False
         self.started = threading.Event()  # set when start() returned or failed, or on destroy
         self._destroy_lock = threading.Lock()
+        self._shares_mounted = False
 
     def _use_golden(self, golden: Golden) -> None:
         """Become a clone of *golden*: its host key, login key and credentials; its hostname
@@ -168,6 +174,7 @@ class Guest:
         if self.started.is_set():
             if self.destroyed:
                 raise HypervisorError(f"guest {self.name} failed to start or was destroyed")
+            self._mount_shares_or_destroy()  # a clone made ahead: the shares its taker asked for
             return self
         try:
             if self._golden is not None:
@@ -181,7 +188,39 @@ class Guest:
             raise
         finally:
             self.started.set()
+        self._mount_shares_or_destroy()
         return self
+
+    def hand_over(self, taker: GuestConfig) -> None:
+        """A clone made ahead goes to a test: mount the shares and collect the artifacts that
+        test asked for (in *taker*, its own config), not those of the test it was made for."""
+        if self._shares_mounted:
+            raise KvmError(f"guest {self.name} already has its shares mounted")
+        self._config = replace(self._config, shares=taker.shares, artifacts=taker.artifacts)
+
+    def _mount_shares_or_destroy(self) -> None:
+        try:
+            self._mount_shares()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _mount_shares(self) -> None:
+        """Hot-plug a virtiofs device per share and mount it (read-only unless writable)."""
+        if self._shares_mounted or not self._config.shares:
+            return
+        t0 = time.monotonic()
+        template = self._config.family.share_mount_command
+        assert template is not None  # the session refuses shares for such families
+        for index, share in enumerate(self._config.shares):
+            tag = f"pytest-kvm-{index}"
+            self._hv.attach(self._dom, filesystem_xml(tag, share.source),
+                            f"share {share.source} ({share.mount_point})")
+            self.run(template.format(tag=shlex.quote(tag), mount_point=shlex.quote(share.mount_point),
+                                     mode="rw" if share.writable else "ro"),
+                     sudo=True, check=True, timeout=120)
+        self._shares_mounted = True
+        self.timeline.add("shares", time.monotonic() - t0)
 
     def _prepare(self) -> None:
         t0 = time.monotonic()
@@ -419,10 +458,43 @@ class Guest:
             raise HypervisorError(f"guest {self.name} is not running")
         return self._ssh
 
-    def run(self, command: str, *, timeout: float | None = None, check: bool = False) -> CommandResult:
-        """Run *command* in the family's shell (``sh`` over SSH; ``cmd.exe`` on Windows);
-        see :class:`CommandResult`."""
-        return self._client().run(command, timeout=timeout or self._config.command_timeout, check=check)
+    def run(self, command: str, *, timeout: float | None = None, check: bool = False,
+            sudo: bool = False, env: Mapping[str, str] | None = None, cwd: str | None = None,
+            input: str | bytes | None = None) -> CommandResult:
+        """Run *command* in the guest and return its :class:`CommandResult`.
+
+        ``sudo=True`` runs it as root through the family's privilege tool (``sudo``,
+        ``doas``; a Windows login is an administrator already); ``env`` adds environment
+        variables and ``cwd`` sets the working directory, both quoted for the family's shell;
+        ``input`` (str or bytes) is fed to its stdin. ``check=True`` raises
+        :class:`CommandFailed` on a non-zero exit. Its output is logged line by line to the
+        logger ``pytest_kvm.guest.<name>`` as it arrives. A dropped connection or a guest
+        that stopped is a :class:`ConnectionLost`, never an exit code."""
+        fam = self._config.family
+        wrapped = commands.wrap(command, shell=fam.shell, privilege=fam.privilege, sudo=sudo,
+                                env=env, cwd=cwd)
+        data = input.encode("utf-8") if isinstance(input, str) else input
+        logger = guest_logger(self.name)
+        logger.info("$ %s%s", command, commands.describe_options(sudo=sudo, env=env, cwd=cwd))
+        return self._use(command, lambda client: client.run(
+            wrapped, timeout=timeout or self._config.command_timeout, check=check, input=data,
+            log=LineLog(logger)))
+
+    def _use(self, what: str, call: Callable[[SshClient | WinRMClient], Any]) -> Any:
+        """Call *call* with the handle; a lost connection is explained by the domain's state."""
+        client = self._client()
+        try:
+            return call(client)
+        except ConnectionLost as exc:
+            if self.destroyed or self._dom is None or not self._hv.is_running(self._dom):
+                raise ConnectionLost(
+                    f"guest {self.name} stopped while the plugin ran {what!r}: its domain is no "
+                    f"longer running (destroyed, powered off or crashed)",
+                    ) from exc
+            raise ConnectionLost(
+                f"lost the connection to guest {self.name} while running {what!r}; the guest "
+                f"is still running: it may be rebooting or shutting down, or its sshd was "
+                f"restarted ({exc})") from exc
 
     def run_ps(self, script: str, *, timeout: float | None = None, check: bool = False) -> CommandResult:
         """Run a PowerShell *script* (Windows guests, whose handle is WinRM)."""
@@ -432,13 +504,44 @@ class Guest:
                            f"(use run)")
         return client.run_ps(script, timeout=timeout or self._config.command_timeout, check=check)
 
-    def put(self, local_path: str | os.PathLike, remote_path: str) -> None:
-        """Copy a local file into the guest (SFTP, or WinRM chunks on Windows)."""
-        self._client().put(os.fspath(local_path), remote_path)
+    def put(self, local_path: str | os.PathLike, remote_path: str, *,
+            exclude: Sequence[str] = ()) -> None:
+        """Copy a local file, or a directory tree, into the guest. A file goes by SFTP (WinRM
+        chunks on Windows) to *remote_path*; a directory's contents are streamed as one tar
+        archive and unpacked into *remote_path* (made if missing): modes, symlinks and empty
+        directories kept, paths matching an ``exclude`` glob (e.g. ``".git"``, ``"*.pyc"``)
+        left out."""
+        local = Path(local_path)
+        if not local.is_dir():
+            self._use(f"put {local}", lambda client: client.put(os.fspath(local), remote_path))
+            return
+        client = self._tree_client("put")
+        self._use(f"put {local}/ -> {remote_path}", lambda _c: client.run(
+            archive.remote_unpack_command(remote_path), timeout=self._config.command_timeout,
+            check=True, input=lambda stream: archive.pack(local, stream, exclude=exclude)))
 
-    def get(self, remote_path: str, local_path: str | os.PathLike) -> None:
-        """Copy a file from the guest to *local_path*."""
-        self._client().get(remote_path, os.fspath(local_path))
+    def get(self, remote_path: str, local_path: str | os.PathLike, *,
+            exclude: Sequence[str] = ()) -> None:
+        """Copy a file, or a directory tree, from the guest to *local_path*. A directory's
+        contents are streamed as one tar archive and unpacked into *local_path* (made if
+        missing); a member that would land outside it (``..``, an absolute path, a link
+        pointing out) is refused with :class:`~pytest_kvm.archive.UnsafeArchive`."""
+        local = Path(local_path)
+        client = self._client()
+        if not (isinstance(client, SshClient) and client.is_dir(remote_path)):
+            self._use(f"get {remote_path}", lambda c: c.get(remote_path, os.fspath(local)))
+            return
+        self._use(f"get {remote_path}/ -> {local}", lambda _c: client.run(
+            archive.remote_pack_command(remote_path, exclude), timeout=self._config.command_timeout,
+            check=True, stdout_reader=lambda stream: archive.extract(stream, local, exclude=exclude)))
+
+    def _tree_client(self, what: str) -> SshClient:
+        client = self._client()
+        if not isinstance(client, SshClient):
+            raise KvmError(f"{what} of a directory tree needs an SSH guest; {self.name} is family "
+                           f"{self.family} (WinRM): copy an archive file and unpack it with "
+                           f"run_ps('Expand-Archive ...')")
+        return client
 
     def console_log(self) -> str:
         """Everything the guest wrote on its serial console so far (for a clone: its

@@ -245,6 +245,12 @@ class Hypervisor:
             seconds = int(epoch)
             dom.setTime({"seconds": seconds, "nseconds": int((epoch - seconds) * 1e9)}, 0)
 
+    def attach(self, dom, xml: str, what: str) -> None:
+        """Hot-plug the device *xml* into running domain *dom*."""
+        libvirt = _libvirt()
+        with translate(f"attaching {what} to {dom.name()}", self.uri):
+            dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
     def is_running(self, dom) -> bool:
         libvirt = _libvirt()
         try:

@@ -16,17 +16,11 @@ from .hypervisor import default_uri
 from .fixtures import guest, guest_factory, kvm  # noqa: F401 - registered as fixtures
 from .session import KvmSession
 from .snapshots import SNAPSHOT_CHOICES
-from .spec import guest_marker
+from .spec import KEYWORDS, guest_marker
 from .stash import GUESTS_KEY, OUTCOME_KEY, SESSION_KEY, WORKER_COUNTS_KEY
 
-MARKER_DOC = ("guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None, reset=None, "
-              "family=None, seed=None, unique=False, tpm=None): "
-              "configure the guest booted for this test by the `guest` fixture (pytest-kvm). `os` "
-              "pins the test to one OS; `user_data` is merged into the plugin's cloud-config; "
-              "`image` is a local qcow2/raw disk booted from its own bootloader; `reset` is clone "
-              "(warm clone of a golden guest) or boot (cold boot); `family` overrides the image's "
-              "OS family, `seed` its seed format (nocloud, configdrive); `unique` gives a clone "
-              "its own hostname and machine-id; `tpm` adds an emulated TPM.")
+MARKER_DOC = (f"guest({KEYWORDS}): configure the guest booted for this test by the `guest` "
+              "fixture (pytest-kvm); the keywords of kvm.boot, see its docstring.")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -116,19 +116,16 @@ class KvmSession:
         return key_file
 
     # -- booting ----------------------------------------------------------------------
-    def boot(self, os: str | None = None, *, memory_mib: int | None = None, cpus: int | None = None,
-             user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
-             boot_timeout: float | None = None, reset: str | None = None,
-             family: str | None = None, seed: str | None = None, unique: bool = False,
-             tpm: bool | None = None) -> Guest:
+    def boot(self, os: str | None = None, **kwargs: Any) -> Guest:
         """Boot a guest and wait until it is ready; use it as a context manager to destroy it.
-        ``reset`` is ``"clone"`` (restore a warm clone of a golden guest) or ``"boot"`` (cold
-        boot); default: ``--kvm-reset``. ``family`` overrides the image's OS family, ``seed``
-        its seed format (``"nocloud"`` or ``"configdrive"``); ``unique=True`` gives a clone
-        its own hostname and machine-id; ``tpm=True`` adds an emulated TPM 2.0 (swtpm)."""
-        return self.create(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
-                           image=image, boot_timeout=boot_timeout, reset=reset, family=family,
-                           seed=seed, unique=unique, tpm=tpm).start()
+        Keywords (see :func:`pytest_kvm.spec.guest_request`): ``reset`` is ``"clone"`` (a warm
+        clone of a golden guest) or ``"boot"`` (cold boot), default ``--kvm-reset``;
+        ``family`` overrides the image's OS family, ``seed`` its seed format; ``unique=True``
+        gives a clone its own hostname and machine-id; ``tpm=True`` adds an emulated TPM 2.0;
+        ``share={"/mnt/src": "."}`` mounts host directories (read-only unless
+        ``{"path": DIR, "writable": True}``); ``artifacts`` names guest paths collected
+        when the test fails (``--kvm-artifacts``)."""
+        return self.create(os, **kwargs).start()
 
     def create(self, os: str | None = None, **kwargs: Any) -> Guest:
         """Like :meth:`boot` but returns the guest unstarted (call ``.start()``). With
@@ -141,6 +138,9 @@ class KvmSession:
         if request.image is None:
             self.images.check_name(os_name)
         config = self._config(os_name, request)
+        if request.share and config.family.share_mount_command is None:
+            raise SpecError(f"share: family {config.family.name} ({os_name}) cannot mount shared "
+                            f"folders (virtiofs); copy files with guest.put(directory, ...) instead")
         tpm = config.family.tpm if config.tpm is None else config.tpm
         # libvirt keys a TPM's state by the domain's UUID, which clones share: cold boot those
         if (request.reset or self.settings.reset) == "clone" and not tpm:
@@ -153,9 +153,11 @@ class KvmSession:
             guest = None if request.unique else self._ahead.take(golden.key)
             if guest is None:
                 guest = self._clone(golden, config)
+            else:  # made ahead for whoever came next: this request's shares are mounted now
+                guest.hand_over(config)
             if not request.unique and self._ahead.wanted(golden.key):
-                self._ahead.prepare(golden.key, self._clone(golden, self._config(os_name, request)),
-                                    after=guest)
+                ahead = self._config(os_name, replace(request, share=(), artifacts=()))
+                self._ahead.prepare(golden.key, self._clone(golden, ahead), after=guest)
             return guest
         self.boots += 1
         return self._track(Guest(self.hypervisor, config))
@@ -180,6 +182,7 @@ class KvmSession:
             workdir=self.run_dir / name, login_key_file=key_file, login_key=self._login_key,
             user_data=request.user_data, family=fam, seed_format=request.seed, unique=request.unique,
             tpm=request.tpm, machine_type=self.hypervisor.canonical_machine(fam.machine),
+            shares=request.share, artifacts=request.artifacts,
             metadata={**self._owner, "created": str(int(time.time()))})
 
     def _next_name(self) -> str:
@@ -217,7 +220,8 @@ class KvmSession:
         t0 = time.monotonic()
         where = "snapshot" if self.settings.snapshots == "on" else "golden guest"
         self.progress(f"booting {where} {key} ({config.os}) for warm clones")
-        guest = Guest(self.hypervisor, replace(config, name=self._next_name(), workdir=directory))
+        guest = Guest(self.hypervisor, replace(config, name=self._next_name(), workdir=directory,
+                                               shares=(), artifacts=()))
         self.boots += 1
         self._golden_guests.append(guest)
         guest.start()

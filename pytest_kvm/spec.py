@@ -5,9 +5,11 @@ a misspelt keyword is a ``TypeError`` naming it, for free.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+import os as os_module
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .clones import RESET_CHOICES
@@ -35,6 +37,55 @@ class GuestRequest:
     seed: str | None = None
     unique: bool = False
     tpm: bool | None = None
+    share: tuple["Share", ...] = ()
+    artifacts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host directory mounted in the guest at *mount_point* (read-only unless *writable*)."""
+
+    mount_point: str
+    source: Path
+    writable: bool = False
+
+
+def _shares(share: Any) -> tuple[Share, ...]:
+    """``{"/mnt/src": "."}`` (read-only) or ``{"/mnt/out": {"path": "out", "writable": True}}``;
+    relative host paths are relative to the current directory (where pytest was started)."""
+    if not isinstance(share, Mapping):
+        raise SpecError(f"share must be a dict {{guest mount point: host directory}}, not "
+                        f"{type(share).__name__}")
+    shares = []
+    for mount_point, value in share.items():
+        if not isinstance(mount_point, str) or not PurePosixPath(mount_point).is_absolute():
+            raise SpecError(f"share: the guest mount point {mount_point!r} must be an absolute path")
+        writable = False
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"path", "writable"}
+            if unknown or "path" not in value:
+                raise SpecError(f"share {mount_point}: give {{'path': DIR, 'writable': bool}}, not "
+                                f"{dict(value)!r}")
+            writable = value.get("writable", False)
+            if not isinstance(writable, bool):
+                raise SpecError(f"share {mount_point}: writable must be True or False")
+            value = value["path"]
+        if not isinstance(value, (str, os_module.PathLike)):
+            raise SpecError(f"share {mount_point}: the host directory must be a path, not "
+                            f"{type(value).__name__}")
+        source = Path(value).resolve()
+        if not source.is_dir():
+            raise SpecError(f"share {mount_point}: the host directory {source} does not exist "
+                            f"or is not a directory")
+        shares.append(Share(mount_point, source, writable))
+    return tuple(shares)
+
+
+def _paths(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) \
+            or not all(isinstance(v, str) and v for v in value):
+        raise SpecError(f"{name} must be a list of paths in the guest, not {value!r}")
+    return tuple(value)
 
 
 def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
@@ -49,8 +100,11 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
                   user_data: Mapping[str, Any] | None = None, image: str | Path | None = None,
                   boot_timeout: float | None = None, reset: str | None = None,
                   family: str | None = None, seed: str | None = None,
-                  unique: bool = False, tpm: bool | None = None) -> GuestRequest:
-    """Check and normalise the arguments of ``kvm.boot`` and the ``guest`` marker."""
+                  unique: bool = False, tpm: bool | None = None,
+                  share: Mapping[str, Any] | None = None,
+                  artifacts: Sequence[str] = ()) -> GuestRequest:
+    """Check and normalise the arguments of ``kvm.boot``, ``guest_factory`` and the ``guest``
+    marker (the one list of those keywords: see :data:`KEYWORDS`)."""
     if os is not None and (not isinstance(os, str) or not os):
         raise SpecError(f"os must be a non-empty string, not {os!r}")
     if memory_mib is not None:
@@ -78,15 +132,16 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
     return GuestRequest(os=os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
                         image=Path(image) if image is not None else None,
                         boot_timeout=float(boot_timeout) if boot_timeout is not None else None,
-                        reset=reset, family=family, seed=seed, unique=unique, tpm=tpm)
+                        reset=reset, family=family, seed=seed, unique=unique, tpm=tpm,
+                        share=_shares(share) if share is not None else (),
+                        artifacts=_paths("artifacts", artifacts))
 
 
-def guest_marker(os: str | None = None, memory_mib: int | None = None, cpus: int | None = None,
-                 user_data: Mapping[str, Any] | None = None,
-                 image: str | Path | None = None, reset: str | None = None,
-                 family: str | None = None, seed: str | None = None,
-                 unique: bool = False, tpm: bool | None = None) -> GuestRequest:
-    """``@pytest.mark.guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None,
-    reset=None, family=None, seed=None, unique=False, tpm=None)``."""
-    return guest_request(os, memory_mib=memory_mib, cpus=cpus, user_data=user_data, image=image,
-                         reset=reset, family=family, seed=seed, unique=unique, tpm=tpm)
+def guest_marker(*args: Any, **kwargs: Any) -> GuestRequest:
+    """``@pytest.mark.guest(...)``: the keywords of :func:`guest_request`."""
+    return guest_request(*args, **kwargs)
+
+
+#: ``name=default`` of every keyword a guest request takes, for the marker's and fixtures' docs
+KEYWORDS = ", ".join(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name
+                     for p in inspect.signature(guest_request).parameters.values())

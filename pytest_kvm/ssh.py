@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import stat as stat_module
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import paramiko
 
-from .errors import CommandFailed, CommandTimeout, HostKeyMismatch, InfrastructureError
+from .errors import CommandFailed, CommandTimeout, ConnectionLost, HostKeyMismatch
+from .output import LineLog
 
 HOST = "127.0.0.1"
 
@@ -26,6 +30,13 @@ class CommandResult:
     def ok(self) -> bool:
         return self.exit_code == 0
 
+    @property
+    def failed(self) -> bool:
+        return self.exit_code != 0
+
+    def __bool__(self) -> bool:  # ``if guest.run(...):`` reads as "if it succeeded"
+        return self.ok
+
 
 def read_banner(port: int, timeout: float) -> bytes:
     """The first line the server sends. With user-mode networking, QEMU accepts the TCP
@@ -39,6 +50,20 @@ def read_banner(port: int, timeout: float) -> bytes:
                 break
             data += chunk
         return data
+
+
+class _ChannelWriter:
+    """A write-only file object over a channel's stdin (what tarfile's stream mode needs)."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._channel = channel
+
+    def write(self, data: bytes) -> int:
+        self._channel.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 class SshClient:
@@ -82,14 +107,33 @@ class SshClient:
     def _transport(self) -> paramiko.Transport:
         transport = self._client.get_transport() if self._client else None
         if transport is None or not transport.is_active():
-            raise InfrastructureError(f"SSH connection to 127.0.0.1:{self.port} is not open")
+            raise ConnectionLost(f"the SSH connection to 127.0.0.1:{self.port} is not open "
+                                 f"(it was closed or dropped)")
         return transport
 
-    def run(self, command: str, *, timeout: float, check: bool = False) -> CommandResult:
-        channel = self._transport().open_session(timeout=30)
-        chunks: dict[str, list[bytes]] = {"out": [], "err": []}
+    def _lost(self, command: str, exc: BaseException | None = None) -> ConnectionLost:
+        why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        return ConnectionLost(f"the SSH connection to 127.0.0.1:{self.port} was lost while "
+                              f"running {command!r}{why}")
 
-        def drain(recv, sink: list[bytes]) -> None:
+    def run(self, command: str, *, timeout: float, check: bool = False,
+            input: bytes | Callable[[BinaryIO], Any] | None = None, log: LineLog | None = None,
+            stdout_reader: Callable[[BinaryIO], Any] | None = None) -> CommandResult:
+        """Run *command*; *input* (bytes, or a function writing to a file object) is sent to
+        its stdin, which is closed either way (a command that reads it never waits for a
+        terminal); *log* gets its output as it arrives; *stdout_reader*, if given, reads the
+        stdout stream itself (result.stdout is then empty) and what it raises is raised here.
+        A connection that drops before the exit status arrived is :class:`ConnectionLost`."""
+        transport = self._transport()
+        try:
+            channel = transport.open_session(timeout=30)
+            channel.exec_command(command)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._lost(command, exc) from exc
+        chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        failures: list[BaseException] = []
+
+        def drain(stream: str, recv) -> None:
             while True:
                 try:
                     data = recv(65536)
@@ -97,46 +141,107 @@ class SshClient:
                     return
                 if not data:
                     return
-                sink.append(data)
+                chunks[stream].append(data)
+                if log is not None:
+                    log.feed(stream, data)
 
-        readers = [threading.Thread(target=drain, args=(channel.recv, chunks["out"]), daemon=True),
-                   threading.Thread(target=drain, args=(channel.recv_stderr, chunks["err"]), daemon=True)]
-        channel.exec_command(command)
-        for reader in readers:
-            reader.start()
+        def read_stdout() -> None:
+            try:
+                with channel.makefile("rb") as stream:
+                    stdout_reader(stream)
+                    while stream.read(65536):  # the rest (tar's padding): let the command end
+                        pass
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                failures.append(exc)
+                channel.close()  # the command may be blocked writing to us
+
+        def feed() -> None:
+            try:
+                if callable(input):
+                    input(_ChannelWriter(channel))
+                elif input:
+                    channel.sendall(input)
+                channel.shutdown_write()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the command quit without reading it all: its exit status says why
+            except BaseException as exc:  # noqa: BLE001 - e.g. a local file vanished mid-put
+                failures.append(exc)
+                channel.close()
+
+        stdout_thread = (threading.Thread(target=read_stdout, daemon=True) if stdout_reader
+                         else threading.Thread(target=drain, args=("stdout", channel.recv), daemon=True))
+        threads = [stdout_thread,
+                   threading.Thread(target=drain, args=("stderr", channel.recv_stderr), daemon=True),
+                   threading.Thread(target=feed, daemon=True)]
+        for thread in threads:
+            thread.start()
         deadline = time.monotonic() + timeout
-        finished = channel.status_event.wait(timeout)
-        for reader in readers:
-            reader.join(max(0.0, deadline - time.monotonic()) + 1.0 if finished else 0.5)
+        finished = False
+        while not (failures or channel.closed or finished or time.monotonic() >= deadline):
+            finished = channel.status_event.wait(min(0.5, max(deadline - time.monotonic(), 0)))
+        finished = channel.status_event.is_set()
+        for thread in threads[:2]:
+            thread.join(max(0.0, deadline - time.monotonic()) + 1.0 if finished else 0.5)
+        if log is not None:
+            log.close()
+        if failures:
+            raise failures[0]
 
         def result(code: int) -> CommandResult:
             return CommandResult(command, code,
-                                 b"".join(chunks["out"]).decode("utf-8", errors="replace"),
-                                 b"".join(chunks["err"]).decode("utf-8", errors="replace"))
+                                 b"".join(chunks["stdout"]).decode("utf-8", errors="replace"),
+                                 b"".join(chunks["stderr"]).decode("utf-8", errors="replace"))
 
-        if not finished:
+        if not channel.status_event.is_set():
+            closed_early = channel.closed  # closed under us: no exit status will come
             channel.close()
+            if closed_early or not transport.is_active():
+                raise self._lost(command)
             raise CommandTimeout(result(-1), timeout)
         code = channel.recv_exit_status()
         channel.close()
+        if code == -1 and not transport.is_active():  # closed without an exit status
+            raise self._lost(command)
         res = result(code)
         if check and not res.ok:
             raise CommandFailed(res)
         return res
+
+    def _sftp_call(self, what: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            transport = self._client.get_transport() if self._client else None
+            if transport is None or not transport.is_active():
+                raise self._lost(what, exc) from exc
+            raise  # e.g. FileNotFoundError: the path, not the connection
+
+    def is_dir(self, remote_path: str) -> bool:
+        """Whether *remote_path* is a directory in the guest (False if it does not exist)."""
+        result: list[bool] = []
+
+        def stat() -> None:
+            try:
+                result.append(stat_module.S_ISDIR(self.sftp().stat(remote_path).st_mode or 0))
+            except FileNotFoundError:
+                result.append(False)
+
+        self._sftp_call(f"stat {remote_path}", stat)
+        return result[0]
 
     def sftp(self) -> paramiko.SFTPClient:
         with self._lock:
             if self._sftp is None:
                 self._sftp = self._client.open_sftp() if self._client else None
                 if self._sftp is None:
-                    raise InfrastructureError(f"SSH connection to 127.0.0.1:{self.port} is not open")
+                    raise ConnectionLost(f"the SSH connection to 127.0.0.1:{self.port} is not open")
             return self._sftp
 
     def put(self, local_path: str, remote_path: str) -> None:
-        self.sftp().put(local_path, remote_path)
+        self._sftp_call(f"put {local_path}", lambda: self.sftp().put(local_path, remote_path))
 
     def get(self, remote_path: str, local_path: str) -> None:
-        self.sftp().get(remote_path, local_path)
+        self._sftp_call(f"get {remote_path}", lambda: self.sftp().get(remote_path, local_path))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

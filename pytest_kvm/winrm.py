@@ -49,6 +49,7 @@ from typing import Protocol
 from .cloudbase import ps_quote
 from .cloudinit import LOGIN_USER
 from .errors import CommandFailed, CommandTimeout, InfrastructureError
+from .output import LineLog
 from .ssh import HOST, CommandResult
 
 POLL_SECONDS = 5  # longest single Receive long-poll: a timeout is noticed this late at most
@@ -343,9 +344,11 @@ class WinRMClient:
         self._transport.close()
 
     # -- commands -----------------------------------------------------------------------
-    def run(self, command: str, *, timeout: float, check: bool = False) -> CommandResult:
-        """Run *command* in cmd.exe."""
-        return self._finish(self._execute(command, timeout=timeout, shown=command), check)
+    def run(self, command: str, *, timeout: float, check: bool = False,
+            input: bytes | None = None, log: LineLog | None = None) -> CommandResult:
+        """Run *command* in cmd.exe; *input* goes to its stdin, *log* gets output as it arrives."""
+        return self._finish(self._execute(command, timeout=timeout, shown=command,
+                                          stdin=[input] if input else None, log=log), check)
 
     def run_ps(self, script: str, *, timeout: float, check: bool = False) -> CommandResult:
         """Run PowerShell *script*; the exit code is its ``exit N``, else its last command's.
@@ -368,7 +371,7 @@ class WinRMClient:
         return result
 
     def _execute(self, command: str, *, timeout: float, shown: str,
-                 stdin: Iterable[bytes] | None = None) -> CommandResult:
+                 stdin: Iterable[bytes] | None = None, log: LineLog | None = None) -> CommandResult:
         """Run one command line in a fresh shell; *shown* is what results and errors call it."""
         if self._closed:
             raise WinRMError(f"WinRM handle for 127.0.0.1:{self.port} is closed")
@@ -402,6 +405,9 @@ class WinRMClient:
                             continue
                         out += stdout
                         err += stderr
+                        if log is not None:
+                            log.feed("stdout", stdout)
+                            log.feed("stderr", stderr)
                         if done:
                             break
                 finally:
@@ -410,6 +416,8 @@ class WinRMClient:
             finally:
                 with contextlib.suppress(WinRMError):
                     self._transport.close_shell(shell_id)
+                if log is not None:
+                    log.close()
         return result(code)
 
     # -- files ----------------------------------------------------------------------------

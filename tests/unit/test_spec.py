@@ -31,12 +31,34 @@ def test_bad_values_name_the_keyword(kwargs, word):
         guest_marker(**kwargs)
 
 
-def test_boot_timeout_only_on_boot():
+def test_boot_timeout_on_boot_and_marker():
     assert guest_request(boot_timeout=5).boot_timeout == 5.0
+    assert guest_marker(boot_timeout=5).boot_timeout == 5.0  # one keyword list for both
     with pytest.raises(SpecError, match="boot_timeout"):
         guest_request(boot_timeout=0)
-    with pytest.raises(TypeError):
-        guest_marker(boot_timeout=5)
+    with pytest.raises(TypeError, match="bogus"):
+        guest_marker(bogus=5)
+
+
+def test_share_forms_and_errors(tmp_path, monkeypatch):
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path)
+    req = guest_request(share={"/mnt/src": "src", "/mnt/out": {"path": tmp_path, "writable": True}})
+    assert [(s.mount_point, s.source, s.writable) for s in req.share] == [
+        ("/mnt/src", tmp_path / "src", False), ("/mnt/out", tmp_path, True)]
+    for bad, word in (({"mnt": "src"}, "absolute"), ({"/mnt": "missing"}, "does not exist"),
+                      (["/mnt"], "dict"), ({"/mnt": {"path": "src", "rw": True}}, "writable"),
+                      ({"/mnt": {"path": "src", "writable": "yes"}}, "True or False"),
+                      ({"/mnt": 3}, "must be a path")):
+        with pytest.raises(SpecError, match=word):
+            guest_request(share=bad)
+
+
+def test_artifacts_are_a_list_of_paths():
+    assert guest_marker(artifacts=["/var/log/syslog"]).artifacts == ("/var/log/syslog",)
+    for bad in ("/var/log", [""], [3]):
+        with pytest.raises(SpecError, match="artifacts"):
+            guest_marker(artifacts=bad)
 
 
 def test_family_seed_and_unique_are_kept():
