@@ -1,10 +1,12 @@
-"""The ``pytest-kvm`` command: build, fetch and list base images, check the host, reap leftovers."""
+"""The ``pytest-kvm`` command: build, fetch and list base images, check the host, reap leftovers,
+write an Ansible inventory of kept guests."""
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from .cache import default_cache_dir
 from .errors import KvmError
 from .hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
 from .images import ImageStore
+from .integrations import IntegrationError, kept_hosts, write_host_inventory
 from .reaper import reap_domains, reap_run_dirs
 from .snapshots import SUMMARY_FIELDS, SnapshotStore, age
 
@@ -116,6 +119,22 @@ def cmd_reap(args) -> int:
     for item in removed:
         print(f"removed {item}")
     print(f"{len(removed)} removed")
+    return 0
+
+
+def cmd_inventory(args) -> int:
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    hosts = kept_hosts(cache / "runs", warn=_progress)
+    path = Path(args.path) if args.path else cache / "inventory.yml"
+    try:
+        write_host_inventory(path, hosts)
+    except OSError as exc:
+        raise IntegrationError(f"cannot write the inventory {path}: {exc.strerror or exc}") from exc
+    for host in hosts:
+        print(f"{host.name}: {host.os}, {host.transport} on 127.0.0.1:{host.port}")
+    print(f"{len(hosts)} kept guests in {path}")
+    if hosts:
+        print(f"try: ansible -i {shlex.quote(str(path))} all -m ping")
     return 0
 
 
@@ -250,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument("--uri", help="libvirt URI to sweep")
     reap.add_argument("--embed-slot", type=int, help=argparse.SUPPRESS)
     reap.set_defaults(func=cmd_reap)
+    inventory = sub.add_parser("inventory", help="write an Ansible inventory of the guests kept "
+                                                 "with --kvm-keep (WinRM passwords: host_vars/ "
+                                                 "beside it, mode 0600)")
+    inventory.add_argument("path", nargs="?", metavar="PATH",
+                           help="the inventory file to write (default: CACHE/inventory.yml)")
+    inventory.set_defaults(func=cmd_inventory)
     return parser
 
 
