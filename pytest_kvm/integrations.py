@@ -317,7 +317,8 @@ def kept_host(workdir: Path, access: str) -> InventoryHost:
     known_hosts = _unquote(ssh["known_hosts"]).removeprefix("UserKnownHostsFile=")
     return InventoryHost(name=workdir.name, os=os_name, family=family, transport="ssh",
                          port=int(ssh["port"]), user=ssh["user"],
-                         key_file=Path(_unquote(ssh["key"])), known_hosts=Path(known_hosts or workdir / KNOWN_HOSTS_FILE))
+                         key_file=Path(_unquote(ssh["key"])),
+                         known_hosts=Path(known_hosts) if known_hosts else workdir / KNOWN_HOSTS_FILE)
 
 
 def kept_hosts(runs_dir: Path, warn=lambda message: None) -> list[InventoryHost]:

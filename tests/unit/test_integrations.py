@@ -230,7 +230,7 @@ def overlay_on(disk, backing):
     qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(backing), "-F", "qcow2", str(disk), "1M")
 
 
-def keep_ssh_guest(cache, run, name, backing):
+def keep_ssh_guest(cache, run, name, backing, join=" ".join):
     """What --kvm-keep leaves for an SSH guest: the KEPT file holds Guest.access()."""
     workdir = cache / "runs" / run / name
     overlay_on(workdir / "disk.qcow2", backing)
@@ -238,7 +238,7 @@ def keep_ssh_guest(cache, run, name, backing):
             "-o", f"UserKnownHostsFile={workdir / 'known_hosts'}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "pytest@127.0.0.1"]
-    (workdir / "KEPT").write_text(" ".join(argv) + "\n")
+    (workdir / "KEPT").write_text(join(argv) + "\n")
     return workdir
 
 
@@ -252,13 +252,14 @@ def keep_winrm_guest(cache, run, name, backing):
     return workdir
 
 
-def test_kept_host_reads_a_path_with_spaces(tmp_path):
+@pytest.mark.parametrize("join", [" ".join, shlex.join], ids=["joined", "shell-quoted"])
+def test_kept_host_reads_a_path_with_spaces(tmp_path, join):
     cache = tmp_path / "my cache"
     base = cache / "images" / "debian-13" / "base.qcow2"
     base.parent.mkdir(parents=True)
     qemu_img("create", "-q", "-f", "qcow2", str(base), "1M")
     (base.parent / "manifest.json").write_text(json.dumps({"name": "debian-13", "family": "linux"}))
-    workdir = keep_ssh_guest(cache, "9-cd", "pytest-kvm-9-cd-1", base)
+    workdir = keep_ssh_guest(cache, "9-cd", "pytest-kvm-9-cd-1", base, join)
     host = kept_host(workdir, (workdir / "KEPT").read_text())
     assert host == InventoryHost(name="pytest-kvm-9-cd-1", os="debian-13", family="linux",
                                  transport="ssh", port=41022, user="pytest",
