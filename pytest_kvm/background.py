@@ -54,6 +54,11 @@ class AheadPool:
         with self._lock:
             self._pending.setdefault(key, []).append((guest, self._pool.submit(start)))
 
+    def waiting(self) -> set[str]:
+        """Names of the clones made ahead and not handed to a test yet."""
+        with self._lock:
+            return {guest.name for queue in self._pending.values() for guest, _ in queue}
+
     def take(self, key: str) -> "Guest | None":
         with self._lock:
             queue = self._pending.get(key, [])

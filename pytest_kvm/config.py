@@ -19,6 +19,7 @@ DEFAULT_CLOUD_INIT_TIMEOUT = 60.0  # authenticated -> cloud-init done
 TCG_TIMEOUT_FACTOR = 4.0  # software emulation is several times slower
 DEFAULT_COMMAND_TIMEOUT = 600.0
 KEEP_CHOICES = ("none", "failed", "all")
+ARTIFACTS_WHEN_CHOICES = ("failed", "always")
 DEFAULT_PREPARE_AHEAD = 1  # clones of the last golden used made ready before a test asks
 
 
@@ -46,6 +47,8 @@ class Settings:
     snapshots: str = "on"  # goldens kept across runs in CACHE/snapshots ("off": per session)
     snapshot_max_bytes: int | None = None  # least recently used snapshots go beyond it
     prepare_ahead: int = DEFAULT_PREPARE_AHEAD
+    artifacts_dir: Path | None = None  # where guests' logs and files go for failed tests
+    artifacts_when: str = "failed"
 
     @property
     def default_os(self) -> str:
@@ -83,14 +86,17 @@ class Settings:
             catalogs=config.getini("kvm_catalog"),
             snapshots=opt.kvm_snapshots or config.getini("kvm_snapshots") or "on",
             snapshot_max_gb=config.getini("kvm_snapshot_max_gb"),
-            prepare_ahead=config.getini("kvm_prepare_ahead"))
+            prepare_ahead=config.getini("kvm_prepare_ahead"),
+            artifacts_dir=_relative_to(opt.kvm_artifacts, config.invocation_params.dir)
+            or _relative_to(config.getini("kvm_artifacts"), config.rootpath),
+            artifacts_when=opt.kvm_artifacts_when or "failed")
 
     @classmethod
     def build(cls, *, os_names=(DEFAULT_OS,), accel="auto", uri=None, keep="none", images=(),
               cache_dir=None, boot_timeout=None, ssh_timeout=None, cloud_init_timeout=None,
               memory_mib=None, cpus=None, command_timeout=None,
               reset="clone", mirror=None, catalogs=(), snapshots="on", snapshot_max_gb=None,
-              prepare_ahead=None) -> "Settings":
+              prepare_ahead=None, artifacts_dir=None, artifacts_when="failed") -> "Settings":
         if accel not in ACCEL_CHOICES:
             raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
         if keep not in KEEP_CHOICES:
@@ -101,6 +107,9 @@ class Settings:
         if snapshots not in SNAPSHOT_CHOICES:
             raise SettingsError(f"--kvm-snapshots / kvm_snapshots must be one of "
                                 f"{', '.join(SNAPSHOT_CHOICES)}, not {snapshots!r}")
+        if artifacts_when not in ARTIFACTS_WHEN_CHOICES:
+            raise SettingsError(f"--kvm-artifacts-when must be one of "
+                                f"{', '.join(ARTIFACTS_WHEN_CHOICES)}, not {artifacts_when!r}")
         local_images = {}
         for item in images:
             name, sep, path = item.partition("=")
@@ -125,7 +134,17 @@ class Settings:
             snapshot_max_bytes=(None if snapshot_max_gb in (None, "") else
                                 int(_not_negative("kvm_snapshot_max_gb", snapshot_max_gb) * 2**30)),
             prepare_ahead=_count("kvm_prepare_ahead", prepare_ahead, DEFAULT_PREPARE_AHEAD),
+            artifacts_dir=Path(artifacts_dir).expanduser() if artifacts_dir else None,
+            artifacts_when=artifacts_when,
         )
+
+
+def _relative_to(value: str | None, base: Path) -> Path | None:
+    """A path option: relative to *base* (where pytest started, or the ini file's directory)."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
 
 
 def _positive(name: str, value, default: float) -> float:

@@ -127,6 +127,9 @@ class Family:
     #: values come quoted) mounting a virtiofs share, run as root once the guest is up; None:
     #: the family cannot mount shares (``share=`` is refused for it)
     share_mount_command: str | None = None
+    #: (file name, command run as root) pairs: the system logs a failed test's artifacts
+    #: keep (``--kvm-artifacts``), each command's output saved under that name
+    artifact_logs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for field_name, allowed in (("seed_format", SEED_FORMATS), ("transport", TRANSPORTS),
@@ -155,6 +158,9 @@ _UNIX = dict(user_data_format="cloud-config", login_user=LOGIN_USER, transport="
 # BSD date(1) takes [[[[[cc]yy]mm]dd]HH]MM[.SS]; GNU date does not, so Linux has its own
 
 
+_BSD_LOGS = (("messages.log", "cat /var/log/messages"), ("dmesg.txt", "dmesg"))
+
+
 def _bsd_clock(privilege: str) -> str:
     return privilege + " date -u {utc:%Y%m%d%H%M.%S} >/dev/null"
 
@@ -178,7 +184,10 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
                           " && sed -i \"s/^127.0.1.1 .*/127.0.1.1 {hostname}/\" /etc/hosts"
                           " && cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id'"),
         # virtiofs: in Linux since 5.4 (a module in Debian's cloud and generic kernels)
-        share_mount_command="mkdir -p {mount_point} && mount -t virtiofs -o {mode} {tag} {mount_point}"),
+        share_mount_command="mkdir -p {mount_point} && mount -t virtiofs -o {mode} {tag} {mount_point}",
+        artifact_logs=(("journal.txt", "journalctl -b --no-pager -o short-precise"),
+                       ("cloud-init.log", "cat /var/log/cloud-init.log"),
+                       ("cloud-init-output.log", "cat /var/log/cloud-init-output.log"))),
     Family(
         name="freebsd", description="FreeBSD BASIC-CLOUDINIT images (nuageinit, in base since 14.1)",
         **_UNIX,
@@ -187,21 +196,24 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         # base has no bash and no sudo: sudo rules only work once the sudo package is installed
         login_shell="/bin/sh", privilege="sudo",
         boot_banner=BSD_BANNER, panic_markers=("panic: ",),
-        clock_command=_bsd_clock("sudo -n"), identity_command=_bsd_identity("sudo -n")),
+        clock_command=_bsd_clock("sudo -n"), identity_command=_bsd_identity("sudo -n"),
+        artifact_logs=_BSD_LOGS),
     Family(
         name="openbsd", description="OpenBSD cloud images with cloud-init (community builds)",
         **_UNIX,
         seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
         login_shell="/bin/sh", privilege="doas",  # doas(1) is in base, sudo is not
         boot_banner=BSD_BANNER, panic_markers=("panic: ", "ddb{"),
-        clock_command=_bsd_clock("doas -n"), identity_command=_bsd_identity("doas -n")),
+        clock_command=_bsd_clock("doas -n"), identity_command=_bsd_identity("doas -n"),
+        artifact_logs=_BSD_LOGS),
     Family(
         name="netbsd", description="NetBSD cloud images with cloud-init (community builds)",
         **_UNIX,
         seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
         login_shell="/bin/sh", privilege="sudo",
         boot_banner=BSD_BANNER, panic_markers=("panic: ", "Stopped in pid"),
-        clock_command=_bsd_clock("sudo -n"), identity_command=_bsd_identity("sudo -n")),
+        clock_command=_bsd_clock("sudo -n"), identity_command=_bsd_identity("sudo -n"),
+        artifact_logs=_BSD_LOGS),
     Family(
         name="windows", description="Windows with cloudbase-init (images come from the user)",
         seed_format="configdrive", user_data_format="cloudbase-ps1", login_user=LOGIN_USER,

@@ -48,6 +48,12 @@ def guest(request: pytest.FixtureRequest, kvm: KvmSession) -> Iterator[Guest]:
 
 
 @pytest.fixture
+def guest_testinfra(guest: Guest):
+    """A testinfra host on ``guest`` (``pip install 'pytest-kvm[testinfra]'``)."""
+    return guest.testinfra()
+
+
+@pytest.fixture
 def guest_factory(request: pytest.FixtureRequest, kvm: KvmSession) -> Iterator[Any]:
     """``guest_factory(**kwargs)`` boots a guest like ``kvm.boot``; all are destroyed after the test."""
     made: list[Guest] = []

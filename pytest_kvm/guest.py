@@ -16,7 +16,7 @@ from typing import Any
 
 import paramiko
 
-from . import archive, cloudinit, commands, seed
+from . import archive, cloudinit, commands, integrations, seed
 from .cache import write_owner_only, writable
 from .clones import CONSOLE_FILE, DISK_FILE, SAVE_FILE, SEED_FILE, Golden
 from .domain import NVRAM_FILE, CloneIdentity, DomainSpec, domain_xml, family_fields, \
@@ -39,6 +39,11 @@ PORT_ATTEMPTS = 8
 REBOOT_LOOP = 3  # kernel banners seen while waiting: one reboot may be the user's, two are a loop
 CONSOLE_TAIL_LINES = 40
 AGENT_WAIT = 5.0  # seconds a restored clone's guest agent may take to answer
+
+
+def _write_stream(stream, path: Path) -> None:
+    with open(path, "wb") as out:
+        shutil.copyfileobj(stream, out)
 
 
 def free_port() -> int:
@@ -505,7 +510,7 @@ class Guest:
         return client.run_ps(script, timeout=timeout or self._config.command_timeout, check=check)
 
     def put(self, local_path: str | os.PathLike, remote_path: str, *,
-            exclude: Sequence[str] = ()) -> None:
+            exclude: Sequence[str] = (), timeout: float | None = None) -> None:
         """Copy a local file, or a directory tree, into the guest. A file goes by SFTP (WinRM
         chunks on Windows) to *remote_path*; a directory's contents are streamed as one tar
         archive and unpacked into *remote_path* (made if missing): modes, symlinks and empty
@@ -517,23 +522,42 @@ class Guest:
             return
         client = self._tree_client("put")
         self._use(f"put {local}/ -> {remote_path}", lambda _c: client.run(
-            archive.remote_unpack_command(remote_path), timeout=self._config.command_timeout,
+            archive.remote_unpack_command(remote_path), timeout=timeout or self._config.command_timeout,
             check=True, input=lambda stream: archive.pack(local, stream, exclude=exclude)))
 
     def get(self, remote_path: str, local_path: str | os.PathLike, *,
-            exclude: Sequence[str] = ()) -> None:
+            exclude: Sequence[str] = (), sudo: bool = False, timeout: float | None = None) -> None:
         """Copy a file, or a directory tree, from the guest to *local_path*. A directory's
         contents are streamed as one tar archive and unpacked into *local_path* (made if
         missing); a member that would land outside it (``..``, an absolute path, a link
-        pointing out) is refused with :class:`~pytest_kvm.archive.UnsafeArchive`."""
+        pointing out) is refused with :class:`~pytest_kvm.archive.UnsafeArchive`.
+        ``sudo=True`` reads as root (files the login user may not read)."""
         local = Path(local_path)
         client = self._client()
-        if not (isinstance(client, SshClient) and client.is_dir(remote_path)):
+        if not isinstance(client, SshClient):
             self._use(f"get {remote_path}", lambda c: c.get(remote_path, os.fspath(local)))
             return
-        self._use(f"get {remote_path}/ -> {local}", lambda _c: client.run(
-            archive.remote_pack_command(remote_path, exclude), timeout=self._config.command_timeout,
-            check=True, stdout_reader=lambda stream: archive.extract(stream, local, exclude=exclude)))
+        timeout = timeout or self._config.command_timeout
+        is_dir = (self.run(f"test -d {shlex.quote(remote_path)}", sudo=True).ok if sudo
+                  else client.is_dir(remote_path))
+        if is_dir:
+            command, reader = archive.remote_pack_command(remote_path, exclude), \
+                lambda stream: archive.extract(stream, local, exclude=exclude)
+        elif sudo:
+            command, reader = f"cat -- {shlex.quote(remote_path)}", \
+                lambda stream: _write_stream(stream, local)
+        else:
+            self._use(f"get {remote_path}", lambda c: c.get(remote_path, os.fspath(local)))
+            return
+        fam = self._config.family
+        wrapped = commands.wrap(command, shell=fam.shell, privilege=fam.privilege, sudo=sudo)
+        self._use(f"get {remote_path} -> {local}", lambda _c: client.run(
+            wrapped, timeout=timeout, check=True, stdout_reader=reader))
+
+    def testinfra(self):
+        """A `testinfra <https://testinfra.readthedocs.io>`_ host on this guest (SSH with the
+        pinned host key and the session's key; needs ``pip install 'pytest-kvm[testinfra]'``)."""
+        return integrations.testinfra_host(self)
 
     def _tree_client(self, what: str) -> SshClient:
         client = self._client()

@@ -7,13 +7,14 @@ import sys
 import pytest
 
 from .accel import ACCEL_CHOICES
+from .artifacts import collect, directory_for
 from .clones import RESET_CHOICES
-from .config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
+from .config import ARTIFACTS_WHEN_CHOICES, DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
 from .errors import KvmError
 from .hypervisor import default_uri
-from .fixtures import guest, guest_factory, kvm  # noqa: F401 - registered as fixtures
+from .fixtures import guest, guest_factory, guest_testinfra, kvm  # noqa: F401 - registered as fixtures
 from .session import KvmSession
 from .snapshots import SNAPSHOT_CHOICES
 from .spec import KEYWORDS, guest_marker
@@ -46,6 +47,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="on: keep golden guests across runs in the cache's snapshots/ directory, "
                          "so a later session clones without booting; off: boot goldens per "
                          "session. Default: ini kvm_snapshots, else on.")
+    group.addoption("--kvm-artifacts", metavar="DIR", dest="kvm_artifacts",
+                    help="for each failed test, copy its guests' console log, timeline, system "
+                         "logs and the paths named in @pytest.mark.guest(artifacts=[...]) into "
+                         "DIR/<test id>/<guest name>/ before they are destroyed. Default: ini "
+                         "kvm_artifacts, else off.")
+    group.addoption("--kvm-artifacts-when", choices=ARTIFACTS_WHEN_CHOICES, default=None,
+                    dest="kvm_artifacts_when",
+                    help="collect artifacts for failed tests only, or always. Default: failed.")
     group.addoption("--kvm-image", action="append", metavar="NAME=PATH", dest="kvm_image",
                     help="use the local bootable disk image PATH (qcow2 or raw) as OS NAME "
                          "(repeatable).")
@@ -58,6 +67,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(~/.cache/pytest-kvm).")
     parser.addini("kvm_os", "default guest OS name(s), space separated", default="")
     parser.addini("kvm_cache_dir", "base image cache directory", default="")
+    parser.addini("kvm_artifacts", "directory for failed tests' guest artifacts (see "
+                  "--kvm-artifacts), relative to the ini file", default="")
     parser.addini("kvm_mirror", "mirror URL prefix for catalog downloads (see --kvm-mirror)",
                   default="")
     parser.addini("kvm_catalog", "your own image catalog files (TOML, like guest-images/"
@@ -161,12 +172,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     if report.when in ("setup", "call"):
         item.stash.setdefault(OUTCOME_KEY, {})[report.when] = report.failed
+        _collect_artifacts(item, report)
     if report.failed:
         for g in item.stash.get(GUESTS_KEY, []):
             report.sections.append((f"guest {g.name} ({g.os}) console, last lines", g.console_tail()))
             if g.timeline.entries:
                 report.sections.append((f"guest {g.name} timeline", g.timeline.format()))
     return report
+
+
+def _collect_artifacts(item: pytest.Item, report: pytest.TestReport) -> None:
+    """--kvm-artifacts: copy the test's guests' artifacts while they still run (the guest
+    fixtures destroy them after this report) and name the directory in a report section."""
+    session = item.config.stash.get(SESSION_KEY, None)
+    guests = item.stash.get(GUESTS_KEY, [])
+    if session is None or not guests or session.settings.artifacts_dir is None:
+        return
+    if not (report.failed or (report.when == "call" and session.settings.artifacts_when == "always")):
+        return
+    directory = directory_for(session.settings.artifacts_dir, item.nodeid)
+    lines = [f"{directory}"]
+    for g in guests:
+        problems = collect(g, directory / g.name)
+        lines += [f"  {g.name}: {p}" for p in problems]
+    report.sections.append(("pytest-kvm artifacts", "\n".join(lines)))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

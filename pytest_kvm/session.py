@@ -19,7 +19,7 @@ from typing import Any
 
 from .accel import Accel, choose_accel
 from .cache import sha256_file, writable
-from . import cloudinit, seed
+from . import cloudinit, integrations, seed
 from .background import AheadPool, Reclaimer
 from .clones import Golden, digest
 from .config import Settings
@@ -288,6 +288,14 @@ class KvmSession:
     def release(self, guest: Guest) -> None:
         """Destroy *guest* in the background (the session end waits for it)."""
         self._reclaimer.destroy(guest.destroy)
+
+    def inventory(self, path: str | os.PathLike) -> Path:
+        """Write an Ansible inventory (YAML) of the running guests this session handed out
+        (not the clones made ahead for later tests) to *path*."""
+        ahead = self._ahead.waiting()
+        return integrations.write_inventory(path, [
+            g for g in self.guests
+            if g.started.is_set() and not g.destroyed and g.name not in ahead])
 
     def counts(self) -> dict[str, int]:
         """Cold boots (goldens included), clones handed out (of them made ahead), snapshots

@@ -146,14 +146,16 @@ class SshClient:
                     log.feed(stream, data)
 
         def read_stdout() -> None:
-            try:
-                with channel.makefile("rb") as stream:
+            with channel.makefile("rb") as stream:
+                try:
                     stdout_reader(stream)
-                    while stream.read(65536):  # the rest (tar's padding): let the command end
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    failures.append(exc)
+                # read the rest (tar's padding, or what a refused archive still sends) so the
+                # command ends and its exit status says whether it failed first
+                with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                    while stream.read(65536):
                         pass
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                failures.append(exc)
-                channel.close()  # the command may be blocked writing to us
 
         def feed() -> None:
             try:
@@ -177,7 +179,7 @@ class SshClient:
             thread.start()
         deadline = time.monotonic() + timeout
         finished = False
-        while not (failures or channel.closed or finished or time.monotonic() >= deadline):
+        while not (channel.closed or finished or time.monotonic() >= deadline):
             finished = channel.status_event.wait(min(0.5, max(deadline - time.monotonic(), 0)))
         finished = channel.status_event.is_set()
         for thread in threads[:2]:
@@ -185,6 +187,14 @@ class SshClient:
         if log is not None:
             log.close()
         if failures:
+            if channel.status_event.is_set() and channel.recv_exit_status() not in (0, -1):
+                code = channel.recv_exit_status()
+                channel.close()
+                if check:  # the command failed first (e.g. no such directory): say that
+                    raise CommandFailed(CommandResult(
+                        command, code, "", b"".join(chunks["stderr"]).decode("utf-8", "replace"))
+                    ) from failures[0]
+            channel.close()
             raise failures[0]
 
         def result(code: int) -> CommandResult:

@@ -1,6 +1,5 @@
 """testinfra and Ansible on a real guest, logging in with the pinned host key only."""
 import os
-import shutil
 import subprocess
 from dataclasses import replace
 
@@ -13,8 +12,7 @@ from pytest_kvm.keys import KeyPair, write_known_hosts
 @pytest.fixture(scope="module")
 def infra(shared_guest):
     """A testinfra host on the module's guest (what the guest_testinfra fixture gives)."""
-    pytest.importorskip("testinfra")
-    return integrations.testinfra_host(shared_guest)
+    return shared_guest.testinfra()
 
 
 def test_testinfra_file_package_command(infra, shared_guest):
@@ -29,8 +27,6 @@ def ansible(inventory, tmp_path):
     """``ansible -i INVENTORY all -m ping``. Host key checking is Ansible's default (on):
     the inventory's pinned known_hosts is what lets it in. No ControlMaster, so a run
     never reuses the connection (and host key check) of another."""
-    if shutil.which("ansible") is None:
-        pytest.skip("ansible-core is not installed (apt install ansible-core)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env.update(ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_SSH_ARGS="-o ControlMaster=no", ANSIBLE_TIMEOUT="60")
@@ -38,8 +34,8 @@ def ansible(inventory, tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
 
 
-def test_ansible_ping_through_the_inventory(shared_guest, tmp_path):
-    inventory = integrations.write_inventory(tmp_path / "inv.yml", [shared_guest])
+def test_ansible_ping_through_the_inventory(kvm, shared_guest, tmp_path):
+    inventory = kvm.inventory(tmp_path / "inv.yml")
     done = ansible(inventory, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "pong" in done.stdout
