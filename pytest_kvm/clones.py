@@ -46,8 +46,8 @@ class Golden:
 
     key: str
     directory: Path
-    image: SaveImage
-    login_key: KeyPair
+    image: SaveImage = field(repr=False)
+    login_key: KeyPair = field(repr=False)
     host_public: str  # the guest's SSH host key, pinned for every clone
     hostname: str  # also its libvirt name when it booted (Guest.golden_name)
     credentials: Credentials | None = None  # WinRM families
@@ -58,10 +58,13 @@ class Golden:
     # holding it (one made ahead too) uses the new files; a second caller with the same
     # generation finds it done (see KvmSession)
     replace: Callable[[BaseException, int], None] | None = field(default=None, repr=False)
+    # what it was made from (os, family, memory_mib, cpus, ...: KvmSession._golden_fields)
+    fields: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def refresh_from(self, other: "Golden") -> None:
         """Take *other*'s files and keys: this golden was made anew."""
-        for name in ("directory", "image", "login_key", "host_public", "hostname", "credentials"):
+        for name in ("directory", "image", "login_key", "host_public", "hostname", "credentials",
+                     "fields"):
             setattr(self, name, getattr(other, name))
         self.verified = False
         self.generation += 1
@@ -84,6 +87,7 @@ class Golden:
 
     def write_meta(self, fields: Mapping[str, Any], created: float) -> None:
         """Record what the golden is (written last: it marks the directory complete)."""
+        self.fields = dict(fields)
         self.login_key.write_private(self.login_key_file)
         if self.credentials is not None:
             write_owner_only(self.directory / PASSWORD_FILE, self.credentials.password.encode())
@@ -109,4 +113,4 @@ class Golden:
             credentials = Credentials(meta["user"], (directory / PASSWORD_FILE).read_text())
         return cls(key=meta["key"], directory=directory, image=SaveImage.read(directory / SAVE_FILE),
                    login_key=login, host_public=meta["host_public"], hostname=meta["hostname"],
-                   credentials=credentials)
+                   credentials=credentials, fields=meta.get("fields", {}))

@@ -72,6 +72,10 @@ class ConnectionLost(InfrastructureError):
     """The connection to the guest dropped, or the guest stopped, while the plugin used it
     (a reboot, a shutdown, sshd restarted, the domain destroyed): not the command's fault."""
 
+    def __init__(self, message: str, *, console_tail: str = "") -> None:
+        self.console_tail = console_tail
+        super().__init__(_with_tail(message, console_tail))
+
 
 # -- commands -----------------------------------------------------------------
 class LoginRefused(InfrastructureError):

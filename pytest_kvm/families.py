@@ -130,6 +130,12 @@ class Family:
     #: (file name, command run as root) pairs: the system logs a failed test's artifacts
     #: keep (``--kvm-artifacts``), each command's output saved under that name
     artifact_logs: tuple[tuple[str, str], ...] = ()
+    #: run as root to reboot / power off the guest (``guest.reboot()``, ``guest.shutdown()``);
+    #: None: ask libvirt (ACPI) instead
+    reboot_command: str | None = None
+    poweroff_command: str | None = None
+    #: prints something that changes with every boot (``guest.reboot()`` waits for a new one)
+    boot_id_command: str = "cat /proc/sys/kernel/random/boot_id"
 
     def __post_init__(self) -> None:
         for field_name, allowed in (("seed_format", SEED_FORMATS), ("transport", TRANSPORTS),
@@ -155,6 +161,8 @@ _UNIX = dict(user_data_format="cloud-config", login_user=LOGIN_USER, transport="
              firmware="bios", machine="pc", disk_bus="virtio", nic_model="virtio-net-pci",
              seed_device="disk", console="serial", shell="sh", seeds_host_key=True,
              direct_kernel_boot=False)
+_BSD_POWER = dict(reboot_command="shutdown -r now", poweroff_command="shutdown -p now",
+                  boot_id_command="sysctl -n kern.boottime")
 # BSD date(1) takes [[[[[cc]yy]mm]dd]HH]MM[.SS]; GNU date does not, so Linux has its own
 
 
@@ -185,6 +193,7 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
                           " && cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id'"),
         # virtiofs: in Linux since 5.4 (a module in Debian's cloud and generic kernels)
         share_mount_command="mkdir -p {mount_point} && mount -t virtiofs -o {mode} {tag} {mount_point}",
+        reboot_command="systemctl reboot", poweroff_command="systemctl poweroff",
         artifact_logs=(("journal.txt", "journalctl -b --no-pager -o short-precise"),
                        ("cloud-init.log", "cat /var/log/cloud-init.log"),
                        ("cloud-init-output.log", "cat /var/log/cloud-init-output.log"))),
@@ -197,7 +206,7 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         login_shell="/bin/sh", privilege="sudo",
         boot_banner=BSD_BANNER, panic_markers=("panic: ",),
         clock_command=_bsd_clock("sudo -n"), identity_command=_bsd_identity("sudo -n"),
-        artifact_logs=_BSD_LOGS),
+        artifact_logs=_BSD_LOGS, **_BSD_POWER),
     Family(
         name="openbsd", description="OpenBSD cloud images with cloud-init (community builds)",
         **_UNIX,
@@ -205,7 +214,7 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         login_shell="/bin/sh", privilege="doas",  # doas(1) is in base, sudo is not
         boot_banner=BSD_BANNER, panic_markers=("panic: ", "ddb{"),
         clock_command=_bsd_clock("doas -n"), identity_command=_bsd_identity("doas -n"),
-        artifact_logs=_BSD_LOGS),
+        artifact_logs=_BSD_LOGS, **_BSD_POWER),
     Family(
         name="netbsd", description="NetBSD cloud images with cloud-init (community builds)",
         **_UNIX,
@@ -213,7 +222,7 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         login_shell="/bin/sh", privilege="sudo",
         boot_banner=BSD_BANNER, panic_markers=("panic: ", "Stopped in pid"),
         clock_command=_bsd_clock("sudo -n"), identity_command=_bsd_identity("sudo -n"),
-        artifact_logs=_BSD_LOGS),
+        artifact_logs=_BSD_LOGS, **_BSD_POWER),
     Family(
         name="windows", description="Windows with cloudbase-init (images come from the user)",
         seed_format="configdrive", user_data_format="cloudbase-ps1", login_user=LOGIN_USER,
@@ -228,13 +237,18 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         boot_banner=None, panic_markers=(),
         clock_command=("powershell.exe -NoProfile -NonInteractive -Command \"Set-Date -Date "
                        "([DateTimeOffset]::FromUnixTimeMilliseconds({epoch:.0f}000)).LocalDateTime "
-                       "| Out-Null\"")),
+                       "| Out-Null\""),
+        reboot_command="shutdown /r /t 0", poweroff_command="shutdown /s /t 0",
+        boot_id_command=("powershell.exe -NoProfile -NonInteractive -Command "
+                         "\"(Get-CimInstance Win32_OperatingSystem).LastBootUpTime.ToString('o')\"")),
     Family(
         name="generic", description="any image with a NoCloud-capable cloud-init: no OS-specific assumption",
         **_UNIX,
         seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
         login_shell="/bin/sh", privilege="sudo",
-        boot_banner=None, panic_markers=(), clock_command=None),
+        boot_banner=None, panic_markers=(), clock_command=None,
+        reboot_command="reboot", poweroff_command="poweroff",
+        boot_id_command="cat /proc/sys/kernel/random/boot_id"),
 )}
 
 FAMILIES: Mapping[str, Family] = MappingProxyType(_FAMILIES)

@@ -38,6 +38,8 @@ def guest(request: pytest.FixtureRequest, kvm: KvmSession) -> Iterator[Guest]:
     """A booted guest for this test, configured by ``@pytest.mark.guest(...)``."""
     marker = request.node.get_closest_marker("guest")
     spec = guest_marker(*marker.args, **marker.kwargs) if marker else guest_marker()
+    if isinstance(spec.golden, str):  # golden="fixture name": that fixture's user golden
+        spec = replace(spec, golden=request.getfixturevalue(spec.golden))
     g = kvm.create_for(replace(spec, os=spec.os or getattr(request, "param", None)))
     _remember(request, g)
     try:

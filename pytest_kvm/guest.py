@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
+import inspect
 import os
 import shlex
 import shutil
@@ -31,7 +33,7 @@ from .saveimage import Feeder, SaveImage
 from .spec import Share
 from .output import LineLog, guest_logger
 from .ssh import CommandResult, SshClient, read_banner
-from .storage import create_overlay
+from .storage import create_overlay, flatten_onto
 from .waiting import Limit, PhaseWaiter, Retry, Timeline, find_panic
 from .winrm import Credentials, WinRMClient, WinRMError
 
@@ -39,11 +41,24 @@ PORT_ATTEMPTS = 8
 REBOOT_LOOP = 3  # kernel banners seen while waiting: one reboot may be the user's, two are a loop
 CONSOLE_TAIL_LINES = 40
 AGENT_WAIT = 5.0  # seconds a restored clone's guest agent may take to answer
+RECONNECT_WAIT = 20.0  # seconds one new login may take after a connection dropped
 
 
 def _write_stream(stream, path: Path) -> None:
     with open(path, "wb") as out:
         shutil.copyfileobj(stream, out)
+
+
+def _caller_source(frame) -> str:
+    """A key for a user golden made without one: the source of the function that called
+    ``freeze`` (the user's fixture), so that changing the setup makes a new golden."""
+    code = frame.f_code if frame is not None else None
+    try:
+        text = inspect.getsource(code) if code is not None else ""
+    except (OSError, TypeError):
+        text = ""
+    name = code.co_qualname if code is not None else "?"
+    return "source:" + hashlib.sha256((name + "\n" + text).encode()).hexdigest()[:16]
 
 
 def free_port() -> int:
@@ -137,6 +152,11 @@ class Guest:
         self.started = threading.Event()  # set when start() returned or failed, or on destroy
         self._destroy_lock = threading.Lock()
         self._shares_mounted = False
+        self.powered_off = False  # shut down by guest.shutdown(); guest.start() boots it again
+        # (guest, key) -> Golden: the session's user goldens (set by KvmSession)
+        self._freezer: Callable[[Guest, str], Golden] | None = None
+        self._boots_before = 0  # kernel banners on the console before the current wait
+        self._xml_for_port: Callable[[int], str] = lambda port: domain_xml(self._spec(port))
 
     def _use_golden(self, golden: Golden) -> None:
         """Become a clone of *golden*: its host key, login key and credentials; its hostname
@@ -179,6 +199,8 @@ class Guest:
         if self.started.is_set():
             if self.destroyed:
                 raise HypervisorError(f"guest {self.name} failed to start or was destroyed")
+            if self.powered_off:
+                self._boot_again()
             self._mount_shares_or_destroy()  # a clone made ahead: the shares its taker asked for
             return self
         try:
@@ -269,7 +291,7 @@ class Guest:
 
     def _launch(self) -> None:
         t0 = time.monotonic()
-        self._start_on_free_port(lambda port: self._hv.create(domain_xml(self._spec(port))))
+        self._start_on_free_port(lambda port: self._hv.create(self._xml_for_port(port)))
         self.timeline.add("domain-start", time.monotonic() - t0)
 
     def _crash_check(self) -> str | None:
@@ -281,7 +303,7 @@ class Guest:
         panic = find_panic(console, fam.panic_markers)
         if panic:
             return panic
-        boots = console.count(fam.boot_banner) if fam.boot_banner else 0
+        boots = (console.count(fam.boot_banner) if fam.boot_banner else 0) - self._boots_before
         if boots >= REBOOT_LOOP:
             return f"rebooted {boots - 1} times (a reboot loop)"
         if self._dom is not None and not self._hv.is_running(self._dom):
@@ -328,14 +350,25 @@ class Guest:
             "winrm": [("winrm", self._winrm_login, "boot")],
         }[self._config.family.transport]
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, timeout: float | None = None, *, new_boot_of: str | None = None) -> None:
+        """Log in and wait for the guest's init. *timeout* replaces each phase's limit;
+        *new_boot_of*: the boot id of a boot that must be over (a reboot)."""
         cfg = self._config
         fam = cfg.family
         waiter = PhaseWaiter(guest_name=self.name, crash_check=self._crash_check,
                              console_tail=self.console_tail, timeline=self.timeline)
+
+        def limit(name: str) -> Limit:
+            return cfg.limits[name] if timeout is None else Limit(timeout, f"timeout={timeout:g} given")
+
         handle = None
-        for phase, attempt, limit in self._login_phases():
-            handle = waiter.phase(phase, attempt, cfg.limits[limit])
+        phases = self._login_phases()
+        for phase, attempt, limit_name in phases:
+            if new_boot_of is not None and phase == phases[-1][0]:
+                # down and up again: the whole boot's limit, not a login's
+                attempt = self._new_boot_login(attempt, new_boot_of)
+                phase, limit_name = "new-boot", "boot"
+            handle = waiter.phase(phase, attempt, limit(limit_name))
         self._ssh = handle
         if fam.ready_command is None:  # the login proves the seed was applied
             return
@@ -346,12 +379,137 @@ class Guest:
             except CommandTimeout as exc:
                 raise Retry("the guest's init (cloud-init) is still running") from exc
 
-        status = waiter.phase("cloud-init", init_done, cfg.limits["cloud-init"])
+        status = waiter.phase("cloud-init", init_done, limit("cloud-init"))
         # cloud-init: 0 done; 2 done with recoverable errors (deprecations); 127 not installed
         if status.exit_code not in fam.ready_exit_codes:
             raise CloudInitError(f"guest {self.name}: cloud-init reported an error "
                                  "(often a bad user_data)", status=status.stdout + status.stderr)
         self.cloud_init_status = status.stdout
+
+    # -- power --------------------------------------------------------------------------
+    def _new_boot_login(self, login: Callable[[float], Any], old_boot: str) -> Callable[[float], Any]:
+        """*login*, accepted only once the guest runs a boot other than *old_boot* (a login
+        that still reached the old one, before it went down, is closed and tried again)."""
+        def attempt(remaining: float):
+            handle = login(remaining)
+            try:
+                boot = handle.run(self._config.family.boot_id_command, timeout=max(remaining, 5.0))
+            except (KvmError, OSError, EOFError) as exc:
+                handle.close()
+                raise Retry(f"logged in, then lost the connection ({exc})") from exc
+            if boot.stdout.strip() == old_boot:
+                handle.close()
+                raise Retry("still the boot before the reboot")
+            return handle
+        return attempt
+
+    def boot_id(self) -> str:
+        """What identifies the guest's current boot (Linux: the kernel's boot_id)."""
+        return self.run(self._config.family.boot_id_command, check=True, timeout=60).stdout.strip()
+
+    def _power_command(self, command: str | None, action: str) -> None:
+        """Ask the guest's OS to *action* (its command as root, else ACPI through libvirt);
+        the connection drops meanwhile, which is expected here."""
+        if command is None:
+            self._hv.power(self._dom, action)
+        else:
+            with contextlib.suppress(ConnectionLost, CommandTimeout):
+                self.run(command, sudo=True, timeout=30)
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+        self._shares_mounted = False  # a new boot has nothing mounted
+
+    def _console_boots(self) -> int:
+        banner = self._config.family.boot_banner
+        if not banner:
+            return 0
+        with contextlib.suppress(OSError):
+            return self._console.read_bytes().decode("utf-8", errors="replace").count(banner)
+        return 0
+
+    def reboot(self, timeout: float | None = None) -> "Guest":
+        """Reboot through the family's command (libvirt's ACPI reboot where it has none),
+        wait until the guest runs a new boot and log in again with the pinned host key.
+        The phases go to the timeline; a guest that never comes back is a
+        :class:`BootTimeout` with the console tail. *timeout*: each phase's limit (default:
+        the boot limits). Shares are mounted again."""
+        self._running_handle("reboot")
+        t0 = time.monotonic()
+        old = self.boot_id()
+        self._boots_before = self._console_boots()
+        self._power_command(self._config.family.reboot_command, "reboot")
+        self.timeline.add("reboot", time.monotonic() - t0)
+        self._after_new_boot(timeout, old)
+        return self
+
+    def reset(self, timeout: float | None = None) -> "Guest":
+        """A hard reset (the reset button: no clean shutdown), then like :meth:`reboot`."""
+        self._running_handle("reset")
+        old = self.boot_id()
+        self._boots_before = self._console_boots()
+        t0 = time.monotonic()
+        self._power_command(None, "reset")
+        self.timeline.add("reset", time.monotonic() - t0)
+        self._after_new_boot(timeout, old)
+        return self
+
+    def _after_new_boot(self, timeout: float | None, old_boot: str) -> None:
+        try:
+            self._wait_ready(timeout, new_boot_of=old_boot)
+        finally:
+            self._boots_before = 0
+        self._mount_shares()
+
+    def wait_ready(self, timeout: float | None = None) -> "Guest":
+        """Wait until the guest can be logged into again (after a reboot the test started
+        itself, or sshd restarted) and its init is done; the handle then works again."""
+        if self.powered_off or self.destroyed:
+            raise HypervisorError(f"guest {self.name} is not running"
+                                  + ("; call guest.start()" if self.powered_off else ""))
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+        self._wait_ready(timeout)
+        return self
+
+    def shutdown(self, timeout: float | None = None) -> "Guest":
+        """Power the guest off cleanly (the family's command, else ACPI) and wait until its
+        domain stopped; :meth:`start` boots it again on the same disk. A guest that does not
+        stop within *timeout* (default: the boot limit) is a :class:`BootTimeout`."""
+        self._running_handle("shutdown")
+        t0 = time.monotonic()
+        self._power_command(self._config.family.poweroff_command, "shutdown")
+        limit = (self._config.limits["boot"] if timeout is None
+                 else Limit(timeout, f"timeout={timeout:g} given"))
+
+        def stopped(_remaining: float):
+            return True if not self._hv.is_running(self._dom) else None
+
+        waiter = PhaseWaiter(guest_name=self.name, crash_check=lambda: None,
+                             console_tail=self.console_tail, timeline=self.timeline)
+        waiter.phase("shutdown", stopped, limit)
+        self._dom = None
+        self.powered_off = True
+        self.timeline.add("powered-off", time.monotonic() - t0)
+        return self
+
+    def _boot_again(self) -> None:
+        """Boot a shut-down guest on its own disk (same domain, a new forward port)."""
+        t0 = time.monotonic()
+        self._boots_before = self._console_boots()
+        try:
+            self._start_on_free_port(lambda port: self._hv.create(self._xml_for_port(port)))
+            self.powered_off = False
+            self.timeline.add("domain-start", time.monotonic() - t0)
+            self._wait_ready()
+        finally:
+            self._boots_before = 0
+
+    def _running_handle(self, action: str) -> None:
+        if self.destroyed or self.powered_off or self._dom is None:
+            raise HypervisorError(f"cannot {action} guest {self.name}: it is not running"
+                                  + ("; call guest.start()" if self.powered_off else ""))
 
     # -- warm clones ----------------------------------------------------------------
     def save_as_golden(self, key: str) -> Golden:
@@ -370,6 +528,61 @@ class Guest:
                         login_key=self._config.login_key, host_public=self.host_public,
                         hostname=self.hostname, credentials=self.credentials)
         self.timeline.add("save", time.monotonic() - t0)
+        return golden
+
+    def freeze(self, key: str | None = None) -> Golden:
+        """Turn this prepared, running guest into a golden: its state is saved and its disk
+        frozen, and ``kvm.boot(golden=g)``, ``guest_factory(golden=g)`` or
+        ``@pytest.mark.guest(golden="fixture name")`` give each test a warm clone of it.
+        With snapshots on it is kept across runs under its parent's key plus *key* (default:
+        the source of the function calling ``freeze``, e.g. your fixture). The guest itself
+        is gone afterwards. See also ``kvm.golden(key, prepare)``, which skips the setup
+        when the snapshot exists."""
+        if self._freezer is None:
+            raise KvmError(f"guest {self.name} was not made by a session that can keep goldens")
+        if key is None:
+            key = _caller_source(inspect.currentframe().f_back)
+        return self._freezer(self, key)
+
+    def freeze_into(self, key: str, directory: Path) -> Golden:
+        """Save this guest as a golden in *directory*, independent of the guest's own files
+        (a clone's disk is flattened onto the base image: it no longer needs its golden),
+        then remove the guest. Used by :meth:`freeze`."""
+        t0 = time.monotonic()
+        self._running_handle("freeze")
+        if self._config.shares:
+            raise KvmError(f"cannot freeze guest {self.name}: it has shares (QEMU cannot save a "
+                           f"guest with virtiofs); give the clones the share instead")
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+        self._hv.save(self.name, directory / SAVE_FILE)
+        self._dom = None
+        self._remove_qemu_log()
+        disk = directory / DISK_FILE
+        parent = self._golden
+        console = b""
+        if parent is not None:
+            flatten_onto(self.overlay, self._config.image.disk, self._config.image.format, disk)
+            shutil.copyfile(parent.seed, directory / SEED_FILE)
+            with contextlib.suppress(OSError):
+                console = parent.console_log.read_bytes()
+        else:
+            os.replace(self.overlay, disk)
+            disk.chmod(0o400)
+            os.replace(self._seed, directory / SEED_FILE)
+        with contextlib.suppress(OSError):
+            console += self._console.read_bytes()
+        (directory / CONSOLE_FILE).write_bytes(console)
+        nvram = self._config.workdir / NVRAM_FILE
+        if nvram.exists():
+            shutil.copyfile(nvram, directory / NVRAM_FILE)
+        golden = Golden(key=key, directory=directory, image=SaveImage.read(directory / SAVE_FILE),
+                        login_key=parent.login_key if parent else self._config.login_key,
+                        host_public=self.host_public, hostname=self.hostname,
+                        credentials=self.credentials)
+        self.timeline.add("freeze", time.monotonic() - t0)
+        self.destroy()
         return golden
 
     def _start_clone(self) -> None:
@@ -403,8 +616,11 @@ class Guest:
         self.timeline.add("prepare", time.monotonic() - t0)
         t0 = time.monotonic()
 
+        # the same domain booted cold again after a shutdown (its disk: this clone's overlay)
+        self._xml_for_port = lambda port: retarget(golden.image.xml, replace(identity, ssh_port=port))
+
         def restore(port: int):
-            xml = retarget(golden.image.xml, replace(identity, ssh_port=port))
+            xml = self._xml_for_port(port)
             feeder = Feeder(golden.image, xml, cfg.workdir / "restore.fifo").start()
             try:
                 return self._hv.restore(feeder.fifo, self.name)
@@ -459,9 +675,32 @@ class Guest:
 
     # -- use ----------------------------------------------------------------------
     def _client(self) -> SshClient | WinRMClient:
-        if self._ssh is None or self.destroyed:
+        """The logged-in handle; an SSH connection that dropped since its last use (a reboot
+        the test started, sshd restarted) is logged in again once, if the guest lets us."""
+        if self.destroyed:
+            raise HypervisorError(f"guest {self.name} was destroyed")
+        if self.powered_off:
+            raise HypervisorError(f"guest {self.name} is shut down: call guest.start() to boot it")
+        if self._ssh is None:
             raise HypervisorError(f"guest {self.name} is not running")
+        if isinstance(self._ssh, SshClient) and not self._ssh.active:
+            self._reconnect()
         return self._ssh
+
+    def _reconnect(self) -> None:
+        self._ssh.close()
+        self._ssh = None
+        if self._dom is None or not self._hv.is_running(self._dom):
+            raise ConnectionLost(f"guest {self.name} stopped: its domain is no longer running "
+                                 f"(powered off from inside, destroyed or crashed)",
+                                 console_tail=self.console_tail())
+        try:
+            self._ssh = self._ssh_login(RECONNECT_WAIT)
+        except (Retry, LoginRefused, OSError, EOFError, paramiko.SSHException) as exc:
+            raise ConnectionLost(
+                f"the connection to guest {self.name} was lost and logging in again failed "
+                f"({type(exc).__name__}: {exc}). If the test rebooted it, wait for it with "
+                f"guest.wait_ready() (or reboot with guest.reboot(), which waits)") from exc
 
     def run(self, command: str, *, timeout: float | None = None, check: bool = False,
             sudo: bool = False, env: Mapping[str, str] | None = None, cwd: str | None = None,
@@ -495,7 +734,7 @@ class Guest:
                 raise ConnectionLost(
                     f"guest {self.name} stopped while the plugin ran {what!r}: its domain is no "
                     f"longer running (destroyed, powered off or crashed)",
-                    ) from exc
+                    console_tail=self.console_tail()) from exc
             raise ConnectionLost(
                 f"lost the connection to guest {self.name} while running {what!r}; the guest "
                 f"is still running: it may be rebooting or shutting down, or its sshd was "

@@ -245,6 +245,13 @@ class Hypervisor:
             seconds = int(epoch)
             dom.setTime({"seconds": seconds, "nseconds": int((epoch - seconds) * 1e9)}, 0)
 
+    def power(self, dom, action: str) -> None:
+        """``reboot`` or ``shutdown`` through ACPI (the guest's OS does it), or ``reset``
+        (a hard reset, like the button)."""
+        with translate(f"{action} of {dom.name()}", self.uri):
+            {"reboot": lambda: dom.reboot(0), "shutdown": dom.shutdown,
+             "reset": lambda: dom.reset(0)}[action]()
+
     def attach(self, dom, xml: str, what: str) -> None:
         """Hot-plug the device *xml* into running domain *dom*."""
         libvirt = _libvirt()

@@ -1,7 +1,7 @@
 """SSH keys: the session's login key, each guest's host key, and known_hosts files."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -12,7 +12,8 @@ from .cache import write_owner_only
 
 @dataclass(frozen=True)
 class KeyPair:
-    private_openssh: str  # PEM-like "-----BEGIN OPENSSH PRIVATE KEY-----" text
+    # PEM-like "-----BEGIN OPENSSH PRIVATE KEY-----" text; never in a repr (tracebacks, -l)
+    private_openssh: str = field(repr=False)
     public_openssh: str  # "ssh-ed25519 AAAA... comment"
 
     @classmethod

@@ -134,6 +134,8 @@ class KvmSession:
 
     def create_for(self, request: GuestRequest) -> Guest:
         """:meth:`create` for a checked request (what the ``guest`` marker gives)."""
+        if request.golden is not None:
+            request = self._user_golden_request(request)
         os_name = request.os or self.settings.default_os
         if request.image is None:
             self.images.check_name(os_name)
@@ -147,7 +149,7 @@ class KvmSession:
             if request.unique and config.family.identity_command is None:
                 raise SpecError(f"unique=True: warm clones of family {config.family.name} cannot "
                                 f"get a new identity; use reset='boot'")
-            golden = self._golden(config)
+            golden = request.golden or self._golden(config)
             self.clones += 1
             # a unique clone gets its identity while it starts: never one made ahead
             guest = None if request.unique else self._ahead.take(golden.key)
@@ -161,6 +163,76 @@ class KvmSession:
             return guest
         self.boots += 1
         return self._track(Guest(self.hypervisor, config))
+
+    def _user_golden_request(self, request: GuestRequest) -> GuestRequest:
+        """A request for a clone of a user golden: its OS, family, memory and vCPUs are the
+        golden's (a saved state only restores onto the same machine)."""
+        golden = request.golden
+        if isinstance(golden, str):
+            raise SpecError(f"golden={golden!r}: a fixture name only works in the guest marker; "
+                            f"pass the golden itself (what guest.freeze() returned)")
+        fields = golden.fields
+        if request.os and request.os != fields["os"]:
+            raise SpecError(f"golden= was made from {fields['os']}, not os={request.os!r}")
+        return replace(request, os=fields["os"], family=fields["family"], reset="clone",
+                       memory_mib=fields["memory_mib"], cpus=fields["cpus"])
+
+    # -- user goldens ----------------------------------------------------------------------
+    def golden(self, key: str, prepare: Callable[[Guest], Any], os: str | None = None,
+               **keywords: Any) -> Golden:
+        """A user golden made by ``prepare(guest)`` on a warm clone (``os`` and *keywords*:
+        as for :meth:`boot`), then frozen (see ``Guest.freeze``). With snapshots on, a golden
+        made earlier for the same parent and *key* is used as it is: *prepare* does not run."""
+        request = guest_request(os, **{**keywords, "reset": "clone"})
+        parent = self._golden(self._config(request.os or self.settings.default_os, request))
+        user_key = self._user_key(parent.key, key)
+        if user_key in self._goldens:
+            return self._goldens[user_key]
+
+        def make(directory: Path) -> Golden:
+            with self.create_for(request) as guest:
+                guest.start()
+                prepare(guest)
+                return self._save_user_golden(guest, user_key, directory, parent.fields, key)
+
+        return self._keep_user_golden(user_key, make, key)
+
+    def _freeze(self, guest: Guest, key: str) -> Golden:
+        """``guest.freeze(key)``: the guest becomes a golden (or, if this parent and key were
+        frozen before and kept as a snapshot, that one is used and the guest removed)."""
+        if guest.cloned:
+            parent_key, parent_fields = guest._golden.key, guest._golden.fields
+        else:
+            parent_fields = self._golden_fields(guest.config)
+            parent_key = digest(parent_fields)
+        user_key = self._user_key(parent_key, key)
+        if user_key not in self._goldens:
+            self._keep_user_golden(user_key, lambda directory: self._save_user_golden(
+                guest, user_key, directory, parent_fields, key), key)
+        guest.destroy()  # saved and moved (or not needed): nothing of it is left running
+        return self._goldens[user_key]
+
+    @staticmethod
+    def _user_key(parent_key: str, key: str) -> str:
+        return digest(["user golden", parent_key, key])
+
+    def _keep_user_golden(self, user_key: str, make: Callable[[Path], Golden], key: str) -> Golden:
+        what = f"user golden {key if not key.startswith('source:') else '(from its source)'}"
+        if self.settings.snapshots == "on":
+            golden = self.snapshots.get_or_create(user_key, make, what=what)
+        else:
+            directory = self.run_dir / f"golden-{user_key}"
+            directory.mkdir(mode=0o700)
+            golden = make(directory)
+        self._goldens[user_key] = golden
+        return golden
+
+    def _save_user_golden(self, guest: Guest, user_key: str, directory: Path,
+                          parent_fields: Mapping[str, Any], key: str) -> Golden:
+        golden = guest.freeze_into(user_key, directory)
+        golden.write_meta({**parent_fields, "user_key": key}, time.time())
+        self.progress(f"user golden {user_key} saved ({key})")
+        return golden
 
     def _clone(self, golden: Golden, config: GuestConfig) -> Guest:
         """A clone of *golden* named and placed by *config*, unstarted."""
@@ -282,6 +354,7 @@ class KvmSession:
         return self._digests[memo]
 
     def _track(self, guest: Guest) -> Guest:
+        guest._freezer = self._freeze
         self.guests.append(guest)
         return guest
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .clones import RESET_CHOICES
+from .clones import RESET_CHOICES, Golden
 from .errors import KvmError
 from .families import FAMILIES, SEED_FORMATS
 
@@ -39,6 +39,7 @@ class GuestRequest:
     tpm: bool | None = None
     share: tuple["Share", ...] = ()
     artifacts: tuple[str, ...] = ()
+    golden: Any = None  # a user golden (guest.freeze(), kvm.golden()), or a fixture's name
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
                   family: str | None = None, seed: str | None = None,
                   unique: bool = False, tpm: bool | None = None,
                   share: Mapping[str, Any] | None = None,
-                  artifacts: Sequence[str] = ()) -> GuestRequest:
+                  artifacts: Sequence[str] = (), golden: Any = None) -> GuestRequest:
     """Check and normalise the arguments of ``kvm.boot``, ``guest_factory`` and the ``guest``
     marker (the one list of those keywords: see :data:`KEYWORDS`)."""
     if os is not None and (not isinstance(os, str) or not os):
@@ -129,12 +130,20 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
         raise SpecError(f"unique must be True or False, not {unique!r}")
     if tpm is not None and not isinstance(tpm, bool):
         raise SpecError(f"tpm must be True, False or None (the family's default), not {tpm!r}")
+    if golden is not None:
+        if not isinstance(golden, (str, Golden)):
+            raise SpecError(f"golden must be what guest.freeze() or kvm.golden() returned, or "
+                            f"(in the guest marker) the name of a fixture returning it, not "
+                            f"{type(golden).__name__}")
+        if reset == "boot":
+            raise SpecError("golden= gives a warm clone of that golden: it cannot go with "
+                            "reset='boot'")
     return GuestRequest(os=os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
                         image=Path(image) if image is not None else None,
                         boot_timeout=float(boot_timeout) if boot_timeout is not None else None,
                         reset=reset, family=family, seed=seed, unique=unique, tpm=tpm,
                         share=_shares(share) if share is not None else (),
-                        artifacts=_paths("artifacts", artifacts))
+                        artifacts=_paths("artifacts", artifacts), golden=golden)
 
 
 def guest_marker(*args: Any, **kwargs: Any) -> GuestRequest:

@@ -104,6 +104,12 @@ class SshClient:
     def connected(self) -> bool:
         return self._client is not None
 
+    @property
+    def active(self) -> bool:
+        """Whether the connection is still up (False once it dropped or was closed)."""
+        transport = self._client.get_transport() if self._client else None
+        return transport is not None and transport.is_active()
+
     def _transport(self) -> paramiko.Transport:
         transport = self._client.get_transport() if self._client else None
         if transport is None or not transport.is_active():

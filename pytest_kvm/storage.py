@@ -66,3 +66,14 @@ def create_overlay(base: Path, base_format: str, overlay: Path) -> None:
     if result.returncode != 0:
         raise ImageError(f"cannot create overlay {overlay} on {base}: {result.stderr.strip()}")
     overlay.chmod(0o600)
+
+
+def flatten_onto(overlay: Path, base: Path, base_format: str, target: Path) -> None:
+    """Write *overlay*'s whole chain above *base* into a new overlay *target* backed by *base*
+    only (what a user golden made from a clone keeps: it must not depend on the clone's
+    golden, which the snapshot cache may remove)."""
+    result = _qemu_img("convert", "-O", "qcow2", "-B", str(Path(base).resolve()), "-F", base_format,
+                       str(overlay), str(target))
+    if result.returncode != 0:
+        raise ImageError(f"cannot flatten {overlay} onto {base}: {result.stderr.strip()}")
+    target.chmod(0o400)
