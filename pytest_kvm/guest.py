@@ -484,7 +484,7 @@ class Guest:
                  else Limit(timeout, f"timeout={timeout:g} given"))
 
         def stopped(_remaining: float):
-            return True if not self._hv.is_running(self._dom) else None
+            return True if not self._hv.exists(self.name) else None
 
         waiter = PhaseWaiter(guest_name=self.name, crash_check=lambda: None,
                              console_tail=self.console_tail, timeline=self.timeline)

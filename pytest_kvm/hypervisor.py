@@ -285,6 +285,19 @@ class Hypervisor:
                 raise
         return True
 
+    def exists(self, name: str) -> bool:
+        """Whether libvirt still knows domain *name* (a transient one that powered off is
+        removed a moment after it stopped; its name is free only then)."""
+        libvirt = _libvirt()
+        with translate(f"looking up {name}", self.uri):
+            try:
+                self._conn.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+        return True
+
     def our_domains(self) -> dict[str, dict[str, str]]:
         """Running domains started by pytest-kvm (any run): name -> run metadata."""
         libvirt = _libvirt()
