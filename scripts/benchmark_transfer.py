@@ -72,6 +72,8 @@ def main() -> int:
         session = KvmSession(Settings(os_names=(args.os,)), progress=lambda m: print(m, file=sys.stderr))
         try:
             guest = session.boot(share={"/mnt/tree": tree})
+            results["share: hot-plug and mount (once, at start)"] = [
+                seconds for phase, seconds in guest.timeline.entries if phase == "shares"]
             if guest.run("command -v rsync").failed:
                 sys.exit(f"{args.os} has no rsync (rebuild the image: pytest-kvm image build --force)")
             target = f"{guest.user}@127.0.0.1"
