@@ -149,8 +149,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if session is None or len(session.settings.os_names) < 2:
         return
     marker = metafunc.definition.get_closest_marker("guest")
-    if marker is not None and marker.kwargs.get("os"):
-        return  # pinned to one OS
+    if marker is not None and (marker.kwargs.get("os") or marker.kwargs.get("golden")):
+        return  # pinned to one OS (a user golden's is the one it was made from)
     names = list(session.settings.os_names)
     metafunc.parametrize("guest", names, indirect=True, ids=names)
 

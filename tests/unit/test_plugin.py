@@ -49,6 +49,19 @@ def test_two_os_parametrize_guest_tests_with_os_in_id(pytester):
     assert "test_pinned[" not in result.stdout.str()
 
 
+def test_golden_marker_pins_the_os(pytester):
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.guest(golden="prepared")
+        def test_from_golden(guest):
+            pass
+    """)
+    result = pytester.runpytest("--collect-only", "-q", "--kvm-os", "debian-12", "--kvm-os", "debian-13")
+    result.stdout.fnmatch_lines(["*::test_from_golden"])
+    assert "test_from_golden[" not in result.stdout.str()
+
+
 def test_one_os_no_parametrization(pytester):
     pytester.makepyfile(KERNEL_TEST)
     result = pytester.runpytest("--collect-only", "-q", "--kvm-os", "debian-13")
