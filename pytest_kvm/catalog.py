@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from .names import NAME_PATTERN, NAME_RULE
 from .errors import ImageError
 from .recipes import recipes_dir
 
@@ -28,7 +29,6 @@ FIRMWARES = ("bios", "uefi")
 ALGORITHMS = {"sha256": 64, "sha512": 128}  # algorithm -> length of its hex digest
 URL_SCHEMES = ("http", "https", "file")
 
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 _HEX = re.compile(r"[0-9a-f]+\Z")
 
 
@@ -185,9 +185,8 @@ def _entry(path: Path, index: int, table: dict) -> CatalogEntry:
                 "description", "sha256", "sha512", "checksum_url", "checksum_algorithm"):
         if key in table and not isinstance(table[key], str):
             raise bad(f"{key} must be a string, not {type(table[key]).__name__}")
-    if not _NAME.match(table["name"]):
-        raise bad("name must be lower-case letters, digits, '.', '_' or '-' "
-                  "(it names a directory in the cache)")
+    if not NAME_PATTERN.match(table["name"]):
+        raise bad(f"name must be {NAME_RULE} (it names a directory in the cache)")
     for key, allowed in (("family", FAMILIES), ("format", FORMATS),
                          ("compression", COMPRESSIONS), ("firmware", FIRMWARES)):
         if key in table and table[key] not in allowed:

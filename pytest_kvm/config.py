@@ -7,6 +7,7 @@ from pathlib import Path
 from .accel import ACCEL_CHOICES
 from .cache import default_cache_dir
 from .clones import RESET_CHOICES
+from .names import NAME_PATTERN, NAME_RULE
 from .snapshots import SNAPSHOT_CHOICES
 from .waiting import Limit
 
@@ -115,6 +116,8 @@ class Settings:
             name, sep, path = item.partition("=")
             if not sep or not name or not path:
                 raise SettingsError(f"--kvm-image must be NAME=PATH, not {item!r}")
+            if not NAME_PATTERN.match(name):
+                raise SettingsError(f"--kvm-image {item!r}: the name must be {NAME_RULE}")
             local_images[name] = Path(path).expanduser()
         return cls(
             os_names=tuple(dict.fromkeys(os_names)),

@@ -22,6 +22,7 @@ from . import build
 from .cache import file_lock, sha256_file, writable
 from .catalog import CatalogEntry, builtin_catalog, load_catalog
 from .download import ProgressLine, RetryPolicy, fetch
+from .names import checked
 from .errors import ImageError
 from .families import family_for_name
 from .recipes import list_recipes, load_recipe, recipes_dir
@@ -296,7 +297,7 @@ class ImageStore:
         return found
 
     def remove(self, name: str) -> bool:
-        dest = self.images_dir / name
+        dest = self.images_dir / checked("image", name)
         if not dest.exists():
             return False
         shutil.rmtree(dest)

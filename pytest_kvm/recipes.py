@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .names import checked
 from .errors import ImageError
 
 RECIPES_ENV = "PYTEST_KVM_RECIPES"
@@ -81,7 +82,7 @@ def _merge(base: dict, override: dict) -> dict:
 
 def load_recipe(name: str, directory: Path | None = None) -> Recipe:
     directory = directory or recipes_dir()
-    path = directory / name / "recipe.toml"
+    path = directory / checked("recipe", name) / "recipe.toml"
     if not path.is_file():
         known = ", ".join(list_recipes(directory)) or "none"
         raise ImageError(f"no recipe named {name!r} in {directory} (known: {known})")

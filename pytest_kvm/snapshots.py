@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import file_lock, writable
+from .names import checked
 from .clones import META_FILE, Golden
 
 SNAPSHOTS_DIR = "snapshots"
@@ -54,7 +55,7 @@ class SnapshotStore:
         self.created = 0
 
     def path(self, key: str) -> Path:
-        return self.root / key
+        return self.root / checked("snapshot", key)
 
     def _mkroot(self) -> None:
         with writable(self.root.parent, "creating the snapshot cache"):

@@ -78,7 +78,7 @@ def test_user_catalog_overrides_and_adds(tmp_path):
     ('compression = "zstd"', r"compression 'zstd' is not one of none, xz"),
     ('firmware = "coreboot"', r"firmware 'coreboot'"),
     ('min_memory_mib = "1G"', r"min_memory_mib must be a positive integer"),
-    ('name = "Tiny Linux"', r"name must be lower-case"),
+    ('name = "Tiny Linux"', r"name must be letters"),
     ('url = "ftp://x/y"', r"url 'ftp://x/y' is not an http, https or file URL"),
     ('sha256 = "abc"', r"sha256 must be 64 hex digits"),
 ])

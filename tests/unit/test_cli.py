@@ -27,6 +27,20 @@ def test_image_rm_not_cached(tmp_path):
     assert "not cached" in cli("image", "rm", "debian-12", cache=tmp_path).stdout
 
 
+def test_names_cannot_leave_the_cache(tmp_path):
+    cache = tmp_path / "cache"
+    victim = tmp_path / "victim"
+    (victim / "keep").mkdir(parents=True)
+    (cache / "images").mkdir(parents=True)
+    (cache / "snapshots").mkdir(parents=True)
+    for args in (("image", "rm", "../../victim"), ("snapshot", "rm", "../../victim"),
+                 ("image", "rm", "/tmp"), ("image", "build", "../x")):
+        done = cli(*args, cache=cache)
+        assert done.returncode == 1, args
+        assert "is not allowed" in done.stderr, (args, done.stderr)
+    assert (victim / "keep").is_dir()
+
+
 def test_doctor_reports_each_check(tmp_path):
     done = cli("doctor", cache=tmp_path)
     for check in ("qemu-system-x86_64", "qemu-img", "libvirt-python", "acceleration", "cache directory"):

@@ -169,3 +169,26 @@ def test_bad_mirror_is_a_usage_error(pytester):
     result = pytester.runpytest("--kvm-mirror", "mirror.example")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--kvm-mirror*must be an http*"])
+
+
+def test_no_secret_reaches_a_failure_report(pytester):
+    """Private keys and passwords never appear in reprs: `pytest -l --tb=long` prints every
+    local of a failing test, as CI logs keep them."""
+    pytester.makepyfile("""
+        from pytest_kvm.keys import KeyPair
+        from pytest_kvm.winrm import Credentials
+
+        def test_fails():
+            key = KeyPair.generate("pytest-kvm")
+            creds = Credentials.generate()
+            pair = (key, creds)
+            with open("secrets", "w") as out:
+                out.write(key.private_openssh.splitlines()[1] + "\\n" + creds.password)
+            assert False, f"{key!r} {creds!r} {pair!r}"
+    """)
+    result = pytester.runpytest("-l", "--tb=long")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    key_line, password = (pytester.path / "secrets").read_text().splitlines()
+    assert "ssh-ed25519" in out  # the public half is shown: the repr was printed
+    assert key_line not in out and password not in out and "PRIVATE KEY" not in out
