@@ -21,6 +21,7 @@ from typing import BinaryIO
 from .errors import KvmError
 
 # rwx for everyone plus the sticky bit: never setuid or setgid from a guest
+STREAM_BUFFER = 64 * tarfile.RECORDSIZE  # 640 KiB reads and writes: fewer Python-level calls per MB
 MODE_BITS = 0o1777
 SPECIAL_KINDS = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
                  tarfile.FIFOTYPE: "a fifo"}
@@ -90,7 +91,8 @@ def pack(source: Path, fileobj: BinaryIO, *, exclude: Sequence[str] = ()) -> int
     if not os.path.isdir(source):
         raise ValueError(f"{source} is not a directory; copy a single file with SFTP")
     count = 0
-    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,
+                      bufsize=STREAM_BUFFER) as tar:
         for path, relpath in _walk(source, "", exclude):
             info = tar.gettarinfo(path, arcname=relpath)  # lstat: a symlink stays one
             if info is None or not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
@@ -227,7 +229,7 @@ def extract(fileobj: BinaryIO, target: Path, *, exclude: Sequence[str] = ()) -> 
     target.mkdir(parents=True, exist_ok=True)
     extraction = _Extraction(target)
     count = 0
-    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+    with tarfile.open(fileobj=fileobj, mode="r|", bufsize=STREAM_BUFFER) as tar:
         for member in tar:
             reason = _escape(member.name, target)
             if reason:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import stat as stat_module
 import threading
@@ -17,6 +18,11 @@ from .errors import CommandFailed, CommandTimeout, ConnectionLost, HostKeyMismat
 from .output import LineLog
 
 HOST = "127.0.0.1"
+# paramiko logs every failed attempt of a boot wait (no banner yet, reset by peer) with a
+# traceback at ERROR; those are expected and what matters reaches the caller as our own
+# exception, so the plugin's connections log to a channel of their own, kept quiet
+PARAMIKO_LOG = "pytest_kvm.paramiko"
+logging.getLogger(PARAMIKO_LOG).setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class SshClient:
 
     def connect(self, timeout: float) -> None:
         client = paramiko.SSHClient()
+        client.set_log_channel(PARAMIKO_LOG)
         client.load_host_keys(str(self.known_hosts))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
