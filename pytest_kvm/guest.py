@@ -434,32 +434,25 @@ class Guest:
         The phases go to the timeline; a guest that never comes back is a
         :class:`BootTimeout` with the console tail. *timeout*: each phase's limit (default:
         the boot limits). Shares are mounted again."""
-        self._running_handle("reboot")
-        t0 = time.monotonic()
-        old = self.boot_id()
-        self._boots_before = self._console_boots()
-        self._power_command(self._config.family.reboot_command, "reboot")
-        self.timeline.add("reboot", time.monotonic() - t0)
-        self._after_new_boot(timeout, old)
-        return self
+        return self._restart("reboot", self._config.family.reboot_command, timeout)
 
     def reset(self, timeout: float | None = None) -> "Guest":
         """A hard reset (the reset button: no clean shutdown), then like :meth:`reboot`."""
-        self._running_handle("reset")
-        old = self.boot_id()
-        self._boots_before = self._console_boots()
-        t0 = time.monotonic()
-        self._power_command(None, "reset")
-        self.timeline.add("reset", time.monotonic() - t0)
-        self._after_new_boot(timeout, old)
-        return self
+        return self._restart("reset", None, timeout)
 
-    def _after_new_boot(self, timeout: float | None, old_boot: str) -> None:
+    def _restart(self, action: str, command: str | None, timeout: float | None) -> "Guest":
+        self._running_handle(action)
+        old_boot = self.boot_id()
+        self._boots_before = self._console_boots()
         try:
+            t0 = time.monotonic()
+            self._power_command(command, action)
+            self.timeline.add(action, time.monotonic() - t0)
             self._wait_ready(timeout, new_boot_of=old_boot)
         finally:
             self._boots_before = 0
         self._mount_shares()
+        return self
 
     def wait_ready(self, timeout: float | None = None) -> "Guest":
         """Wait until the guest can be logged into again (after a reboot the test started
