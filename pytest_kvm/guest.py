@@ -391,7 +391,10 @@ class Guest:
         """*login*, accepted only once the guest runs a boot other than *old_boot* (a login
         that still reached the old one, before it went down, is closed and tried again)."""
         def attempt(remaining: float):
-            handle = login(remaining)
+            try:
+                handle = login(remaining)
+            except LoginRefused as exc:  # the old boot's sshd went away in the middle of it
+                raise Retry(str(exc)) from exc
             try:
                 boot = handle.run(self._config.family.boot_id_command, timeout=max(remaining, 5.0))
             except (KvmError, OSError, EOFError) as exc:
@@ -451,6 +454,14 @@ class Guest:
             self._wait_ready(timeout, new_boot_of=old_boot)
         finally:
             self._boots_before = 0
+        if self.cloned:
+            # as after the restore: a new boot reads the clock from the RTC of a QEMU that was
+            # restored from a saved state; do not count on it matching the host's
+            clock = self._config.family.clock_command_for(time.time())
+            if clock is not None:
+                t0 = time.monotonic()
+                self._ssh.run(clock, timeout=60, check=True)
+                self.timeline.add("clock", time.monotonic() - t0)
         self._mount_shares()
         return self
 
