@@ -44,6 +44,11 @@ AGENT_WAIT = 5.0  # seconds a restored clone's guest agent may take to answer
 RECONNECT_WAIT = 20.0  # seconds one new login may take after a connection dropped
 
 
+def _count_boots(console: str, banner: str | None) -> int:
+    """Kernel starts seen in *console* (0 for a family without a known banner)."""
+    return console.count(banner) if banner else 0
+
+
 def _write_stream(stream, path: Path) -> None:
     with open(path, "wb") as out:
         shutil.copyfileobj(stream, out)
@@ -303,7 +308,7 @@ class Guest:
         panic = find_panic(console, fam.panic_markers)
         if panic:
             return panic
-        boots = (console.count(fam.boot_banner) if fam.boot_banner else 0) - self._boots_before
+        boots = _count_boots(console, fam.boot_banner) - self._boots_before
         if boots >= REBOOT_LOOP:
             return f"rebooted {boots - 1} times (a reboot loop)"
         if self._dom is not None and not self._hv.is_running(self._dom):
@@ -424,11 +429,9 @@ class Guest:
         self._shares_mounted = False  # a new boot has nothing mounted
 
     def _console_boots(self) -> int:
-        banner = self._config.family.boot_banner
-        if not banner:
-            return 0
         with contextlib.suppress(OSError):
-            return self._console.read_bytes().decode("utf-8", errors="replace").count(banner)
+            return _count_boots(self._console.read_bytes().decode("utf-8", errors="replace"),
+                                self._config.family.boot_banner)
         return 0
 
     def reboot(self, timeout: float | None = None) -> "Guest":

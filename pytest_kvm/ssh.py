@@ -118,11 +118,10 @@ class SshClient:
         return transport is not None and transport.is_active()
 
     def _transport(self) -> paramiko.Transport:
-        transport = self._client.get_transport() if self._client else None
-        if transport is None or not transport.is_active():
+        if not self.active:
             raise ConnectionLost(f"the SSH connection to 127.0.0.1:{self.port} is not open "
                                  f"(it was closed or dropped)")
-        return transport
+        return self._client.get_transport()
 
     def _lost(self, command: str, exc: BaseException | None = None) -> ConnectionLost:
         why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
@@ -234,8 +233,7 @@ class SshClient:
         try:
             call()
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            transport = self._client.get_transport() if self._client else None
-            if transport is None or not transport.is_active():
+            if not self.active:
                 raise self._lost(what, exc) from exc
             raise  # e.g. FileNotFoundError: the path, not the connection
 
