@@ -377,7 +377,7 @@ def fetch(source: CatalogEntry | str, dest: Path, *, mirror: str | None = None,
                 final_sha256, size = _decompress_xz(download, final, src.url)
             else:
                 final, final_sha256 = download, hashers["sha256"].hexdigest()
-            os.chmod(final, 0o644)
+            os.chmod(final, 0o444)  # cached images are read-only, like built ones
             os.replace(final, dest)
         finally:
             for temp in temps:

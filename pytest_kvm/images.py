@@ -266,6 +266,7 @@ class ImageStore:
         }
         staged = dest / f".{build.MANIFEST}.{os.getpid()}.tmp"
         staged.write_text(json.dumps(manifest, indent=2) + "\n")
+        staged.chmod(0o444)  # read-only, like a built image's files
         os.replace(staged, dest / build.MANIFEST)
         return manifest
 

@@ -1,6 +1,7 @@
 import hashlib
 import lzma
 import os
+import stat
 import threading
 
 import pytest
@@ -37,6 +38,7 @@ def test_good_file_verified_and_moved_in(server, tmp_path):
                    progress=lambda done, total: seen.append((done, total)))
     assert result.downloaded and result.sha256 == SHA256 and result.size == len(DATA)
     assert (tmp_path / "disk.qcow2").read_bytes() == DATA
+    assert stat.S_IMODE((tmp_path / "disk.qcow2").stat().st_mode) == 0o444  # cached images are read-only
     assert seen[-1] == (len(DATA), len(DATA))
     assert leftovers(tmp_path) == []
 

@@ -2,6 +2,7 @@ import hashlib
 import json
 import lzma
 import shutil
+import stat
 import subprocess
 import threading
 
@@ -146,6 +147,9 @@ def test_catalog_image_downloaded_through_mirror_and_reused(tmp_path, server, qc
     assert (manifest["login_user"], manifest["firmware"], manifest["min_memory_mib"]) == ("tiny", "uefi", 256)
     assert any("downloading base image tiny-linux (not cached)" in m for m in messages)
     assert sorted(p.name for p in dest.iterdir()) == ["disk.qcow2", "incoming.qcow2.lock", "manifest.json"]
+    # read-only like a built image (the README's 0444)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in dest.iterdir() if p.suffix != ".lock"} == {
+        "disk.qcow2": 0o444, "manifest.json": 0o444}
 
     # a new session: verified from the cache, nothing downloaded
     again = store_for(tmp_path, server, catalog).resolve("tiny-linux")
@@ -153,6 +157,7 @@ def test_catalog_image_downloaded_through_mirror_and_reused(tmp_path, server, qc
     [cached] = store_for(tmp_path, server, catalog).list_cached()
     assert (cached.name, cached.kind, cached.stale) == ("tiny-linux", "catalog", False)
 
+    image.disk.chmod(0o644)  # read-only (a non-root test could not tamper otherwise)
     image.disk.write_bytes(b"tampered")
     with pytest.raises(ImageError, match="changed since it was downloaded.*image fetch --force tiny-linux"):
         store_for(tmp_path, server, catalog).resolve("tiny-linux")
