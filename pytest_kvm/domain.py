@@ -299,6 +299,33 @@ def filesystem_xml(tag: str, source: Path) -> str:
     return ET.tostring(fs, encoding="unicode")
 
 
+#: PCI slots of the root bus for private-network NICs (``networks=``), one per network of a
+#: guest. libvirt gives its own devices (and hot-plugged shares) the lowest free slots and
+#: never learns of these, so they are taken from the top, below the user NIC's 0x1e.
+PRIVATE_NIC_SLOTS = tuple(range(0x1d, 0x15, -1))
+
+
+def private_nic_commands(index: int, mac: str, model: str, local: Path, hub: Path) -> list[dict]:
+    """QMP commands hot-plugging a guest's NIC number *index* on a private network: a
+    ``dgram`` netdev from the Unix socket *local* (QEMU binds it) to the network's hub
+    socket *hub*, and a NIC of *model* with *mac* on it. libvirt 9.0 refuses to hot-plug
+    its socket-like interface types (``udp``, ``mcast``, ``server``/``client``), so these go
+    to QEMU's monitor through libvirt (see :meth:`Hypervisor.monitor`); the device exists
+    only in the running QEMU (a new boot plugs it again)."""
+    if not 0 <= index < len(PRIVATE_NIC_SLOTS):
+        raise ValueError(f"a guest can be on at most {len(PRIVATE_NIC_SLOTS)} networks")
+    netdev = f"pytest-kvm-net{index}"
+    return [
+        {"execute": "netdev_add", "arguments": {
+            "type": "dgram", "id": netdev,
+            "local": {"type": "unix", "path": str(local)},
+            "remote": {"type": "unix", "path": str(hub)}}},
+        {"execute": "device_add", "arguments": {
+            "driver": model, "id": f"pytest-kvm-nic{index}", "netdev": netdev, "mac": mac,
+            "bus": "pci.0", "addr": f"{PRIVATE_NIC_SLOTS[index]:#x}"}},
+    ]
+
+
 def random_mac() -> str:
     """A random locally administered unicast MAC in QEMU's 52:54:00 prefix."""
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))

@@ -136,6 +136,14 @@ class Family:
     poweroff_command: str | None = None
     #: prints something that changes with every boot (``guest.reboot()`` waits for a new one)
     boot_id_command: str = "cat /proc/sys/kernel/random/boot_id"
+    #: ``str.format`` template run as root once a private-network NIC was hot-plugged
+    #: (``networks=``): wait for the NIC with MAC ``{mac}``, bring it up with ``{ipv4}/{prefix4}``
+    #: and ``{ipv6}/{prefix6}``, and make the rest of the networks' ranges (``{scope4}``,
+    #: ``{scope6}``) unreachable (values come quoted); None: the family cannot join networks
+    network_command: str | None = None
+    #: ``str.format`` template run as root: replace the plugin's lines of the hosts file with
+    #: ``{lines}`` (each an ``ADDRESS NAME...`` line, quoted, separated by spaces)
+    hosts_command: str | None = None
 
     def __post_init__(self) -> None:
         for field_name, allowed in (("seed_format", SEED_FORMATS), ("transport", TRANSPORTS),
@@ -166,6 +174,21 @@ _BSD_POWER = dict(reboot_command="shutdown -r now", poweroff_command="shutdown -
 # BSD date(1) takes [[[[[cc]yy]mm]dd]HH]MM[.SS]; GNU date does not, so Linux has its own
 
 
+# bash, as root: the hot-plugged NIC appears within seconds (PCI hotplug, driver probe)
+LINUX_NETWORK_COMMAND = (
+    "dev=; for i in $(seq 600); do for d in /sys/class/net/*; do "
+    "[ \"$(cat \"$d/address\")\" = {mac} ] && dev=${{d##*/}}; done; [ -n \"$dev\" ] && break; "
+    "sleep 0.1; done; [ -n \"$dev\" ] || {{ echo 'no interface with MAC '{mac}' appeared' >&2; "
+    "exit 1; }}; sysctl -qw \"net.ipv6.conf.$dev.accept_ra=0\" && ip link set dev \"$dev\" up "
+    "&& ip addr replace {ipv4}/{prefix4} dev \"$dev\" "
+    "&& ip -6 addr replace {ipv6}/{prefix6} dev \"$dev\" nodad "
+    # the rest of the networks' ranges never leaves through the default route (user networking)
+    "&& ip route replace unreachable {scope4} && ip -6 route replace unreachable {scope6}")
+HOSTS_MARK = "# pytest-kvm network"
+UNIX_HOSTS_COMMAND = (f"sed -i '/ {HOSTS_MARK}$/d' /etc/hosts && "
+                      f"printf '%s {HOSTS_MARK}\\n' {{lines}} >> /etc/hosts")
+
+
 _BSD_LOGS = (("messages.log", "cat /var/log/messages"), ("dmesg.txt", "dmesg"))
 
 
@@ -194,6 +217,7 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         # virtiofs: in Linux since 5.4 (a module in Debian's cloud and generic kernels)
         share_mount_command="mkdir -p {mount_point} && mount -t virtiofs -o {mode} {tag} {mount_point}",
         reboot_command="systemctl reboot", poweroff_command="systemctl poweroff",
+        network_command=LINUX_NETWORK_COMMAND, hosts_command=UNIX_HOSTS_COMMAND,
         artifact_logs=(("journal.txt", "journalctl -b --no-pager -o short-precise"),
                        ("cloud-init.log", "cat /var/log/cloud-init.log"),
                        ("cloud-init-output.log", "cat /var/log/cloud-init-output.log"))),

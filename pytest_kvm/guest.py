@@ -22,13 +22,14 @@ from . import archive, cloudinit, commands, integrations, seed
 from .cache import write_owner_only, writable
 from .clones import CONSOLE_FILE, DISK_FILE, SAVE_FILE, SEED_FILE, Golden
 from .domain import NVRAM_FILE, CloneIdentity, DomainSpec, domain_xml, family_fields, \
-    filesystem_xml, host_problems, random_mac, retarget
+    filesystem_xml, host_problems, private_nic_commands, random_mac, retarget
 from .errors import CloudInitError, CommandTimeout, ConnectionLost, HostKeyMismatch, \
     HypervisorError, KvmError, LoginRefused
 from .families import Family, family
 from .hypervisor import Hypervisor, PortInUse
 from .images import BaseImage
 from .keys import KeyPair, write_known_hosts
+from .networks import Attachment, Networks
 from .saveimage import Feeder, SaveImage
 from .spec import Share
 from .output import LineLog, guest_logger
@@ -97,6 +98,8 @@ class GuestConfig:
     machine_type: str | None = None  # the versioned machine type (pinned); None: the alias
     shares: tuple[Share, ...] = ()  # host directories mounted once the guest is up
     artifacts: tuple[str, ...] = ()  # guest paths collected for a failed test
+    networks: tuple[str, ...] = ()  # private networks joined once the guest is up
+    network_name: str | None = None  # its name on them (name=); its own name is one too
 
     @property
     def user(self) -> str:
@@ -162,6 +165,8 @@ class Guest:
         self._freezer: Callable[[Guest, str], Golden] | None = None
         self._boots_before = 0  # kernel banners on the console before the current wait
         self._xml_for_port: Callable[[int], str] = lambda port: domain_xml(self._spec(port))
+        self._networks: Networks | None = None  # the session's (set by KvmSession)
+        self._attachments: list[Attachment] = []  # this guest's NICs on its networks
 
     def _use_golden(self, golden: Golden) -> None:
         """Become a clone of *golden*: its host key, login key and credentials; its hostname
@@ -206,7 +211,7 @@ class Guest:
                 raise HypervisorError(f"guest {self.name} failed to start or was destroyed")
             if self.powered_off:
                 self._boot_again()
-            self._mount_shares_or_destroy()  # a clone made ahead: the shares its taker asked for
+            self._connect_or_destroy()  # a clone made ahead: the shares and networks of its taker
             return self
         try:
             if self._golden is not None:
@@ -220,19 +225,23 @@ class Guest:
             raise
         finally:
             self.started.set()
-        self._mount_shares_or_destroy()
+        self._connect_or_destroy()
         return self
 
     def hand_over(self, taker: GuestConfig) -> None:
-        """A clone made ahead goes to a test: mount the shares and collect the artifacts that
-        test asked for (in *taker*, its own config), not those of the test it was made for."""
-        if self._shares_mounted:
-            raise KvmError(f"guest {self.name} already has its shares mounted")
-        self._config = replace(self._config, shares=taker.shares, artifacts=taker.artifacts)
+        """A clone made ahead goes to a test: mount the shares, join the networks and collect
+        the artifacts that test asked for (in *taker*, its own config), not those of the test
+        it was made for."""
+        if self._shares_mounted or self._attachments:
+            raise KvmError(f"guest {self.name} already has its shares or networks")
+        self._config = replace(self._config, shares=taker.shares, artifacts=taker.artifacts,
+                               networks=taker.networks, network_name=taker.network_name)
 
-    def _mount_shares_or_destroy(self) -> None:
+    def _connect_or_destroy(self) -> None:
+        """Once the guest is up: its shares and networks, or nothing of it is left."""
         try:
             self._mount_shares()
+            self._join_networks()
         except BaseException:
             self.destroy()
             raise
@@ -253,6 +262,75 @@ class Guest:
                      sudo=True, check=True, timeout=120)
         self._shares_mounted = True
         self.timeline.add("shares", time.monotonic() - t0)
+
+    # -- networks -------------------------------------------------------------------
+    @property
+    def network_names(self) -> tuple[str, ...]:
+        """The names the other guests on its networks know it by: ``name=`` (if given) and
+        its own name, each also as ``NAME.NETWORK``."""
+        alias = self._config.network_name
+        return (alias, self.name) if alias else (self.name,)
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """The private networks this guest is on (``networks=``)."""
+        return self._config.networks
+
+    def address(self, network: str, version: int = 4) -> str:
+        """This guest's address on *network*: IPv4 (``169.254.N.H``), or IPv6 with
+        ``version=6`` (``fdXX:...:N::H``)."""
+        if version not in (4, 6):
+            raise ValueError(f"version must be 4 or 6, not {version!r}")
+        for attachment in self._attachments:
+            if attachment.network == network:
+                return attachment.ipv4 if version == 4 else attachment.ipv6
+        raise KvmError(f"guest {self.name} is not on network {network!r}; its networks: "
+                       f"{', '.join(self._config.networks) or 'none'} (give networks=)")
+
+    def _join_networks(self) -> None:
+        """A NIC per network (hot-plugged), its addresses set, and every guest on those
+        networks told the names of the others (hosts files)."""
+        names = self._config.networks
+        if not names or self._attachments:
+            return
+        if self._networks is None:
+            raise KvmError(f"guest {self.name} was not made by a session: it cannot join networks")
+        t0 = time.monotonic()
+        self._attachments = self._networks.join(self, names)
+        self._plug_networks()
+        for neighbour in self._networks.neighbours(self):
+            if neighbour is self or neighbour.running:
+                neighbour._write_hosts()
+        self.timeline.add("networks", time.monotonic() - t0)
+
+    def _plug_networks(self) -> None:
+        """Hot-plug this guest's private NICs into its (new) QEMU and configure them."""
+        fam = self._config.family
+        for attachment in self._attachments:
+            for command in private_nic_commands(attachment.index, attachment.mac, fam.nic_model,
+                                                attachment.socket, attachment.hub):
+                self._hv.monitor(self._dom, command, f"plugging a NIC on network {attachment.network}")
+        self._configure_networks()
+
+    def _configure_networks(self) -> None:
+        """Set the addresses of the private NICs (after a plug, or a reboot lost them)."""
+        template = self._config.family.network_command
+        assert template is not None  # the session refuses networks for such families
+        for a in self._attachments:
+            self.run(template.format(mac=shlex.quote(a.mac), ipv4=a.ipv4, prefix4=a.prefix4,
+                                     ipv6=a.ipv6, prefix6=a.prefix6, scope4=a.scope4,
+                                     scope6=a.scope6),
+                     sudo=True, check=True, timeout=120)
+
+    def _write_hosts(self) -> None:
+        lines = self._networks.hosts_for(self)
+        self.run(self._config.family.hosts_command.format(lines=" ".join(map(shlex.quote, lines))),
+                 sudo=True, check=True, timeout=60)
+
+    @property
+    def running(self) -> bool:
+        """Started, not shut down and not destroyed."""
+        return self._dom is not None and not self.destroyed and not self.powered_off
 
     def _prepare(self) -> None:
         t0 = time.monotonic()
@@ -466,6 +544,8 @@ class Guest:
                 self._ssh.run(clock, timeout=60, check=True)
                 self.timeline.add("clock", time.monotonic() - t0)
         self._mount_shares()
+        if self._attachments:  # the NICs stayed in QEMU; the new boot has no addresses on them
+            self._configure_networks()
         return self
 
     def wait_ready(self, timeout: float | None = None) -> "Guest":
@@ -498,6 +578,7 @@ class Guest:
         waiter.phase("shutdown", stopped, limit)
         self._dom = None
         self.powered_off = True
+        self._shares_mounted = False  # the devices went with the QEMU: start() adds them again
         self.timeline.add("powered-off", time.monotonic() - t0)
         return self
 
@@ -512,6 +593,9 @@ class Guest:
             self._wait_ready()
         finally:
             self._boots_before = 0
+        if self._attachments:  # a new QEMU: plug the NICs again
+            self._plug_networks()
+            self._write_hosts()
 
     def _running_handle(self, action: str) -> None:
         if self.destroyed or self.powered_off or self._dom is None:
@@ -560,6 +644,9 @@ class Guest:
         if self._config.shares:
             raise KvmError(f"cannot freeze guest {self.name}: it has shares (QEMU cannot save a "
                            f"guest with virtiofs); give the clones the share instead")
+        if self._config.networks:
+            raise KvmError(f"cannot freeze guest {self.name}: it is on networks (their NICs are "
+                           f"plugged into its QEMU only); give the clones networks= instead")
         if self._ssh is not None:
             self._ssh.close()
             self._ssh = None
@@ -874,6 +961,8 @@ class Guest:
             self._hv.destroy(self.name)
         except Exception as exc:  # keep going: the files must go too
             errors.append(exc)
+        if self._networks is not None:
+            self._networks.leave(self.name)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self._config.workdir)
         self._remove_qemu_log()

@@ -7,6 +7,7 @@ turned into a :class:`~pytest_kvm.errors.HypervisorError` here.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import threading
@@ -257,6 +258,19 @@ class Hypervisor:
         libvirt = _libvirt()
         with translate(f"attaching {what} to {dom.name()}", self.uri):
             dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def monitor(self, dom, command: dict, what: str) -> dict:
+        """Send one QMP *command* to *dom*'s QEMU through libvirt (for what libvirt cannot
+        do itself: see :func:`~pytest_kvm.domain.private_nic_commands`); QEMU's error is a
+        :class:`HypervisorError` naming *what*."""
+        import libvirt_qemu  # noqa: PLC0415 - part of libvirt-python, loaded with it
+
+        with translate(f"{what} ({dom.name()})", self.uri):
+            reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(command), 0))
+        if "error" in reply:
+            raise HypervisorError(f"{what} ({dom.name()}): QEMU said "
+                                  f"{reply['error'].get('desc', reply['error'])}")
+        return reply
 
     def is_running(self, dom) -> bool:
         libvirt = _libvirt()

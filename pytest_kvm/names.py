@@ -20,3 +20,16 @@ def checked(kind: str, name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise NameError_(f"{kind} name {name!r} is not allowed: {NAME_RULE}")
     return name
+
+
+#: a guest's or a network's name on guest networks (``name=``, ``networks=``): one DNS label,
+#: as it goes into the guests' hosts files (``a``, ``a.lan``)
+LABEL_PATTERN = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+LABEL_RULE = "letters, digits and '-', not at either end (at most 63)"
+
+
+def checked_label(kind: str, name: str) -> str:
+    """*name* if it can be a host name label; else an error naming *kind*."""
+    if not isinstance(name, str) or not LABEL_PATTERN.match(name):
+        raise NameError_(f"{kind} {name!r} is not allowed: {LABEL_RULE}")
+    return name

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .domain import NAME_PREFIX
 from .hypervisor import Hypervisor
 
 KEPT_MARKER = "KEPT"
@@ -54,8 +55,9 @@ def _remove_guest_files(meta: dict[str, str], name: str) -> None:
     if not run_dir.name or not (run_dir / name).is_dir():
         return
     shutil.rmtree(run_dir / name, ignore_errors=True)
-    # the run directory goes once no guest directory is left in it
-    if not any(p.is_dir() for p in run_dir.iterdir()):
+    # the run directory goes once no guest directory is left in it (its networks' switches
+    # exit when it is gone; see pytest_kvm.hub)
+    if not any(p.is_dir() and p.name.startswith(NAME_PREFIX) for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -29,6 +29,7 @@ from .guest import Guest, GuestConfig, domain_spec
 from .hypervisor import Hypervisor
 from .images import ImageStore
 from .keys import KeyPair
+from .networks import Networks
 from .reaper import KEPT_MARKER, process_start_time, reap_domains, reap_run_dirs, write_owner
 from .families import family
 from .snapshots import SnapshotStore
@@ -66,6 +67,7 @@ class KvmSession:
         self._ahead = AheadPool(settings.prepare_ahead)
         self._reclaimer = Reclaimer()
         self._remake_lock = threading.Lock()
+        self.networks = Networks(self.run_dir)  # guests' private networks (networks=)
         pid = os.getpid()
         self._owner = {"owner_pid": str(pid), "owner_start": process_start_time(pid),
                        "run_id": self.run_id, "run_dir": str(self.run_dir)}
@@ -143,6 +145,10 @@ class KvmSession:
         if request.share and config.family.share_mount_command is None:
             raise SpecError(f"share: family {config.family.name} ({os_name}) cannot mount shared "
                             f"folders (virtiofs); copy files with guest.put(directory, ...) instead")
+        if request.networks and (config.family.network_command is None
+                                 or config.family.machine != "pc"):
+            raise SpecError(f"networks: family {config.family.name} ({os_name}) cannot join "
+                            f"private networks yet (only Linux guests can)")
         tpm = config.family.tpm if config.tpm is None else config.tpm
         # libvirt keys a TPM's state by the domain's UUID, which clones share: cold boot those
         if (request.reset or self.settings.reset) == "clone" and not tpm:
@@ -158,7 +164,8 @@ class KvmSession:
             else:  # made ahead for whoever came next: this request's shares are mounted now
                 guest.hand_over(config)
             if not request.unique and self._ahead.wanted(golden.key):
-                ahead = self._config(os_name, replace(request, share=(), artifacts=()))
+                ahead = self._config(os_name, replace(request, share=(), artifacts=(),
+                                                      networks=(), name=None))
                 self._ahead.prepare(golden.key, self._clone(golden, ahead), after=guest)
             return guest
         self.boots += 1
@@ -255,6 +262,7 @@ class KvmSession:
             user_data=request.user_data, family=fam, seed_format=request.seed, unique=request.unique,
             tpm=request.tpm, machine_type=self.hypervisor.canonical_machine(fam.machine),
             shares=request.share, artifacts=request.artifacts,
+            networks=request.networks, network_name=request.name,
             metadata={**self._owner, "created": str(int(time.time()))})
 
     def _next_name(self) -> str:
@@ -293,7 +301,8 @@ class KvmSession:
         where = "snapshot" if self.settings.snapshots == "on" else "golden guest"
         self.progress(f"booting {where} {key} ({config.os}) for warm clones")
         guest = Guest(self.hypervisor, replace(config, name=self._next_name(), workdir=directory,
-                                               shares=(), artifacts=()))
+                                               shares=(), artifacts=(), networks=(),
+                                               network_name=None))
         self.boots += 1
         self._golden_guests.append(guest)
         guest.start()
@@ -355,6 +364,7 @@ class KvmSession:
 
     def _track(self, guest: Guest) -> Guest:
         guest._freezer = self._freeze
+        guest._networks = self.networks
         self.guests.append(guest)
         return guest
 
@@ -392,6 +402,10 @@ class KvmSession:
             if not guest.kept and guest.name not in needed:
                 self._reclaimer.destroy(guest.destroy)
         errors: list[BaseException] = self._reclaimer.wait()
+        try:
+            self.networks.close(keep={g.name for g in self.kept})
+        except Exception as exc:  # noqa: BLE001 - reported with the rest
+            errors.append(exc)
         self.guests = [g for g in self.guests if g.kept]
         self._golden_guests = [g for g in self._golden_guests if g.name in needed]
         self._goldens = {}

@@ -15,6 +15,7 @@ from typing import Any
 from .clones import RESET_CHOICES, Golden
 from .errors import KvmError
 from .families import FAMILIES, SEED_FORMATS
+from .names import checked_label
 
 MEMORY_RANGE = (64, 1024 * 1024)
 CPU_RANGE = (1, 256)
@@ -40,6 +41,8 @@ class GuestRequest:
     share: tuple["Share", ...] = ()
     artifacts: tuple[str, ...] = ()
     golden: Any = None  # a user golden (guest.freeze(), kvm.golden()), or a fixture's name
+    networks: tuple[str, ...] = ()  # private networks shared with the session's other guests
+    name: str | None = None  # the guest's name on its networks (hosts files)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,20 @@ def _paths(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _networks(value: Any) -> tuple[str, ...]:
+    """``("lan",)`` (a single name may be given as a string); each name a host name label."""
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, Sequence) or isinstance(names, bytes):
+        raise SpecError(f"networks must be a list of network names, not {value!r}")
+    try:
+        names = tuple(checked_label("network name", n) for n in names)
+    except KvmError as exc:
+        raise SpecError(f"networks: {exc}") from None
+    if len(set(names)) != len(names):
+        raise SpecError(f"networks: a network is named twice in {list(names)}")
+    return names
+
+
 def _int_in(name: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{name} must be an integer, not {type(value).__name__} {value!r}")
@@ -103,7 +120,8 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
                   family: str | None = None, seed: str | None = None,
                   unique: bool = False, tpm: bool | None = None,
                   share: Mapping[str, Any] | None = None,
-                  artifacts: Sequence[str] = (), golden: Any = None) -> GuestRequest:
+                  artifacts: Sequence[str] = (), golden: Any = None,
+                  networks: Sequence[str] = (), name: str | None = None) -> GuestRequest:
     """Check and normalise the arguments of ``kvm.boot``, ``guest_factory`` and the ``guest``
     marker (the one list of those keywords: see :data:`KEYWORDS`)."""
     if os is not None and (not isinstance(os, str) or not os):
@@ -138,12 +156,18 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
         if reset == "boot":
             raise SpecError("golden= gives a warm clone of that golden: it cannot go with "
                             "reset='boot'")
+    if name is not None:
+        try:
+            checked_label("name", name)
+        except KvmError as exc:
+            raise SpecError(str(exc)) from None
     return GuestRequest(os=os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
                         image=Path(image) if image is not None else None,
                         boot_timeout=float(boot_timeout) if boot_timeout is not None else None,
                         reset=reset, family=family, seed=seed, unique=unique, tpm=tpm,
                         share=_shares(share) if share is not None else (),
-                        artifacts=_paths("artifacts", artifacts), golden=golden)
+                        artifacts=_paths("artifacts", artifacts), golden=golden,
+                        networks=_networks(networks), name=name)
 
 
 def guest_marker(*args: Any, **kwargs: Any) -> GuestRequest:
