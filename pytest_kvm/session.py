@@ -30,7 +30,7 @@ from .hypervisor import Hypervisor
 from .images import ImageStore
 from .keys import KeyPair
 from .networks import Networks
-from .reaper import KEPT_MARKER, process_start_time, reap_domains, reap_run_dirs, write_owner
+from .reaper import KEPT_MARKER, make_run_dir, process_start_time, reap_domains, reap_run_dirs
 from .families import family
 from .snapshots import SnapshotStore
 from .spec import GuestRequest, SpecError, guest_request
@@ -86,32 +86,55 @@ class KvmSession:
 
     @property
     def hypervisor(self) -> Hypervisor:
-        if self._hv_error is not None:  # do not retry a failed open in every test
-            raise self._hv_error
+        """The libvirt connection. Its first use calls :meth:`start`, with the side effects
+        that method names."""
         if self._hv is None:
-            try:
-                self._hv = Hypervisor.open(self.settings.uri)
-            except KvmError as exc:
-                self._hv_error = exc
-                raise
-            self._watchdog = Watchdog(self.run_dir, self.settings.uri, self._hv.embed_index)
-            leftovers = reap_domains(self._hv)
-            leftovers += [p.name for p in reap_run_dirs(self.settings.cache_dir / "runs")]
-            if leftovers:
-                self.progress(f"removed leftovers of dead runs: {', '.join(leftovers)}")
+            self.start()
         return self._hv
+
+    def start(self) -> Hypervisor:
+        """Open libvirt and set the run up, once: create the run directory together with its
+        owner record, start the watchdog (which destroys this run's guests if this process
+        dies without closing the session), then reap what dead runs left behind (our own
+        directory is owned by then, so the reaper cannot take it). A failed open is raised
+        again on every later call, without retrying."""
+        if self._hv_error is not None:
+            raise self._hv_error
+        if self._hv is not None:
+            return self._hv
+        try:
+            hv = Hypervisor.open(self.settings.uri)
+        except KvmError as exc:
+            self._hv_error = exc
+            raise
+        try:
+            self._make_run_dir()
+            self._watchdog = Watchdog(self.run_dir, self.settings.uri, hv.embed_index)
+        except BaseException:
+            hv.close()
+            raise
+        self._hv = hv
+        leftovers = reap_domains(hv, failed=lambda name, exc: self.progress(
+            f"could not destroy {name}, a leftover of a dead run (its files are kept): {exc}"))
+        leftovers += [p.name for p in reap_run_dirs(self.settings.cache_dir / "runs")]
+        if leftovers:
+            self.progress(f"removed leftovers of dead runs: {', '.join(leftovers)}")
+        return hv
+
+    def _make_run_dir(self) -> None:
+        with writable(self.run_dir.parent, "creating the run's work directory"):
+            make_run_dir(self.run_dir)
 
     @property
     def uri(self) -> str:
-        """The libvirt URI in use (opens the connection if needed)."""
+        """The libvirt URI in use (calls :meth:`start` if needed)."""
         return self.hypervisor.uri
 
     def _key_file(self) -> Path:
         key_file = self.run_dir / "id_ed25519"
         if self._login_key is None:
-            with writable(self.run_dir.parent, "creating the run's work directory"):
-                self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                write_owner(self.run_dir)
+            self._make_run_dir()
+            with writable(self.run_dir.parent, "writing the run's login key"):
                 key = KeyPair.generate(f"pytest-kvm-{self.run_id}")
                 key.write_private(key_file)
             self._login_key = key
