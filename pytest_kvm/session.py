@@ -328,13 +328,28 @@ class KvmSession:
                                                network_name=None))
         self.boots += 1
         self._golden_guests.append(guest)
-        guest.start()
-        golden = guest.save_as_golden(key)
-        golden.write_meta(fields, time.time())
+        try:
+            guest.start()
+            golden = guest.save_as_golden(key)
+            golden.write_meta(fields, time.time())
+        except BaseException as exc:
+            self._discard_golden_guest(guest, exc)
+            raise
         if self.settings.snapshots == "on":  # the cache keeps its files; nothing is running
             self._golden_guests.remove(guest)
         self.progress(f"{where} {key} ready in {time.monotonic() - t0:.1f} s")
         return golden
+
+    def _discard_golden_guest(self, guest: Guest, exc: BaseException) -> None:
+        """A golden guest that did not start or save is no golden: destroy it now, before
+        the snapshot store removes its directory under a QEMU that may still run. If that
+        fails too, a note on *exc* says so."""
+        self._golden_guests.remove(guest)
+        try:
+            guest.destroy()
+        except Exception as err:  # noqa: BLE001 - reported on the error being raised
+            exc.add_note(f"pytest-kvm: destroying the unsaved golden guest {guest.name} "
+                         f"failed too: {err}")
 
     def _remake_snapshot(self, config: GuestConfig, key: str, fields: Mapping[str, Any],
                          exc: BaseException, generation: int) -> None:
