@@ -2,6 +2,7 @@
 ``--kvm-os``, the outcome recorder and report sections. Fixtures live in ``fixtures.py``."""
 from __future__ import annotations
 
+import signal
 import sys
 
 import pytest
@@ -18,7 +19,8 @@ from .fixtures import guest, guest_factory, guest_testinfra, kvm  # noqa: F401 -
 from .session import KvmSession
 from .snapshots import SNAPSHOT_CHOICES
 from .spec import KEYWORDS, guest_marker
-from .stash import GUESTS_KEY, OUTCOME_KEY, SESSION_KEY, WORKER_COUNTS_KEY
+from .stash import CLOSE_ERRORS_KEY, GUESTS_KEY, OUTCOME_KEY, SESSION_KEY, SIGTERM_KEY, \
+    WORKER_CLOSE_ERRORS_KEY, WORKER_COUNTS_KEY
 
 MARKER_DOC = (f"guest({KEYWORDS}): configure the guest booted for this test by the `guest` "
               "fixture (pytest-kvm); the keywords of kvm.boot, see its docstring.")
@@ -124,10 +126,57 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = session
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
+def _sigterm_as_ctrl_c(signum, frame) -> None:
+    """SIGTERM (what CI services send on a cancel) takes Ctrl-C's path: pytest ends the
+    run as interrupted, and the session end destroys the guests and removes their files."""
+    raise KeyboardInterrupt("pytest-kvm: SIGTERM received, ending the session as for Ctrl-C")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Turn SIGTERM into Ctrl-C for this session (the previous handler comes back at its end)."""
+    config = session.config
+    if config.stash.get(SESSION_KEY, None) is None or SIGTERM_KEY in config.stash:
+        return
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    except ValueError:  # not the main thread: leave signals to whoever runs pytest
+        return
+    config.stash[SIGTERM_KEY] = (signal.SIG_DFL if previous is None else previous,)
+
+
+def _restore_sigterm(config: pytest.Config) -> None:
+    previous = config.stash.get(SIGTERM_KEY, None)
+    if previous is not None:
+        del config.stash[SIGTERM_KEY]
+        signal.signal(signal.SIGTERM, previous[0])
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _close(config: pytest.Config) -> list[str]:
+    """Close the session once; what it could not clean up, described (also stashed)."""
     session = config.stash.get(SESSION_KEY, None)
-    if session is not None:
-        session.close()
+    if session is None or CLOSE_ERRORS_KEY in config.stash:
+        return config.stash.get(CLOSE_ERRORS_KEY, [])
+    try:
+        errors = [_describe(exc) for exc in session.close()]
+    except Exception as exc:  # noqa: BLE001 - reported like the errors close() returns
+        errors = [_describe(exc)]
+    config.stash[CLOSE_ERRORS_KEY] = errors
+    return errors
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Normally a no-op (the session closed at session finish); closes it if that never ran."""
+    _restore_sigterm(config)
+    if config.stash.get(SESSION_KEY, None) is None or CLOSE_ERRORS_KEY in config.stash:
+        return
+    for error in _close(config):  # too late for the summary and the exit status
+        print(f"pytest-kvm: warning: the session end could not clean up: {error}",
+              file=sys.stderr, flush=True)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -198,20 +247,43 @@ def _collect_artifacts(item: pytest.Item, report: pytest.TestReport) -> None:
     report.sections.append(("pytest-kvm artifacts", "\n".join(lines)))
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own teardown of session-scoped fixtures
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """On a pytest-xdist worker: hand this worker's guest counts to the controller."""
-    kvm = session.config.stash.get(SESSION_KEY, None)
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if kvm is not None and workeroutput is not None:
+    """Close the kvm session (guests destroyed, files removed) before the terminal summary,
+    which names what could not be cleaned up; that also makes a passing run fail. On a
+    pytest-xdist worker, hand the guest counts and those errors to the controller."""
+    config = session.config
+    kvm = config.stash.get(SESSION_KEY, None)
+    if kvm is None:
+        return
+    errors = _close(config)
+    _restore_sigterm(config)
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
         workeroutput["pytest_kvm"] = kvm.counts()
+        workeroutput["pytest_kvm_close_errors"] = errors
+    if _close_problems(config) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _close_problems(config: pytest.Config) -> list[str]:
+    """This process's session-end errors and the xdist workers' ones, one line each."""
+    lines = list(config.stash.get(CLOSE_ERRORS_KEY, []))
+    for worker, errors in sorted(config.stash.get(WORKER_CLOSE_ERRORS_KEY, {}).items()):
+        lines += [f"{worker}: {error}" for error in errors]
+    return lines
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
     """On the pytest-xdist controller: collect each worker's guest counts for the summary."""
-    counts = getattr(node, "workeroutput", {}).get("pytest_kvm")
+    output = getattr(node, "workeroutput", {})
+    counts = output.get("pytest_kvm")
     if counts is not None:
         node.config.stash.setdefault(WORKER_COUNTS_KEY, {})[node.gateway.id] = counts
+    errors = output.get("pytest_kvm_close_errors")
+    if errors:
+        node.config.stash.setdefault(WORKER_CLOSE_ERRORS_KEY, {})[node.gateway.id] = list(errors)
 
 
 def _counts_line(counts: dict[str, int]) -> str:
@@ -224,6 +296,8 @@ def _counts_line(counts: dict[str, int]) -> str:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     workers = config.stash.get(WORKER_COUNTS_KEY, {})
+    if session is not None:
+        _report_close_problems(terminalreporter, config)
     if session is None or not (session.boots or session.clones or workers):
         return
     terminalreporter.write_sep("-", "pytest-kvm")
@@ -239,3 +313,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"kept {g.name} ({g.os}): {g.access()}")
     if session.kept:
         terminalreporter.write_line("remove kept guests with: pytest-kvm reap --kept")
+
+
+def _report_close_problems(terminalreporter, config: pytest.Config) -> None:
+    problems = _close_problems(config)
+    if not problems:
+        return
+    terminalreporter.write_sep("=", "pytest-kvm warnings: the session end could not clean up",
+                               yellow=True, bold=True)
+    for line in problems:
+        terminalreporter.write_line(line)
+    terminalreporter.write_line("guests or files may be left over: `pytest-kvm reap` removes those "
+                                "of finished runs")

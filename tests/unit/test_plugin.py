@@ -1,5 +1,11 @@
 """Plugin behaviour (options, markers, ids, header, errors) through pytest's own pytester.
 None of these boot a guest."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from pytest_kvm.accel import choose_accel
@@ -192,3 +198,85 @@ def test_no_secret_reaches_a_failure_report(pytester):
     key_line, password = (pytester.path / "secrets").read_text().splitlines()
     assert "ssh-ed25519" in out  # the public half is shown: the repr was printed
     assert key_line not in out and password not in out and "PRIVATE KEY" not in out
+
+
+CLOSE_FAILS = """
+from pytest_kvm.errors import HypervisorError
+from pytest_kvm.session import KvmSession
+
+closes = []
+
+def failing_close(self):
+    closes.append(self)
+    print(f"close called {len(closes)} time(s)")
+    return [HypervisorError("destroying pytest-kvm-1-ab-2: the connection\\nbroke")]
+
+KvmSession.close = failing_close
+"""
+
+
+def test_session_end_errors_are_reported_and_fail_the_run(pytester):
+    pytester.makeconftest(CLOSE_FAILS)  # a subprocess run: the patch stays there
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "*pytest-kvm warnings: the session end could not clean up*",
+        "HypervisorError: destroying pytest-kvm-1-ab-2: the connection broke",
+        "*`pytest-kvm reap`*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # the tests passed, the cleanup did not
+    assert "close called 2" not in result.stdout.str()  # closed once, at session finish
+
+
+def test_a_clean_session_end_says_nothing(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK
+    assert "pytest-kvm warnings" not in result.stdout.str()
+
+
+def test_sigterm_is_ctrl_c_during_the_session_only(pytester):
+    before = signal.getsignal(signal.SIGTERM)
+    pytester.makepyfile("""
+        import signal
+
+        def test_handler():
+            assert signal.getsignal(signal.SIGTERM).__name__ == "_sigterm_as_ctrl_c"
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+SIGTERM_CHILD = """
+import os, time, pytest
+
+@pytest.fixture(scope="session")
+def resource():
+    yield
+    with open(os.environ["TORN_DOWN"], "w") as fh:
+        fh.write("session fixture torn down")
+
+def test_hang(resource):
+    open(os.environ["STARTED"], "w").close()
+    time.sleep(120)
+"""
+
+
+def test_sigterm_ends_the_run_like_ctrl_c(pytester):
+    """Without guests: SIGTERM interrupts the test, and the session's teardown runs."""
+    pytester.makepyfile(SIGTERM_CHILD)
+    started, torn_down = pytester.path / "started", pytester.path / "torn_down"
+    env = {**os.environ, "STARTED": str(started), "TORN_DOWN": str(torn_down)}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(pytester.path)],
+                            env=env, cwd=pytester.path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "KeyboardInterrupt" in out and "SIGTERM" in out
+    assert torn_down.read_text() == "session fixture torn down"
