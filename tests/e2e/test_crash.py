@@ -1,4 +1,4 @@
-"""Interrupted and killed runs leave nothing behind: Ctrl-C during boot, test or teardown,
+"""Interrupted and killed runs leave nothing behind: Ctrl-C during boot, test or teardown, SIGTERM,
 and SIGKILL (the watchdog reaps the guests)."""
 import os
 import signal
@@ -53,6 +53,19 @@ def test_sigint_during_a_test_cleans_up(pytester, kvm):
     assert not run_dir_of(kvm, name).exists()
 
 
+def test_sigterm_during_a_test_cleans_up_like_ctrl_c(pytester, kvm):
+    """What CI services send on a cancel: the session ends as for Ctrl-C."""
+    proc, name = start_child_with_guest(pytester)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, out  # pytest's "interrupted"
+    assert "KeyboardInterrupt" in out and "SIGTERM" in out
+    assert qemu_processes(name) == []
+    run_dir = run_dir_of(kvm, name)
+    assert not run_dir.exists()
+    assert not run_dir.with_name(f"{run_dir.name}.watchdog.log").exists()  # a clean end
+
+
 def test_sigkill_of_pytest_leaves_no_guest(pytester, kvm):
     proc, name = start_child_with_guest(pytester)
     proc.send_signal(signal.SIGKILL)
@@ -64,9 +77,11 @@ def test_sigkill_of_pytest_leaves_no_guest(pytester, kvm):
     assert qemu_processes(name) == [], "the guest outlived its killed owner by 30 s"
     assert gone_after < 15
     run_dir = run_dir_of(kvm, name)
-    while run_dir.exists() and time.monotonic() - killed < 30:
+    log = run_dir.with_name(f"{run_dir.name}.watchdog.log")
+    while (run_dir.exists() or log.exists()) and time.monotonic() - killed < 30:
         time.sleep(0.5)
     assert not run_dir.exists()
+    assert not log.exists()  # a complete reap removes the watchdog's log too
 
 
 def test_sigint_during_boot_cleans_up(pytester, kvm):
