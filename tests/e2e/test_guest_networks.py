@@ -12,8 +12,8 @@ import pytest
 from procs import qemu_processes
 
 SERVE = ("mkdir -p /tmp/www && echo hello-from-server > /tmp/www/index.html && "
-         "cd /tmp/www && setsid nohup python3 -m http.server --bind :: 8000 "
-         ">/tmp/http.log 2>&1 < /dev/null &")
+         "{ setsid python3 -m http.server --directory /tmp/www --bind :: 8000 "
+         ">/tmp/http.log 2>&1 </dev/null & }")
 UP = "for i in $(seq 100); do curl -fsS http://localhost:8000/ >/dev/null && exit 0; sleep 0.2; done; exit 1"
 
 

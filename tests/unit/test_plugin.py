@@ -37,7 +37,7 @@ def test_help_documents_every_option_and_ini(pytester):
 
 def test_marker_is_registered(pytester):
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None, boot_timeout=None, reset=None, family=None, seed=None, unique=False, tpm=None, share=None, artifacts=(), golden=None)*"])
+    result.stdout.fnmatch_lines(["@pytest.mark.guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None, boot_timeout=None, reset=None, family=None, seed=None, unique=False, tpm=None, share=None, artifacts=(), golden=None, networks=(), name=None)*"])
 
 
 def test_header_says_uri_and_acceleration(pytester):
