@@ -751,6 +751,8 @@ class Guest:
         restore; each try reads the host's time anew."""
         end = time.monotonic() + deadline
         while True:
+            if self.destroyed:  # a clone that failed meanwhile: its domain is gone
+                raise HypervisorError(f"guest {self.name} was destroyed before its clock was set")
             try:
                 return self._hv.set_time(self._dom, time.time(), timeout=2)
             except HypervisorError:

@@ -1,0 +1,36 @@
+"""The clock thread of a warm clone stops as soon as the clone is destroyed (a clone that
+failed while its clock was being set must not keep calling its gone domain)."""
+import threading
+import time
+
+import pytest
+
+from pytest_kvm.errors import HypervisorError
+from pytest_kvm.guest import Guest
+
+
+class AgentNeverAnswers:
+    def __init__(self):
+        self.calls = 0
+
+    def set_time(self, dom, epoch, timeout):
+        self.calls += 1
+        raise HypervisorError("the guest agent is not connected")
+
+
+def test_clock_thread_stops_when_the_clone_is_destroyed():
+    guest = Guest.__new__(Guest)  # only what _clock_by_agent reads
+    guest.name, guest._dom, guest.destroyed = "clone", object(), False
+    guest._hv = AgentNeverAnswers()
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(
+        pytest.raises(HypervisorError, guest._clock_by_agent, 60)))
+    thread.start()
+    time.sleep(0.5)
+    guest.destroyed = True
+    thread.join(timeout=2)
+    assert not thread.is_alive(), "the clock thread kept calling a destroyed clone's domain"
+    assert "destroyed" in str(errors[0].value)
+    calls = guest._hv.calls
+    time.sleep(0.3)
+    assert guest._hv.calls == calls
