@@ -7,6 +7,7 @@ from pathlib import Path
 from .accel import ACCEL_CHOICES
 from .cache import default_cache_dir
 from .clones import RESET_CHOICES
+from .domain import NETWORK_MODES
 from .names import NAME_PATTERN, NAME_RULE
 from .snapshots import SNAPSHOT_CHOICES
 from .waiting import Limit
@@ -50,6 +51,7 @@ class Settings:
     prepare_ahead: int = DEFAULT_PREPARE_AHEAD
     artifacts_dir: Path | None = None  # where guests' logs and files go for failed tests
     artifacts_when: str = "failed"
+    network: str = "user"  # the user-mode NIC's reach: "user" (host and outside) or "isolated"
 
     @property
     def default_os(self) -> str:
@@ -90,14 +92,16 @@ class Settings:
             prepare_ahead=config.getini("kvm_prepare_ahead"),
             artifacts_dir=_relative_to(opt.kvm_artifacts, config.invocation_params.dir)
             or _relative_to(config.getini("kvm_artifacts"), config.rootpath),
-            artifacts_when=opt.kvm_artifacts_when or "failed")
+            artifacts_when=opt.kvm_artifacts_when or "failed",
+            network=opt.kvm_network or config.getini("kvm_network") or "user")
 
     @classmethod
     def build(cls, *, os_names=(DEFAULT_OS,), accel="auto", uri=None, keep="none", images=(),
               cache_dir=None, boot_timeout=None, ssh_timeout=None, cloud_init_timeout=None,
               memory_mib=None, cpus=None, command_timeout=None,
               reset="clone", mirror=None, catalogs=(), snapshots="on", snapshot_max_gb=None,
-              prepare_ahead=None, artifacts_dir=None, artifacts_when="failed") -> "Settings":
+              prepare_ahead=None, artifacts_dir=None, artifacts_when="failed",
+              network="user") -> "Settings":
         if accel not in ACCEL_CHOICES:
             raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
         if keep not in KEEP_CHOICES:
@@ -111,6 +115,9 @@ class Settings:
         if artifacts_when not in ARTIFACTS_WHEN_CHOICES:
             raise SettingsError(f"--kvm-artifacts-when must be one of "
                                 f"{', '.join(ARTIFACTS_WHEN_CHOICES)}, not {artifacts_when!r}")
+        if network not in NETWORK_MODES:
+            raise SettingsError(f"--kvm-network / kvm_network must be one of "
+                                f"{', '.join(NETWORK_MODES)}, not {network!r}")
         local_images = {}
         for item in images:
             name, sep, path = item.partition("=")
@@ -139,6 +146,7 @@ class Settings:
             prepare_ahead=_count("kvm_prepare_ahead", prepare_ahead, DEFAULT_PREPARE_AHEAD),
             artifacts_dir=Path(artifacts_dir).expanduser() if artifacts_dir else None,
             artifacts_when=artifacts_when,
+            network=network,
         )
 
 

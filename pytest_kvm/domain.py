@@ -43,6 +43,13 @@ SWTPM = "swtpm"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 NVRAM_FILE = "OVMF_VARS.fd"  # the per-guest copy, in the guest's work directory
 _DEV_PREFIX = {"virtio": "vd", "sata": "sd"}
+#: how the user-mode NIC reaches beyond the guest. "user": slirp as it is (the outside world,
+#: and the host's own 127.0.0.1 services as 10.0.2.2); "isolated": slirp's ``restrict=on``,
+#: nothing beyond the guest (no outside, no host, no DNS), the host forward still works.
+#: QEMU 7.2 has no option for "the outside but not the host" (libslirp's
+#: ``disable_host_loopback`` is not exposed: ``-netdev user,disable-host-loopback=on`` is an
+#: invalid parameter).
+NETWORK_MODES = ("user", "isolated")
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,12 @@ class DomainSpec:
     seed_device: str = "disk"  # "disk" (on disk_bus) or "cdrom" (always SATA)
     mac: str | None = None  # the NIC's MAC; None: QEMU's default
     shared_memory: bool = False  # memfd RAM shared with helper processes (virtiofsd: shares)
+    network_mode: str = "user"  # one of NETWORK_MODES
 
     def __post_init__(self) -> None:
         checks = (("machine", ("pc", "q35")), ("firmware", ("bios", "uefi")),
-                  ("disk_bus", tuple(_DEV_PREFIX)), ("seed_device", ("disk", "cdrom")))
+                  ("disk_bus", tuple(_DEV_PREFIX)), ("seed_device", ("disk", "cdrom")),
+                  ("network_mode", NETWORK_MODES))
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DomainSpec.{name}={getattr(self, name)!r} is not one of {allowed}")
@@ -275,15 +284,21 @@ def domain_element(spec: DomainSpec) -> ET.Element:
         _sub(tpm, "backend", type="emulator", version="2.0")
 
     cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-    for arg in _nic_args(spec.nic_model, spec.mac, spec.ssh_port, spec.guest_port):
+    for arg in _nic_args(spec.nic_model, spec.mac, spec.ssh_port, spec.guest_port,
+                         spec.network_mode):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
     return dom
 
 
-def _nic_args(model: str, mac: str | None, host_port: int, guest_port: int) -> list[str]:
-    """QEMU arguments of the user-mode NIC with its one 127.0.0.1 forward."""
+def _nic_args(model: str, mac: str | None, host_port: int, guest_port: int,
+              network_mode: str = "user") -> list[str]:
+    """QEMU arguments of the user-mode NIC with its one 127.0.0.1 forward; *network_mode*
+    ``"isolated"`` adds ``restrict=on`` (see :data:`NETWORK_MODES`)."""
+    if network_mode not in NETWORK_MODES:
+        raise ValueError(f"network mode {network_mode!r} is not one of {NETWORK_MODES}")
     device = f"{model},netdev=net0,addr={NIC_PCI_SLOT}" + (f",mac={mac}" if mac else "")
-    return ["-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}",
+    restrict = ",restrict=on" if network_mode == "isolated" else ""
+    return ["-netdev", f"user,id=net0{restrict},hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}",
             "-device", device]
 
 
@@ -346,7 +361,9 @@ def read_metadata(xml: str) -> dict[str, str] | None:
 class CloneIdentity:
     """What makes a clone of a saved golden a domain of its own: libvirt's name and UUID,
     the NIC's MAC, the VM generation ID (the guest reseeds its RNG when it changes), its
-    own files and forward, and the owner metadata the reaper reads."""
+    own files and forward, its network mode (a golden saved in one mode clones into any:
+    the mode is a netdev option, not part of the saved state) and the owner metadata the
+    reaper reads."""
 
     name: str
     disk: Path
@@ -359,6 +376,7 @@ class CloneIdentity:
     uuid: str = field(default_factory=lambda: str(uuid_module.uuid4()))
     genid: str = field(default_factory=lambda: str(uuid_module.uuid4()))
     mac: str = field(default_factory=random_mac)
+    network_mode: str = "user"  # one of NETWORK_MODES
 
 
 def _set_text(root: ET.Element, tag: str, text: str) -> None:
@@ -370,10 +388,10 @@ def _set_text(root: ET.Element, tag: str, text: str) -> None:
 
 def retarget(xml: str, clone: CloneIdentity) -> str:
     """A saved golden's XML made into *clone*'s: its own name, UUID, generation ID, MAC,
-    system disk, console file, host forward, NVRAM (for UEFI) and owner metadata; every
-    device stays as saved (QEMU's migration stream expects them). The system disk is the
-    first ``device="disk"``, on any bus: :func:`domain_element` writes it first and
-    libvirt keeps the order."""
+    system disk, console file, host forward, network mode, NVRAM (for UEFI) and owner
+    metadata; every device stays as saved (QEMU's migration stream expects them). The
+    system disk is the first ``device="disk"``, on any bus: :func:`domain_element` writes
+    it first and libvirt keeps the order."""
     root = ET.fromstring(xml)
     _set_text(root, "name", clone.name)
     _set_text(root, "uuid", clone.uuid)
@@ -406,7 +424,8 @@ def retarget(xml: str, clone: CloneIdentity) -> str:
         if value.startswith("user,id=net0,"):
             device = args[index + 2]  # -netdev VALUE -device VALUE
             model = device.get("value", "").split(",", 1)[0]
-            netdev, nic = _nic_args(model, clone.mac, clone.ssh_port, clone.guest_port)[1::2]
+            netdev, nic = _nic_args(model, clone.mac, clone.ssh_port, clone.guest_port,
+                                    clone.network_mode)[1::2]
             arg.set("value", netdev)
             device.set("value", nic)
             break

@@ -100,6 +100,7 @@ class GuestConfig:
     artifacts: tuple[str, ...] = ()  # guest paths collected for a failed test
     networks: tuple[str, ...] = ()  # private networks joined once the guest is up
     network_name: str | None = None  # its name on them (name=); its own name is one too
+    network_mode: str = "user"  # the user-mode NIC's reach (--kvm-network): "user" or "isolated"
 
     @property
     def user(self) -> str:
@@ -116,7 +117,7 @@ def domain_spec(cfg: GuestConfig, port: int, mac: str | None = None) -> DomainSp
         console_log=workdir / CONSOLE_FILE, ssh_port=port,
         kernel=cfg.image.kernel if direct else None, initrd=cfg.image.initrd if direct else None,
         cmdline=cfg.image.cmdline if direct else "", metadata=dict(cfg.metadata),
-        machine_type=cfg.machine_type, mac=mac,
+        machine_type=cfg.machine_type, mac=mac, network_mode=cfg.network_mode,
         **family_fields(cfg.family, workdir, firmware=cfg.image.firmware, tpm=cfg.tpm))
 
 
@@ -705,7 +706,8 @@ class Guest:
             nvram = self._copy_nvram(golden)
         identity = CloneIdentity(name=self.name, disk=self.overlay, console_log=self._console,
                                  ssh_port=0, guest_port=cfg.family.guest_port, nvram=nvram,
-                                 seed=golden.seed, metadata=dict(cfg.metadata))
+                                 seed=golden.seed, metadata=dict(cfg.metadata),
+                                 network_mode=cfg.network_mode)
         self.mac = identity.mac
         self.timeline.add("prepare", time.monotonic() - t0)
         t0 = time.monotonic()

@@ -10,6 +10,7 @@ import pytest
 from .accel import ACCEL_CHOICES
 from .artifacts import collect, directory_for
 from .clones import RESET_CHOICES
+from .domain import NETWORK_MODES
 from .config import ARTIFACTS_WHEN_CHOICES, DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
@@ -49,6 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="on: keep golden guests across runs in the cache's snapshots/ directory, "
                          "so a later session clones without booting; off: boot goldens per "
                          "session. Default: ini kvm_snapshots, else on.")
+    group.addoption("--kvm-network", choices=NETWORK_MODES, default=None, dest="kvm_network",
+                    help="what guests reach through their user-mode NIC: user (the outside world "
+                         "and the host's own 127.0.0.1 services, as 10.0.2.2) or isolated (QEMU's "
+                         "restrict=on: nothing beyond the guest; the SSH forward still works). "
+                         "Default: ini kvm_network, else user.")
     group.addoption("--kvm-artifacts", metavar="DIR", dest="kvm_artifacts",
                     help="for each failed test, copy its guests' console log, timeline, system "
                          "logs and the paths named in @pytest.mark.guest(artifacts=[...]) into "
@@ -87,6 +93,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("kvm_cpus", f"default number of guest vCPUs; default {DEFAULT_CPUS}", default="")
     parser.addini("kvm_reset", "clone or boot (see --kvm-reset); default clone", default="")
     parser.addini("kvm_snapshots", "on or off (see --kvm-snapshots); default on", default="")
+    parser.addini("kvm_network", "user or isolated (see --kvm-network); default user", default="")
     parser.addini("kvm_snapshot_max_gb", "size limit of the snapshot cache in GiB: the least "
                   "recently used snapshots are removed beyond it; default no limit", default="")
     parser.addini("kvm_prepare_ahead", f"clones of the golden the last test used made ready "
@@ -188,7 +195,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
            or "qemu:///embed (embedded driver, no daemon)")
     return [f"pytest-kvm: accel {session.acceleration.describe()}; uri {uri}; "
             f"os {', '.join(settings.os_names)}; reset {settings.reset}; snapshots {settings.snapshots}; "
-            f"prepare ahead {settings.prepare_ahead}; cache {settings.cache_dir}"]
+            f"prepare ahead {settings.prepare_ahead}; network {settings.network}; "
+            f"cache {settings.cache_dir}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

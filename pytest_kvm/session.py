@@ -286,6 +286,7 @@ class KvmSession:
             tpm=request.tpm, machine_type=self.hypervisor.canonical_machine(fam.machine),
             shares=request.share, artifacts=request.artifacts,
             networks=request.networks, network_name=request.name,
+            network_mode=self.settings.network,
             metadata={**self._owner, "created": str(int(time.time()))})
 
     def _next_name(self) -> str:
@@ -369,7 +370,10 @@ class KvmSession:
         """Everything that can make a saved state wrong for *config*: the snapshot key hashes
         it, ``pytest-kvm snapshot list`` shows it."""
         fam = config.family
-        template = replace(config, name="golden", workdir=Path("/golden"), metadata={})
+        # not the network mode: it is a netdev option outside the saved state, and each clone
+        # gets its own through retarget (a golden booted in either mode serves both)
+        template = replace(config, name="golden", workdir=Path("/golden"), metadata={},
+                           network_mode="user")
         dummy = KeyPair("private", "ssh-ed25519 AAAA pytest-kvm")
         user_data = cloudinit.render_user_data(fam, login_key=dummy, host_key=dummy,
                                                password="password" if fam.transport == "winrm"

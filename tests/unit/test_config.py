@@ -63,6 +63,14 @@ def test_snapshot_and_ahead_settings():
         Settings.build(snapshot_max_gb="-1")
 
 
+def test_network_mode():
+    assert Settings.build().network == "user"  # today's behaviour: the host's loopback too
+    assert Settings.build(network="isolated").network == "isolated"
+    with pytest.raises(SettingsError, match="--kvm-network / kvm_network must be one of "
+                                            "user, isolated, not 'none'"):
+        Settings.build(network="none")
+
+
 def test_ini_reaches_settings(pytester):
     pytester.makeini("[pytest]\nkvm_snapshots = off\nkvm_snapshot_max_gb = 2\nkvm_prepare_ahead = 3\n")
     pytester.makepyfile("""

@@ -45,6 +45,18 @@ def test_forward_binds_loopback_only():
     assert "addr=0x1e" in args[args.index("-device") + 1]
 
 
+def test_isolated_network_restricts_the_user_netdev_and_keeps_the_forward():
+    args = [a.get("value") for a in parse(spec(network_mode="isolated")).findall(
+        f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
+    netdev = args[args.index("-netdev") + 1]
+    assert netdev == "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"
+
+
+def test_network_mode_is_checked():
+    with pytest.raises(ValueError, match="network_mode"):
+        spec(network_mode="bridge")
+
+
 def test_own_bootloader_when_no_kernel():
     root = parse(spec(kernel=None, initrd=None, cmdline=""))
     assert root.find("os/kernel") is None
@@ -269,6 +281,25 @@ def test_retarget_every_family_shape(name):
     if fam.firmware == "uefi":
         assert moved.find("os/nvram").text == "/c/OVMF_VARS.fd"
         assert moved.find("os/nvram").get("template") == "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+
+@pytest.mark.parametrize("saved_mode", ["user", "isolated"])
+def test_retarget_gives_a_clone_its_own_network_mode(saved_mode):
+    from pytest_kvm.domain import CloneIdentity, retarget
+    saved = domain_xml(spec(network_mode=saved_mode))
+
+    def clone(mode):
+        return ET.fromstring(retarget(saved, CloneIdentity(
+            name="c", disk=Path("/c/d.qcow2"), console_log=Path("/c/console.log"), ssh_port=41000,
+            mac="52:54:00:00:00:01", network_mode=mode)))
+
+    assert nic_args(clone("isolated"))[0] == "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:41000-:22"
+    assert nic_args(clone("user"))[0] == "user,id=net0,hostfwd=tcp:127.0.0.1:41000-:22"
+    assert nic_args(clone("isolated"))[1] == "virtio-net-pci,netdev=net0,addr=0x1e,mac=52:54:00:00:00:01"
+    # retargeting again (a user golden frozen from a clone) keeps working
+    again = retarget(ET.tostring(clone("isolated"), encoding="unicode"), CloneIdentity(
+        name="d", disk=Path("/d/d.qcow2"), console_log=Path("/d/console.log"), ssh_port=42000))
+    assert nic_args(ET.fromstring(again))[0] == "user,id=net0,hostfwd=tcp:127.0.0.1:42000-:22"
 
 
 def test_retarget_drops_the_saved_backing_chain_of_a_sata_disk():

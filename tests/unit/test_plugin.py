@@ -31,7 +31,7 @@ def test_help_documents_every_option_and_ini(pytester):
     for opt in ("--kvm-os", "--kvm-accel", "--kvm-uri", "--kvm-keep", "--kvm-image", "--kvm-cache-dir", "--kvm-reset", "kvm_reset",
                 "kvm_os", "kvm_cache_dir", "kvm_boot_timeout", "kvm_ssh_timeout", "kvm_cloud_init_timeout", "kvm_memory_mib", "kvm_command_timeout",
                 "--kvm-mirror", "kvm_mirror", "kvm_catalog", "kvm_cpus", "--kvm-snapshots", "kvm_snapshots",
-                "kvm_snapshot_max_gb", "kvm_prepare_ahead"):
+                "kvm_snapshot_max_gb", "kvm_prepare_ahead", "--kvm-network", "kvm_network"):
         assert opt in out, opt
 
 
@@ -44,7 +44,22 @@ def test_header_says_uri_and_acceleration(pytester):
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest()
     accel = choose_accel("auto")
-    result.stdout.fnmatch_lines([f"pytest-kvm: accel {accel.name}: {accel.reason}; uri *; os debian-12; reset clone; snapshots on; prepare ahead 1; cache *"])
+    result.stdout.fnmatch_lines([f"pytest-kvm: accel {accel.name}: {accel.reason}; uri *; os debian-12; reset clone; snapshots on; prepare ahead 1; network user; cache *"])
+
+
+def test_header_says_the_network_mode_and_refuses_an_unknown_one(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--kvm-network", "isolated")
+    result.stdout.fnmatch_lines(["pytest-kvm: *; network isolated; cache *"])
+    pytester.makeini("[pytest]\nkvm_network = isolated\n")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["pytest-kvm: *; network isolated; cache *"])
+    result = pytester.runpytest("--kvm-network", "user")  # the option over the ini
+    result.stdout.fnmatch_lines(["pytest-kvm: *; network user; cache *"])
+    pytester.makeini("[pytest]\nkvm_network = host\n")
+    result = pytester.runpytest()
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*kvm_network must be one of user, isolated, not 'host'*"])
 
 
 def test_two_os_parametrize_guest_tests_with_os_in_id(pytester):
