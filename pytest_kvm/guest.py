@@ -547,6 +547,7 @@ class Guest:
         self._mount_shares()
         if self._attachments:  # the NICs stayed in QEMU; the new boot has no addresses on them
             self._configure_networks()
+            self._write_hosts()  # cloud-init may have written the hosts file anew at boot
         return self
 
     def wait_ready(self, timeout: float | None = None) -> "Guest":

@@ -149,7 +149,9 @@ class KvmSession:
         gives a clone its own hostname and machine-id; ``tpm=True`` adds an emulated TPM 2.0;
         ``share={"/mnt/src": "."}`` mounts host directories (read-only unless
         ``{"path": DIR, "writable": True}``); ``artifacts`` names guest paths collected
-        when the test fails (``--kvm-artifacts``)."""
+        when the test fails (``--kvm-artifacts``); ``networks=("lan",)`` puts the guest on
+        private networks shared with the session's other guests there, ``name`` is its name
+        on them (see :mod:`pytest_kvm.networks`)."""
         return self.create(os, **kwargs).start()
 
     def create(self, os: str | None = None, **kwargs: Any) -> Guest:
