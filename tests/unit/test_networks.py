@@ -231,3 +231,20 @@ def test_networks_keyword_takes_names_or_one_name():
                          ({"networks": 3}, "list of network names"), ({"name": "a.b"}, "name")):
         with pytest.raises(SpecError, match=message):
             guest_request(**bad)
+
+
+def test_session_end_stops_switches_but_those_of_kept_guests(tmp_path):
+    nets = Networks(tmp_path)
+    kept, gone = FakeGuest("kept"), FakeGuest("gone")
+    nets.join(kept, ("lan",))
+    nets.join(gone, ("other",))
+    lan, other = nets._networks["lan"], nets._networks["other"]
+    try:
+        nets.close(keep={"kept"})  # --kvm-keep kept "kept"
+        assert other._hub.poll() is not None and not other.hub_socket.exists()
+        assert lan._hub.poll() is None and lan.hub_socket.exists()
+        shutil.rmtree(tmp_path / "networks")  # what reaping the kept guest's run does
+        assert lan._hub.wait(timeout=10) == 0
+    finally:
+        lan.stop()
+        other.stop()
