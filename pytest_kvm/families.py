@@ -137,9 +137,10 @@ class Family:
     #: prints something that changes with every boot (``guest.reboot()`` waits for a new one)
     boot_id_command: str = "cat /proc/sys/kernel/random/boot_id"
     #: ``str.format`` template run as root once a private-network NIC was hot-plugged
-    #: (``networks=``): wait for the NIC with MAC ``{mac}``, bring it up with ``{ipv4}/{prefix4}``
-    #: and ``{ipv6}/{prefix6}``, and make the rest of the networks' ranges (``{scope4}``,
-    #: ``{scope6}``) unreachable (values come quoted); None: the family cannot join networks
+    #: (``networks=``): wait for the NIC with MAC ``{mac}``, bring it up (MTU ``{mtu}``) with
+    #: ``{ipv4}/{prefix4}`` and ``{ipv6}/{prefix6}``, and make the rest of the networks'
+    #: ranges (``{scope4}``, ``{scope6}``) unreachable (values come quoted); None: the family
+    #: cannot join networks
     network_command: str | None = None
     #: ``str.format`` template run as root: replace the plugin's lines of the hosts file with
     #: ``{lines}`` (each an ``ADDRESS NAME...`` line, quoted, separated by spaces)
@@ -179,7 +180,7 @@ LINUX_NETWORK_COMMAND = (
     "dev=; for i in $(seq 600); do for d in /sys/class/net/*; do "
     "[ \"$(cat \"$d/address\")\" = {mac} ] && dev=${{d##*/}}; done; [ -n \"$dev\" ] && break; "
     "sleep 0.1; done; [ -n \"$dev\" ] || {{ echo 'no interface with MAC '{mac}' appeared' >&2; "
-    "exit 1; }}; sysctl -qw \"net.ipv6.conf.$dev.accept_ra=0\" && ip link set dev \"$dev\" up "
+    "exit 1; }}; sysctl -qw \"net.ipv6.conf.$dev.accept_ra=0\" && ip link set dev \"$dev\" mtu {mtu} up "
     "&& ip addr replace {ipv4}/{prefix4} dev \"$dev\" "
     "&& ip -6 addr replace {ipv6}/{prefix6} dev \"$dev\" nodad "
     # the rest of the networks' ranges never leaves through the default route (user networking)

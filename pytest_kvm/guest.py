@@ -320,7 +320,7 @@ class Guest:
         for a in self._attachments:
             self.run(template.format(mac=shlex.quote(a.mac), ipv4=a.ipv4, prefix4=a.prefix4,
                                      ipv6=a.ipv6, prefix6=a.prefix6, scope4=a.scope4,
-                                     scope6=a.scope6),
+                                     scope6=a.scope6, mtu=a.mtu),
                      sudo=True, check=True, timeout=120)
 
     def _write_hosts(self) -> None:

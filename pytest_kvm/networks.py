@@ -39,7 +39,10 @@ from .errors import KvmError
 from .hub import HUB_SOCKET, MEMBER_SUFFIX
 
 LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
-HOSTS = range(2, 255)  # .1 is left free (a gateway a user may want to add)
+HOSTS = range(2, 255)
+# jumbo frames: every member is configured by the plugin, and a frame costs the guests' TCP
+# stacks (under TCG) and the switch the same whatever its size
+MTU = 9000  # .1 is left free (a gateway a user may want to add)
 SKIPPED_NETWORKS = {169}  # 169.254.169.254: the cloud metadata address
 MAX_NETWORKS = 254 - len(SKIPPED_NETWORKS)
 SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes, one of them the terminating NUL
@@ -65,6 +68,7 @@ class Attachment:
     prefix4: int = 24
     prefix6: int = 64
     scope4: str = str(LINK_LOCAL)  # every network's IPv4 subnet is in it
+    mtu: int = MTU
 
 
 class Network:

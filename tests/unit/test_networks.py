@@ -204,11 +204,13 @@ def test_linux_network_command_runs_in_bash_with_quoted_values(tmp_path):
     linux = family("linux")
     command = linux.network_command.format(mac="'52:54:00:aa:bb:cc'", ipv4="169.254.1.2",
                                            prefix4=24, ipv6="fd00::2", prefix6=64,
-                                           scope4="169.254.0.0/16", scope6="fd00::/48")
+                                           scope4="169.254.0.0/16", scope6="fd00::/48",
+                                           mtu=9000)
     check = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert "ip addr replace 169.254.1.2/24" in command
     assert "ip route replace unreachable 169.254.0.0/16" in command
+    assert "mtu 9000 up" in command
     hosts = linux.hosts_command.format(lines="'169.254.1.2 a a.lan'")
     assert subprocess.run(["bash", "-n", "-c", hosts]).returncode == 0
     assert family("windows").network_command is None
