@@ -91,13 +91,15 @@ class Network:
 
     def start(self) -> None:
         """Start the switch process and wait until it listens."""
-        self.directory.mkdir(mode=0o700, parents=True)
         socket_path = self.directory / ("0" * 12 + MEMBER_SUFFIX)
         if len(os.fsencode(socket_path)) > SOCKET_PATH_MAX:
             raise NetworkError(
                 f"network {self.name}: the socket paths under {self.directory} are too long for "
                 f"a Unix socket ({len(os.fsencode(socket_path))} > {SOCKET_PATH_MAX} bytes); "
-                f"set PYTEST_KVM_CACHE_DIR (or --kvm-cache-dir) to a shorter directory")
+                f"set PYTEST_KVM_CACHE_DIR to a shorter directory")
+        # inside the run's directory, which exists (with its owner record) once a guest does
+        self.directory.parent.mkdir(mode=0o700, exist_ok=True)
+        self.directory.mkdir(mode=0o700)
         with open(self.directory / "hub.log", "ab") as log:
             self._hub = subprocess.Popen(
                 [sys.executable, "-m", "pytest_kvm.hub", str(self.directory)],
