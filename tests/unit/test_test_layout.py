@@ -1,0 +1,11 @@
+"""The suite's own layout: pytest imports test modules by basename (no packages), so a
+unit and an end-to-end module of the same name break collection of the whole suite."""
+from collections import Counter
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent.parent
+
+
+def test_test_module_basenames_are_unique_across_unit_and_e2e():
+    names = Counter(p.name for p in TESTS.glob("*/test_*.py"))
+    assert [n for n, count in names.items() if count > 1] == []
