@@ -18,9 +18,9 @@ from typing import Any
 
 import paramiko
 
-from . import archive, cloudinit, commands, integrations, seed
-from .cache import write_owner_only, writable
-from .clones import CONSOLE_FILE, DISK_FILE, SAVE_FILE, SEED_FILE, Golden
+from . import cloudinit, commands, integrations, seed
+from .cache import writable
+from .clones import CONSOLE_FILE, DISK_FILE, PASSWORD_FILE, SAVE_FILE, SEED_FILE, Golden
 from .domain import NVRAM_FILE, CloneIdentity, DomainSpec, domain_xml, family_fields, \
     filesystem_xml, host_problems, private_nic_commands, random_mac, retarget
 from .errors import CloudInitError, CommandTimeout, ConnectionLost, HostKeyMismatch, \
@@ -33,6 +33,7 @@ from .networks import Attachment, Networks
 from .saveimage import Feeder, SaveImage
 from .spec import Share
 from .output import LineLog, guest_logger
+from .handle import Handle
 from .ssh import CommandResult, SshClient, read_banner
 from .storage import create_overlay, flatten_onto
 from .waiting import Limit, PhaseWaiter, Retry, Timeline, find_panic
@@ -48,11 +49,6 @@ RECONNECT_WAIT = 20.0  # seconds one new login may take after a connection dropp
 def _count_boots(console: str, banner: str | None) -> int:
     """Kernel starts seen in *console* (0 for a family without a known banner)."""
     return console.count(banner) if banner else 0
-
-
-def _write_stream(stream, path: Path) -> None:
-    with open(path, "wb") as out:
-        shutil.copyfileobj(stream, out)
 
 
 def _caller_source(frame) -> str:
@@ -154,7 +150,7 @@ class Guest:
         self._console = workdir / CONSOLE_FILE
         self._known_hosts = workdir / "known_hosts"
         self.mac = random_mac() if golden is None else ""  # the NIC's; a clone's: at restore
-        self._ssh: SshClient | WinRMClient | None = None  # the command handle
+        self._handle: Handle | None = None  # logged in once the guest is up
         self._dom = None
         self.destroyed = False
         self.kept = False
@@ -394,9 +390,17 @@ class Guest:
             return "stopped (its QEMU process exited)"
         return None
 
-    def _ssh_login(self, remaining: float) -> SshClient:
+    def _new_handle(self) -> Handle:
+        """A handle for the family's transport, not logged in yet."""
         cfg = self._config
-        client = SshClient(self.port, cfg.user, self.login_key_file, self._known_hosts)
+        return {
+            "ssh": lambda: SshClient(self.port, cfg.user, self.login_key_file, self._known_hosts),
+            "winrm": lambda: WinRMClient(self.port, self.credentials,
+                                         password_file=cfg.workdir / PASSWORD_FILE),
+        }[cfg.family.transport]()
+
+    def _ssh_login(self, remaining: float) -> Handle:
+        client = self._new_handle()
         try:
             client.connect(timeout=min(20.0, max(remaining, 1.0)))
         except HostKeyMismatch:
@@ -410,8 +414,8 @@ class Guest:
             raise Retry(f"{type(exc).__name__}: {exc}") from exc
         return client
 
-    def _winrm_login(self, remaining: float) -> WinRMClient:
-        client = WinRMClient(self.port, self.credentials)
+    def _winrm_login(self, remaining: float) -> Handle:
+        client = self._new_handle()
         try:
             client.connect(timeout=min(30.0, max(remaining, 1.0)))
         except WinRMError as exc:  # not listening yet, or our user does not exist yet
@@ -453,13 +457,13 @@ class Guest:
                 attempt = self._new_boot_login(attempt, new_boot_of)
                 phase, limit_name = "new-boot", "boot"
             handle = waiter.phase(phase, attempt, limit(limit_name))
-        self._ssh = handle
+        self._handle = handle
         if fam.ready_command is None:  # the login proves the seed was applied
             return
 
         def init_done(remaining: float):
             try:
-                return self._ssh.run(fam.ready_command, timeout=max(remaining, 1.0))
+                return self._handle.run(fam.ready_command, timeout=max(remaining, 1.0))
             except CommandTimeout as exc:
                 raise Retry("the guest's init (cloud-init) is still running") from exc
 
@@ -502,9 +506,9 @@ class Guest:
         else:
             with contextlib.suppress(ConnectionLost, CommandTimeout):
                 self.run(command, sudo=True, timeout=30)
-        if self._ssh is not None:
-            self._ssh.close()
-            self._ssh = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
         self._shares_mounted = False  # a new boot has nothing mounted
 
     def _console_boots(self) -> int:
@@ -542,7 +546,7 @@ class Guest:
             clock = self._config.family.clock_command_for(time.time())
             if clock is not None:
                 t0 = time.monotonic()
-                self._ssh.run(clock, timeout=60, check=True)
+                self._handle.run(clock, timeout=60, check=True)
                 self.timeline.add("clock", time.monotonic() - t0)
         self._mount_shares()
         if self._attachments:  # the NICs stayed in QEMU; the new boot has no addresses on them
@@ -556,9 +560,9 @@ class Guest:
         if self.powered_off or self.destroyed:
             raise HypervisorError(f"guest {self.name} is not running"
                                   + ("; call guest.start()" if self.powered_off else ""))
-        if self._ssh is not None:
-            self._ssh.close()
-            self._ssh = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
         self._wait_ready(timeout)
         return self
 
@@ -609,9 +613,9 @@ class Guest:
         """Save this ready guest's memory state and freeze its disk: it becomes a golden,
         whose directory is this guest's work directory."""
         t0 = time.monotonic()
-        if self._ssh is not None:
-            self._ssh.close()
-            self._ssh = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
         save_file = self._config.workdir / SAVE_FILE
         self._hv.save(self.name, save_file)
         self._dom = None
@@ -649,9 +653,9 @@ class Guest:
         if self._config.networks:
             raise KvmError(f"cannot freeze guest {self.name}: it is on networks (their NICs are "
                            f"plugged into its QEMU only); give the clones networks= instead")
-        if self._ssh is not None:
-            self._ssh.close()
-            self._ssh = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
         self._hv.save(self.name, directory / SAVE_FILE)
         self._dom = None
         self._remove_qemu_log()
@@ -734,18 +738,18 @@ class Guest:
         waiter = PhaseWaiter(guest_name=self.name, crash_check=self._crash_check,
                              console_tail=self.console_tail, timeline=self.timeline)
         phase, attempt, limit = self._login_phases()[-1]  # the guest is up: log in again
-        self._ssh = waiter.phase(phase, attempt, cfg.limits["ssh"], interval=0.2)
+        self._handle = waiter.phase(phase, attempt, cfg.limits["ssh"], interval=0.2)
         t0 = time.monotonic()
         try:
             agent_clock.result(timeout=AGENT_WAIT + 5)
         except Exception:  # no agent in this image (or it did not answer): log in and set it
             clock = cfg.family.clock_command_for(time.time())
             if clock is not None:
-                self._ssh.run(clock, timeout=60, check=True)
+                self._handle.run(clock, timeout=60, check=True)
         self.timeline.add("clock", time.monotonic() - t0)
         if cfg.unique:
             t0 = time.monotonic()
-            self._ssh.run(cfg.family.identity_command.format(hostname=self.hostname), timeout=120,
+            self._handle.run(cfg.family.identity_command.format(hostname=self.hostname), timeout=120,
                           check=True)
             self.timeline.add("identity", time.monotonic() - t0)
 
@@ -773,28 +777,29 @@ class Guest:
         return target
 
     # -- use ----------------------------------------------------------------------
-    def _client(self) -> SshClient | WinRMClient:
+    def _client(self) -> Handle:
         """The logged-in handle; an SSH connection that dropped since its last use (a reboot
         the test started, sshd restarted) is logged in again once, if the guest lets us."""
         if self.destroyed:
             raise HypervisorError(f"guest {self.name} was destroyed")
         if self.powered_off:
             raise HypervisorError(f"guest {self.name} is shut down: call guest.start() to boot it")
-        if self._ssh is None:
+        if self._handle is None:
             raise HypervisorError(f"guest {self.name} is not running")
-        if isinstance(self._ssh, SshClient) and not self._ssh.active:
+        if not self._handle.active:
             self._reconnect()
-        return self._ssh
+        return self._handle
 
     def _reconnect(self) -> None:
-        self._ssh.close()
-        self._ssh = None
+        self._handle.close()
+        self._handle = None
         if self._dom is None or not self._hv.is_running(self._dom):
             raise ConnectionLost(f"guest {self.name} stopped: its domain is no longer running "
                                  f"(powered off from inside, destroyed or crashed)",
                                  console_tail=self.console_tail())
         try:
-            self._ssh = self._ssh_login(RECONNECT_WAIT)
+            _phase, login, _limit = self._login_phases()[-1]
+            self._handle = login(RECONNECT_WAIT)
         except (Retry, LoginRefused, OSError, EOFError, paramiko.SSHException) as exc:
             raise ConnectionLost(
                 f"the connection to guest {self.name} was lost and logging in again failed "
@@ -823,7 +828,7 @@ class Guest:
             wrapped, timeout=timeout or self._config.command_timeout, check=check, input=data,
             log=LineLog(logger)))
 
-    def _use(self, what: str, call: Callable[[SshClient | WinRMClient], Any]) -> Any:
+    def _use(self, what: str, call: Callable[[Handle], Any]) -> Any:
         """Call *call* with the handle; a lost connection is explained by the domain's state."""
         client = self._client()
         try:
@@ -841,11 +846,8 @@ class Guest:
 
     def run_ps(self, script: str, *, timeout: float | None = None, check: bool = False) -> CommandResult:
         """Run a PowerShell *script* (Windows guests, whose handle is WinRM)."""
-        client = self._client()
-        if not isinstance(client, WinRMClient):
-            raise KvmError(f"run_ps needs a Windows guest; {self.name} is family {self.family} "
-                           f"(use run)")
-        return client.run_ps(script, timeout=timeout or self._config.command_timeout, check=check)
+        return self._use("a PowerShell script", lambda client: client.run_ps(
+            script, timeout=timeout or self._config.command_timeout, check=check))
 
     def put(self, local_path: str | os.PathLike, remote_path: str, *,
             exclude: Sequence[str] = (), timeout: float | None = None) -> None:
@@ -853,15 +855,10 @@ class Guest:
         chunks on Windows) to *remote_path*; a directory's contents are streamed as one tar
         archive and unpacked into *remote_path* (made if missing): modes, symlinks and empty
         directories kept, paths matching an ``exclude`` glob (e.g. ``".git"``, ``"*.pyc"``)
-        left out."""
+        left out. Trees need an SSH guest."""
         local = Path(local_path)
-        if not local.is_dir():
-            self._use(f"put {local}", lambda client: client.put(os.fspath(local), remote_path))
-            return
-        client = self._tree_client("put")
-        self._use(f"put {local}/ -> {remote_path}", lambda _c: client.run(
-            archive.remote_unpack_command(remote_path), timeout=timeout or self._config.command_timeout,
-            check=True, input=lambda stream: archive.pack(local, stream, exclude=exclude)))
+        self._use(f"put {local} -> {remote_path}", lambda client: client.put(
+            local, remote_path, exclude=exclude, timeout=timeout or self._config.command_timeout))
 
     def get(self, remote_path: str, local_path: str | os.PathLike, *,
             exclude: Sequence[str] = (), sudo: bool = False, timeout: float | None = None) -> None:
@@ -871,39 +868,18 @@ class Guest:
         pointing out) is refused with :class:`~pytest_kvm.archive.UnsafeArchive`.
         ``sudo=True`` reads as root (files the login user may not read)."""
         local = Path(local_path)
-        client = self._client()
-        if not isinstance(client, SshClient):
-            self._use(f"get {remote_path}", lambda c: c.get(remote_path, os.fspath(local)))
-            return
-        timeout = timeout or self._config.command_timeout
-        is_dir = (self.run(f"test -d {shlex.quote(remote_path)}", sudo=True).ok if sudo
-                  else client.is_dir(remote_path))
-        if is_dir:
-            command, reader = archive.remote_pack_command(remote_path, exclude), \
-                lambda stream: archive.extract(stream, local, exclude=exclude)
-        elif sudo:
-            command, reader = f"cat -- {shlex.quote(remote_path)}", \
-                lambda stream: _write_stream(stream, local)
-        else:
-            self._use(f"get {remote_path}", lambda c: c.get(remote_path, os.fspath(local)))
-            return
+        self._use(f"get {remote_path} -> {local}", lambda client: client.get(
+            remote_path, local, exclude=exclude, timeout=timeout or self._config.command_timeout,
+            as_root=self._as_root if sudo else None))
+
+    def _as_root(self, command: str) -> str:
         fam = self._config.family
-        wrapped = commands.wrap(command, shell=fam.shell, privilege=fam.privilege, sudo=sudo)
-        self._use(f"get {remote_path} -> {local}", lambda _c: client.run(
-            wrapped, timeout=timeout, check=True, stdout_reader=reader))
+        return commands.wrap(command, shell=fam.shell, privilege=fam.privilege, sudo=True)
 
     def testinfra(self):
         """A `testinfra <https://testinfra.readthedocs.io>`_ host on this guest (SSH with the
         pinned host key and the session's key; needs ``pip install 'pytest-kvm[testinfra]'``)."""
         return integrations.testinfra_host(self)
-
-    def _tree_client(self, what: str) -> SshClient:
-        client = self._client()
-        if not isinstance(client, SshClient):
-            raise KvmError(f"{what} of a directory tree needs an SSH guest; {self.name} is family "
-                           f"{self.family} (WinRM): copy an archive file and unpack it with "
-                           f"run_ps('Expand-Archive ...')")
-        return client
 
     def console_log(self) -> str:
         """Everything the guest wrote on its serial console so far (for a clone: its
@@ -921,27 +897,17 @@ class Guest:
     def access(self) -> str:
         """How a person reaches this guest (printed for kept guests): an ssh command line, or
         for WinRM the endpoint, user and the file holding the generated password."""
-        if self._config.family.transport == "ssh":
-            return " ".join(self.ssh_command())
-        password_file = self._config.workdir / "winrm-password"
-        write_owner_only(password_file, self.credentials.password.encode())
-        return (f"winrm http://127.0.0.1:{self.port}/wsman user {self.credentials.user} "
-                f"password in {password_file}")
+        return (self._handle or self._new_handle()).access()
 
     def ssh_command(self) -> list[str]:
         """An OpenSSH argv that logs in with the same key and the pinned host key."""
-        if self._config.family.transport != "ssh":
-            raise KvmError(f"guest {self.name} (family {self.family}) has no SSH; see access()")
-        return ["ssh", "-i", str(self.login_key_file), "-p", str(self.ssh_port),
-                "-o", f"UserKnownHostsFile={self._known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-                "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                f"{self.user}@127.0.0.1"]
+        return (self._handle or self._new_handle()).ssh_command()
 
     # -- teardown -------------------------------------------------------------------
     def keep(self) -> None:
         """Leave the guest running for inspection (``--kvm-keep``); close our connection only."""
-        if self._ssh is not None:
-            self._ssh.close()
+        if self._handle is not None:
+            self._handle.close()
         self.kept = True
 
     def destroy(self) -> None:
@@ -959,9 +925,9 @@ class Guest:
 
     def _remove(self) -> None:
         errors: list[BaseException] = []
-        if self._ssh is not None:
-            self._ssh.close()
-            self._ssh = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
         try:
             self._hv.destroy(self.name)
         except Exception as exc:  # keep going: the files must go too

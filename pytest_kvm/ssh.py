@@ -1,20 +1,25 @@
-"""The SSH handle of a guest: commands with concurrent stdout/stderr draining, SFTP."""
+"""The SSH handle of a guest: commands with concurrent stdout/stderr draining, files by
+SFTP, directory trees as one tar stream (see :mod:`pytest_kvm.handle` for the interface)."""
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shlex
+import shutil
 import socket
 import stat as stat_module
 import threading
 import time
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import paramiko
 
-from .errors import CommandFailed, CommandTimeout, ConnectionLost, HostKeyMismatch
+from . import archive
+from .errors import CommandFailed, CommandTimeout, ConnectionLost, HostKeyMismatch, KvmError
 from .output import LineLog
 
 HOST = "127.0.0.1"
@@ -258,11 +263,53 @@ class SshClient:
                     raise ConnectionLost(f"the SSH connection to 127.0.0.1:{self.port} is not open")
             return self._sftp
 
-    def put(self, local_path: str, remote_path: str) -> None:
-        self._sftp_call(f"put {local_path}", lambda: self.sftp().put(local_path, remote_path))
+    def put(self, local: Path, remote: str, *, exclude: Sequence[str] = (),
+            timeout: float) -> None:
+        """A file goes by SFTP; a directory's contents as one tar stream unpacked into
+        *remote* (made if missing), *exclude* globs left out."""
+        if not local.is_dir():
+            self._sftp_call(f"put {local}", lambda: self.sftp().put(os.fspath(local), remote))
+            return
+        self.run(archive.remote_unpack_command(remote), timeout=timeout, check=True,
+                 input=lambda stream: archive.pack(local, stream, exclude=exclude))
 
-    def get(self, remote_path: str, local_path: str) -> None:
-        self._sftp_call(f"get {remote_path}", lambda: self.sftp().get(remote_path, local_path))
+    def get(self, remote: str, local: Path, *, exclude: Sequence[str] = (), timeout: float,
+            as_root: Callable[[str], str] | None = None) -> None:
+        """A file comes by SFTP (or ``cat`` as root); a directory's contents as one tar
+        stream unpacked into *local*, refusing members that would land outside it."""
+        quoted = shlex.quote(remote)
+        is_dir = (self.run(as_root(f"test -d {quoted}"), timeout=timeout).ok if as_root
+                  else self.is_dir(remote))
+        if is_dir:
+            command = archive.remote_pack_command(remote, exclude)
+
+            def reader(stream: BinaryIO) -> None:
+                archive.extract(stream, local, exclude=exclude)
+        elif as_root:
+            command = f"cat -- {quoted}"
+
+            def reader(stream: BinaryIO) -> None:
+                with open(local, "wb") as out:
+                    shutil.copyfileobj(stream, out)
+        else:
+            self._sftp_call(f"get {remote}", lambda: self.sftp().get(remote, os.fspath(local)))
+            return
+        self.run(as_root(command) if as_root else command, timeout=timeout, check=True,
+                 stdout_reader=reader)
+
+    def run_ps(self, script: str, *, timeout: float, check: bool = False) -> CommandResult:
+        raise KvmError(f"run_ps needs a Windows guest (WinRM); the guest on 127.0.0.1:{self.port} "
+                       f"is reached over SSH: use run()")
+
+    def ssh_command(self) -> list[str]:
+        """An OpenSSH argv that logs in with the same key and the pinned host key."""
+        return ["ssh", "-i", str(self.key_file), "-p", str(self.port),
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                f"{self.user}@{HOST}"]
+
+    def access(self) -> str:
+        return " ".join(self.ssh_command())
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

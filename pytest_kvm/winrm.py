@@ -34,21 +34,21 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import re
 import secrets
 import string
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from .cloudbase import ps_quote
 from .cloudinit import LOGIN_USER
-from .errors import CommandFailed, CommandTimeout, InfrastructureError
+from .cache import write_owner_only
+from .errors import CommandFailed, CommandTimeout, InfrastructureError, KvmError
 from .output import LineLog
 from .ssh import HOST, CommandResult
 
@@ -310,8 +310,11 @@ class WinRMClient:
     """
 
     def __init__(self, port: int, credentials: Credentials, *, auth: str = "ntlm",
-                 transfer_timeout: float = 600.0, transport: WinRMTransport | None = None) -> None:
+                 transfer_timeout: float = 600.0, transport: WinRMTransport | None = None,
+                 password_file: Path | None = None) -> None:
+        """*password_file*: where :meth:`access` writes the password for a person (0600)."""
         self.port = port
+        self.password_file = password_file
         self.credentials = credentials
         self.user = credentials.user
         self.transfer_timeout = transfer_timeout
@@ -338,6 +341,23 @@ class WinRMClient:
     @property
     def connected(self) -> bool:
         return self._connected and not self._closed
+
+    @property
+    def active(self) -> bool:
+        """WinRM is HTTP: no connection to drop; usable until closed."""
+        return not self._closed
+
+    def access(self) -> str:
+        """The endpoint, the user and a 0600 file holding the password (never the password)."""
+        where = "not written"
+        if self.password_file is not None:
+            write_owner_only(self.password_file, self.credentials.password.encode())
+            where = f"in {self.password_file}"
+        return (f"winrm http://{HOST}:{self.port}/wsman user {self.user} password {where}")
+
+    def ssh_command(self) -> list[str]:
+        raise KvmError(f"the guest on {HOST}:{self.port} is reached over WinRM and has no SSH; "
+                       f"see access()")
 
     def close(self) -> None:
         self._closed = True
@@ -386,17 +406,28 @@ class WinRMClient:
             try:
                 command_id = self._transport.start(shell_id, command, stdin=stdin is not None)
                 try:
+                    send_error: WinRMError | None = None
                     if stdin is not None:
                         for chunk, last in _with_last(stdin):
                             if time.monotonic() >= deadline:
                                 raise CommandTimeout(result(-1), timeout)
                             try:
                                 self._transport.send(shell_id, command_id, chunk, end=last)
-                            except WinRMError:
-                                break  # the process quit early (its error is in its output)
+                            except WinRMError as exc:
+                                # the process may have quit early (its error is in its output),
+                                # then it ends within one poll; one still running waits for
+                                # input that never came: the transfer failed, not the command
+                                send_error = exc
+                                deadline = min(deadline, time.monotonic() + POLL_SECONDS)
+                                break
                     while True:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
+                            if send_error is not None:
+                                raise WinRMError(
+                                    f"WinRM at {HOST}:{self.port}: sending input to {shown!r} "
+                                    f"failed and the command did not end ({send_error})"
+                                ) from send_error
                             raise CommandTimeout(result(-1), timeout)
                         try:
                             stdout, stderr, code, done = self._transport.receive(
@@ -421,10 +452,12 @@ class WinRMClient:
         return result(code)
 
     # -- files ----------------------------------------------------------------------------
-    def put(self, local_path: str | os.PathLike, remote_path: str, *,
+    def put(self, local: Path, remote_path: str, *, exclude: Sequence[str] = (),
             timeout: float | None = None) -> None:
         """Copy a local file to *remote_path* in the guest (a Windows path), verified by SHA-256."""
-        local = Path(local_path)
+        local = Path(local)
+        if local.is_dir():
+            raise KvmError(_NO_TREES.format(what=f"put {local}"))
         digest = hashlib.sha256()
         command = powershell_command(put_script(remote_path), wrap=False)
         assert command is not None  # the script is short: only the path varies
@@ -438,10 +471,11 @@ class WinRMClient:
             raise WinRMError(f"put {local} -> {remote_path}: the guest wrote sha256 {remote_digest!r}, "
                              f"the file has {digest.hexdigest()}")
 
-    def get(self, remote_path: str, local_path: str | os.PathLike, *,
-            timeout: float | None = None) -> None:
-        """Copy *remote_path* from the guest to a local file, verified by SHA-256."""
-        local = Path(local_path)
+    def get(self, remote_path: str, local: Path, *, exclude: Sequence[str] = (),
+            timeout: float | None = None, as_root: Callable[[str], str] | None = None) -> None:
+        """Copy the file *remote_path* from the guest to *local*, verified by SHA-256 (the
+        login is an administrator: *as_root* changes nothing; a directory tree needs SSH)."""
+        local = Path(local)
         deadline = time.monotonic() + (timeout or self.transfer_timeout)
         digest = hashlib.sha256()
         offset = 0
@@ -472,6 +506,10 @@ class WinRMClient:
 
     def __repr__(self) -> str:
         return f"<WinRMClient {self.user}@127.0.0.1:{self.port}>"
+
+
+_NO_TREES = ("{what}: directory trees need an SSH guest; over WinRM copy an archive file and "
+             "unpack it with run_ps('Expand-Archive ...')")
 
 
 def _text(data: bytes | bytearray) -> str:

@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from pytest_kvm import winrm
-from pytest_kvm.errors import CommandFailed, CommandTimeout
-from pytest_kvm.ssh import CommandResult
+from pytest_kvm.errors import CommandFailed, CommandTimeout, InfrastructureError, KvmError
+from pytest_kvm.ssh import CommandResult, SshClient
 from pytest_kvm.winrm import (Credentials, NoOutputYet, WinRMAuthError, WinRMClient, WinRMError,
                               clixml_to_text, powershell_command)
 
@@ -281,6 +281,52 @@ def test_put_of_an_early_failing_script_reports_its_error(tmp_path):
     with pytest.raises(CommandFailed, match="Access denied"):
         handle.put(tmp_path / "in.bin", "C:\\Windows\\x")
     assert len([c for c in transport.calls if c[0] == "send"]) == 1
+
+
+def test_a_send_error_under_a_running_command_is_infrastructure_not_its_failure(tmp_path, monkeypatch):
+    """The input never arrived and the command still waits for it: the transfer failed
+    (an InfrastructureError), within one poll, not a CommandTimeout at the command's limit."""
+    (tmp_path / "in.bin").write_bytes(b"x" * (winrm.PUT_CHUNK * 2))
+
+    class Drops(FakeTransport):
+        def send(self, shell_id, command_id, data, *, end):
+            self.calls.append(("send", len(data), end))
+            self.replies[command_id] = [NoOutputYet] * 1000  # still waiting for its stdin
+            raise WinRMError("connection reset by peer")
+
+    clock = iter(range(0, 100000))  # each look at the clock: one second later
+    monkeypatch.setattr(winrm.time, "monotonic", lambda: next(clock))
+    transport = Drops(None)
+    handle = WinRMClient(1, Credentials("pytest", "pw"), transport=transport)
+    with pytest.raises(WinRMError, match="sending input .* failed and the command did not end") as info:
+        handle.put(tmp_path / "in.bin", "C:\\x", timeout=3600)
+    assert isinstance(info.value, InfrastructureError) and not isinstance(info.value, CommandTimeout)
+    assert "connection reset by peer" in str(info.value)
+    assert len([c for c in transport.calls if c[0] == "receive"]) <= winrm.POLL_SECONDS  # not the hour
+    assert ("terminate",) in transport.calls and transport.shells == set()
+
+
+def test_handles_say_what_their_transport_cannot_do(tmp_path):
+    handle, _ = client(lambda cmd, _: [])
+    (tmp_path / "tree").mkdir()
+    with pytest.raises(KvmError, match="directory trees need an SSH guest"):
+        handle.put(tmp_path / "tree", "C:\\tree")
+    with pytest.raises(KvmError, match="has no SSH; see access"):
+        handle.ssh_command()
+    ssh = SshClient(2222, "pytest", tmp_path / "key", tmp_path / "known_hosts")
+    with pytest.raises(KvmError, match="run_ps needs a Windows guest"):
+        ssh.run_ps("Get-Date", timeout=5)
+    assert ssh.access() == " ".join(ssh.ssh_command())
+    assert ssh.ssh_command()[-1] == "pytest@127.0.0.1" and "StrictHostKeyChecking=yes" in ssh.ssh_command()
+
+
+def test_winrm_access_names_the_password_file_never_the_password(tmp_path):
+    handle = WinRMClient(45986, Credentials("pytest", "s3cret-Passw0rd"), transport=FakeTransport(None),
+                         password_file=tmp_path / "winrm-password")
+    text = handle.access()
+    assert "s3cret" not in text and str(tmp_path / "winrm-password") in text
+    assert (tmp_path / "winrm-password").read_text() == "s3cret-Passw0rd"
+    assert (tmp_path / "winrm-password").stat().st_mode & 0o777 == 0o600
 
 
 # -- credentials --------------------------------------------------------------------------------
