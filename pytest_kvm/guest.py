@@ -742,11 +742,16 @@ class Guest:
         t0 = time.monotonic()
         try:
             agent_clock.result(timeout=AGENT_WAIT + 5)
-        except Exception:  # no agent in this image (or it did not answer): log in and set it
+            how = "set from the host's through the guest agent"
+        except Exception as exc:  # no agent in this image (or it did not answer): log in and set it
             clock = cfg.family.clock_command_for(time.time())
             if clock is not None:
                 self._handle.run(clock, timeout=60, check=True)
+            how = (("set from the host's with the family's clock command" if clock is not None
+                    else "not set: the family has no clock command")
+                   + f" (the guest agent did not answer: {exc or type(exc).__name__})")
         self.timeline.add("clock", time.monotonic() - t0)
+        guest_logger(self.name).info("clock %s", how)
         if cfg.unique:
             t0 = time.monotonic()
             self._handle.run(cfg.family.identity_command.format(hostname=self.hostname), timeout=120,
