@@ -71,6 +71,7 @@ class FetchResult:
     sha256: str | None = None  # of the final (decompressed) file, when downloaded here
     source_digest: tuple[str, str] | None = None  # (algorithm, hex) of the file as downloaded
     size: int = 0
+    verified_by: str = ""  # where the expected digest came from (see _Source.verified_by)
 
 
 class _Retry(Exception):
@@ -271,6 +272,19 @@ class _Source:
     pinned: str | None
     checksum_url: str | None
     compression: str
+    #: the checksum file is the mirror's copy: it proves the transfer, not the mirror
+    checksum_from_mirror: bool = False
+
+    def verified_by(self) -> str:
+        """The algorithm and where the expected digest came from, in words (messages and
+        the manifest)."""
+        if self.pinned:
+            return f"{self.algorithm} pinned in the catalog"
+        if self.checksum_url:
+            whose = "the mirror's copy of the checksum file" if self.checksum_from_mirror \
+                else "the checksum file"
+            return f"{self.algorithm} from {whose} {self.checksum_url}"
+        return "nothing: trusted on first use"
 
 
 def _source(source: CatalogEntry | str, *, mirror: str | None, sha256: str | None,
@@ -283,7 +297,8 @@ def _source(source: CatalogEntry | str, *, mirror: str | None, sha256: str | Non
         return _Source(url=entry.url, filename=source.filename, algorithm=entry.algorithm,
                        pinned=entry.pinned[1] if entry.pinned else None,
                        checksum_url=entry.checksum_url,
-                       compression=compression or entry.compression)
+                       compression=compression or entry.compression,
+                       checksum_from_mirror=bool(mirror and entry.checksum_url and not entry.pinned))
     filename = urllib.parse.unquote(urllib.parse.urlsplit(source).path.rsplit("/", 1)[-1])
     if sum(map(bool, (sha256, sha512, checksum_url, trust_on_first_use))) != 1:
         raise ImageError(f"refusing to download {source} without exactly one way to verify it "
@@ -294,7 +309,8 @@ def _source(source: CatalogEntry | str, *, mirror: str | None, sha256: str | Non
     return _Source(url=mirror_url(source, mirror), filename=filename, algorithm=algorithm,
                    pinned=(sha256 or sha512 or "").lower() or None,
                    checksum_url=mirror_url(checksum_url, mirror) if checksum_url else None,
-                   compression=compression or "none")
+                   compression=compression or "none",
+                   checksum_from_mirror=bool(mirror and checksum_url and not (sha256 or sha512)))
 
 
 def _sweep(dest: Path) -> None:
@@ -352,6 +368,11 @@ def fetch(source: CatalogEntry | str, dest: Path, *, mirror: str | None = None,
         _sweep(dest)
         expected = src.pinned
         if expected is None and src.checksum_url:
+            if src.checksum_from_mirror:
+                log(f"warning: {src.filename}: the checksum file comes from the mirror too "
+                    f"({src.checksum_url}): this catches a damaged or partial copy, not a mirror "
+                    f"that serves another image; to verify the vendor's own digest, pin "
+                    f"{src.algorithm} in a catalog file of yours (kvm_catalog)")
             text = fetch_text(src.checksum_url, policy=policy, log=log, hint=hint)
             expected = parse_checksums(text, src.filename, src.algorithm, source=src.checksum_url)
         temps: list[Path] = []
@@ -366,11 +387,15 @@ def fetch(source: CatalogEntry | str, dest: Path, *, mirror: str | None = None,
                 os.fsync(fh.fileno())
             got = hashers[src.algorithm].hexdigest()
             if expected is not None and got != expected:
+                cause = ("The mirror's image and its own checksum file disagree: its copy is "
+                         "damaged or incomplete (sync it again), or a proxy altered the download."
+                         if src.checksum_from_mirror else
+                         "If the vendor replaced the file, update the catalog entry; otherwise "
+                         "a proxy or the mirror altered it.")
                 raise ImageError(
-                    f"checksum mismatch for {src.url}: expected {src.algorithm} {expected}, "
-                    f"got {got}. The download was deleted and the image was not used. If the "
-                    "vendor replaced the file, update the catalog entry; otherwise a proxy or "
-                    "mirror altered it.")
+                    f"checksum mismatch for {src.url}: expected {src.algorithm} {expected} "
+                    f"({src.verified_by()}), "
+                    f"got {got}. The download was deleted and the image was not used. {cause}")
             if src.compression == "xz":
                 final = _temp(dest, "unxz")
                 temps.append(final)
@@ -384,7 +409,7 @@ def fetch(source: CatalogEntry | str, dest: Path, *, mirror: str | None = None,
                 with contextlib.suppress(OSError):
                     temp.unlink(missing_ok=True)
     return FetchResult(path=dest, downloaded=True, url=src.url, sha256=final_sha256,
-                       source_digest=(src.algorithm, got), size=size)
+                       source_digest=(src.algorithm, got), size=size, verified_by=src.verified_by())
 
 
 # -- progress -----------------------------------------------------------------------

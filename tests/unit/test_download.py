@@ -122,6 +122,37 @@ def test_checksum_file_from_the_server(server, tmp_path):
     assert server.gets("/img/SHA512SUMS") == [None]
 
 
+@pytest.mark.parametrize("mirrored", [False, True], ids=["vendor", "mirror"])
+def test_a_checksum_file_from_a_mirror_is_called_what_it_is(server, tmp_path, mirrored):
+    """Through --kvm-mirror the checksum file is the mirror's copy: the plugin says so (a
+    warning, the manifest's words, the mismatch message) instead of promising that it
+    caught a mirror serving another file."""
+    good = hashlib.sha512(DATA).hexdigest()
+    served = "/mirror/vendor.invalid/img" if mirrored else "/img"  # the mirror: URL/HOST/PATH
+    # through the mirror, the vendor's host is never contacted (nor resolvable: .invalid)
+    vendor, prefix = (("http://vendor.invalid/img", server.url("/mirror")) if mirrored
+                      else (server.url("/img"), None))
+    server.add(f"{served}/disk.qcow2", DATA)
+    server.add(f"{served}/SHA512SUMS", f"{good}  disk.qcow2\n".encode())
+    log = []
+    result = fetch(f"{vendor}/disk.qcow2", tmp_path / "disk.qcow2", mirror=prefix,
+                   checksum_url=f"{vendor}/SHA512SUMS", checksum_algorithm="sha512",
+                   policy=fast(), log=log.append)
+    warned = [line for line in log if "comes from the mirror too" in line]
+    assert bool(warned) == mirrored
+    assert ("mirror's copy" in result.verified_by) == mirrored
+    assert result.verified_by.startswith("sha512 from ")
+    # the same files, one byte changed in the image: the message blames the right party
+    server.add(f"{served}/disk.qcow2", DATA[:-1] + b"!")
+    with pytest.raises(ImageError) as info:
+        fetch(f"{vendor}/disk.qcow2", tmp_path / "again.qcow2", mirror=prefix,
+              checksum_url=f"{vendor}/SHA512SUMS", checksum_algorithm="sha512", policy=fast())
+    message = str(info.value)
+    assert f"expected sha512 {good}" in message
+    assert ("its own checksum file disagree" in message) == mirrored
+    assert ("If the vendor replaced the file" in message) == (not mirrored)
+
+
 def test_checksum_file_404_fails_before_the_image_is_fetched(server, tmp_path):
     url = server.add("/img/disk.qcow2", DATA)
     with pytest.raises(ImageError, match=r"/img/SHA256SUMS: HTTP 404"):
