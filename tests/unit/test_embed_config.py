@@ -1,0 +1,22 @@
+"""The embedded driver's qemu.conf: what the README's threat model says about QEMU's user."""
+from pytest_kvm import hypervisor
+
+
+def settings(root):
+    lines = (root / "etc" / "qemu.conf").read_text().splitlines()
+    return dict(line.split(" = ", 1) for line in lines if " = " in line)
+
+
+def test_as_root_qemu_runs_as_root_unconfined(tmp_path, monkeypatch):
+    monkeypatch.setattr(hypervisor.os, "geteuid", lambda: 0)
+    hypervisor._write_embed_config(tmp_path)
+    conf = settings(tmp_path)
+    assert conf["user"] == conf["group"] == '"root"'
+    assert conf["security_driver"] == '"none"' and conf["dynamic_ownership"] == "0"
+
+
+def test_as_a_user_qemu_runs_as_that_user(tmp_path, monkeypatch):
+    monkeypatch.setattr(hypervisor.os, "geteuid", lambda: 1000)
+    hypervisor._write_embed_config(tmp_path)
+    conf = settings(tmp_path)
+    assert "user" not in conf and "group" not in conf  # libvirt's default: the caller's own
