@@ -1,0 +1,112 @@
+"""Remote hypervisor hosts (``--kvm-host URI``): which host a worker uses, and how it is reached.
+
+A host is a libvirt URI reached over SSH, such as
+``qemu+ssh://ci@hv1/system?keyfile=/path/key&known_hosts=/path/known_hosts``:
+libvirt's own remote protocol carries the API calls, and the plugin opens one
+SSH connection of its own to the same host (same user, port, key and
+known_hosts file) for what libvirt has no API for: the tunnel to a guest's
+forwarded port, and hashing uploaded images on the host's side. Our one
+parameter, ``slots=N`` (a weight, default 1), is taken off before libvirt sees
+the URI. Each pytest-xdist worker is given one host, by weighted round robin.
+"""
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMES = ("qemu+ssh",)
+OUR_PARAMS = ("slots",)
+DEFAULT_SSH_PORT = 22
+
+
+class HostError(ValueError):
+    """A ``--kvm-host`` value that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """One remote hypervisor host, as given with ``--kvm-host``."""
+
+    uri: str  # what libvirt opens: the given URI without our own parameters
+    slots: int  # weight in the round robin over workers
+    user: str
+    hostname: str
+    port: int
+    key_file: Path | None  # libvirt's ``keyfile`` parameter; None: the SSH defaults
+    known_hosts: Path  # libvirt's ``known_hosts`` parameter, else ~/.ssh/known_hosts
+
+    @property
+    def label(self) -> str:
+        """``user@host[:port]``, for headers, summaries and messages (no secrets in a URI)."""
+        port = f":{self.port}" if self.port != DEFAULT_SSH_PORT else ""
+        return f"{self.user}@{self.hostname}{port}"
+
+
+def parse_host(text: str) -> Host:
+    """A :class:`Host` from a ``--kvm-host`` value; :class:`HostError` says what is wrong."""
+    parts = urllib.parse.urlsplit(text.strip())
+    if parts.scheme not in SCHEMES:
+        raise HostError(f"--kvm-host {text!r}: use a libvirt URI over SSH such as "
+                        f"qemu+ssh://user@host/system (schemes: {', '.join(SCHEMES)})")
+    if not parts.hostname:
+        raise HostError(f"--kvm-host {text!r} names no host")
+    if parts.password:
+        raise HostError(f"--kvm-host {parts.hostname}: put no password in the URI; "
+                        f"use an SSH key (keyfile=PATH)")
+    params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    slots_values = [value for name, value in params if name == "slots"]
+    try:
+        slots = int(slots_values[-1]) if slots_values else 1
+    except ValueError:
+        slots = 0
+    if slots < 1:
+        raise HostError(f"--kvm-host {parts.hostname}: slots={slots_values[-1]!r} is not a "
+                        f"positive whole number")
+    kept = [(name, value) for name, value in params if name not in OUR_PARAMS]
+    uri = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept, safe="/")))
+    named = dict(kept)
+    try:
+        port = parts.port or DEFAULT_SSH_PORT
+    except ValueError as exc:
+        raise HostError(f"--kvm-host {text!r}: {exc}") from None
+    home = Path(os.path.expanduser("~"))
+    return Host(uri=uri, slots=slots, user=parts.username or _local_user(),
+                hostname=parts.hostname, port=port,
+                key_file=Path(named["keyfile"]) if named.get("keyfile") else None,
+                known_hosts=Path(named.get("known_hosts") or home / ".ssh" / "known_hosts"))
+
+
+def _local_user() -> str:
+    import getpass  # noqa: PLC0415 - only when the URI names no user
+
+    return getpass.getuser()
+
+
+def worker_index(worker_id: str | None) -> int:
+    """``gw3`` -> 3; no xdist (None or ``master``) -> 0."""
+    if not worker_id or not worker_id.startswith("gw"):
+        return 0
+    try:
+        return int(worker_id[2:])
+    except ValueError:
+        return 0
+
+
+def host_for_worker(hosts: tuple[Host, ...], index: int) -> Host:
+    """The host worker number *index* uses: weighted round robin, so with hosts A
+    (slots=2) and B, workers 0..5 get A, B, A, A, B, A (smooth: no host gets a run of
+    workers while another waits)."""
+    if not hosts:
+        raise HostError("no --kvm-host given")
+    order: list[Host] = []
+    credit = [0] * len(hosts)
+    total = sum(h.slots for h in hosts)
+    for _ in range(total):  # nginx's smooth weighted round robin, one full cycle
+        for i, h in enumerate(hosts):
+            credit[i] += h.slots
+        best = max(range(len(hosts)), key=lambda i: credit[i])
+        credit[best] -= total
+        order.append(hosts[best])
+    return order[index % total]

@@ -1,0 +1,48 @@
+"""--kvm-host values: parsing, our own parameter taken off, workers spread over hosts."""
+from pathlib import Path
+
+import pytest
+
+from pytest_kvm.hosts import HostError, host_for_worker, parse_host, worker_index
+
+
+def test_a_qemu_ssh_uri_names_user_host_port_key_and_known_hosts():
+    host = parse_host("qemu+ssh://ci@hv1:2222/system?keyfile=/k/id&known_hosts=/k/kh&slots=3")
+    assert host.uri == "qemu+ssh://ci@hv1:2222/system?keyfile=/k/id&known_hosts=/k/kh"
+    assert (host.user, host.hostname, host.port, host.slots) == ("ci", "hv1", 2222, 3)
+    assert host.key_file == Path("/k/id") and host.known_hosts == Path("/k/kh")
+    assert host.label == "ci@hv1:2222"
+
+
+def test_defaults_port_22_one_slot_and_the_users_known_hosts(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    host = parse_host("qemu+ssh://ci@hv1/system")
+    assert host.uri == "qemu+ssh://ci@hv1/system" and host.slots == 1 and host.port == 22
+    assert host.key_file is None and host.known_hosts == tmp_path / ".ssh" / "known_hosts"
+    assert host.label == "ci@hv1"
+
+
+@pytest.mark.parametrize("text, why", [
+    ("qemu:///system", "over SSH"),
+    ("qemu+tcp://hv1/system", "over SSH"),
+    ("qemu+ssh:///system", "names no host"),
+    ("qemu+ssh://ci:hunter2@hv1/system", "no password"),
+    ("qemu+ssh://ci@hv1/system?slots=0", "positive whole number"),
+    ("qemu+ssh://ci@hv1/system?slots=two", "positive whole number"),
+])
+def test_unusable_values_say_why(text, why):
+    with pytest.raises(HostError, match=why) as info:
+        parse_host(text)
+    assert "hunter2" not in str(info.value)
+
+
+def test_workers_spread_by_weight_smoothly():
+    a = parse_host("qemu+ssh://ci@a/system?slots=2")
+    b = parse_host("qemu+ssh://ci@b/system")
+    assert [host_for_worker((a, b), i).hostname for i in range(6)] == list("abaaba")
+    assert [host_for_worker((a,), i).hostname for i in range(3)] == ["a"] * 3
+
+
+@pytest.mark.parametrize("worker, index", [(None, 0), ("master", 0), ("gw0", 0), ("gw7", 7)])
+def test_worker_index(worker, index):
+    assert worker_index(worker) == index
