@@ -106,9 +106,9 @@ def test_a_run_downloads_through_the_mirror_verifies_and_caches(run, disk, tmp_p
         assert "downloading base image" not in result.stdout.str()
 
 
-def test_a_mirror_serving_another_image_is_refused(run, disk, tmp_path):
+def test_a_mirror_copy_that_disagrees_with_its_checksum_file_is_refused(run, disk, tmp_path):
     with ImageServer() as server:
-        serve(server, run.vendor, disk, listed=b"the image the vendor published")
+        serve(server, run.vendor, disk, listed=b"another image: a damaged or partial copy")
         result, seen = run(server)
     result.assert_outcomes(failed=1)
     assert seen is None
