@@ -1,11 +1,14 @@
 """Failures a user can meet: each is one clear error, in bounded time, leaving nothing behind."""
 import os
+import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
 from pytest_kvm import BootTimeout, GuestCrashed, ImageError, SpecError
+from pytest_kvm.errors import ConnectionLost
 
 from procs import qemu_processes
 
@@ -36,6 +39,90 @@ def test_panic_fails_fast_with_console_tail(kvm):
     message = str(info.value)
     assert "guest console (last lines)" in message
     assert "panic" in message.lower() or "stopped" in message
+    assert qemu_processes(guest.name) == []
+
+
+def test_reboot_loop_fails_fast_with_console_tail(kvm):
+    # cloud-init's bootcmd (every boot, before sshd) resets the machine at once: no panic
+    # text, only kernel starts, one after the other
+    guest = kvm.create("debian-12", reset="boot",
+                       user_data={"bootcmd": ["echo b > /proc/sysrq-trigger"]})
+    third_start = []  # when the console showed the third kernel start
+
+    def watch():
+        while not guest.destroyed and not third_start:
+            if guest.console_log().count("Linux version ") >= 3:
+                third_start.append(time.monotonic())
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    t0 = time.monotonic()
+    watcher.start()
+    with pytest.raises(GuestCrashed) as info:
+        guest.start()
+    raised = time.monotonic()
+    watcher.join(timeout=5)
+    assert raised - t0 < info.value.timeout / 2
+    assert "(a reboot loop)" in str(info.value)
+    assert "panic" not in str(info.value).lower()
+    if third_start:  # seen by the watcher before the guest's files went: raised within seconds
+        assert raised - third_start[0] < 10
+    assert info.value.console_tail.strip() and "guest console (last lines)" in str(info.value)
+    assert guest.destroyed and qemu_processes(guest.name) == []
+
+
+def qemu_pid(name: str) -> int | None:
+    """The PID of guest *name*'s QEMU process, if it runs."""
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    for line in ps.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if "qemu-system" in args and f"guest={name}," in args:
+            return int(pid)
+    return None
+
+
+def test_qemu_dying_during_boot_fails_fast_with_console_tail(kvm):
+    guest = kvm.create("debian-12", reset="boot")
+    killed = []
+
+    def kill_once_booting():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not guest.destroyed:
+            pid = qemu_pid(guest.name)
+            if pid is not None and "Linux version " in guest.console_log():
+                os.kill(pid, signal.SIGKILL)  # what the OOM killer or a QEMU crash does
+                killed.append(time.monotonic())
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_once_booting, daemon=True)
+    killer.start()
+    with pytest.raises(GuestCrashed) as info:
+        guest.start()
+    raised = time.monotonic()
+    killer.join(timeout=5)
+    assert killed, "the test did not get to kill QEMU"
+    assert raised - killed[0] < 10
+    assert "stopped (its QEMU process exited)" in str(info.value)
+    assert info.value.console_tail.strip() and "guest console (last lines)" in str(info.value)
+    assert guest.destroyed and qemu_processes(guest.name) == []
+
+
+def test_qemu_dying_under_a_command_is_connection_lost(kvm):
+    with kvm.boot("debian-12") as guest:
+        pid = qemu_pid(guest.name)
+        assert pid is not None
+        timer = threading.Timer(2.0, os.kill, (pid, signal.SIGKILL))
+        timer.start()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(ConnectionLost, match="its domain is no longer running"):
+                guest.run("sleep 300", timeout=120)
+        finally:
+            timer.cancel()
+        assert time.monotonic() - t0 < 30
+        with pytest.raises(ConnectionLost, match="no longer running"):  # and it stays so
+            guest.run("true")
     assert qemu_processes(guest.name) == []
 
 
