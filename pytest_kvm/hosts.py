@@ -1,22 +1,26 @@
 """Remote hypervisor hosts (``--kvm-host URI``): which host a worker uses, and how it is reached.
 
-A host is a libvirt URI reached over SSH, such as
-``qemu+ssh://ci@hv1/system?keyfile=/path/key&known_hosts=/path/known_hosts``:
+A host is a libvirt URI reached over SSH, such as ``qemu+ssh://ci@hv1/system``
+or ``qemu+libssh://ci@hv1/system?keyfile=/path/key&known_hosts=/path/kh``:
 libvirt's own remote protocol carries the API calls, and the plugin opens one
-SSH connection of its own to the same host (same user, port, key and
-known_hosts file) for what libvirt has no API for: the tunnel to a guest's
-forwarded port, and hashing uploaded images on the host's side. Our one
+SSH connection of its own to the same host (same user, port and key) for what
+libvirt has no API for: the tunnel to a guest's forwarded port, and hashing
+uploaded images on the host's side. That connection trusts only host keys in
+the URI's ``known_hosts`` file (libvirt's parameter of the libssh transports;
+the ``ssh`` transport ignores it and uses OpenSSH's own files), else in
+``~/.ssh/known_hosts`` of the user's passwd home, where OpenSSH looks. Our one
 parameter, ``slots=N`` (a weight, default 1), is taken off before libvirt sees
 the URI. Each pytest-xdist worker is given one host, by weighted round robin.
 """
 from __future__ import annotations
 
 import os
+import pwd
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMES = ("qemu+ssh",)
+SCHEMES = ("qemu+ssh", "qemu+libssh", "qemu+libssh2")
 OUR_PARAMS = ("slots",)
 DEFAULT_SSH_PORT = 22
 
@@ -71,7 +75,7 @@ def parse_host(text: str) -> Host:
         port = parts.port or DEFAULT_SSH_PORT
     except ValueError as exc:
         raise HostError(f"--kvm-host {text!r}: {exc}") from None
-    home = Path(os.path.expanduser("~"))
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)  # OpenSSH's choice, whatever $HOME says
     return Host(uri=uri, slots=slots, user=parts.username or _local_user(),
                 hostname=parts.hostname, port=port,
                 key_file=Path(named["keyfile"]) if named.get("keyfile") else None,
@@ -79,9 +83,7 @@ def parse_host(text: str) -> Host:
 
 
 def _local_user() -> str:
-    import getpass  # noqa: PLC0415 - only when the URI names no user
-
-    return getpass.getuser()
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def worker_index(worker_id: str | None) -> int:

@@ -1,4 +1,6 @@
 """--kvm-host values: parsing, our own parameter taken off, workers spread over hosts."""
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,11 @@ def test_a_qemu_ssh_uri_names_user_host_port_key_and_known_hosts():
 
 
 def test_defaults_port_22_one_slot_and_the_users_known_hosts(monkeypatch, tmp_path):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    host = parse_host("qemu+ssh://ci@hv1/system")
-    assert host.uri == "qemu+ssh://ci@hv1/system" and host.slots == 1 and host.port == 22
-    assert host.key_file is None and host.known_hosts == tmp_path / ".ssh" / "known_hosts"
+    monkeypatch.setenv("HOME", str(tmp_path))  # OpenSSH ignores it: so do we
+    host = parse_host("qemu+libssh://ci@hv1/system")
+    assert host.uri == "qemu+libssh://ci@hv1/system" and host.slots == 1 and host.port == 22
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    assert host.key_file is None and host.known_hosts == home / ".ssh" / "known_hosts"
     assert host.label == "ci@hv1"
 
 
