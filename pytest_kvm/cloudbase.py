@@ -12,10 +12,8 @@ The script needs Windows Server 2016 / Windows 10 or later (``New-LocalUser``).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from typing import Any
 
 from .errors import SeedError
 
@@ -82,19 +80,18 @@ def setup_script(user: str, password: str, *, basic_auth: bool = False) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-def user_data(user: str, password: str, *, extra: Mapping[str, Any] | None = None,
+def user_data(user: str, password: str, *, cloud_config: bytes | None = None,
               basic_auth: bool = False) -> bytes:
-    """The whole ``user_data``: the setup script alone, or with the user's cloud-config
-    *extra* as a MIME multipart (script first)."""
+    """The whole ``user_data``: the setup script alone, or with the user's *cloud_config*
+    (a serialised ``#cloud-config`` document) as a MIME multipart (script first)."""
     script = setup_script(user, password, basic_auth=basic_auth)
-    if not extra:
+    if not cloud_config:
         return script.encode()
-    from .cloudinit import dump_cloud_config
     multipart = MIMEMultipart()
     script_part = MIMEText(script, "x-shellscript", "utf-8")
     script_part.add_header("Content-Disposition", "attachment", filename="pytest-kvm.ps1")
     multipart.attach(script_part)
-    config_part = MIMEText(dump_cloud_config(extra).decode(), "cloud-config", "utf-8")
+    config_part = MIMEText(cloud_config.decode(), "cloud-config", "utf-8")
     config_part.add_header("Content-Disposition", "attachment", filename="user-data.yaml")
     multipart.attach(config_part)
     return multipart.as_bytes()

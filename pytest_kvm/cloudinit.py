@@ -1,19 +1,26 @@
-"""The cloud-config the plugin gives each guest, and merging the user's into it."""
+"""The seed's user data: the cloud-config the plugin gives each guest and merging the user's
+into it, or for a cloudbase-init family the script of :mod:`pytest_kvm.cloudbase`.
+
+Every YAML a seed holds is dumped here (:func:`dump_yaml`, :func:`dump_cloud_config`), from
+data, never from string templates. Imports go one way: this module uses
+:mod:`~pytest_kvm.families` and :mod:`~pytest_kvm.cloudbase`, neither of which imports it.
+"""
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from . import cloudbase
+from .commands import PRIVILEGES
 from .errors import SeedError
+from .families import LOGIN_USER, Family
 from .keys import KeyPair
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .families import Family
-
-LOGIN_USER = "pytest"
+__all__ = ["LOGIN_USER", "dump_cloud_config", "dump_yaml", "merge", "plugin_user_data",
+           "render_user_data", "user_data"]
 
 
 def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -33,11 +40,17 @@ def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 def plugin_user_data(login_key: KeyPair, host_key: KeyPair, user: str = LOGIN_USER, *,
                      shell: str | None = "/bin/bash", privilege: str | None = "sudo") -> dict[str, Any]:
     """What every guest needs: a user with the session's key who may become root without a
-    password (*privilege*: ``"sudo"``, ``"doas"`` or None), and the pinned host key (so the
+    password through *privilege* (a family's: ``"sudo"``, ``"doas"``, ``"su"``: a member of
+    ``wheel``; ``"admin"`` or None: nothing to grant), and the pinned host key (so the
     client can refuse any other)."""
+    if privilege is not None and privilege not in PRIVILEGES:
+        raise ValueError(f"unknown privilege tool {privilege!r} ({', '.join(PRIVILEGES)} or None)")
     account: dict[str, Any] = {"name": user}
     if privilege == "sudo":
         account["sudo"] = "ALL=(ALL) NOPASSWD:ALL"
+    elif privilege == "su":
+        # su lets wheel through (pam_group), then pam_unix nullok: root has no password
+        account["groups"] = ["wheel"]
     if shell is not None:
         account["shell"] = shell
     account["lock_passwd"] = True
@@ -59,8 +72,6 @@ def plugin_user_data(login_key: KeyPair, host_key: KeyPair, user: str = LOGIN_US
         # a file, not the newer users[].doas key: every cloud-init (and nuageinit) writes files
         data["write_files"] = [{"path": "/etc/doas.conf", "content": f"permit nopass {user}\n",
                                 "owner": "root:wheel", "permissions": "0600", "append": True}]
-    elif privilege not in ("sudo", None):
-        raise ValueError(f"unknown privilege tool {privilege!r} (sudo, doas or None)")
     return data
 
 
@@ -72,16 +83,21 @@ def user_data(login_key: KeyPair, host_key: KeyPair, extra: Mapping[str, Any] | 
     return merge(plugin_user_data(login_key, host_key), extra or {})
 
 
-def dump_cloud_config(data: Mapping[str, Any]) -> bytes:
-    """Serialise *data* as a ``#cloud-config`` document (YAML, never string templates)."""
+def dump_yaml(data: Mapping[str, Any], what: str = "user_data") -> bytes:
+    """*data* as a YAML document; what cannot be serialised is a :class:`SeedError` naming
+    *what* it was meant to be."""
     try:
-        body = yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False)
+        return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False).encode()
     except yaml.YAMLError as exc:
-        raise SeedError(f"user_data cannot be serialised to YAML: {exc}") from exc
-    return ("#cloud-config\n" + body).encode()
+        raise SeedError(f"{what} cannot be serialised to YAML: {exc}") from exc
 
 
-def render_user_data(family: "Family", *, login_key: KeyPair, host_key: KeyPair,
+def dump_cloud_config(data: Mapping[str, Any]) -> bytes:
+    """Serialise *data* as a ``#cloud-config`` document."""
+    return b"#cloud-config\n" + dump_yaml(data)
+
+
+def render_user_data(family: Family, *, login_key: KeyPair, host_key: KeyPair,
                      password: str | None = None, extra: Mapping[str, Any] | None = None) -> bytes:
     """The seed's user data for a guest of *family*, serialised: a ``#cloud-config`` for
     cloud-init and nuageinit, a cloudbase-init PowerShell script (that needs *password*)
@@ -92,8 +108,8 @@ def render_user_data(family: "Family", *, login_key: KeyPair, host_key: KeyPair,
                                 shell=family.login_shell, privilege=family.privilege)
         return dump_cloud_config(merge(base, extra or {}))
     if family.user_data_format == "cloudbase-ps1":
-        from . import cloudbase
         if password is None:
             raise SeedError(f"family {family.name}: the seed needs the guest's generated password")
-        return cloudbase.user_data(family.login_user, password, extra=extra)
+        return cloudbase.user_data(family.login_user, password,
+                                   cloud_config=dump_cloud_config(extra) if extra else None)
     raise SeedError(f"family {family.name}: unknown user data format {family.user_data_format!r}")

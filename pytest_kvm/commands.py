@@ -1,10 +1,13 @@
 """What ``guest.run(command, sudo=, env=, cwd=)`` sends: the user's command wrapped for the
 family's shell and privilege tool, every value quoted, never pasted raw.
 
-POSIX families (``sh``/``bash``): ``[sudo -n] [env K=V ...] SHELL -c 'cd DIR && COMMAND'``,
+POSIX families (``sh``/``bash``): ``[ROOT] [env K=V ...] SHELL -c 'cd DIR && COMMAND'``,
 each word quoted with :func:`shlex.quote`, so a value holding quotes, spaces or ``$``
 reaches the command unchanged. Without any option the command is sent as it is (the
-login shell runs it, as over ``ssh host COMMAND``).
+login shell runs it, as over ``ssh host COMMAND``). ``ROOT`` comes from the family's
+privilege tool (:data:`PRIVILEGES`), and nowhere else: ``sudo -n`` / ``doas -n`` in front,
+or for ``su`` the rest as one argument, ``su -m root -c '...'``. A family whose login
+cannot become root refuses ``sudo=True`` instead of running the command unprivileged.
 
 Windows (``cmd.exe``): ``cd /d "DIR" && set "K=V" && COMMAND``; the WinRM user is an
 administrator already, so ``sudo`` changes nothing. cmd.exe has no quoting that keeps
@@ -20,6 +23,11 @@ from .errors import KvmError
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CMD_UNSAFE = re.compile(r'["%\r\n]')
+#: how a login user runs a command as root: a tool that takes the command as words
+#: (``sudo -n``, ``doas -n``: never a password prompt), ``su`` (FreeBSD base: a ``wheel``
+#: member becomes root without a password while root has none), or ``admin`` (the login
+#: is root or an Administrator already). A family may also have None: it cannot.
+PRIVILEGES = ("sudo", "doas", "su", "admin")
 
 
 class CommandSpecError(KvmError, ValueError):
@@ -40,23 +48,39 @@ def _check_env(env: Mapping[str, str]) -> dict[str, str]:
 
 def wrap(command: str, *, shell: str, privilege: str | None, sudo: bool = False,
          env: Mapping[str, str] | None = None, cwd: str | None = None) -> str:
-    """*command* as the guest's handle must send it to run with root rights (*sudo*),
-    extra environment variables (*env*) and working directory (*cwd*)."""
+    """*command* as the guest's handle must send it to run with root rights (*sudo*, through
+    *privilege*: one of :data:`PRIVILEGES` or None), extra environment variables (*env*) and
+    working directory (*cwd*)."""
     env = _check_env(env or {})
     if cwd is not None and (not isinstance(cwd, str) or not cwd):
         raise CommandSpecError(f"cwd must be a non-empty path string, not {cwd!r}")
     if shell == "cmd.exe":
         return _wrap_cmd(command, env=env, cwd=cwd)
+    if sudo:
+        _check_privilege(privilege)
     if not (sudo or env or cwd):
         return command
     inner = f"cd {shlex.quote(cwd)} && {command}" if cwd else command
     words: list[str] = []
-    if sudo and privilege:
-        words += [privilege, "-n"]
     if env:
         words += ["env", *(f"{name}={value}" for name, value in env.items())]
     words += [shell, "-c", inner]
-    return shlex.join(words)
+    if not sudo or privilege == "admin":
+        return shlex.join(words)
+    if privilege == "su":
+        # su passes the words after the login name to the shell: -m keeps the login user's
+        # shell (the family's), its environment and directory, as sudo keeps the directory
+        return shlex.join(["su", "-m", "root", "-c", shlex.join(words)])
+    return shlex.join([str(privilege), "-n", *words])
+
+
+def _check_privilege(privilege: str | None) -> None:
+    if privilege is None:
+        raise CommandSpecError("sudo=True: this guest's login user has no way to become root "
+                               "(its family's privilege tool is None)")
+    if privilege not in PRIVILEGES:
+        raise CommandSpecError(f"unknown privilege tool {privilege!r}; known: "
+                               f"{', '.join(PRIVILEGES)}")
 
 
 def _wrap_cmd(command: str, *, env: Mapping[str, str], cwd: str | None) -> str:

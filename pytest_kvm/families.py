@@ -20,8 +20,23 @@ Sources for the values (checked against the projects' own code and docs):
 - FreeBSD nuageinit (``libexec/rc/rc.d/nuageinit``, ``nuageinit(7)``, in base
   since 14.1): mounts ``/dev/iso9660/config-2`` (else ``cidata``) and reads
   ``openstack/latest``; the default user is ``freebsd`` with shell ``/bin/sh``;
-  ``users`` are created after the network is up; sudo/doas rules need those
-  packages. It has no ``cloud-init status``; FreeBSD has no systemd.
+  ``users`` are created after the network is up. It has no ``cloud-init status``;
+  FreeBSD has no systemd.
+- Root on FreeBSD without sudo. nuageinit's ``users[].sudo`` / ``users[].doas`` only
+  append rules to ``${LOCALBASE}/etc/sudoers.d/90-nuageinit-users`` /
+  ``${LOCALBASE}/etc/doas.conf`` (``libexec/nuageinit/nuage.lua``: ``addsudo``,
+  ``adddoas``); the tools themselves are ports (``security/sudo``, ``security/doas``),
+  and the BASIC-CLOUDINIT images add no package but ``firstboot-freebsd-update``
+  (``release/tools/basic-cloudinit.conf``). Installing one through ``packages:`` would
+  need the internet at first boot. What base has is ``su``: ``/etc/pam.d/su`` lets a
+  member of ``wheel`` through to ``pam_unix`` with ``nullok`` (``lib/libpam/pam.d/su``,
+  ``system``), and ``pam_unix`` succeeds without a prompt when the target's password
+  is empty (``pam_unix.c``), which root's is in every image built from base's
+  ``etc/master.passwd`` (``root::0:0:...``; ``release/tools/vmimage.subr`` sets none).
+  So the FreeBSD family's privilege is ``su``: the seed puts the user in ``wheel``
+  (nuageinit's ``users[].groups``) and root commands run as ``su -m root -c '...'``
+  (FreeBSD su(1): words after the login name go to the shell). An image whose root
+  has a password makes those commands fail (``su: Sorry``), never run unprivileged.
 - OpenBSD (vio(4), vioblk(4)) and NetBSD (vioif(4), ld(4) at virtio) run on
   virtio disks and NICs; their community cloud images ship Python cloud-init.
 - Windows without the virtio-win drivers only sees AHCI (SATA) disks and
@@ -29,14 +44,18 @@ Sources for the values (checked against the projects' own code and docs):
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import MappingProxyType
 
-from .cloudinit import LOGIN_USER
+from .commands import PRIVILEGES, CommandSpecError, wrap
 from .errors import ImageError
 from .waiting import PANIC_MARKERS
+
+#: the account every family's seed creates and the handle logs in as
+LOGIN_USER = "pytest"
 
 # exit 127 when the image has no cloud-init; else cloud-init's own status code
 CLOUD_INIT_WAIT = ("command -v cloud-init >/dev/null 2>&1 || exit 127; "
@@ -50,7 +69,6 @@ CLOUDBASE_INIT_WAIT = (
 
 SEED_FORMATS = ("nocloud", "configdrive")
 TRANSPORTS = ("ssh", "winrm")
-READINESS = ("cloud-init", "ssh", "winrm")
 FIRMWARES = ("bios", "uefi")
 MACHINES = ("pc", "q35")
 DISK_BUSES = ("virtio", "sata")
@@ -81,12 +99,9 @@ class Family:
     transport: str
     #: the guest port the 127.0.0.1 host forward points at
     guest_port: int
-    #: what "ready" means: ``"cloud-init"`` (``cloud-init status --wait`` over SSH),
-    #: ``"ssh"`` (our key logs in: the seed created the user), ``"winrm"`` (a WinRM
-    #: command runs with our credentials)
-    readiness: str
-    #: run once the login works; blocks until the guest's init system is done.
-    #: Its exit code must be in ``ready_exit_codes``; None: the login is enough
+    #: run once the login works (SSH: our key logs in, so the seed created the user;
+    #: WinRM: a command runs with our credentials); blocks until the guest's init system
+    #: is done. Its exit code must be in ``ready_exit_codes``; None: the login is enough
     ready_command: str | None
     ready_exit_codes: tuple[int, ...]
     #: ``"bios"`` (SeaBIOS) or ``"uefi"`` (OVMF from Debian's ``ovmf``)
@@ -97,14 +112,14 @@ class Family:
     nic_model: str
     #: how the seed is attached: ``"disk"`` (on ``disk_bus``) or ``"cdrom"`` (SATA)
     seed_device: str
-    #: where the guest's console goes; always the serial port, logged to a file
-    console: str
     #: the shell ``run(command, sudo=, env=, cwd=)`` wraps the command in (``sh``/``bash``
     #: with POSIX quoting, or ``cmd.exe``); see :mod:`pytest_kvm.commands`
     shell: str
     #: the login shell the seed gives the user (None: the OS decides)
     login_shell: str | None
-    #: how the login user becomes root: ``"sudo"``, ``"doas"`` or None (it is an admin)
+    #: how the login user runs a command as root (:data:`pytest_kvm.commands.PRIVILEGES`):
+    #: ``"sudo"``, ``"doas"``, ``"su"``, ``"admin"`` (it is root / an Administrator
+    #: already), or None (it cannot: root commands are refused). The seed grants it
     privilege: str | None
     #: whether the seed can install the host key the plugin generated (and pins)
     seeds_host_key: bool
@@ -114,14 +129,16 @@ class Family:
     boot_banner: str | None
     #: console text that means the kernel panicked
     panic_markers: tuple[str, ...]
-    #: ``str.format`` template setting the guest clock from the host's after a warm
-    #: restore (``{epoch}``: float seconds, ``{utc}``: an aware datetime); None: unsupported
+    #: ``str.format`` template run as root setting the guest clock from the host's after a
+    #: warm restore (``{epoch}``: float seconds, ``{utc}``: an aware datetime); None:
+    #: unsupported. Written without any privilege tool: :meth:`clock_command_for` adds it
     clock_command: str | None
     tpm: bool = False
     secure_boot: bool = False
-    #: ``str.format`` template (``{hostname}``) giving a warm clone its own hostname and
-    #: machine identity when a test asks for ``unique=True``; None: unsupported. (Cold
-    #: boots are always unique: cloud-init sets the hostname, the first boot a machine-id.)
+    #: ``str.format`` template run as root (``{hostname}``) giving a warm clone its own
+    #: hostname and machine identity when a test asks for ``unique=True``; None: unsupported.
+    #: (Cold boots are always unique: cloud-init sets the hostname, the first boot a
+    #: machine-id.) :meth:`identity_command_for` adds the privilege tool
     identity_command: str | None = None
     #: ``str.format`` template (``{tag}``, ``{mount_point}``, ``{mode}``: ``ro``/``rw``; the
     #: values come quoted) mounting a virtiofs share, run as root once the guest is up; None:
@@ -148,27 +165,52 @@ class Family:
 
     def __post_init__(self) -> None:
         for field_name, allowed in (("seed_format", SEED_FORMATS), ("transport", TRANSPORTS),
-                                    ("readiness", READINESS), ("firmware", FIRMWARES),
+                                    ("firmware", FIRMWARES),
                                     ("machine", MACHINES), ("disk_bus", DISK_BUSES),
                                     ("nic_model", NIC_MODELS), ("seed_device", SEED_DEVICES),
                                     ("user_data_format", USER_DATA_FORMATS)):
             value = getattr(self, field_name)
             if value not in allowed:
                 raise ValueError(f"family {self.name}: {field_name}={value!r} is not one of {allowed}")
+        if self.privilege is not None and self.privilege not in PRIVILEGES:
+            raise ValueError(f"family {self.name}: privilege={self.privilege!r} is not one of "
+                             f"{PRIVILEGES} or None")
         if self.secure_boot and (self.firmware != "uefi" or self.machine != "q35"):
             raise ValueError(f"family {self.name}: Secure Boot needs firmware='uefi' and machine='q35'")
 
+    def as_root(self, command: str) -> str:
+        """*command* wrapped to run as root through the family's privilege tool: the one
+        place a family's own root commands get it (``run(sudo=True)`` goes the same way). A
+        family whose login cannot become root raises :class:`CommandSpecError`."""
+        try:
+            return wrap(command, shell=self.shell, privilege=self.privilege, sudo=True)
+        except CommandSpecError as exc:
+            raise CommandSpecError(f"family {self.name}: {exc}") from None
+
     def clock_command_for(self, epoch: float) -> str | None:
-        """The command that sets the guest clock to *epoch*, or None if the family has none."""
+        """The command (as root) that sets the guest clock to *epoch*, or None if the
+        family has none."""
         if self.clock_command is None:
             return None
-        return self.clock_command.format(epoch=epoch,
-                                         utc=datetime.fromtimestamp(epoch, tz=timezone.utc))
+        return self.as_root(self.clock_command.format(
+            epoch=epoch, utc=datetime.fromtimestamp(epoch, tz=timezone.utc)))
+
+    def identity_command_for(self, hostname: str) -> str:
+        """The command (as root) giving a clone *hostname* and a machine identity of its own;
+        a :class:`ValueError` for a family without one or a name that is not a host name."""
+        if self.identity_command is None:
+            raise ValueError(f"family {self.name} cannot give a clone its own identity")
+        if not _HOSTNAME.match(hostname):
+            raise ValueError(f"{hostname!r} is not a host name (letters, digits, '-', '.')")
+        return self.as_root(self.identity_command.format(hostname=hostname))
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?\Z")
 
 
 _UNIX = dict(user_data_format="cloud-config", login_user=LOGIN_USER, transport="ssh", guest_port=22,
              firmware="bios", machine="pc", disk_bus="virtio", nic_model="virtio-net-pci",
-             seed_device="disk", console="serial", shell="sh", seeds_host_key=True,
+             seed_device="disk", shell="sh", seeds_host_key=True,
              direct_kernel_boot=False)
 _BSD_POWER = dict(reboot_command="shutdown -r now", poweroff_command="shutdown -p now",
                   boot_id_command="sysctl -n kern.boottime")
@@ -193,28 +235,24 @@ UNIX_HOSTS_COMMAND = (f"sed -i '/ {HOSTS_MARK}$/d' /etc/hosts && "
 _BSD_LOGS = (("messages.log", "cat /var/log/messages"), ("dmesg.txt", "dmesg"))
 
 
-def _bsd_clock(privilege: str) -> str:
-    return privilege + " date -u {utc:%Y%m%d%H%M.%S} >/dev/null"
-
-
-def _bsd_identity(privilege: str) -> str:
-    return privilege + " hostname {hostname}"  # BSDs: the hostname (no machine-id to renew)
+BSD_CLOCK_COMMAND = "date -u {utc:%Y%m%d%H%M.%S} >/dev/null"
+BSD_IDENTITY_COMMAND = "hostname {hostname}"  # BSDs: the hostname (no machine-id to renew)
 
 
 _FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family(
         name="linux", description="Linux with cloud-init (Debian, Ubuntu, Fedora, Alma/Rocky, Alpine)",
         **{**_UNIX, "direct_kernel_boot": True, "shell": "bash"},
-        seed_format="nocloud", readiness="cloud-init",
+        seed_format="nocloud",
         ready_command=CLOUD_INIT_WAIT, ready_exit_codes=(0, 2, 127),  # 2: done, recoverable errors
         login_shell="/bin/bash", privilege="sudo",
         boot_banner="Linux version ", panic_markers=PANIC_MARKERS,
-        clock_command="sudo -n date -u -s @{epoch:.3f} >/dev/null",
+        clock_command="date -u -s @{epoch:.3f} >/dev/null",
         # a new random machine-id: systemd-machine-id-setup would derive the same one from
         # the VM's UUID, which a clone shares with its golden
-        identity_command=("sudo -n sh -c 'hostname {hostname} && echo {hostname} > /etc/hostname"
-                          " && sed -i \"s/^127.0.1.1 .*/127.0.1.1 {hostname}/\" /etc/hosts"
-                          " && cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id'"),
+        identity_command=("hostname {hostname} && echo {hostname} > /etc/hostname"
+                          " && sed -i 's/^127.0.1.1 .*/127.0.1.1 {hostname}/' /etc/hosts"
+                          " && cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id"),
         # virtiofs: in Linux since 5.4 (a module in Debian's cloud and generic kernels)
         share_mount_command="mkdir -p {mount_point} && mount -t virtiofs -o {mode} {tag} {mount_point}",
         reboot_command="systemctl reboot", poweroff_command="systemctl poweroff",
@@ -226,38 +264,38 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         name="freebsd", description="FreeBSD BASIC-CLOUDINIT images (nuageinit, in base since 14.1)",
         **_UNIX,
         # nuageinit reads both; config-2 is probed first, and it is what OpenStack gives it
-        seed_format="configdrive", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
-        # base has no bash and no sudo: sudo rules only work once the sudo package is installed
-        login_shell="/bin/sh", privilege="sudo",
+        seed_format="configdrive", ready_command=None, ready_exit_codes=(0,),
+        # base has no bash, no sudo and no doas: su, as a wheel member (see the docstring)
+        login_shell="/bin/sh", privilege="su",
         boot_banner=BSD_BANNER, panic_markers=("panic: ",),
-        clock_command=_bsd_clock("sudo -n"), identity_command=_bsd_identity("sudo -n"),
+        clock_command=BSD_CLOCK_COMMAND, identity_command=BSD_IDENTITY_COMMAND,
         artifact_logs=_BSD_LOGS, **_BSD_POWER),
     Family(
         name="openbsd", description="OpenBSD cloud images with cloud-init (community builds)",
         **_UNIX,
-        seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
+        seed_format="nocloud", ready_command=None, ready_exit_codes=(0,),
         login_shell="/bin/sh", privilege="doas",  # doas(1) is in base, sudo is not
         boot_banner=BSD_BANNER, panic_markers=("panic: ", "ddb{"),
-        clock_command=_bsd_clock("doas -n"), identity_command=_bsd_identity("doas -n"),
+        clock_command=BSD_CLOCK_COMMAND, identity_command=BSD_IDENTITY_COMMAND,
         artifact_logs=_BSD_LOGS, **_BSD_POWER),
     Family(
         name="netbsd", description="NetBSD cloud images with cloud-init (community builds)",
         **_UNIX,
-        seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
+        seed_format="nocloud", ready_command=None, ready_exit_codes=(0,),
         login_shell="/bin/sh", privilege="sudo",
         boot_banner=BSD_BANNER, panic_markers=("panic: ", "Stopped in pid"),
-        clock_command=_bsd_clock("sudo -n"), identity_command=_bsd_identity("sudo -n"),
+        clock_command=BSD_CLOCK_COMMAND, identity_command=BSD_IDENTITY_COMMAND,
         artifact_logs=_BSD_LOGS, **_BSD_POWER),
     Family(
         name="windows", description="Windows with cloudbase-init (images come from the user)",
         seed_format="configdrive", user_data_format="cloudbase-ps1", login_user=LOGIN_USER,
-        transport="winrm", guest_port=5985, readiness="winrm",
+        transport="winrm", guest_port=5985,
         ready_command=CLOUDBASE_INIT_WAIT, ready_exit_codes=(0,),
         # UEFI: Windows 11 and Server 2022+ images are GPT/UEFI; q35 has AHCI built in
         firmware="uefi", machine="q35",
         # no virtio-win drivers assumed: AHCI disks and an Intel NIC have inbox drivers
         disk_bus="sata", nic_model="e1000", seed_device="cdrom",
-        console="serial", shell="cmd.exe", login_shell=None, privilege=None,
+        shell="cmd.exe", login_shell=None, privilege="admin",  # a local Administrator
         seeds_host_key=False, direct_kernel_boot=False,
         boot_banner=None, panic_markers=(),
         clock_command=("powershell.exe -NoProfile -NonInteractive -Command \"Set-Date -Date "
@@ -269,7 +307,7 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family(
         name="generic", description="any image with a NoCloud-capable cloud-init: no OS-specific assumption",
         **_UNIX,
-        seed_format="nocloud", readiness="ssh", ready_command=None, ready_exit_codes=(0,),
+        seed_format="nocloud", ready_command=None, ready_exit_codes=(0,),
         login_shell="/bin/sh", privilege="sudo",
         boot_banner=None, panic_markers=(), clock_command=None,
         reboot_command="reboot", poweroff_command="poweroff",

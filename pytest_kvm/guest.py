@@ -754,7 +754,7 @@ class Guest:
         guest_logger(self.name).info("clock %s", how)
         if cfg.unique:
             t0 = time.monotonic()
-            self._handle.run(cfg.family.identity_command.format(hostname=self.hostname), timeout=120,
+            self._handle.run(cfg.family.identity_command_for(self.hostname), timeout=120,
                           check=True)
             self.timeline.add("identity", time.monotonic() - t0)
 

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pycdlib
-import yaml
 
 from .cache import write_owner_only
-from .cloudinit import dump_cloud_config
+from .cloudinit import dump_cloud_config, dump_yaml
 from .errors import SeedError
 
 NOCLOUD_LABEL = "cidata"
@@ -152,8 +151,9 @@ def build_seed(seed_format: str, *, instance_id: str, hostname: str,
         if keys:
             meta["public-keys"] = list(keys.values())
         return Seed(NOCLOUD_LABEL, nocloud_files(
-            body, _yaml(meta),
-            network_config=None if network_config is None else _yaml(network_config),
+            body, dump_yaml(meta, "meta-data"),
+            network_config=None if network_config is None else dump_yaml(network_config,
+                                                                          "network-config"),
             vendor_data=None if vendor_data is None else dump_cloud_config(vendor_data)))
     if seed_format == "configdrive":
         return Seed(CONFIGDRIVE_LABEL, configdrive_files(
@@ -162,10 +162,6 @@ def build_seed(seed_format: str, *, instance_id: str, hostname: str,
             vendor_data=None if vendor_data is None else {
                 "cloud-init": dump_cloud_config(vendor_data).decode()}))
     raise SeedError(f"unknown seed format {seed_format!r}; known: {', '.join(LABELS)}")
-
-
-def _yaml(data: Mapping[str, Any]) -> bytes:
-    return yaml.safe_dump(dict(data), sort_keys=False).encode()
 
 
 def write_seed(path: Path, volume_label: str, files: Mapping[str, bytes]) -> Path:

@@ -22,6 +22,33 @@ def test_unserialisable_user_data_is_a_seed_error():
         cloudinit.dump_cloud_config({"runcmd": [object()]})
 
 
+def test_unserialisable_meta_data_names_what_it_is():
+    with pytest.raises(SeedError, match="meta-data cannot be serialised"):
+        cloudinit.dump_yaml({"x": object()}, "meta-data")
+
+
+def test_seed_modules_import_one_way():
+    # families <- cloudinit -> cloudbase, and seed -> cloudinit: no cycle, no import in a function
+    import ast
+    import pathlib
+
+    import pytest_kvm
+    package = pathlib.Path(pytest_kvm.__file__).parent
+    imported = {}
+    for name in ("families", "cloudinit", "cloudbase", "seed", "commands"):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        top = {node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))}
+        assert all(node in top for node in ast.walk(tree)
+                   if isinstance(node, (ast.Import, ast.ImportFrom))), f"{name}: a lazy import"
+        imported[name] = {(alias.name if node.module is None else node.module).split(".")[0]
+                          for node in top if isinstance(node, ast.ImportFrom) and node.level
+                          for alias in node.names}
+        assert "TYPE_CHECKING" not in (package / f"{name}.py").read_text(), name
+    assert not imported["families"] & {"cloudinit", "cloudbase", "seed"}
+    assert not imported["cloudbase"] & {"cloudinit", "families", "seed"}
+    assert "seed" not in imported["cloudinit"]
+
+
 def test_cloud_config_header_and_yaml():
     out = cloudinit.dump_cloud_config({"write_files": [{"path": "/x", "content": "a: 'b'\n"}]})
     assert out.startswith(b"#cloud-config\n")
@@ -33,7 +60,7 @@ def test_cloud_config_header_and_yaml():
 import yaml  # noqa: E402
 
 from pytest_kvm import cloudbase  # noqa: E402
-from pytest_kvm.families import family  # noqa: E402
+from pytest_kvm.families import FAMILIES, family  # noqa: E402
 from pytest_kvm.keys import KeyPair  # noqa: E402
 
 LOGIN, HOST = KeyPair.generate("login"), KeyPair.generate("host")
@@ -46,17 +73,30 @@ def test_linux_user_data_unchanged_by_the_family_path():
     assert yaml.safe_load(rendered)["users"][0]["shell"] == "/bin/bash"
 
 
-def test_bsd_user_gets_sh_and_openbsd_doas():
+def test_bsd_user_gets_sh_and_the_right_to_become_root():
     freebsd = yaml.safe_load(cloudinit.render_user_data(family("freebsd"), login_key=LOGIN, host_key=HOST))
-    assert freebsd["users"][0]["shell"] == "/bin/sh"
-    assert freebsd["users"][0]["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+    user = freebsd["users"][0]
+    assert user["shell"] == "/bin/sh"
+    # FreeBSD base has no sudo: its privilege tool is su, which lets members of wheel through
+    assert user["groups"] == ["wheel"] and "sudo" not in user and "write_files" not in freebsd
     openbsd = yaml.safe_load(cloudinit.render_user_data(family("openbsd"), login_key=LOGIN, host_key=HOST,
                                                         extra={"write_files": [{"path": "/x"}]}))
-    assert "sudo" not in openbsd["users"][0]
+    assert "sudo" not in openbsd["users"][0] and "groups" not in openbsd["users"][0]
     assert openbsd["write_files"][0] == {"path": "/etc/doas.conf", "content": "permit nopass pytest\n",
                                          "owner": "root:wheel", "permissions": "0600", "append": True}
     assert openbsd["write_files"][1] == {"path": "/x"}  # the user's files are added, not replacing
     assert openbsd["ssh_keys"]["ed25519_public"] == HOST.public_openssh
+
+
+def test_every_family_seed_grants_its_privilege_tool():
+    for fam in FAMILIES.values():
+        if fam.user_data_format != "cloud-config":
+            continue
+        data = yaml.safe_load(cloudinit.render_user_data(fam, login_key=LOGIN, host_key=HOST))
+        user = data["users"][0]
+        granted = {"sudo": "sudo" in user, "su": "wheel" in user.get("groups", []),
+                   "doas": any(f["path"] == "/etc/doas.conf" for f in data.get("write_files", []))}
+        assert [tool for tool, yes in granted.items() if yes] == [fam.privilege], fam.name
 
 
 def test_unknown_privilege_tool_is_refused():
@@ -97,7 +137,8 @@ def test_basic_auth_opt_in():
 
 def test_windows_user_data_with_user_cloud_config_is_multipart():
     import email
-    rendered = cloudbase.user_data("pytest", "pw", extra={"runcmd": ["echo hi"]})
+    rendered = cloudinit.render_user_data(family("windows"), login_key=LOGIN, host_key=HOST,
+                                          password="pw", extra={"runcmd": ["echo hi"]})
     message = email.message_from_bytes(rendered)
     assert message.is_multipart()
     script, config = message.get_payload()

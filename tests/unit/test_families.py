@@ -1,11 +1,12 @@
 import dataclasses
+import shlex
 from datetime import datetime, timezone
 
 import pytest
 
-from pytest_kvm import cloudinit
+from pytest_kvm.commands import CommandSpecError, wrap
 from pytest_kvm.errors import ImageError
-from pytest_kvm.families import FAMILIES, Family, family, family_for_name
+from pytest_kvm.families import FAMILIES, family, family_for_name
 
 EXPECTED = {"linux", "freebsd", "openbsd", "netbsd", "windows", "generic"}
 
@@ -32,48 +33,6 @@ def test_table_is_read_only():
         FAMILIES["linux"].login_user = "root"  # type: ignore[misc]
 
 
-def test_linux_keeps_todays_behaviour():
-    linux = family("linux")
-    assert (linux.seed_format, linux.transport, linux.guest_port) == ("nocloud", "ssh", 22)
-    assert (linux.firmware, linux.machine, linux.disk_bus, linux.nic_model) == (
-        "bios", "pc", "virtio", "virtio-net-pci")
-    assert linux.login_user == cloudinit.LOGIN_USER
-    assert linux.readiness == "cloud-init" and "cloud-init status --wait" in linux.ready_command
-    assert set(linux.ready_exit_codes) == {0, 2, 127}
-    assert linux.direct_kernel_boot and linux.login_shell == "/bin/bash"
-    assert linux.boot_banner == "Linux version "
-
-
-def test_bsds_assume_no_linux_tools():
-    for name in ("freebsd", "openbsd", "netbsd"):
-        bsd = family(name)
-        assert bsd.transport == "ssh" and bsd.readiness == "ssh"
-        assert bsd.ready_command is None  # no cloud-init status, no systemd
-        assert bsd.login_shell == "/bin/sh"  # bash is not in any BSD base system
-        assert not bsd.direct_kernel_boot
-        assert bsd.disk_bus == "virtio" and bsd.nic_model == "virtio-net-pci"
-    assert family("openbsd").privilege == "doas"
-    assert family("freebsd").seed_format == "configdrive"
-
-
-def test_windows_is_winrm_uefi_sata_e1000_configdrive_cdrom():
-    win = family("windows")
-    assert (win.transport, win.guest_port, win.readiness) == ("winrm", 5985, "winrm")
-    assert (win.seed_format, win.seed_device, win.user_data_format) == (
-        "configdrive", "cdrom", "cloudbase-ps1")
-    assert (win.firmware, win.machine, win.disk_bus, win.nic_model) == ("uefi", "q35", "sata", "e1000")
-    assert win.shell == "cmd.exe" and win.login_user == cloudinit.LOGIN_USER
-    assert not win.seeds_host_key and win.privilege is None
-    assert "cloudbase-init" in win.ready_command
-
-
-def test_generic_makes_no_os_specific_assumption():
-    gen = family("generic")
-    assert gen.readiness == "ssh" and gen.ready_command is None
-    assert gen.boot_banner is None and gen.panic_markers == () and gen.clock_command is None
-    assert gen.login_shell == "/bin/sh"
-
-
 def test_invalid_values_are_refused():
     with pytest.raises(ValueError, match="nic_model"):
         dataclasses.replace(family("linux"), nic_model="rtl8139")
@@ -85,16 +44,58 @@ def test_invalid_values_are_refused():
 
 def test_clock_commands():
     epoch = datetime(2024, 2, 29, 13, 5, 7, tzinfo=timezone.utc).timestamp()
-    assert family("linux").clock_command_for(epoch) == f"sudo -n date -u -s @{epoch:.3f} >/dev/null"
-    assert family("openbsd").clock_command_for(epoch) == "doas -n date -u 202402291305.07 >/dev/null"
-    assert family("freebsd").clock_command_for(epoch) == "sudo -n date -u 202402291305.07 >/dev/null"
+    assert shlex.split(family("linux").clock_command_for(epoch)) == [
+        "sudo", "-n", "bash", "-c", f"date -u -s @{epoch:.3f} >/dev/null"]
+    assert shlex.split(family("openbsd").clock_command_for(epoch)) == [
+        "doas", "-n", "sh", "-c", "date -u 202402291305.07 >/dev/null"]
     assert f"FromUnixTimeMilliseconds({epoch:.0f}000)" in family("windows").clock_command_for(epoch)
     assert family("generic").clock_command_for(epoch) is None
 
 
-def test_every_family_is_a_family():
-    assert all(isinstance(f, Family) for f in FAMILIES.values())
-    assert {f.console for f in FAMILIES.values()} == {"serial"}
+def test_freebsd_becomes_root_with_su_not_sudo():
+    # FreeBSD base has neither sudo nor doas: su, which the seed's wheel membership allows
+    epoch = datetime(2024, 2, 29, 13, 5, 7, tzinfo=timezone.utc).timestamp()
+    su, minus_m, root, minus_c, rest = shlex.split(family("freebsd").clock_command_for(epoch))
+    assert (su, minus_m, root, minus_c) == ("su", "-m", "root", "-c")
+    assert shlex.split(rest) == ["sh", "-c", "date -u 202402291305.07 >/dev/null"]
+    assert shlex.split(family("freebsd").identity_command_for("h"))[:4] == ["su", "-m", "root", "-c"]
+
+
+def test_no_family_template_names_a_privilege_tool():
+    # the privileged form is built in one place (Family.as_root), from Family.privilege
+    for fam in FAMILIES.values():
+        templates = [fam.clock_command, fam.identity_command, fam.share_mount_command,
+                     fam.reboot_command, fam.poweroff_command, fam.network_command,
+                     fam.hosts_command, *(command for _, command in fam.artifact_logs)]
+        for template in filter(None, templates):
+            assert not template.startswith(("sudo", "doas", "su ")), (fam.name, template)
+
+
+def test_as_root_follows_the_privilege_tool():
+    linux = family("linux")
+    assert shlex.split(linux.as_root("id -u")) == ["sudo", "-n", "bash", "-c", "id -u"]
+    assert family("windows").as_root("whoami") == "whoami"  # an Administrator already
+    root_login = dataclasses.replace(linux, privilege="admin")
+    assert shlex.split(root_login.as_root("id -u")) == ["bash", "-c", "id -u"]
+
+
+def test_a_login_that_cannot_become_root_refuses_root_commands():
+    stuck = dataclasses.replace(family("generic"), name="stuck", privilege=None,
+                                clock_command="date -s @{epoch}")
+    with pytest.raises(CommandSpecError, match="stuck.*no way to become root"):
+        stuck.clock_command_for(0.0)
+    with pytest.raises(CommandSpecError, match="no way to become root"):
+        wrap("id", shell="sh", privilege=None, sudo=True)
+    assert wrap("id", shell="sh", privilege=None) == "id"  # without sudo, nothing to refuse
+    with pytest.raises(ValueError, match="pfexec"):
+        dataclasses.replace(family("linux"), privilege="pfexec")
+
+
+def test_su_keeps_env_and_cwd_quoted():
+    words = shlex.split(wrap("pwd", shell="sh", privilege="su", sudo=True, env={"A": "x y"},
+                             cwd="/tmp/a b"))
+    assert words[:4] == ["su", "-m", "root", "-c"]
+    assert shlex.split(words[4]) == ["env", "A=x y", "sh", "-c", "cd '/tmp/a b' && pwd"]
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -106,7 +107,13 @@ def test_family_of_a_local_image_from_its_name(name, expected):
 
 
 def test_identity_commands_fill_in_the_hostname():
-    assert "hostname pytest-kvm-1-x-2 " in family("linux").identity_command.format(hostname="pytest-kvm-1-x-2")
-    assert "/etc/machine-id" in family("linux").identity_command
-    assert family("openbsd").identity_command.format(hostname="h") == "doas -n hostname h"
-    assert family("windows").identity_command is None
+    sudo, minus_n, bash, minus_c, inner = shlex.split(family("linux").identity_command_for("pytest-kvm-1-x-2"))
+    assert (sudo, minus_n, bash, minus_c) == ("sudo", "-n", "bash", "-c")
+    assert "hostname pytest-kvm-1-x-2 " in inner and "/etc/machine-id" in inner
+    assert "s/^127.0.1.1 .*/127.0.1.1 pytest-kvm-1-x-2/" in inner
+    assert shlex.split(family("openbsd").identity_command_for("h")) == ["doas", "-n", "sh", "-c", "hostname h"]
+    with pytest.raises(ValueError, match="own identity"):
+        family("windows").identity_command_for("h")
+    for bad in ("a b", "x;reboot", "-h", ""):
+        with pytest.raises(ValueError, match="not a host name"):
+            family("linux").identity_command_for(bad)
