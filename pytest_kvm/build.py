@@ -1,4 +1,5 @@
-"""Build a base image from a recipe, offline, into the cache directory.
+"""Build a base image from a recipe, offline, into a staging directory (the image store
+renames it into the cache, content-addressed, once complete).
 
 The only builder so far is ``debootstrap``: install a minimal Debian root from
 a package mirror, configure it from the recipe's data (files, unit masks, clean-up, then its
@@ -101,16 +102,16 @@ def _newest(root: Path, pattern: str) -> Path:
     return found[-1]
 
 
-def build_image(recipe: Recipe, dest: Path, progress: Progress) -> dict:
-    """Build *recipe* into directory *dest* (which must not exist yet) and return the manifest."""
+def build_image(recipe: Recipe, out: Path, progress: Progress) -> dict:
+    """Build *recipe* into *out*, an empty staging directory the caller made (and renames
+    into the cache once complete: see ``ImageStore``), and return the manifest, which is
+    written there too. The work files (the root, the raw disk) are kept in a temporary
+    directory beside *out* and removed on every path."""
     _check_prerequisites(recipe)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f".build-{recipe.name}-", dir=dest.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=out.parent) as tmp:
         work = Path(tmp)
         root = work / "root"
-        out = work / "out"
-        out.mkdir()
         mirror = recipe.mirror_url()
         progress(f"debootstrap {recipe.suite} from {mirror} (about a minute or two)")
         _run(["debootstrap", f"--variant={recipe.variant}", f"--include={','.join(recipe.packages)}",
@@ -128,27 +129,21 @@ def build_image(recipe: Recipe, dest: Path, progress: Progress) -> dict:
         progress("converting to qcow2")
         _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / DISK)], progress,
              "qemu-img convert")
-        raw.unlink()
-        manifest = {
-            "name": recipe.name,
-            "family": recipe.family,
-            "description": recipe.description,
-            "recipe_digest": recipe.digest,
-            "suite": recipe.suite,
-            "kernel_version": kernel_version,
-            "kernel_cmdline": recipe.kernel_cmdline,
-            "login_user": recipe.login_user,
-            "format": "qcow2",
-            "sha256": {name: sha256_file(out / name) for name in (DISK, KERNEL, INITRD)},
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_seconds": round(time.monotonic() - started, 1),
-        }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for path in out.iterdir():
-            path.chmod(0o444)
-        out.chmod(0o755)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(out, dest)
-    progress(f"built {recipe.name} in {manifest['build_seconds']} s -> {dest}")
+    manifest = {
+        "name": recipe.name,
+        "source": "recipe",
+        "family": recipe.family,
+        "description": recipe.description,
+        "recipe_digest": recipe.digest,
+        "suite": recipe.suite,
+        "kernel_version": kernel_version,
+        "kernel_cmdline": recipe.kernel_cmdline,
+        "login_user": recipe.login_user,
+        "format": "qcow2",
+        "sha256": {name: sha256_file(out / name) for name in (DISK, KERNEL, INITRD)},
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    progress(f"built {recipe.name} in {manifest['build_seconds']} s")
     return manifest

@@ -55,24 +55,44 @@ def cmd_image_list(args) -> int:
     cached = {c.name: c for c in store.list_cached()}
     recipes = set(store.known_names()) - set(store.catalog)
     print(f"cache: {store.images_dir}")
-    print(f"{'NAME':<24} {'KIND':<8} {'STATE':<11} {'SIZE':>9}  {'BUILT/FETCHED':<24}  SHA256 (disk)")
+    print(f"{'NAME':<24} {'KIND':<8} {'STATE':<11} {'SIZE':>9}  {'BUILT/FETCHED':<24}  "
+          f"{'DIGEST':<12}  SHA256 (disk)")
+    old_layout = False
     for name in sorted(set(store.known_names()) | set(cached)):
         c = cached.get(name)
         kind = c.kind if c else "recipe" if name in recipes else "catalog"
         if c is None:
             state = "not built" if kind == "recipe" else "not fetched"
-            print(f"{name:<24} {kind:<8} {state:<11} {'-':>9}  {'-':<24}  -")
-        else:
-            state = "stale" if c.stale else "ready"
-            print(f"{name:<24} {kind:<8} {state:<11} {c.size / 2**20:8.0f}M  {c.built_at:<24}  {c.sha256}")
+            print(f"{name:<24} {kind:<8} {state:<11} {'-':>9}  {'-':<24}  {'-':<12}  -")
+            continue
+        state = "old layout" if c.old_layout else "stale" if c.stale else "ready"
+        old_layout |= c.old_layout
+        older = f"  (+{c.older} older, in use)" if c.older else ""
+        print(f"{name:<24} {kind:<8} {state:<11} {c.size / 2**20:8.0f}M  {c.built_at:<24}  "
+              f"{c.digest[:12] or '-':<12}  {c.sha256 or '-'}{older}")
+    if old_layout:
+        print("old layout: cached by an earlier pytest-kvm; built or downloaded again on next use "
+              "(`pytest-kvm image rm NAME` frees the space now)")
     return 0
 
 
 def cmd_image_rm(args) -> int:
     store = _store(args)
+    status = 0
     for name in args.names:
-        print(f"{name}: {'removed' if store.remove(name) else 'not cached'}")
-    return 0
+        outcome = store.remove(name)
+        if not outcome.removed and not outcome.left:
+            print(f"{name}: not cached")
+            continue
+        if outcome.removed:
+            print(f"{name}: removed " + ", ".join(
+                d if d == "old layout" else d[:12] + (" (current)" if d == outcome.current else "")
+                for d in outcome.removed))
+        for digest in outcome.left:
+            print(f"{name}: left {digest[:12]}{' (current)' if digest == outcome.current else ''}: "
+                  "a running session uses it")
+            status = 1
+    return status
 
 
 def _reap_embedded_roots(args) -> list[str]:
@@ -245,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--mirror", metavar="URL",
                        help="fetch from URL/HOST/PATH instead of the vendor's address")
     fetch.set_defaults(func=cmd_image_fetch)
-    image.add_parser("list", help="known and cached images, sizes, hashes").set_defaults(func=cmd_image_list)
-    rm = image.add_parser("rm", help="remove cached images")
+    image.add_parser("list", help="known and cached images, sizes, digests, hashes").set_defaults(func=cmd_image_list)
+    rm = image.add_parser("rm", help="remove cached images (every digest no running session uses)")
     rm.add_argument("names", nargs="+", metavar="NAME")
     rm.set_defaults(func=cmd_image_rm)
     doctor = sub.add_parser("doctor", help="check QEMU, libvirt and /dev/kvm; say what to fix")

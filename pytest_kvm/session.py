@@ -454,6 +454,7 @@ class KvmSession:
         self._golden_guests = [g for g in self._golden_guests if g.name in needed]
         self._goldens = {}
         self.snapshots.release()
+        self.images.close()  # its base images' use locks; old digests nobody uses are removed
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None

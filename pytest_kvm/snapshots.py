@@ -105,11 +105,7 @@ class SnapshotStore:
     def _hold(self, key: str) -> None:
         if key in self._held:
             return
-        use = self.root / f"{key}.use"
-        fd = os.open(use, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        os.utime(use)
-        self._held[key] = fd
+        self._held[key] = hold_shared(self.root / f"{key}.use")
 
     def discard(self, key: str, why: str) -> None:
         """Remove snapshot *key*, which failed this session (a stale cache never fails a
@@ -201,6 +197,21 @@ class SnapshotStore:
                 removed.append(info.name)
                 total -= info.size
         return removed
+
+
+def hold_shared(use: Path) -> int:
+    """A shared ``flock`` on the use file *use* (made if missing; its mtime becomes now):
+    the fd holding it, until closed. Whoever wants to remove what *use* guards takes an
+    exclusive lock on it without waiting (:func:`pytest_kvm.cache.try_lock`) and leaves it
+    alone if that fails. Snapshots and base images (``images.py``) use it."""
+    fd = os.open(use, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.utime(use)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def age(seconds: float) -> str:

@@ -18,15 +18,22 @@ from pytest_kvm.recipes import list_recipes, load_recipe
 
 
 def fake_cached(cache, name="debian-12"):
-    """A cache entry as the builder leaves it, with tiny stand-in files (no build)."""
-    dest = cache / "images" / name
-    dest.mkdir(parents=True)
-    for fn in ("base.qcow2", "vmlinuz", "initrd.img"):
-        (dest / fn).write_bytes(fn.encode() * 100)
-    manifest = {"name": name, "family": "linux", "recipe_digest": load_recipe(name).digest,
+    """A cache entry as a build leaves it (``images/NAME/DIGEST/`` and the pointer
+    ``images/NAME/current.json``), with tiny stand-in files (no build); its directory."""
+    files = {fn: fn.encode() * 100 for fn in ("base.qcow2", "vmlinuz", "initrd.img")}
+    recipe_digest = load_recipe(name).digest
+    manifest = {"name": name, "family": "linux", "recipe_digest": recipe_digest,
                 "kernel_cmdline": "root=LABEL=rootfs", "format": "qcow2", "built_at": "now",
-                "sha256": {fn: sha256_file(dest / fn) for fn in ("base.qcow2", "vmlinuz", "initrd.img")}}
+                "sha256": {fn: hashlib.sha256(data).hexdigest() for fn, data in files.items()}}
+    listing = "".join(f"{fn} {sha}\n" for fn, sha in sorted(manifest["sha256"].items()))
+    digest = hashlib.sha256(listing.encode()).hexdigest()
+    dest = cache / "images" / name / digest
+    dest.mkdir(parents=True)
+    for fn, data in files.items():
+        (dest / fn).write_bytes(data)
     (dest / "manifest.json").write_text(json.dumps(manifest))
+    (dest.parent / "current.json").write_text(json.dumps(
+        {"digest": digest, "source": "recipe", "source_digest": recipe_digest}))
     return dest
 
 
@@ -47,6 +54,7 @@ def test_cached_image_verified(tmp_path):
     dest = fake_cached(tmp_path)
     image = ImageStore(tmp_path).resolve("debian-12")
     assert image.disk == dest / "base.qcow2" and image.kernel == dest / "vmlinuz"
+    assert image.digest == dest.name  # the directory is named by the digest snapshot keys hold
     assert [c.name for c in ImageStore(tmp_path).list_cached()] == ["debian-12"]
 
 
@@ -134,8 +142,10 @@ def test_catalog_image_downloaded_through_mirror_and_reused(tmp_path, server, qc
     path, body = serve_tiny(server, qcow2)
     catalog = tiny_catalog(tmp_path)
     messages = []
-    image = store_for(tmp_path, server, catalog, messages).resolve("tiny-linux")
-    dest = tmp_path / "cache" / "images" / "tiny-linux"
+    with store_for(tmp_path, server, catalog, messages) as store:
+        image = store.resolve("tiny-linux")
+    top = tmp_path / "cache" / "images" / "tiny-linux"
+    dest = top / image.digest
     assert image.disk == dest / "disk.qcow2" and image.disk.read_bytes() == qcow2
     assert (image.format, image.family, image.firmware, image.login_user, image.min_memory_mib,
             image.kernel) == ("qcow2", "linux", "uefi", "tiny", 256, None)
@@ -146,35 +156,50 @@ def test_catalog_image_downloaded_through_mirror_and_reused(tmp_path, server, qc
     assert manifest["download_digest"] == {"sha256": hashlib.sha256(body).hexdigest()}
     assert (manifest["login_user"], manifest["firmware"], manifest["min_memory_mib"]) == ("tiny", "uefi", 256)
     assert any("downloading base image tiny-linux (not cached)" in m for m in messages)
-    assert sorted(p.name for p in dest.iterdir()) == ["disk.qcow2", "incoming.qcow2.lock", "manifest.json"]
+    # content-addressed: the digest names the directory, the pointer names the digest
+    listing = f"disk.qcow2 {hashlib.sha256(qcow2).hexdigest()}\n"
+    assert image.digest == hashlib.sha256(listing.encode()).hexdigest()
+    assert json.loads((top / "current.json").read_text())["digest"] == image.digest
+    assert sorted(p.name for p in top.iterdir()) == sorted([image.digest, f"{image.digest}.use", "current.json"])
     # read-only like a built image (the README's 0444)
-    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in dest.iterdir() if p.suffix != ".lock"} == {
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in dest.iterdir()} == {
         "disk.qcow2": 0o444, "manifest.json": 0o444}
 
     # a new session: verified from the cache, nothing downloaded
-    again = store_for(tmp_path, server, catalog).resolve("tiny-linux")
-    assert again == image and len(server.gets(path)) == 1
-    [cached] = store_for(tmp_path, server, catalog).list_cached()
-    assert (cached.name, cached.kind, cached.stale) == ("tiny-linux", "catalog", False)
+    with store_for(tmp_path, server, catalog) as store:
+        assert store.resolve("tiny-linux") == image and len(server.gets(path)) == 1
+        [cached] = store.list_cached()
+    assert (cached.name, cached.kind, cached.stale, cached.digest) == ("tiny-linux", "catalog", False, image.digest)
 
     image.disk.chmod(0o644)  # read-only (a non-root test could not tamper otherwise)
     image.disk.write_bytes(b"tampered")
     with pytest.raises(ImageError, match="changed since it was downloaded.*image fetch --force tiny-linux"):
-        store_for(tmp_path, server, catalog).resolve("tiny-linux")
-    assert store_for(tmp_path, server, catalog).remove("tiny-linux") and not dest.exists()
+        with store_for(tmp_path, server, catalog) as store:
+            store.resolve("tiny-linux")
+    with store_for(tmp_path, server, catalog) as store:
+        assert store.remove("tiny-linux").removed == [image.digest] and not top.exists()
 
 
 @needs_qemu_img
 def test_changed_entry_is_downloaded_again(tmp_path, server, qcow2):
     serve_tiny(server, qcow2)
-    store_for(tmp_path, server, tiny_catalog(tmp_path)).resolve("tiny-linux")
+    with store_for(tmp_path, server, tiny_catalog(tmp_path)) as store:
+        first = store.resolve("tiny-linux")
     new_path, _ = serve_tiny(server, qcow2, path="tiny-v2.qcow2.xz")
     catalog = tiny_catalog(tmp_path, path="tiny-v2.qcow2.xz")
-    assert [c.stale for c in store_for(tmp_path, server, catalog).list_cached()] == [True]
+    with store_for(tmp_path, server, catalog) as store:
+        assert [c.stale for c in store.list_cached()] == [True]
     messages = []
-    store_for(tmp_path, server, catalog, messages).resolve("tiny-linux")
+    with store_for(tmp_path, server, catalog, messages) as store:
+        again = store.resolve("tiny-linux")
     assert len(server.gets(new_path)) == 1
     assert any("catalog entry changed since it was downloaded" in m for m in messages)
+    # the same bytes: the same digest, whose directory stays as it was; the pointer now
+    # says it is the new entry's, so the next session downloads nothing
+    assert again.digest == first.digest and any("that copy stays" in m for m in messages)
+    with store_for(tmp_path, server, catalog) as store:
+        assert store.resolve("tiny-linux") == again and [c.stale for c in store.list_cached()] == [False]
+    assert len(server.gets(new_path)) == 1
 
 
 @needs_qemu_img
@@ -184,7 +209,7 @@ def test_declared_format_is_checked(tmp_path, server, qcow2):
     with pytest.raises(ImageError, match=r"says format 'raw' but .*tiny\.img is 'qcow2'; fix the entry"):
         store.resolve("tiny-linux")
     dest = tmp_path / "cache" / "images" / "tiny-linux"
-    assert not (dest / "disk.raw").exists() and not (dest / "manifest.json").exists()
+    assert list(dest.iterdir()) == [] and store.list_cached() == []  # the staging directory is gone
 
 
 def test_bad_checksum_leaves_nothing_usable(tmp_path, server):
@@ -194,8 +219,7 @@ def test_bad_checksum_leaves_nothing_usable(tmp_path, server):
     with pytest.raises(ImageError, match="checksum mismatch.*not used"):
         store.resolve("tiny-linux")
     dest = tmp_path / "cache" / "images" / "tiny-linux"
-    assert sorted(p.name for p in dest.iterdir()) == ["incoming.qcow2.lock"]
-    assert store.list_cached() == []
+    assert list(dest.iterdir()) == [] and store.list_cached() == []  # the staging directory is gone
 
 
 @needs_qemu_img
@@ -227,10 +251,13 @@ def test_cli_fetch_and_list(tmp_path, server, qcow2, capsys):
     listed = capsys.readouterr().out
     assert "tiny-linux" in listed and "not fetched" in listed and "freebsd-14" in listed
     assert cli.main(base + ["fetch", "tiny-linux", "--mirror", server.url("/mirror")]) == 0
-    assert capsys.readouterr().out.strip().endswith("images/tiny-linux/disk.qcow2")
+    fetched = capsys.readouterr().out.strip()
+    digest = fetched.split("/")[-2]
+    assert fetched.endswith(f"images/tiny-linux/{digest}/disk.qcow2") and len(digest) == 64
     assert cli.main(base + ["list"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny-linux"))
     assert "catalog" in line and "ready" in line and hashlib.sha256(qcow2).hexdigest() in line
+    assert f" {digest[:12]} " in line  # the digest, short
     assert cli.main(base + ["fetch", "tiny-linux", "--force", "--mirror", server.url("/nowhere")]) == 1
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "--kvm-image tiny-linux=PATH" in err
@@ -247,7 +274,8 @@ def test_trust_on_first_use_prints_the_digest_to_pin(tmp_path, server, qcow2):
                                        'checksum_algorithm = "sha256"', "trust_on_first_use = true")
     catalog.write_text(text)
     messages = []
-    store_for(tmp_path, server, catalog, messages).resolve("tiny-linux")
+    with store_for(tmp_path, server, catalog, messages) as store:
+        store.resolve("tiny-linux")
     digest = hashlib.sha256(body).hexdigest()
     assert any("publishes no checksum" in m and f'sha256 = "{digest}"' in m for m in messages)
     assert server.gets("/mirror/images.example.org/tiny/SHA256SUMS") == []
@@ -259,3 +287,44 @@ def test_available_means_bootable_without_a_download(tmp_path):
     assert store.available("debian-12") and store.available("mine")
     assert "freebsd-14" in store.catalog and not store.available("freebsd-14")
     assert not store.available("no-such-os")
+
+
+@pytest.fixture(scope="module")
+def qcow2_v2(tmp_path_factory):
+    """Another real qcow2 disk (other bytes than *qcow2*): a vendor's new release."""
+    if not shutil.which("qemu-img"):
+        pytest.skip("qemu-img not installed")
+    path = tmp_path_factory.mktemp("src2") / "tiny.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "32M"], check=True)
+    return path.read_bytes()
+
+
+@needs_qemu_img
+@pytest.mark.parametrize("held", [True, False], ids=["in-use", "unused"])
+def test_a_new_download_never_touches_the_digest_a_session_uses(tmp_path, server, qcow2, qcow2_v2, held):
+    serve_tiny(server, qcow2)
+    user = store_for(tmp_path, server, tiny_catalog(tmp_path))  # a session on the first release
+    old = user.resolve("tiny-linux")
+    if not held:
+        user.close()
+    serve_tiny(server, qcow2_v2, path="tiny-v2.qcow2.xz")
+    messages = []
+    with store_for(tmp_path, server, tiny_catalog(tmp_path, path="tiny-v2.qcow2.xz"), messages) as store:
+        new = store.resolve("tiny-linux")
+    top = tmp_path / "cache" / "images" / "tiny-linux"
+    assert new.digest != old.digest and new.disk.read_bytes() == qcow2_v2
+    assert json.loads((top / "current.json").read_text())["digest"] == new.digest
+    if held:
+        # intact, readable, still what its manifest says: overlays on it keep working
+        assert old.disk.read_bytes() == qcow2
+        ImageStore._check_files("tiny-linux", old.disk.parent,
+                                json.loads((old.disk.parent / "manifest.json").read_text()), "")
+        assert any(f"old image {old.digest[:12]} kept: a running session uses it" in m for m in messages)
+        with store_for(tmp_path, server, tiny_catalog(tmp_path)) as lister:
+            [cached] = lister.list_cached()
+        assert (cached.digest, cached.older) == (new.digest, 1)
+        user.close()  # the session ends: the old digest goes with it
+    else:
+        assert any(f"old image {old.digest[:12]} removed" in m for m in messages)
+    assert not old.disk.parent.exists() and not (top / f"{old.digest}.use").exists()
+    assert sorted(p.name for p in top.iterdir()) == sorted([new.digest, f"{new.digest}.use", "current.json"])
