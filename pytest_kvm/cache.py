@@ -91,3 +91,18 @@ def writable(path: Path, what: str) -> Iterator[None]:
                 f"{what}: no space left under {path} ({exc.strerror}). Free some space "
                 "(`pytest-kvm reap` removes leftovers of dead runs) or pass --kvm-cache-dir DIR.") from exc
         raise
+
+
+def hold_shared(use: Path) -> int:
+    """A shared ``flock`` on the use file *use* (made if missing; its mtime becomes now):
+    the fd holding it, until closed. Whoever wants to remove what *use* guards takes an
+    exclusive lock on it without waiting (:func:`try_lock`) and leaves it
+    alone if that fails. Snapshots and base images (``images.py``) use it."""
+    fd = os.open(use, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.utime(use)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

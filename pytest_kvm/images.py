@@ -41,14 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import build
-from .cache import file_lock, sha256_file, try_lock, writable
+from .cache import file_lock, hold_shared, sha256_file, try_lock, writable
 from .catalog import CatalogEntry, builtin_catalog, load_catalog
 from .download import ProgressLine, RetryPolicy, fetch
 from .names import checked
 from .errors import ImageError
 from .families import family_for_name
 from .recipes import list_recipes, load_recipe, recipes_dir
-from .snapshots import hold_shared
 from .storage import inspect_image
 
 
@@ -511,7 +510,7 @@ class ImageStore:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest = {
             "name": entry.name, "source": "catalog", "entry_digest": entry.digest,
-            "url": entry.url, "downloaded_from": result.url, "verified_by": entry.verification,
+            "url": entry.url, "downloaded_from": result.url, "verified_by": result.verified_by or entry.verification,
             "download_digest": dict([result.source_digest]) if result.source_digest else {},
             "disk": disk.name, "format": entry.format, "family": entry.family,
             "firmware": entry.firmware, "login_user": entry.login_user,

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import file_lock, writable
+from .cache import file_lock, hold_shared, writable
 from .names import checked
 from .clones import META_FILE, Golden
 
@@ -197,21 +197,6 @@ class SnapshotStore:
                 removed.append(info.name)
                 total -= info.size
         return removed
-
-
-def hold_shared(use: Path) -> int:
-    """A shared ``flock`` on the use file *use* (made if missing; its mtime becomes now):
-    the fd holding it, until closed. Whoever wants to remove what *use* guards takes an
-    exclusive lock on it without waiting (:func:`pytest_kvm.cache.try_lock`) and leaves it
-    alone if that fails. Snapshots and base images (``images.py``) use it."""
-    fd = os.open(use, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        os.utime(use)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def age(seconds: float) -> str:
