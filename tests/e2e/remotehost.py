@@ -8,9 +8,10 @@ One :class:`FakeHost` is a set of private namespaces holding its own ``libvirtd`
   this machine they are reachable only through the SSH connection, as on a real
   remote host;
 - a mount namespace where ``/run``, ``/etc/libvirt``, ``/var/cache``, ``/var/log``
-  are private tmpfs and ``/var/lib`` an overlay on a tmpfs: libvirtd's sockets, pid
-  file, state, config, logs, storage pools and domains are this host's own, so two
-  FakeHosts run side by side and nothing is written to the real ``/var``;
+  are private tmpfs, ``/var/lib`` an overlay on a tmpfs and ``/dev/pts`` a new devpts
+  instance: libvirtd's sockets, pid file, state, config, logs, storage pools, domains
+  and consoles are this host's own, so two FakeHosts run side by side and nothing is
+  written to the real ``/var``;
 - a UTS namespace (its own host name) and a PID namespace whose init is a small
   reaper: when it dies the kernel kills every process inside (libvirtd, QEMU, sshd
   sessions), which is what makes cleanup complete even after a crash of the test
@@ -72,6 +73,9 @@ mount -t overlay -o lowerdir=/var/lib,upperdir=/run/fakehost/var-lib,workdir=/ru
 for dir in /var/cache /var/log /etc/libvirt; do
   mount -t tmpfs -o mode=0755 fakehost "$dir"
 done
+# its own ptys (QEMU's serial consoles), not in this machine's /dev/pts
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 fakehost-pts /dev/pts
+mount --bind /dev/pts/ptmx /dev/ptmx
 mkdir -p /var/lib/libvirt /var/cache/libvirt /var/log/libvirt /etc/libvirt/qemu
 install -m 0644 "$1/libvirtd.conf" /etc/libvirt/libvirtd.conf
 install -m 0644 "$1/qemu.conf" /etc/libvirt/qemu.conf
