@@ -52,3 +52,15 @@ def choose_accel(requested: str = "auto", *, dev: Path = Path("/dev/kvm"),
             "Enable virtualisation (VT-x/AMD-V) and load kvm_intel or kvm_amd, "
             "or run with --kvm-accel auto to fall back to TCG (software emulation, much slower).")
     return Accel("tcg", problem)
+
+
+def choose_remote_accel(requested: str, host_offers_kvm: bool, host: str) -> Accel:
+    """The choice for a remote host (``--kvm-host``), from what its libvirt offers."""
+    if requested == "tcg":
+        return Accel("tcg", "requested (--kvm-accel tcg)")
+    if host_offers_kvm:
+        return Accel("kvm", f"{host} offers KVM")
+    if requested == "kvm":
+        raise HypervisorError(f"--kvm-accel kvm was requested but host {host} offers no KVM "
+                              f"(libvirt's capabilities list no kvm domain type for x86_64)")
+    return Accel("tcg", f"{host} offers no KVM")

@@ -8,6 +8,7 @@ from .accel import ACCEL_CHOICES
 from .cache import default_cache_dir
 from .clones import RESET_CHOICES
 from .domain import NETWORK_MODES
+from .hosts import Host, HostError, parse_host
 from .names import NAME_PATTERN, NAME_RULE
 from .snapshots import SNAPSHOT_CHOICES
 from .waiting import Limit
@@ -52,6 +53,7 @@ class Settings:
     artifacts_dir: Path | None = None  # where guests' logs and files go for failed tests
     artifacts_when: str = "failed"
     network: str = "user"  # the user-mode NIC's reach: "user" (host and outside) or "isolated"
+    hosts: tuple[Host, ...] = ()  # remote hypervisor hosts (--kvm-host); empty: this machine
 
     @property
     def default_os(self) -> str:
@@ -93,7 +95,8 @@ class Settings:
             artifacts_dir=_relative_to(opt.kvm_artifacts, config.invocation_params.dir)
             or _relative_to(config.getini("kvm_artifacts"), config.rootpath),
             artifacts_when=opt.kvm_artifacts_when or "failed",
-            network=opt.kvm_network or config.getini("kvm_network") or "user")
+            network=opt.kvm_network or config.getini("kvm_network") or "user",
+            hosts=opt.kvm_host or config.getini("kvm_hosts"))
 
     @classmethod
     def build(cls, *, os_names=(DEFAULT_OS,), accel="auto", uri=None, keep="none", images=(),
@@ -101,7 +104,7 @@ class Settings:
               memory_mib=None, cpus=None, command_timeout=None,
               reset="clone", mirror=None, catalogs=(), snapshots="on", snapshot_max_gb=None,
               prepare_ahead=None, artifacts_dir=None, artifacts_when="failed",
-              network="user") -> "Settings":
+              network="user", hosts=()) -> "Settings":
         if accel not in ACCEL_CHOICES:
             raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
         if keep not in KEEP_CHOICES:
@@ -118,6 +121,13 @@ class Settings:
         if network not in NETWORK_MODES:
             raise SettingsError(f"--kvm-network / kvm_network must be one of "
                                 f"{', '.join(NETWORK_MODES)}, not {network!r}")
+        try:
+            parsed_hosts = tuple(parse_host(text) for text in hosts if text.strip())
+        except HostError as exc:
+            raise SettingsError(str(exc)) from None
+        if parsed_hosts and uri:
+            raise SettingsError("--kvm-uri and --kvm-host do not mix: --kvm-host names the "
+                                "libvirt URIs of the remote hosts")
         local_images = {}
         for item in images:
             name, sep, path = item.partition("=")
@@ -147,6 +157,7 @@ class Settings:
             artifacts_dir=Path(artifacts_dir).expanduser() if artifacts_dir else None,
             artifacts_when=artifacts_when,
             network=network,
+            hosts=parsed_hosts,
         )
 
 

@@ -81,11 +81,14 @@ class DomainSpec:
     mac: str | None = None  # the NIC's MAC; None: QEMU's default
     shared_memory: bool = False  # memfd RAM shared with helper processes (virtiofsd: shares)
     network_mode: str = "user"  # one of NETWORK_MODES
+    #: "file": QEMU appends the serial console to ``console_log``; "pty": it is read through
+    #: libvirt's console stream (a remote host: see pytest_kvm.placement)
+    console: str = "file"
 
     def __post_init__(self) -> None:
         checks = (("machine", ("pc", "q35")), ("firmware", ("bios", "uefi")),
                   ("disk_bus", tuple(_DEV_PREFIX)), ("seed_device", ("disk", "cdrom")),
-                  ("network_mode", NETWORK_MODES))
+                  ("network_mode", NETWORK_MODES), ("console", ("file", "pty")))
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DomainSpec.{name}={getattr(self, name)!r} is not one of {allowed}")
@@ -268,8 +271,11 @@ def domain_element(spec: DomainSpec) -> ET.Element:
 
     devices = _sub(dom, "devices")
     _disks(devices, spec)
-    serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=str(spec.console_log), append="on")
+    if spec.console == "file":
+        serial = _sub(devices, "serial", type="file")
+        _sub(serial, "source", path=str(spec.console_log), append="on")
+    else:  # read through libvirt (virDomainOpenConsole): a remote host's console
+        serial = _sub(devices, "serial", type="pty")
     _sub(serial, "target", port="0")
     _sub(devices, "controller", type="usb", model="none")
     _sub(devices, "memballoon", model="none")

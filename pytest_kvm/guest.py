@@ -33,6 +33,7 @@ from .networks import Attachment, Networks
 from .saveimage import Feeder, SaveImage
 from .spec import Share
 from .output import LineLog, guest_logger
+from .placement import GuestFiles, LocalPlacement, Placement
 from .handle import Handle
 from .ssh import CommandResult, SshClient, read_banner
 from .storage import create_overlay, flatten_onto
@@ -103,15 +104,20 @@ class GuestConfig:
         return self.family.login_user
 
 
-def domain_spec(cfg: GuestConfig, port: int, mac: str | None = None) -> DomainSpec:
-    """The domain of a guest booted cold from *cfg*, forwarding 127.0.0.1:*port*."""
+def domain_spec(cfg: GuestConfig, port: int, mac: str | None = None,
+                files: GuestFiles | None = None) -> DomainSpec:
+    """The domain of a guest booted cold from *cfg*, forwarding 127.0.0.1:*port*; *files*:
+    where its disk, seed, kernel and initrd are on the hypervisor's machine (default: the
+    work directory and the cached image, on this machine)."""
     direct = cfg.family.direct_kernel_boot and cfg.image.kernel is not None
     workdir = cfg.workdir
+    files = files or GuestFiles(disk=workdir / DISK_FILE, seed=workdir / SEED_FILE,
+                                kernel=cfg.image.kernel, initrd=cfg.image.initrd, console="file")
     return DomainSpec(
         name=cfg.name, virt_type=cfg.virt_type, memory_mib=cfg.memory_mib, cpus=cfg.cpus,
-        disk=workdir / DISK_FILE, disk_format="qcow2", seed=workdir / SEED_FILE,
-        console_log=workdir / CONSOLE_FILE, ssh_port=port,
-        kernel=cfg.image.kernel if direct else None, initrd=cfg.image.initrd if direct else None,
+        disk=files.disk, disk_format="qcow2", seed=files.seed,
+        console_log=workdir / CONSOLE_FILE, console=files.console, ssh_port=port,
+        kernel=files.kernel if direct else None, initrd=files.initrd if direct else None,
         cmdline=cfg.image.cmdline if direct else "", metadata=dict(cfg.metadata),
         machine_type=cfg.machine_type, mac=mac, network_mode=cfg.network_mode,
         **family_fields(cfg.family, workdir, firmware=cfg.image.firmware, tpm=cfg.tpm))
@@ -123,8 +129,12 @@ class Guest:
     ``config.family`` (see :mod:`pytest_kvm.families`)."""
 
     def __init__(self, hypervisor: Hypervisor, config: GuestConfig, *,
-                 golden: Golden | None = None) -> None:
+                 golden: Golden | None = None, placement: Placement | None = None) -> None:
+        """*placement*: where the guest's files live and how its port is reached (default:
+        this machine; see :mod:`pytest_kvm.placement`)."""
         self._hv = hypervisor
+        self._placement: Placement = placement or LocalPlacement(hypervisor)
+        self._files: GuestFiles | None = None  # made by _prepare (cold boots)
         self._config = config
         self._golden = golden
         self.name = config.name
@@ -346,12 +356,11 @@ class Guest:
                                   + "; ".join(problems))
         with writable(cfg.workdir.parent, f"preparing guest {self.name}"):
             cfg.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            create_overlay(cfg.image.disk, cfg.image.format, self.overlay)
-            guest_seed.write(self._seed)
+            self._files = self._placement.prepare(cfg.name, cfg.image, cfg.workdir, guest_seed)
         self.timeline.add("prepare", time.monotonic() - t0)
 
     def _spec(self, port: int) -> DomainSpec:
-        return domain_spec(self._config, port, self.mac)
+        return domain_spec(self._config, port, self.mac, self._files)
 
     def _start_on_free_port(self, start: Callable[[int], Any]) -> None:
         """Call ``start(port)`` (it starts the domain forwarding *port*) with free ports until
@@ -371,8 +380,11 @@ class Guest:
 
     def _launch(self) -> None:
         t0 = time.monotonic()
-        self._start_on_free_port(lambda port: self._hv.create(self._xml_for_port(port)))
+        self._start_on_free_port(self._start_domain)
         self.timeline.add("domain-start", time.monotonic() - t0)
+
+    def _start_domain(self, port: int):
+        return self._placement.start(self._xml_for_port(port), self._console)
 
     def _crash_check(self) -> str | None:
         try:
@@ -394,7 +406,9 @@ class Guest:
         """A handle for the family's transport, not logged in yet."""
         cfg = self._config
         return {
-            "ssh": lambda: SshClient(self.port, cfg.user, self.login_key_file, self._known_hosts),
+            "ssh": lambda: SshClient(self.port, cfg.user, self.login_key_file, self._known_hosts,
+                                     dial=self._placement.dial(),
+                                     proxy_command=self._placement.proxy_command()),
             "winrm": lambda: WinRMClient(self.port, self.credentials,
                                          password_file=cfg.workdir / PASSWORD_FILE),
         }[cfg.family.transport]()
@@ -424,7 +438,7 @@ class Guest:
         return client
 
     def _ssh_banner(self, remaining: float) -> bytes:
-        data = read_banner(self.port, timeout=min(3.0, remaining))
+        data = read_banner(self.port, timeout=min(3.0, remaining), dial=self._placement.dial())
         if not data.startswith(b"SSH-"):
             raise Retry(f"no SSH banner yet (got {data[:40]!r})")
         return data
@@ -593,7 +607,7 @@ class Guest:
         t0 = time.monotonic()
         self._boots_before = self._console_boots()
         try:
-            self._start_on_free_port(lambda port: self._hv.create(self._xml_for_port(port)))
+            self._start_on_free_port(self._start_domain)
             self.powered_off = False
             self.timeline.add("domain-start", time.monotonic() - t0)
             self._wait_ready()
@@ -939,6 +953,10 @@ class Guest:
             errors.append(exc)
         if self._networks is not None:
             self._networks.leave(self.name)
+        try:
+            self._placement.remove(self.name)
+        except Exception as exc:  # keep going: the local files must go too
+            errors.append(exc)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self._config.workdir)
         self._remove_qemu_log()

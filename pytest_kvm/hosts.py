@@ -42,6 +42,11 @@ class Host:
     known_hosts: Path  # libvirt's ``known_hosts`` parameter, else ~/.ssh/known_hosts
 
     @property
+    def key(self) -> str:
+        """A file name for this host (``user@host_port``): its upload locks' directory."""
+        return f"{self.user}@{self.hostname}_{self.port}"
+
+    @property
     def label(self) -> str:
         """``user@host[:port]``, for headers, summaries and messages (no secrets in a URI)."""
         port = f":{self.port}" if self.port != DEFAULT_SSH_PORT else ""

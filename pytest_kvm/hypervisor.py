@@ -123,6 +123,34 @@ def libvirt_state_dir() -> Path:
     return path
 
 
+def pool_xml(name: str, path: str) -> str:
+    """A directory storage pool, as libvirt's XML."""
+    pool = ET.Element("pool", type="dir")
+    ET.SubElement(pool, "name").text = name
+    target = ET.SubElement(pool, "target")
+    ET.SubElement(target, "path").text = path
+    permissions = ET.SubElement(target, "permissions")
+    ET.SubElement(permissions, "mode").text = "0711"
+    return ET.tostring(pool, encoding="unicode")
+
+
+def volume_xml(name: str, *, capacity: int, format: str, backing: str | None = None,
+               backing_format: str | None = None) -> str:
+    """A storage volume (owner-only), optionally a copy-on-write one over *backing*."""
+    vol = ET.Element("volume")
+    ET.SubElement(vol, "name").text = name
+    ET.SubElement(vol, "capacity", unit="bytes").text = str(capacity)
+    target = ET.SubElement(vol, "target")
+    ET.SubElement(target, "format", type=format)
+    permissions = ET.SubElement(target, "permissions")
+    ET.SubElement(permissions, "mode").text = "0600"
+    if backing is not None:
+        store = ET.SubElement(vol, "backingStore")
+        ET.SubElement(store, "path").text = backing
+        ET.SubElement(store, "format", type=backing_format or "qcow2")
+    return ET.tostring(vol, encoding="unicode")
+
+
 def default_uri() -> str | None:
     """``qemu:///system`` when a libvirt daemon is reachable, else None (use the embedded driver)."""
     if os.geteuid() == 0 and SYSTEM_SOCKET.exists():
@@ -167,6 +195,17 @@ class Hypervisor:
         return cls._open(uri, _take_embed_slot(state_dir) if uri is None else None)
 
     @classmethod
+    def open_remote(cls, uri: str, label: str) -> "Hypervisor":
+        """Open a remote host's libvirt (``qemu+ssh://...``; *label* names it in messages),
+        with keepalives so that a host that went away is an error, not a hang."""
+        libvirt = _libvirt()
+        _ensure_event_loop()  # keepalives and console streams need it
+        with translate(f"opening libvirt on {label}", label):
+            conn = libvirt.open(uri)
+            conn.setKeepAlive(5, 6)
+        return cls(conn, label)
+
+    @classmethod
     def open_embed_slot(cls, index: int, state_dir: Path | None = None) -> "Hypervisor":
         """Open embedded root number *index* if no live process holds it (for reaping)."""
         return cls._open(None, _take_embed_slot(state_dir or libvirt_state_dir(), index))
@@ -194,10 +233,103 @@ class Hypervisor:
             return None
         return self._embed.root / "log" / "qemu" / f"{name}.log"
 
-    def create(self, xml: str):
-        """Start a transient domain from *xml*; returns the libvirt domain."""
+    def create(self, xml: str, *, autodestroy: bool = False):
+        """Start a transient domain from *xml*; returns the libvirt domain. *autodestroy*:
+        libvirt destroys it when this connection closes (the process died, the link broke)."""
+        libvirt = _libvirt()
         with translate("starting the guest", self.uri):
-            return self._conn.createXML(xml, 0)
+            return self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_AUTODESTROY if autodestroy else 0)
+
+    # -- storage volumes (remote hosts: see pytest_kvm.hoststore) -------------------------
+    def ensure_pool(self, name: str, path: str) -> None:
+        """A started directory pool *name* at *path* (defined, built and set to autostart
+        the first time)."""
+        libvirt = _libvirt()
+        with translate(f"setting up storage pool {name}", self.uri):
+            try:
+                pool = self._conn.storagePoolLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                pool = self._conn.storagePoolDefineXML(pool_xml(name, path), 0)
+                pool.build(0)
+                pool.setAutostart(1)
+            if not pool.isActive():
+                pool.create(0)
+
+    def volumes(self, pool: str) -> dict[str, str]:
+        """The pool's volumes: name -> path on the host."""
+        with translate(f"listing volumes of {pool}", self.uri):
+            the_pool = self._conn.storagePoolLookupByName(pool)
+            the_pool.refresh(0)
+            return {vol.name(): vol.path() for vol in the_pool.listAllVolumes(0)}
+
+    def upload_volume(self, pool: str, name: str, source: Path | bytes) -> str:
+        """A new volume *name* holding *source* (a file, or bytes); returns its host path."""
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+        with translate(f"uploading {name} to pool {pool}", self.uri):
+            vol = self._conn.storagePoolLookupByName(pool).createXML(
+                volume_xml(name, capacity=size, format="raw"), 0)
+            stream = self._conn.newStream(0)
+            try:
+                vol.upload(stream, 0, size, 0)
+                if isinstance(source, bytes):
+                    stream.send(source)
+                else:
+                    with open(source, "rb") as reader:
+                        stream.sendAll(lambda _stream, nbytes, fh: fh.read(nbytes), reader)
+                stream.finish()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    stream.abort()
+                with contextlib.suppress(Exception):
+                    vol.delete(0)
+                raise
+            return vol.path()
+
+    def create_overlay_volume(self, pool: str, name: str, backing: str, backing_format: str,
+                              capacity: int) -> str:
+        """A qcow2 volume *name* over the host file *backing*; returns its host path."""
+        with translate(f"creating overlay {name} in pool {pool}", self.uri):
+            return self._conn.storagePoolLookupByName(pool).createXML(
+                volume_xml(name, capacity=capacity, format="qcow2", backing=backing,
+                           backing_format=backing_format), 0).path()
+
+    def delete_volume(self, pool: str, name: str) -> bool:
+        """Delete volume *name*; False if it did not exist."""
+        libvirt = _libvirt()
+        with translate(f"deleting volume {name}", self.uri):
+            try:
+                vol = self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    return False
+                raise
+            vol.delete(0)
+        return True
+
+    def mirror_console(self, dom, path: Path) -> threading.Thread:
+        """Append what *dom* writes on its serial console (a ``pty`` serial) to the local
+        file *path*, from a thread that ends when the domain does."""
+        libvirt = _libvirt()
+        with translate(f"opening the console of {dom.name()}", self.uri):
+            stream = self._conn.newStream(0)
+            dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+
+        def copy() -> None:
+            with open(path, "ab", buffering=0) as out:
+                while True:
+                    try:
+                        data = stream.recv(65536)
+                    except libvirt.libvirtError:
+                        return
+                    if not isinstance(data, bytes) or not data:
+                        return
+                    out.write(data)
+
+        thread = threading.Thread(target=copy, name=f"console-{dom.name()}", daemon=True)
+        thread.start()
+        return thread
 
     def save(self, name: str, path: Path) -> None:
         """Save a running domain's memory state to *path*; the domain stops."""
@@ -237,6 +369,13 @@ class Hypervisor:
                     if machine.get("canonical") and machine.text:
                         self._machines[machine.text] = machine.get("canonical")
         return self._machines.get(alias, alias)
+
+    def offers_kvm(self) -> bool:
+        """Whether the host's libvirt can run x86_64 guests of domain type ``kvm``."""
+        with translate("reading the host's capabilities", self.uri):
+            caps = ET.fromstring(self._conn.getCapabilities())
+        return any(arch.get("name") == "x86_64" and arch.find("domain[@type='kvm']") is not None
+                   for arch in caps.iter("arch"))
 
     def set_time(self, dom, epoch: float, timeout: int = 5) -> None:
         """Set the guest's clock to *epoch* through its QEMU guest agent (no login needed);

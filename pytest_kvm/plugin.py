@@ -15,6 +15,7 @@ from .config import ARTIFACTS_WHEN_CHOICES, DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
 from .errors import KvmError
+from .hosts import host_for_worker, worker_index
 from .hypervisor import default_uri
 from .fixtures import guest, guest_factory, guest_testinfra, kvm  # noqa: F401 - registered as fixtures
 from .session import KvmSession
@@ -38,6 +39,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kvm-uri", metavar="URI", dest="kvm_uri",
                     help="libvirt URI. Default: qemu:///system if libvirtd is running, else the "
                          "embedded driver (qemu:///embed, no daemon needed).")
+    group.addoption("--kvm-host", action="append", metavar="URI", dest="kvm_host",
+                    help="a remote libvirt host to run guests on, e.g. qemu+ssh://ci@hv1/system "
+                         "(repeatable; ?slots=N weights it; each pytest-xdist worker uses one). "
+                         "Default: ini kvm_hosts, else this machine.")
     group.addoption("--kvm-keep", choices=KEEP_CHOICES, default="none", dest="kvm_keep",
                     help="keep guests running after the test: none, failed (guests of failed "
                          "tests) or all; their ssh commands are printed. Remove them with "
@@ -74,6 +79,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "else $PYTEST_KVM_CACHE_DIR, else $XDG_CACHE_HOME/pytest-kvm "
                          "(~/.cache/pytest-kvm).")
     parser.addini("kvm_os", "default guest OS name(s), space separated", default="")
+    parser.addini("kvm_hosts", "remote libvirt hosts, one URI per line (see --kvm-host)",
+                  type="linelist", default=[])
     parser.addini("kvm_cache_dir", "base image cache directory", default="")
     parser.addini("kvm_artifacts", "directory for failed tests' guest artifacts (see "
                   "--kvm-artifacts), relative to the ini file", default="")
@@ -191,6 +198,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if session is None:
         return []
     settings = session.settings
+    if settings.hosts:  # each worker uses one of them; every guest boots cold there
+        where = "hosts " + ", ".join(
+            h.label + (f" ({h.slots} slots)" if h.slots > 1 else "") for h in settings.hosts)
+        return [f"pytest-kvm: {where} (cold boots: warm clones need a local hypervisor); "
+                f"accel {settings.accel}; os {', '.join(settings.os_names)}; "
+                f"network {settings.network}; cache {settings.cache_dir}"]
     uri = (settings.uri or default_uri()
            or "qemu:///embed (embedded driver, no daemon)")
     return [f"pytest-kvm: accel {session.acceleration.describe()}; uri {uri}; "
@@ -314,9 +327,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         totals = {k: sum(c.get(k, 0) for c in workers.values()) for k in session.counts()}
         terminalreporter.write_line(f"guests: {_counts_line(totals)} in {len(workers)} workers {how}")
         for worker, counts in sorted(workers.items()):
-            terminalreporter.write_line(f"  {worker}: {_counts_line(counts)}")
+            on = (f" on {host_for_worker(session.settings.hosts, worker_index(worker)).label}"
+                  if session.settings.hosts else "")
+            terminalreporter.write_line(f"  {worker}: {_counts_line(counts)}{on}")
     else:
-        terminalreporter.write_line(f"guests: {_counts_line(session.counts())} {how}")
+        on = f" on {session.host.label}" if session.host else ""
+        terminalreporter.write_line(f"guests: {_counts_line(session.counts())}{on} {how}")
     for g in session.kept:
         terminalreporter.write_line(f"kept {g.name} ({g.os}): {g.access()}")
     if session.kept:

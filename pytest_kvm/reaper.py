@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -31,7 +32,25 @@ def process_start_time(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def machine_identity() -> dict[str, str]:
+    """Which machine, and which boot of it, a run's process lives on (domain metadata): a
+    remote host's domains may belong to other machines' runs, whose processes this one
+    cannot see."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return {"owner_machine": socket.gethostname(), "owner_boot": boot}
+
+
 def owner_alive(meta: dict[str, str]) -> bool:
+    """Whether the run that made a domain still runs. Another machine's run counts as alive
+    (libvirt destroys its domains when its connection closes: they start with autodestroy);
+    one of an earlier boot of this machine is dead."""
+    if meta.get("owner_machine", socket.gethostname()) != socket.gethostname():
+        return True
+    if meta.get("owner_boot") and meta["owner_boot"] != machine_identity()["owner_boot"]:
+        return False
     try:
         pid = int(meta.get("owner_pid", ""))
     except ValueError:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .accel import Accel, choose_accel
+from .accel import Accel, choose_accel, choose_remote_accel
 from .cache import sha256_file, writable
 from . import cloudinit, integrations, seed
 from .background import AheadPool, Reclaimer
@@ -26,11 +26,15 @@ from .config import Settings
 from .errors import KvmError
 from .domain import NAME_PREFIX, TCG_CPU_MODEL, domain_xml, firmware_digest, host_cpu
 from .guest import Guest, GuestConfig, domain_spec
+from .hostlink import HostLink
+from .hosts import Host, host_for_worker, worker_index
 from .hypervisor import Hypervisor
 from .images import ImageStore
 from .keys import KeyPair
 from .networks import Networks
-from .reaper import KEPT_MARKER, make_run_dir, process_start_time, reap_domains, reap_run_dirs
+from .placement import HostPlacement, LocalPlacement, Placement
+from .reaper import KEPT_MARKER, machine_identity, make_run_dir, process_start_time, reap_domains, \
+    reap_run_dirs
 from .families import family
 from .snapshots import SnapshotStore
 from .spec import GuestRequest, SpecError, guest_request
@@ -46,10 +50,14 @@ class KvmSession:
         self.progress = progress
         self._accel: Accel | None = None
         self._hv: Hypervisor | None = None
+        self._placement: Placement | None = None  # set by start(): this machine or --kvm-host
         self._watchdog: Watchdog | None = None
         self._hv_error: KvmError | None = None
         self.images = ImageStore(settings.cache_dir, settings.local_images, progress,
                                  mirror=settings.mirror, catalogs=settings.catalogs)
+        #: the remote host this session (or xdist worker) runs its guests on; None: this machine
+        self.host: Host | None = (host_for_worker(settings.hosts, worker_index(worker_id))
+                                  if settings.hosts else None)
         tag = f"{worker_id}-" if worker_id and worker_id != "master" else ""
         self.run_id = f"{tag}{os.getpid()}-{secrets.token_hex(2)}"
         self.run_dir = settings.cache_dir / "runs" / self.run_id
@@ -70,13 +78,15 @@ class KvmSession:
         self.networks = Networks(self.run_dir)  # guests' private networks (networks=)
         pid = os.getpid()
         self._owner = {"owner_pid": str(pid), "owner_start": process_start_time(pid),
-                       "run_id": self.run_id, "run_dir": str(self.run_dir)}
+                       **machine_identity(), "run_id": self.run_id, "run_dir": str(self.run_dir)}
 
     # -- lazily opened pieces ---------------------------------------------------------
     @property
     def acceleration(self) -> Accel:
         if self._accel is None:
-            self._accel = choose_accel(self.settings.accel)
+            self._accel = (choose_accel(self.settings.accel) if self.host is None else
+                           choose_remote_accel(self.settings.accel, self.hypervisor.offers_kvm(),
+                                               self.host.label))
         return self._accel
 
     @property
@@ -102,18 +112,32 @@ class KvmSession:
             raise self._hv_error
         if self._hv is not None:
             return self._hv
+        host = self.host
         try:
-            hv = Hypervisor.open(self.settings.uri)
+            if host is None:
+                hv = Hypervisor.open(self.settings.uri)
+                placement: Placement = LocalPlacement(hv)
+            else:
+                hv = Hypervisor.open_remote(host.uri, host.label)
+                try:
+                    placement = HostPlacement(hv, HostLink(host).connect(),
+                                              self.settings.cache_dir / "hosts" / host.key)
+                except BaseException:
+                    hv.close()
+                    raise
         except KvmError as exc:
             self._hv_error = exc
             raise
         try:
             self._make_run_dir()
-            self._watchdog = Watchdog(self.run_dir, self.settings.uri, hv.embed_index)
+            self._watchdog = Watchdog(self.run_dir, host.uri if host else self.settings.uri,
+                                      hv.embed_index)
         except BaseException:
+            placement.close()
             hv.close()
             raise
         self._hv = hv
+        self._placement = placement
         leftovers = reap_domains(hv, failed=lambda name, exc: self.progress(
             f"could not destroy {name}, a leftover of a dead run (its files are kept): {exc}"))
         leftovers += [p.name for p in reap_run_dirs(self.settings.cache_dir / "runs")]
@@ -174,9 +198,12 @@ class KvmSession:
                                  or config.family.machine != "pc"):
             raise SpecError(f"networks: family {config.family.name} ({os_name}) cannot join "
                             f"private networks yet (only Linux guests can)")
+        if self.host is not None:
+            self._check_remote(request, config)
         tpm = config.family.tpm if config.tpm is None else config.tpm
-        # libvirt keys a TPM's state by the domain's UUID, which clones share: cold boot those
-        if (request.reset or self.settings.reset) == "clone" and not tpm:
+        # libvirt keys a TPM's state by the domain's UUID, which clones share: cold boot those;
+        # a remote host boots every guest cold (warm clones need the save image's files here)
+        if (request.reset or self.settings.reset) == "clone" and not tpm and self.host is None:
             if request.unique and config.family.identity_command is None:
                 raise SpecError(f"unique=True: warm clones of family {config.family.name} cannot "
                                 f"get a new identity; use reset='boot'")
@@ -194,7 +221,25 @@ class KvmSession:
                 self._ahead.prepare(golden.key, self._clone(golden, ahead), after=guest)
             return guest
         self.boots += 1
-        return self._track(Guest(self.hypervisor, config))
+        return self._track(Guest(self.hypervisor, config, placement=self._placement))
+
+    def _no_goldens_remote(self, what: str) -> None:
+        if self.host is not None:
+            raise KvmError(f"{what}: user goldens are not supported on remote hosts yet "
+                           f"(--kvm-host {self.host.label})")
+
+    def _check_remote(self, request: GuestRequest, config: GuestConfig) -> None:
+        """What a guest on a remote host (``--kvm-host``) cannot have yet, refused by name."""
+        missing = [what for what, asked in (
+            ("share= (virtiofs runs beside QEMU, on the host)", request.share),
+            ("networks= (the switch runs on this machine)", request.networks),
+            ("golden= (user goldens are saved images on this machine)", request.golden),
+            (f"family {config.family.name} (WinRM and UEFI guests)",
+             config.family.transport != "ssh" or config.family.firmware != "bios"),
+        ) if asked]
+        if missing:
+            raise SpecError(f"on remote host {self.host.label}: not supported yet: "
+                            f"{'; '.join(missing)}; run such tests without --kvm-host")
 
     def _user_golden_request(self, request: GuestRequest) -> GuestRequest:
         """A request for a clone of a user golden: its OS, family, memory and vCPUs are the
@@ -215,6 +260,7 @@ class KvmSession:
         """A user golden made by ``prepare(guest)`` on a warm clone (``os`` and *keywords*:
         as for :meth:`boot`), then frozen (see ``Guest.freeze``). With snapshots on, a golden
         made earlier for the same parent and *key* is used as it is: *prepare* does not run."""
+        self._no_goldens_remote("kvm.golden()")
         request = guest_request(os, **{**keywords, "reset": "clone"})
         parent = self._golden(self._config(request.os or self.settings.default_os, request))
         user_key = self._user_key(parent.key, key)
@@ -232,6 +278,7 @@ class KvmSession:
     def _freeze(self, guest: Guest, key: str) -> Golden:
         """``guest.freeze(key)``: the guest becomes a golden (or, if this parent and key were
         frozen before and kept as a snapshot, that one is used and the guest removed)."""
+        self._no_goldens_remote("guest.freeze()")
         if guest.cloned:
             parent_key, parent_fields = guest._golden.key, guest._golden.fields
         else:
@@ -461,6 +508,9 @@ class KvmSession:
         if not self.kept:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(self.run_dir)
+        if self._placement is not None:
+            self._placement.close()
+            self._placement = None
         if self._hv is not None:
             self._hv.close()
             self._hv = None

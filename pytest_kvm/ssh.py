@@ -49,10 +49,19 @@ class CommandResult:
         return self.ok
 
 
-def read_banner(port: int, timeout: float) -> bytes:
+#: opens a byte stream to 127.0.0.1:port (*port*, *timeout*): a local socket, or a tunnel
+#: through a remote hypervisor host (see :mod:`pytest_kvm.hostlink`)
+Dial = Callable[[int, float], Any]
+
+
+def dial_local(port: int, timeout: float) -> socket.socket:
+    return socket.create_connection((HOST, port), timeout=timeout)
+
+
+def read_banner(port: int, timeout: float, dial: Dial = dial_local) -> bytes:
     """The first line the server sends. With user-mode networking, QEMU accepts the TCP
     connection even while nothing listens in the guest, so only a banner proves sshd is up."""
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+    with contextlib.closing(dial(port, timeout)) as sock:
         sock.settimeout(timeout)
         data = b""
         while b"\n" not in data and len(data) < 256:
@@ -80,11 +89,16 @@ class _ChannelWriter:
 class SshClient:
     """One authenticated SSH connection to a guest on a 127.0.0.1 forward."""
 
-    def __init__(self, port: int, user: str, key_file: Path, known_hosts: Path) -> None:
+    def __init__(self, port: int, user: str, key_file: Path, known_hosts: Path, *,
+                 dial: Dial = dial_local, proxy_command: list[str] | None = None) -> None:
+        """*dial* opens the stream the connection runs on; *proxy_command*: the OpenSSH
+        ``ProxyCommand`` that :meth:`ssh_command` needs to reach the same port."""
         self.port = port
         self.user = user
         self.key_file = key_file
         self.known_hosts = known_hosts
+        self._dial = dial
+        self._proxy_command = proxy_command
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
@@ -98,7 +112,7 @@ class SshClient:
             client.connect(HOST, port=self.port, username=self.user,
                            key_filename=str(self.key_file), look_for_keys=False,
                            allow_agent=False, timeout=timeout, banner_timeout=timeout,
-                           auth_timeout=timeout)
+                           auth_timeout=timeout, sock=self._dial(self.port, timeout))
         except paramiko.BadHostKeyException as exc:
             client.close()
             raise HostKeyMismatch(
@@ -303,10 +317,11 @@ class SshClient:
 
     def ssh_command(self) -> list[str]:
         """An OpenSSH argv that logs in with the same key and the pinned host key."""
+        proxy = ["-o", f"ProxyCommand={shlex.join(self._proxy_command)}"] if self._proxy_command else []
         return ["ssh", "-i", str(self.key_file), "-p", str(self.port),
                 "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                f"{self.user}@{HOST}"]
+                *proxy, f"{self.user}@{HOST}"]
 
     def access(self) -> str:
         return " ".join(self.ssh_command())

@@ -1,0 +1,148 @@
+"""Guests on remote libvirt hosts (--kvm-host): a "remote" host made on this machine that
+is reachable only over SSH (tests/e2e/remotehost.py: its own network, mount, PID and UTS
+namespaces, a libvirtd of its own, sshd behind socat on 127.0.0.1). The guest's forward
+listens on the host's 127.0.0.1, inside its namespace: only the plugin's SSH tunnel reaches
+it."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from remotehost import FakeHost
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("socat") and os.path.exists("/usr/sbin/sshd") and shutil.which("unshare")),
+    reason="needs socat, openssh-server and unshare (./dev.sh setup installs them)")
+
+CHILD = """
+import socket, subprocess
+
+def test_remote(guest, tmp_path):
+    assert guest.run("echo hi").stdout == "hi\\n"
+    (tmp_path / "in.txt").write_text("through the tunnel")
+    guest.put(tmp_path / "in.txt", "/tmp/in.txt")
+    assert guest.run("cat /tmp/in.txt").stdout == "through the tunnel"
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.txt").write_text("tree file")
+    guest.put(tmp_path / "tree", "/tmp/tree")
+    guest.get("/tmp/tree", tmp_path / "back")
+    assert (tmp_path / "back" / "a.txt").read_text() == "tree file"
+    # the forward is the host's, not ours: nothing listens on this machine's 127.0.0.1:port
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", guest.port)) != 0
+    # OpenSSH from the test machine gets there through the host (ProxyCommand)
+    out = subprocess.run(guest.ssh_command() + ["uname -n"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    print("GUEST", guest.name, "CONSOLE", "Linux version" in guest.console_log())
+"""
+
+
+@pytest.fixture(scope="module")
+def host():
+    with FakeHost() as fake:
+        yield fake
+
+
+def guests_on(fake):
+    return fake.run("virsh -c qemu:///system list --name", check=False).stdout.split()
+
+
+def volumes_on(fake):
+    out = fake.run("virsh -c qemu:///system vol-list pytest-kvm", check=False).stdout
+    return [line.split()[0] for line in out.splitlines()[2:] if line.strip()]
+
+
+def run_child(pytester, *args, timeout=900):
+    pytester.makepyfile(CHILD)
+    return pytester.runpytest_subprocess("--kvm-accel", "tcg", "-s", "-p", "no:cacheprovider",
+                                         *args, timeout=timeout)
+
+
+def test_a_guest_on_a_remote_host(pytester, host):
+    result = run_child(pytester, "--kvm-host", host.libssh_uri)
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    assert f"hosts root@127.0.0.1:{host.ssh_port}" in out  # the header names the host
+    assert f"on root@127.0.0.1:{host.ssh_port}" in out  # and so does the summary
+    assert "CONSOLE True" in out  # the console came back through libvirt's stream
+    # nothing left on the host: the domain is gone, only the uploaded base images stay
+    assert guests_on(host) == []
+    assert all(name.startswith("base-") for name in volumes_on(host)), volumes_on(host)
+
+
+def test_the_ssh_transport_and_bases_uploaded_once(pytester, host):
+    """The qemu+ssh transport (OpenSSH) works too; a second run uploads nothing again."""
+    before = volumes_on(host)
+    result = run_child(pytester, "--kvm-host", host.uri)
+    result.assert_outcomes(passed=1)
+    assert volumes_on(host) == before
+
+
+def test_two_workers_on_two_hosts(pytester, host):
+    """-n 2 with two hosts: each worker boots its guest on its own host."""
+    pytest.importorskip("xdist")
+    with FakeHost() as second:
+        pytester.makepyfile("""
+import pytest
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_each(guest, n):
+    assert guest.run("true").ok
+""")
+        result = pytester.runpytest_subprocess(
+            "--kvm-accel", "tcg", "-p", "no:cacheprovider", "-n", "2",
+            "--kvm-host", host.libssh_uri, "--kvm-host", second.libssh_uri, timeout=1200)
+        result.assert_outcomes(passed=2)
+        out = result.stdout.str()
+        assert f"gw0: 1 cold boots, 0 warm clones; snapshots 0 reused, 0 created on root@127.0.0.1:{host.ssh_port}" in out, out
+        assert f"gw1: 1 cold boots, 0 warm clones; snapshots 0 reused, 0 created on root@127.0.0.1:{second.ssh_port}" in out, out
+        assert guests_on(second) == [] and guests_on(host) == []
+
+
+def test_killing_the_controller_leaves_nothing_on_the_host(pytester, host):
+    pytester.makepyfile("""
+import time
+def test_hang(guest):
+    print("READY", guest.name, flush=True)
+    time.sleep(600)
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider",
+                             "--kvm-accel", "tcg", "--kvm-host", host.libssh_uri],
+                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    name = None
+    deadline = time.monotonic() + 600
+    for line in proc.stdout:
+        if line.startswith("READY"):
+            name = line.split()[1]
+            break
+        assert time.monotonic() < deadline
+    assert name and name in guests_on(host)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while (name in guests_on(host) or any(v.startswith(name) for v in volumes_on(host))) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert name not in guests_on(host)  # libvirt's autodestroy: our connection closed
+    assert not any(v.startswith(name) for v in volumes_on(host))  # the watchdog's reap
+
+
+def test_reap_host_removes_guest_volumes_without_a_domain(host):
+    """`pytest-kvm reap --host URI`: what a controller that died with its machine left."""
+    host.run("virsh -c qemu:///system pool-list --all | grep -q pytest-kvm || "
+             "virsh -c qemu:///system pool-create-as pytest-kvm dir --target /var/lib/libvirt/pytest-kvm")
+    host.run("virsh -c qemu:///system vol-create-as pytest-kvm pytest-kvm-deadrun-1.qcow2 1M "
+             "--format qcow2")
+    bases = [v for v in volumes_on(host) if v.startswith("base-")]
+    done = subprocess.run([sys.executable, "-m", "pytest_kvm.cli", "reap", "--host", host.libssh_uri],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "removed pytest-kvm-deadrun-1.qcow2" in done.stdout
+    assert "pytest-kvm-deadrun-1.qcow2" not in volumes_on(host)
+    assert [v for v in volumes_on(host) if v.startswith("base-")] == bases
