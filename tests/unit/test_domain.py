@@ -97,6 +97,14 @@ def test_serial_console_to_file():
     assert serial.find("source").get("path") == "/w/console.log"
 
 
+def test_a_remote_hosts_console_is_a_pty_read_through_libvirt():
+    serial = parse(spec(console="pty")).find("devices/serial")
+    assert serial.get("type") == "pty" and serial.find("source") is None
+    assert serial.find("target").get("port") == "0"
+    with pytest.raises(ValueError, match="console"):
+        spec(console="tcp")
+
+
 def saved_form(xml):
     """What libvirt's saved XML adds to ours: a UUID and a generation ID value."""
     root = ET.fromstring(xml)

@@ -1,0 +1,62 @@
+"""Remote placement logic that needs no host: volume and pool XML, which volumes a sweep
+deletes, and the OpenSSH command lines through a host."""
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from pytest_kvm.hostlink import HostLink
+from pytest_kvm.hosts import parse_host
+from pytest_kvm.hypervisor import pool_xml, volume_xml
+from pytest_kvm.placement import POOL, remove_guest_volumes
+from pytest_kvm.ssh import SshClient
+
+
+def test_an_overlay_volume_is_owner_only_qcow2_over_its_base():
+    vol = ET.fromstring(volume_xml("g.qcow2", capacity=2**30, format="qcow2",
+                                   backing="/p/base-ab.qcow2", backing_format="qcow2"))
+    assert vol.findtext("name") == "g.qcow2" and vol.find("capacity").get("unit") == "bytes"
+    assert vol.find("target/format").get("type") == "qcow2"
+    assert vol.findtext("target/permissions/mode") == "0600"
+    assert vol.findtext("backingStore/path") == "/p/base-ab.qcow2"
+    plain = ET.fromstring(volume_xml("s.seed.img", capacity=10, format="raw"))
+    assert plain.find("backingStore") is None
+
+
+def test_the_pool_is_a_directory():
+    pool = ET.fromstring(pool_xml(POOL, "/var/lib/libvirt/pytest-kvm"))
+    assert pool.get("type") == "dir" and pool.findtext("target/path") == "/var/lib/libvirt/pytest-kvm"
+
+
+class Volumes:
+    def __init__(self, names):
+        self.names = list(names)
+
+    def volumes(self, pool):
+        assert pool == POOL
+        return {name: f"/p/{name}" for name in self.names}
+
+    def delete_volume(self, pool, name):
+        self.names.remove(name)
+        return True
+
+
+def test_a_sweep_deletes_guest_volumes_of_its_prefix_only():
+    hv = Volumes(["base-abc.qcow2", "pytest-kvm-1-aa-1.qcow2", "pytest-kvm-1-aa-1.seed.img",
+                  "pytest-kvm-2-bb-1.qcow2", "pytest-kvm-1-aa-2.qcow2"])
+    gone = remove_guest_volumes(hv, "pytest-kvm-1-aa-", keep={"pytest-kvm-1-aa-2"})
+    assert sorted(gone) == ["pytest-kvm-1-aa-1.qcow2", "pytest-kvm-1-aa-1.seed.img"]
+    assert hv.names == ["base-abc.qcow2", "pytest-kvm-2-bb-1.qcow2", "pytest-kvm-1-aa-2.qcow2"]
+
+
+def test_ssh_command_goes_through_the_host_with_its_key_and_pinned_host_key(tmp_path):
+    host = parse_host("qemu+libssh://ci@hv1:2222/system?keyfile=/k/id&known_hosts=/k/kh")
+    proxy = HostLink(host).proxy_command()
+    assert proxy[-2:] == ["127.0.0.1:%p", "ci@hv1"] and proxy[-3] == "-W"
+    assert "UserKnownHostsFile=/k/kh" in proxy and "StrictHostKeyChecking=yes" in proxy
+    assert proxy[proxy.index("-i") + 1] == "/k/id" and proxy[proxy.index("-p") + 1] == "2222"
+    argv = SshClient(41022, "pytest", tmp_path / "key", tmp_path / "kh",
+                     proxy_command=proxy).ssh_command()
+    option = next(a for a in argv if a.startswith("ProxyCommand="))
+    assert "ci@hv1" in option and "-W 127.0.0.1:%p" in option
+    assert argv[-1] == "pytest@127.0.0.1"
+    assert not any(a.startswith("ProxyCommand=") for a in
+                   SshClient(41022, "pytest", Path("/k"), Path("/kh")).ssh_command())
