@@ -142,6 +142,8 @@ def volume_xml(name: str, *, capacity: int, format: str, backing: str | None = N
     ET.SubElement(vol, "capacity", unit="bytes").text = str(capacity)
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type=format)
+    if format == "qcow2":
+        ET.SubElement(target, "compat").text = "1.1"  # libvirt's default is the old 0.10
     permissions = ET.SubElement(target, "permissions")
     ET.SubElement(permissions, "mode").text = "0600"
     if backing is not None:
@@ -233,12 +235,19 @@ class Hypervisor:
             return None
         return self._embed.root / "log" / "qemu" / f"{name}.log"
 
-    def create(self, xml: str, *, autodestroy: bool = False):
+    def create(self, xml: str, *, autodestroy: bool = False, paused: bool = False):
         """Start a transient domain from *xml*; returns the libvirt domain. *autodestroy*:
-        libvirt destroys it when this connection closes (the process died, the link broke)."""
+        libvirt destroys it when this connection closes (the process died, the link broke);
+        *paused*: its CPUs wait for :meth:`resume` (open its console first)."""
         libvirt = _libvirt()
+        flags = ((libvirt.VIR_DOMAIN_START_AUTODESTROY if autodestroy else 0)
+                 | (libvirt.VIR_DOMAIN_START_PAUSED if paused else 0))
         with translate("starting the guest", self.uri):
-            return self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_AUTODESTROY if autodestroy else 0)
+            return self._conn.createXML(xml, flags)
+
+    def resume(self, dom) -> None:
+        with translate(f"resuming {dom.name()}", self.uri):
+            dom.resume()
 
     # -- storage volumes (remote hosts: see pytest_kvm.hoststore) -------------------------
     def ensure_pool(self, name: str, path: str) -> None:

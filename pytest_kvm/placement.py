@@ -136,8 +136,11 @@ class HostPlacement:
                           console="pty")
 
     def start(self, xml: str, console_log: Path):
-        dom = self.hv.create(xml, autodestroy=True)  # gone with our connection, whatever happens
+        # autodestroy: gone with our connection, whatever happens to this process. Paused
+        # until its console is read: a pty drops what nobody reads (the first kernel banner)
+        dom = self.hv.create(xml, autodestroy=True, paused=True)
         self._consoles[dom.name()] = self.hv.mirror_console(dom, console_log)
+        self.hv.resume(dom)
         return dom
 
     def dial(self) -> Dial:
