@@ -44,6 +44,7 @@ PORT_ATTEMPTS = 8
 REBOOT_LOOP = 3  # kernel banners seen while waiting: one reboot may be the user's, two are a loop
 CONSOLE_TAIL_LINES = 40
 AGENT_WAIT = 5.0  # seconds a restored clone's guest agent may take to answer
+STOP_NOTICED = 3.0  # seconds libvirt may take to see that a QEMU died under a command
 RECONNECT_WAIT = 20.0  # seconds one new login may take after a connection dropped
 
 
@@ -853,7 +854,7 @@ class Guest:
         try:
             return call(client)
         except ConnectionLost as exc:
-            if self.destroyed or self._dom is None or not self._hv.is_running(self._dom):
+            if self.destroyed or self._dom is None or not self._running_after(STOP_NOTICED):
                 raise ConnectionLost(
                     f"guest {self.name} stopped while the plugin ran {what!r}: its domain is no "
                     f"longer running (destroyed, powered off or crashed)",
@@ -862,6 +863,16 @@ class Guest:
                 f"lost the connection to guest {self.name} while running {what!r}; the guest "
                 f"is still running: it may be rebooting or shutting down, or its sshd was "
                 f"restarted ({exc})") from exc
+
+    def _running_after(self, seconds: float) -> bool:
+        """Whether the domain still runs *seconds* after its connection dropped: libvirt
+        notices a QEMU that died (killed, crashed) a moment after its sockets closed."""
+        end = time.monotonic() + seconds
+        while self._hv.is_running(self._dom):
+            if time.monotonic() >= end:
+                return True
+            time.sleep(0.1)
+        return False
 
     def run_ps(self, script: str, *, timeout: float | None = None, check: bool = False) -> CommandResult:
         """Run a PowerShell *script* (Windows guests, whose handle is WinRM)."""
