@@ -160,9 +160,17 @@ def default_uri() -> str | None:
     return None
 
 
+LOCAL_UNREACHABLE = ("Start libvirtd (libvirtd -d; virtlogd -d), or drop --kvm-uri to use the "
+                     "embedded driver that needs no daemon.")
+REMOTE_UNREACHABLE = ("Check that the host is up, runs libvirtd and takes this SSH login "
+                      "(`virsh -c URI list` from here must work), or drop that --kvm-host.")
+
+
 @contextlib.contextmanager
-def translate(action: str, uri: str = "", console_tail: str = "") -> Iterator[None]:
-    """Turn ``libvirtError`` raised in the block into our own errors, by error code."""
+def translate(action: str, uri: str = "", console_tail: str = "",
+              unreachable: str = LOCAL_UNREACHABLE) -> Iterator[None]:
+    """Turn ``libvirtError`` raised in the block into our own errors, by error code;
+    *unreachable* says what to do when libvirt cannot be reached."""
     libvirt = _libvirt()
     try:
         yield
@@ -172,11 +180,10 @@ def translate(action: str, uri: str = "", console_tail: str = "") -> Iterator[No
         if "Could not set up host forwarding rule" in message:
             raise PortInUse(f"{action}: host port already in use: {message}") from exc
         if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_AUTH_FAILED) or (
-                code == libvirt.VIR_ERR_SYSTEM_ERROR and "socket" in message):
+                code == libvirt.VIR_ERR_SYSTEM_ERROR and ("socket" in message
+                                                          or "unable to connect" in message)):
             raise HypervisorError(
-                f"{action}: libvirt is not reachable at {uri!r}: {message}. Start libvirtd "
-                "(libvirtd -d; virtlogd -d), or drop --kvm-uri to use the embedded driver "
-                "that needs no daemon.") from exc
+                f"{action}: libvirt is not reachable at {uri!r}: {message}. {unreachable}") from exc
         raise HypervisorError(f"{action}: {message}", console_tail=console_tail) from exc
 
 
@@ -202,7 +209,7 @@ class Hypervisor:
         with keepalives so that a host that went away is an error, not a hang."""
         libvirt = _libvirt()
         _ensure_event_loop()  # keepalives and console streams need it
-        with translate(f"opening libvirt on {label}", label):
+        with translate(f"opening libvirt on {label}", label, unreachable=REMOTE_UNREACHABLE):
             conn = libvirt.open(uri)
             conn.setKeepAlive(5, 6)
         return cls(conn, label)

@@ -318,10 +318,10 @@ class KvmSession:
         return self._track(Guest(self.hypervisor, config, golden=golden))
 
     def _config(self, os_name: str, request) -> GuestConfig:
+        accel = self.acceleration  # first: an unreachable remote host fails before a build
         base = self.images.resolve(os_name, request.image)
         fam = family(request.family or base.family)
         memory = request.memory_mib or max(self.settings.memory_mib, base.min_memory_mib or 0)
-        accel = self.acceleration
         key_file = self._key_file()
         name = self._next_name()
         return GuestConfig(

@@ -31,7 +31,8 @@ def test_help_documents_every_option_and_ini(pytester):
     for opt in ("--kvm-os", "--kvm-accel", "--kvm-uri", "--kvm-keep", "--kvm-image", "--kvm-cache-dir", "--kvm-reset", "kvm_reset",
                 "kvm_os", "kvm_cache_dir", "kvm_boot_timeout", "kvm_ssh_timeout", "kvm_cloud_init_timeout", "kvm_memory_mib", "kvm_command_timeout",
                 "--kvm-mirror", "kvm_mirror", "kvm_catalog", "kvm_cpus", "--kvm-snapshots", "kvm_snapshots",
-                "kvm_snapshot_max_gb", "kvm_prepare_ahead", "--kvm-network", "kvm_network"):
+                "kvm_snapshot_max_gb", "kvm_prepare_ahead", "--kvm-network", "kvm_network",
+                "--kvm-host", "kvm_hosts"):
         assert opt in out, opt
 
 
@@ -60,6 +61,40 @@ def test_header_says_the_network_mode_and_refuses_an_unknown_one(pytester):
     result = pytester.runpytest()
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*kvm_network must be one of user, isolated, not 'host'*"])
+
+
+def test_kvm_host_in_the_header_and_refused_when_unusable(pytester):
+    """The header names the hosts (no key paths, no password) from the option or the ini;
+    a URI that is not over SSH, or --kvm-uri beside it, is a usage error."""
+    pytester.makepyfile("def test_x(): pass")
+    # nothing connects to a host before a guest is needed (these do not exist)
+    result = pytester.runpytest("--kvm-host", "qemu+ssh://ci@hv1.invalid/system?keyfile=/k/secret_key",
+                                "--kvm-host", "qemu+libssh://ci@hv2.invalid:2222/system?slots=3")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["pytest-kvm: hosts ci@hv1.invalid, ci@hv2.invalid:2222 (3 slots) "
+                                 "(cold boots*; accel auto; os debian-12; network user; cache *"])
+    assert "secret_key" not in result.stdout.str()
+    pytester.makeini("[pytest]\nkvm_hosts =\n    qemu+ssh://ci@hv3.invalid/system\n")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["pytest-kvm: hosts ci@hv3.invalid (cold boots*"])
+    result = pytester.runpytest("--kvm-host", "qemu:///system")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*use a libvirt URI over SSH*"])
+    result = pytester.runpytest("--kvm-uri", "qemu:///system")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*--kvm-uri and --kvm-host do not mix*"])
+
+
+def test_an_unreachable_host_is_one_clear_error_naming_it(pytester):
+    """Nothing listens on 127.0.0.1:1: the guest's test errors at once (before any image
+    is built), naming the host and what to check."""
+    pytester.makepyfile("def test_x(guest):\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "--kvm-host", "qemu+libssh://root@127.0.0.1:1/system?keyfile=/k/id", timeout=120)
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "HypervisorError: opening libvirt on root@127.0.0.1:1" in out
+    assert "drop that --kvm-host" in out
 
 
 def test_two_os_parametrize_guest_tests_with_os_in_id(pytester):
