@@ -5,7 +5,7 @@ from .errors import (BootTimeout, CloudInitError, CommandError, CommandFailed, C
 from .guest import Guest
 from .session import KvmSession
 from .spec import SpecError
-from .ssh import CommandResult
+from .result import CommandResult
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ssh import CommandResult
+    from .result import CommandResult
 
 
 class KvmError(Exception):

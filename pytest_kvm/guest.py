@@ -35,7 +35,8 @@ from .spec import Share
 from .output import LineLog, guest_logger
 from .placement import GuestFiles, LocalPlacement, Placement
 from .handle import Handle
-from .ssh import CommandResult, SshClient, read_banner
+from .result import CommandResult
+from .ssh import SshClient, read_banner
 from .storage import create_overlay, flatten_onto
 from .waiting import Limit, PhaseWaiter, Retry, Timeline, find_panic
 from .winrm import Credentials, WinRMClient, WinRMError

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from .output import LineLog
-from .ssh import CommandResult
+from .result import CommandResult
 
 
 class Handle(Protocol):

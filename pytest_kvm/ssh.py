@@ -11,7 +11,6 @@ import socket
 import stat as stat_module
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +20,7 @@ import paramiko
 from . import archive
 from .errors import CommandFailed, CommandTimeout, ConnectionLost, HostKeyMismatch, KvmError
 from .output import LineLog
+from .result import CommandResult
 
 HOST = "127.0.0.1"
 # paramiko logs every failed attempt of a boot wait (no banner yet, reset by peer) with a
@@ -30,23 +30,6 @@ PARAMIKO_LOG = "pytest_kvm.paramiko"
 logging.getLogger(PARAMIKO_LOG).setLevel(logging.CRITICAL)
 
 
-@dataclass(frozen=True)
-class CommandResult:
-    command: str
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-    @property
-    def failed(self) -> bool:
-        return self.exit_code != 0
-
-    def __bool__(self) -> bool:  # ``if guest.run(...):`` reads as "if it succeeded"
-        return self.ok
 
 
 #: opens a byte stream to 127.0.0.1:port (*port*, *timeout*): a local socket, or a tunnel

@@ -50,7 +50,8 @@ from .cloudinit import LOGIN_USER
 from .cache import write_owner_only
 from .errors import CommandFailed, CommandTimeout, InfrastructureError, KvmError
 from .output import LineLog
-from .ssh import HOST, CommandResult
+from .result import CommandResult
+from .ssh import HOST
 
 POLL_SECONDS = 5  # longest single Receive long-poll: a timeout is noticed this late at most
 PUT_CHUNK = 96 * 1024  # raw bytes per stdin Send (~171 KiB on the wire after two base64 passes)

@@ -11,7 +11,8 @@ import pytest
 
 from pytest_kvm import winrm
 from pytest_kvm.errors import CommandFailed, CommandTimeout, InfrastructureError, KvmError
-from pytest_kvm.ssh import CommandResult, SshClient
+from pytest_kvm.result import CommandResult
+from pytest_kvm.ssh import SshClient
 from pytest_kvm.winrm import (Credentials, NoOutputYet, WinRMAuthError, WinRMClient, WinRMError,
                               clixml_to_text, powershell_command)
 
