@@ -47,9 +47,6 @@ class GuestFiles:
 class LocalPlacement:
     """Guests on this machine: files in the work directory, ports on 127.0.0.1."""
 
-    remote = False
-    label = "local"
-
     def __init__(self, hv: Hypervisor) -> None:
         self.hv = hv
 
@@ -77,8 +74,6 @@ class LocalPlacement:
 
 class HostPlacement:
     """Guests on a remote libvirt host reached over SSH."""
-
-    remote = True
 
     def __init__(self, hv: Hypervisor, link: HostLink, lock_dir: Path) -> None:
         self.hv = hv
