@@ -8,7 +8,7 @@ from pytest_kvm.commands import CommandSpecError, wrap
 from pytest_kvm.errors import ImageError
 from pytest_kvm.families import FAMILIES, family, family_for_name
 
-EXPECTED = {"linux", "freebsd", "openbsd", "netbsd", "windows", "generic"}
+EXPECTED = {"linux", "freebsd", "openbsd", "netbsd", "windows", "illumos", "generic"}
 
 
 def test_every_required_family_is_there():
@@ -23,7 +23,7 @@ def test_unknown_family_lists_the_known_ones():
         family("plan9")
     message = str(info.value)
     assert "'plan9'" in message
-    assert "freebsd, generic, linux, netbsd, openbsd, windows" in message
+    assert "freebsd, generic, illumos, linux, netbsd, openbsd, windows" in message
 
 
 def test_table_is_read_only():
