@@ -18,11 +18,11 @@ from pathlib import Path
 
 from .names import NAME_PATTERN, NAME_RULE
 from .errors import ImageError
+from .families import FAMILIES
 from .recipes import recipes_dir
 
 CATALOG_FILE = "catalog.toml"
 
-FAMILIES = ("linux", "freebsd", "openbsd", "netbsd", "windows", "generic")
 FORMATS = ("qcow2", "raw")
 COMPRESSIONS = ("none", "xz")
 FIRMWARES = ("bios", "uefi")

@@ -15,6 +15,7 @@ FAMILY_IMAGES = {
     "freebsd-14": ("freebsd", "uname -s", "FreeBSD"),
     "openbsd-7.8": ("openbsd", "uname -s", "OpenBSD"),
     "netbsd-10": ("netbsd", "uname -s", "NetBSD"),
+    "omnios-r151054": ("illumos", "uname -s", "SunOS"),
     "windows-2022": ("windows", "ver", "\nMicrosoft Windows"),
 }
 

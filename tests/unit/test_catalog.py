@@ -32,7 +32,8 @@ def test_builtin_catalog_lists_the_vendor_images():
     assert wanted <= set(entries)
     assert any(n.startswith("fedora-cloud-") for n in entries)
     assert any(n.startswith("openbsd-7.") for n in entries)
-    assert {e.family for e in entries.values()} == {"linux", "generic", "freebsd", "openbsd", "netbsd"}
+    assert {e.family for e in entries.values()} == {"linux", "generic", "freebsd", "openbsd", "netbsd",
+                                                    "illumos"}
     assert entries["freebsd-14"].compression == "xz" and entries["freebsd-14"].url.endswith(".qcow2.xz")
     assert entries["freebsd-14"].checksum_url.endswith("/CHECKSUM.SHA512")
     # every image is verified somehow; the only one on trust is the one with no published checksum
