@@ -4,7 +4,9 @@ of a boot.
 
 A golden is a directory of files (the ``*_FILE`` names below): the saved state, the frozen
 disk, the seed that stays attached, the golden's console, its UEFI variables, the
-login key it trusts and ``meta.json``. It lives in the run's work directory (goldens
+login key it trusts and ``meta.json``. A golden made on a remote host (``--kvm-host``)
+keeps its saved state, disk and seed there, as volumes (:class:`HostFiles`), and only a
+copy of the save image's head (``memory.head``) beside the rest here. It lives in the run's work directory (goldens
 per session) or in the snapshot cache (see :mod:`pytest_kvm.snapshots`), where later
 sessions find it. Clones only ever read it: each is restored under a name, UUID,
 MAC and VM generation ID of its own (see :mod:`pytest_kvm.saveimage`), so any number
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from .winrm import Credentials
 
 RESET_CHOICES = ("clone", "boot")
 SAVE_FILE = "memory.save"
+HEAD_FILE = "memory.head"  # a remote golden's save image head (its XML: see saveimage)
 DISK_FILE = "disk.qcow2"
 SEED_FILE = "seed.iso"
 CONSOLE_FILE = "console.log"
@@ -38,6 +41,19 @@ def digest(value: Any) -> str:
     """A short stable hash of a JSON-able value (keys sorted)."""
     blob = json.dumps(value, sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class HostFiles:
+    """Where a golden made on a remote host keeps its big files: volumes of the plugin's
+    pool there (see :mod:`pytest_kvm.placement`), named *prefix* plus a suffix."""
+
+    host: str  # Host.key of the host holding them
+    prefix: str
+    save: str  # host paths
+    disk: str
+    seed: str
+    capacity: int  # the disk's virtual size (a clone's overlay gets the same)
 
 
 @dataclass
@@ -60,22 +76,32 @@ class Golden:
     replace: Callable[[BaseException, int], None] | None = field(default=None, repr=False)
     # what it was made from (os, family, memory_mib, cpus, ...: KvmSession._golden_fields)
     fields: dict[str, Any] = field(default_factory=dict, repr=False)
+    host_files: HostFiles | None = None  # on a remote host; None: in the directory
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The names of the files in its directory that make it up."""
+        if self.host_files is not None:
+            return (HEAD_FILE,)
+        return (SAVE_FILE, DISK_FILE, SEED_FILE)
 
     def refresh_from(self, other: "Golden") -> None:
         """Take *other*'s files and keys: this golden was made anew."""
         for name in ("directory", "image", "login_key", "host_public", "hostname", "credentials",
-                     "fields"):
+                     "fields", "host_files"):
             setattr(self, name, getattr(other, name))
         self.verified = False
         self.generation += 1
 
     @property
     def frozen_disk(self) -> Path:
-        return self.directory / DISK_FILE
+        """Its disk, on the machine its clones run on."""
+        return Path(self.host_files.disk) if self.host_files else self.directory / DISK_FILE
 
     @property
     def seed(self) -> Path:
-        return self.directory / SEED_FILE
+        """Its seed, on the machine its clones run on."""
+        return Path(self.host_files.seed) if self.host_files else self.directory / SEED_FILE
 
     @property
     def console_log(self) -> Path:
@@ -95,8 +121,9 @@ class Golden:
                 "login_public": self.login_key.public_openssh, "created": created,
                 "user": self.credentials.user if self.credentials else None,
                 "fields": dict(fields),
-                "sizes": {name: (self.directory / name).stat().st_size
-                          for name in (SAVE_FILE, DISK_FILE, SEED_FILE)}}
+                "sizes": {name: (self.directory / name).stat().st_size for name in self.files},
+                "host_files": asdict(self.host_files) if self.host_files else None,
+                "save_size": self.image.size}
         write_owner_only(self.directory / META_FILE, json.dumps(meta, indent=2).encode())
 
     @classmethod
@@ -111,6 +138,12 @@ class Golden:
         credentials = None
         if meta.get("user"):
             credentials = Credentials(meta["user"], (directory / PASSWORD_FILE).read_text())
-        return cls(key=meta["key"], directory=directory, image=SaveImage.read(directory / SAVE_FILE),
+        host_files = HostFiles(**meta["host_files"]) if meta.get("host_files") else None
+        if host_files is None:
+            image = SaveImage.read(directory / SAVE_FILE)
+        else:  # the head kept here; the whole image is on the host
+            image = SaveImage.parse((directory / HEAD_FILE).read_bytes(), host_files.save,
+                                    meta["save_size"])
+        return cls(key=meta["key"], directory=directory, image=image,
                    login_key=login, host_public=meta["host_public"], hostname=meta["hostname"],
-                   credentials=credentials, fields=meta.get("fields", {}))
+                   credentials=credentials, fields=meta.get("fields", {}), host_files=host_files)

@@ -30,14 +30,14 @@ from .hypervisor import Hypervisor, PortInUse
 from .images import BaseImage
 from .keys import KeyPair, write_known_hosts
 from .networks import Attachment, Networks
-from .saveimage import Feeder, SaveImage
+from .saveimage import SaveImage
 from .spec import Share
 from .output import LineLog, guest_logger
 from .placement import GuestFiles, LocalPlacement, Placement
 from .handle import Handle
 from .result import CommandResult
 from .ssh import SshClient, read_banner
-from .storage import create_overlay, flatten_onto
+from .storage import flatten_onto
 from .waiting import Limit, PhaseWaiter, Retry, Timeline, find_panic
 from .winrm import Credentials, WinRMClient, WinRMError
 
@@ -100,6 +100,8 @@ class GuestConfig:
     networks: tuple[str, ...] = ()  # private networks joined once the guest is up
     network_name: str | None = None  # its name on them (name=); its own name is one too
     network_mode: str = "user"  # the user-mode NIC's reach (--kvm-network): "user" or "isolated"
+    # its volumes' names on a remote host (default: its name); a snapshot golden's outlive the run
+    volume_prefix: str | None = None
 
     @property
     def user(self) -> str:
@@ -358,7 +360,8 @@ class Guest:
                                   + "; ".join(problems))
         with writable(cfg.workdir.parent, f"preparing guest {self.name}"):
             cfg.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._files = self._placement.prepare(cfg.name, cfg.image, cfg.workdir, guest_seed)
+            self._files = self._placement.prepare(cfg.name, cfg.image, cfg.workdir, guest_seed,
+                                                  cfg.volume_prefix)
         self.timeline.add("prepare", time.monotonic() - t0)
 
     def _spec(self, port: int) -> DomainSpec:
@@ -632,14 +635,13 @@ class Guest:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-        save_file = self._config.workdir / SAVE_FILE
-        self._hv.save(self.name, save_file)
+        image, host_files = self._placement.save_golden(self.name, self._files, self._config.workdir)
         self._dom = None
         self._remove_qemu_log()  # its QEMU is gone; clones have logs of their own
-        self.overlay.chmod(0o400)  # frozen: clones only read it, through their own overlays
-        golden = Golden(key=key, directory=self._config.workdir, image=SaveImage.read(save_file),
+        golden = Golden(key=key, directory=self._config.workdir, image=image,
                         login_key=self._config.login_key, host_public=self.host_public,
-                        hostname=self.hostname, credentials=self.credentials)
+                        hostname=self.hostname, credentials=self.credentials,
+                        host_files=host_files)
         self.timeline.add("save", time.monotonic() - t0)
         return golden
 
@@ -723,9 +725,9 @@ class Guest:
         cfg = self._config
         with writable(cfg.workdir.parent, f"preparing clone {self.name}"):
             cfg.workdir.mkdir(mode=0o700, parents=True)
-            create_overlay(golden.frozen_disk, "qcow2", self.overlay)
+            disk = self._placement.clone_disk(self.name, golden, cfg.workdir)
             nvram = self._copy_nvram(golden)
-        identity = CloneIdentity(name=self.name, disk=self.overlay, console_log=self._console,
+        identity = CloneIdentity(name=self.name, disk=disk, console_log=self._console,
                                  ssh_port=0, guest_port=cfg.family.guest_port, nvram=nvram,
                                  seed=golden.seed, metadata=dict(cfg.metadata),
                                  network_mode=cfg.network_mode)
@@ -736,15 +738,8 @@ class Guest:
         # the same domain booted cold again after a shutdown (its disk: this clone's overlay)
         self._xml_for_port = lambda port: retarget(golden.image.xml, replace(identity, ssh_port=port))
 
-        def restore(port: int):
-            xml = self._xml_for_port(port)
-            feeder = Feeder(golden.image, xml, cfg.workdir / "restore.fifo").start()
-            try:
-                return self._hv.restore(feeder.fifo, self.name)
-            finally:
-                feeder.finish()
-
-        self._start_on_free_port(restore)
+        self._start_on_free_port(lambda port: self._placement.restore(
+            self.name, golden, self._xml_for_port(port), cfg.workdir, self._console))
         self.timeline.add("restore", time.monotonic() - t0)
         # the guest's clock stopped while it was saved: set it from the host's, through the
         # guest agent while we log in (else with the family's clock command afterwards)

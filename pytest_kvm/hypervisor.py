@@ -153,6 +153,13 @@ def volume_xml(name: str, *, capacity: int, format: str, backing: str | None = N
     return ET.tostring(vol, encoding="unicode")
 
 
+def _send_all(stream, data: bytes) -> None:
+    """Send all of *data* on a libvirt stream (one ``send`` may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[stream.send(bytes(view[:1 << 20])):]
+
+
 def default_uri() -> str | None:
     """``qemu:///system`` when a libvirt daemon is reachable, else None (use the embedded driver)."""
     if os.geteuid() == 0 and SYSTEM_SOCKET.exists():
@@ -256,7 +263,7 @@ class Hypervisor:
         with translate(f"resuming {dom.name()}", self.uri):
             dom.resume()
 
-    # -- storage volumes (remote hosts: see pytest_kvm.hoststore) -------------------------
+    # -- storage volumes (remote hosts: see pytest_kvm.placement) ------------------------
     def ensure_pool(self, name: str, path: str) -> None:
         """A started directory pool *name* at *path* (defined, built and set to autostart
         the first time)."""
@@ -290,7 +297,7 @@ class Hypervisor:
             try:
                 vol.upload(stream, 0, size, 0)
                 if isinstance(source, bytes):
-                    stream.send(source)
+                    _send_all(stream, source)
                 else:
                     with open(source, "rb") as reader:
                         stream.sendAll(lambda _stream, nbytes, fh: fh.read(nbytes), reader)
@@ -310,6 +317,63 @@ class Hypervisor:
             return self._conn.storagePoolLookupByName(pool).createXML(
                 volume_xml(name, capacity=capacity, format="qcow2", backing=backing,
                            backing_format=backing_format), 0).path()
+
+    def _volume(self, pool: str, name: str):
+        """Volume *name* of *pool*, looked up again after a refresh (a file libvirt wrote
+        there itself, a saved state, is unknown to the pool until then)."""
+        libvirt = _libvirt()
+        the_pool = self._conn.storagePoolLookupByName(pool)
+        try:
+            return the_pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise
+        the_pool.refresh(0)
+        return the_pool.storageVolLookupByName(name)
+
+    def read_volume(self, pool: str, name: str, offset: int, length: int) -> bytes:
+        """*length* bytes of volume *name* from *offset* (fewer at its end)."""
+        with translate(f"reading volume {name}", self.uri):
+            vol = self._volume(pool, name)
+            stream = self._conn.newStream(0)
+            vol.download(stream, offset, length, 0)
+            chunks = []
+            while True:
+                data = stream.recv(min(1 << 20, max(length, 1)))
+                if not isinstance(data, bytes) or not data:
+                    break
+                chunks.append(data)
+            stream.finish()
+            return b"".join(chunks)[:length]
+
+    def write_volume(self, pool: str, name: str, offset: int, data: bytes) -> None:
+        """Overwrite *data* into volume *name* at *offset* (the rest stays)."""
+        with translate(f"writing volume {name}", self.uri):
+            vol = self._volume(pool, name)
+            stream = self._conn.newStream(0)
+            try:
+                vol.upload(stream, offset, len(data), 0)
+                _send_all(stream, data)
+                stream.finish()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    stream.abort()
+                raise
+
+    def volume_capacity(self, pool: str, name: str) -> int:
+        """The size a guest sees of volume *name*: a qcow2 overlay's virtual size, a raw
+        file's length."""
+        with translate(f"reading volume {name}", self.uri):
+            return self._volume(pool, name).info()[1]
+
+    def copy_volume(self, pool: str, source: str, name: str) -> str:
+        """A new raw volume *name* with the contents of volume *source* (the host copies it,
+        with a reflink where its file system has them); returns its host path."""
+        with translate(f"copying volume {source} to {name}", self.uri):
+            src = self._volume(pool, source)
+            capacity = src.info()[1]
+            return self._conn.storagePoolLookupByName(pool).createXMLFrom(
+                volume_xml(name, capacity=capacity, format="raw"), src, 0).path()
 
     def delete_volume(self, pool: str, name: str) -> bool:
         """Delete volume *name*; False if it did not exist."""
@@ -347,18 +411,19 @@ class Hypervisor:
         thread.start()
         return thread
 
-    def save(self, name: str, path: Path) -> None:
+    def save(self, name: str, path: Path | str) -> None:
         """Save a running domain's memory state to *path*; the domain stops."""
         with translate(f"saving {name}", self.uri):
             self._conn.lookupByName(name).save(str(path))
 
-    def restore(self, path: Path, name: str):
+    def restore(self, path: Path | str, name: str, *, paused: bool = False):
         """Start a domain from the saved state at *path* (a file or a FIFO fed by
         :class:`~pytest_kvm.saveimage.Feeder`), as the definition saved in it says;
-        returns the running domain *name*."""
+        returns the running (or, *paused*, paused: see :meth:`resume`) domain *name*."""
         libvirt = _libvirt()
         with translate(f"restoring {name}", self.uri):
-            self._conn.restoreFlags(str(path), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            self._conn.restoreFlags(str(path), None, libvirt.VIR_DOMAIN_SAVE_PAUSED if paused
+                                    else libvirt.VIR_DOMAIN_SAVE_RUNNING)
             return self._conn.lookupByName(name)
 
     def versions(self) -> dict[str, str]:

@@ -8,9 +8,19 @@ owns, checked by sha256 on the host's side), starts the domain so that libvirt
 destroys it if our connection goes away, copies its serial console into the local
 console file through a libvirt console stream, and reaches the guest's forward,
 which listens on the host's 127.0.0.1 only, through an SSH tunnel to the host.
+
+Warm clones: a golden saved on a host stays there (its saved state, frozen overlay
+and seed are volumes; see :class:`~pytest_kvm.clones.HostFiles`). A clone's saved
+state is a copy of the golden's made by the host (``virStorageVolCreateXMLFrom``: a
+reflink where the file system has them) whose head is rewritten with the clone's own
+XML (a volume upload at offset 0; see :mod:`pytest_kvm.saveimage`), restored paused
+until its console is read, and deleted once QEMU has read it. libvirt has no
+autodestroy flag for a restore: a clone outlives a dead controller until the run's
+watchdog or ``pytest-kvm reap --host`` destroys it (its metadata names its run).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import threading
@@ -18,19 +28,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import file_lock, sha256_file, writable
-from .clones import DISK_FILE, SEED_FILE
+from .clones import DISK_FILE, HEAD_FILE, SAVE_FILE, SEED_FILE, Golden, HostFiles
 from .errors import HypervisorError, ImageError
 from .hostlink import HostLink
 from .hypervisor import Hypervisor
 from .images import BaseImage
+from .saveimage import HEADER, Feeder, SaveImage
 from .seed import Seed
 from .ssh import Dial, dial_local
 from .storage import create_overlay
+from .reaper import machine_identity
 
 POOL = "pytest-kvm"  # the storage pool the plugin owns on each remote host
 POOL_PATH = "/var/lib/libvirt/pytest-kvm"
 OVERLAY_SUFFIX = ".qcow2"
 SEED_SUFFIX = ".seed.img"
+SAVE_SUFFIX = ".save"
+SUFFIXES = (OVERLAY_SUFFIX, SEED_SUFFIX, SAVE_SUFFIX)
+SNAPSHOT_PREFIX = "snap-"  # snapshot goldens' volumes: they outlive the run that made them
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,8 @@ class LocalPlacement:
     def __init__(self, hv: Hypervisor) -> None:
         self.hv = hv
 
-    def prepare(self, name: str, image: BaseImage, workdir: Path, seed: Seed) -> GuestFiles:
+    def prepare(self, name: str, image: BaseImage, workdir: Path, seed: Seed,
+                volume_prefix: str | None = None) -> GuestFiles:
         create_overlay(image.disk, image.format, workdir / DISK_FILE)
         seed.write(workdir / SEED_FILE)
         return GuestFiles(disk=workdir / DISK_FILE, seed=workdir / SEED_FILE,
@@ -58,6 +74,26 @@ class LocalPlacement:
 
     def start(self, xml: str, console_log: Path):
         return self.hv.create(xml)
+
+    def save_golden(self, name: str, files: GuestFiles, workdir: Path) -> tuple[SaveImage, None]:
+        """Save the running guest *name* into *workdir* and freeze its disk."""
+        save_file = workdir / SAVE_FILE
+        self.hv.save(name, save_file)
+        files.disk.chmod(0o400)  # frozen: clones only read it, through their own overlays
+        return SaveImage.read(save_file), None
+
+    def clone_disk(self, name: str, golden: Golden, workdir: Path) -> Path:
+        """A clone's overlay over its golden's frozen disk."""
+        create_overlay(golden.frozen_disk, "qcow2", workdir / DISK_FILE)
+        return workdir / DISK_FILE
+
+    def restore(self, name: str, golden: Golden, xml: str, workdir: Path, console_log: Path):
+        """Start clone *name* (domain *xml*) from *golden*'s saved state, fed through a FIFO."""
+        feeder = Feeder(golden.image, xml, workdir / "restore.fifo").start()
+        try:
+            return self.hv.restore(feeder.fifo, name)
+        finally:
+            feeder.finish()
 
     def dial(self) -> Dial:
         return dial_local
@@ -83,6 +119,7 @@ class HostPlacement:
         self._bases: dict[Path, Path] = {}  # local file -> its verified volume on the host
         self._bases_lock = threading.Lock()
         self._consoles: dict[str, threading.Thread] = {}
+        self._prefixes: dict[str, str] = {}  # guest -> its volumes' name prefix
         hv.ensure_pool(POOL, POOL_PATH)
 
     # -- base images: uploaded once per host, content-addressed ------------------------
@@ -116,14 +153,19 @@ class HostPlacement:
         return self.link.run(["sha256sum", "--", path]).split(" ", 1)[0]
 
     # -- a guest's files ---------------------------------------------------------------
-    def prepare(self, name: str, image: BaseImage, workdir: Path, seed: Seed) -> GuestFiles:
+    def prepare(self, name: str, image: BaseImage, workdir: Path, seed: Seed,
+                volume_prefix: str | None = None) -> GuestFiles:
+        """Guest *name*'s overlay and seed as volumes named *volume_prefix* (default: *name*)
+        plus a suffix."""
         disk = self._base(image.disk)
         kernel = self._base(image.kernel) if image.kernel else None
         initrd = self._base(image.initrd) if image.initrd else None
-        overlay = self.hv.create_overlay_volume(POOL, name + OVERLAY_SUFFIX, str(disk),
+        prefix = self._prefixes[name] = volume_prefix or name
+        self._remove_volumes(prefix)  # a snapshot's, left incomplete by a killed run
+        overlay = self.hv.create_overlay_volume(POOL, prefix + OVERLAY_SUFFIX, str(disk),
                                                 image.format, _virtual_size(image.disk))
         try:
-            seed_path = self.hv.upload_volume(POOL, name + SEED_SUFFIX, seed.iso())
+            seed_path = self.hv.upload_volume(POOL, prefix + SEED_SUFFIX, seed.iso())
         except BaseException:
             self.remove(name)
             raise
@@ -138,6 +180,45 @@ class HostPlacement:
         self.hv.resume(dom)
         return dom
 
+    # -- warm clones ---------------------------------------------------------------------
+    def save_golden(self, name: str, files: GuestFiles, workdir: Path) -> tuple[SaveImage, HostFiles]:
+        """Save the running guest *name* beside its volumes on the host; keep a copy of the
+        save image's head in *workdir* (what a clone's restore rewrites)."""
+        prefix = self._prefixes.get(name, name)
+        save_path = str(Path(files.disk).parent / (prefix + SAVE_SUFFIX))
+        self.hv.save(name, save_path)
+        save_name = prefix + SAVE_SUFFIX
+        first = self.hv.read_volume(POOL, save_name, 0, HEADER.size)
+        size = self.hv.volume_capacity(POOL, save_name)
+        head = first + self.hv.read_volume(POOL, save_name, HEADER.size,
+                                           SaveImage.data_length(first, save_path, size))
+        image = SaveImage.parse(head, save_path, size)
+        (workdir / HEAD_FILE).write_bytes(head)
+        return image, HostFiles(host=self.link.host.key, prefix=prefix, save=save_path,
+                                disk=str(files.disk), seed=str(files.seed),
+                                capacity=self.hv.volume_capacity(POOL, prefix + OVERLAY_SUFFIX))
+
+    def clone_disk(self, name: str, golden: Golden, workdir: Path) -> Path:
+        """A clone's overlay volume over its golden's frozen disk volume."""
+        self._prefixes[name] = name
+        return Path(self.hv.create_overlay_volume(POOL, name + OVERLAY_SUFFIX,
+                                                  str(golden.frozen_disk), "qcow2",
+                                                  golden.host_files.capacity))
+
+    def restore(self, name: str, golden: Golden, xml: str, workdir: Path, console_log: Path):
+        """Start clone *name* from a host-side copy of *golden*'s saved state with the
+        clone's own head, paused until its console is read; the copy is deleted after."""
+        save_name = name + SAVE_SUFFIX
+        path = self.hv.copy_volume(POOL, golden.host_files.prefix + SAVE_SUFFIX, save_name)
+        try:
+            self.hv.write_volume(POOL, save_name, 0, golden.image.header_with(xml))
+            dom = self.hv.restore(path, name, paused=True)
+        finally:
+            self.hv.delete_volume(POOL, save_name)
+        self._consoles[name] = self.hv.mirror_console(dom, console_log)
+        self.hv.resume(dom)
+        return dom
+
     def dial(self) -> Dial:
         return self.link.tunnel
 
@@ -145,17 +226,27 @@ class HostPlacement:
         return self.link.proxy_command()
 
     def remove(self, name: str) -> None:
-        errors = []
-        for suffix in (OVERLAY_SUFFIX, SEED_SUFFIX):
-            try:
-                self.hv.delete_volume(POOL, name + suffix)
-            except HypervisorError as exc:
-                errors.append(exc)
+        errors = self._remove_volumes(self._prefixes.pop(name, name))
         console = self._consoles.pop(name, None)
         if console is not None:
             console.join(timeout=5)
         if errors:
             raise errors[0]
+
+    def _remove_volumes(self, prefix: str) -> list[HypervisorError]:
+        errors = []
+        for suffix in SUFFIXES:
+            try:
+                self.hv.delete_volume(POOL, prefix + suffix)
+            except HypervisorError as exc:
+                errors.append(exc)
+        return errors
+
+    def snapshot_prefix(self, key: str) -> str:
+        """The volumes' name prefix of snapshot *key* made by this machine: two controllers
+        sharing a host never use (or remove) each other's."""
+        machine = hashlib.sha256(machine_identity()["owner_machine"].encode()).hexdigest()[:8]
+        return f"{SNAPSHOT_PREFIX}{key}-{machine}"
 
     def close(self) -> None:
         self.link.close()

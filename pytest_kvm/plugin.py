@@ -199,12 +199,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if session is None:
         return []
     settings = session.settings
-    if settings.hosts:  # each worker uses one of them; every guest boots cold there
+    if settings.hosts:  # each worker uses one of them (no connection is opened here)
         where = "hosts " + ", ".join(
             h.label + (f" ({h.slots} slots)" if h.slots > 1 else "") for h in settings.hosts)
-        return [f"pytest-kvm: {where} (cold boots: warm clones need a local hypervisor); "
-                f"accel {settings.accel}; os {', '.join(settings.os_names)}; "
-                f"network {settings.network}; cache {settings.cache_dir}"]
+        return [f"pytest-kvm: {where}; accel {settings.accel}; "
+                f"os {', '.join(settings.os_names)}; reset {settings.reset}; "
+                f"snapshots {settings.snapshots}; network {settings.network}; "
+                f"cache {settings.cache_dir}"]
     uri = (settings.uri or default_uri()
            or "qemu:///embed (embedded driver, no daemon)")
     return [f"pytest-kvm: accel {session.acceleration.describe()}; uri {uri}; "

@@ -57,22 +57,36 @@ class SaveImage:
         size = path.stat().st_size
         with path.open("rb") as fh:
             head = fh.read(HEADER.size)
-            if len(head) < HEADER.size:
-                raise SaveImageError(f"{path}: too short for a libvirt save image ({size} bytes)")
-            magic, version, data_len, was_running, fmt, cookie_offset, *_ = HEADER.unpack(head)
-            if magic == PARTIAL:
-                raise SaveImageError(f"{path}: the save never finished")
-            if magic != MAGIC:
-                raise SaveImageError(f"{path}: not a libvirt QEMU save image")
-            if fmt != FORMAT_RAW:
-                raise SaveImageError(f"{path}: compressed save images (format {fmt}) are not supported")
-            data = fh.read(data_len)
+            return cls.parse(head + fh.read(cls.data_length(head, path, size)), path, size)
+
+    @staticmethod
+    def data_length(head: bytes, path: Path | str, size: int) -> int:
+        """The length of the data block (XML, cookie, padding) after the header *head*
+        (the first :data:`HEADER` ``.size`` bytes of the image at *path*, *size* bytes)."""
+        if len(head) < HEADER.size:
+            raise SaveImageError(f"{path}: too short for a libvirt save image ({size} bytes)")
+        magic, version, data_len, was_running, fmt, cookie_offset, *_ = HEADER.unpack(head[:HEADER.size])
+        if magic == PARTIAL:
+            raise SaveImageError(f"{path}: the save never finished")
+        if magic != MAGIC:
+            raise SaveImageError(f"{path}: not a libvirt QEMU save image")
+        if fmt != FORMAT_RAW:
+            raise SaveImageError(f"{path}: compressed save images (format {fmt}) are not supported")
+        return data_len
+
+    @classmethod
+    def parse(cls, head: bytes, path: Path | str, size: int) -> "SaveImage":
+        """The image at *path* (*size* bytes, maybe on another machine) from its first
+        bytes *head*: the header and the data block at least."""
+        data_len = cls.data_length(head, path, size)
+        _magic, version, _len, was_running, _fmt, cookie_offset, *_ = HEADER.unpack(head[:HEADER.size])
+        data = head[HEADER.size:HEADER.size + data_len]
         if len(data) < data_len or size <= HEADER.size + data_len:
             raise SaveImageError(f"{path}: truncated ({size} bytes)")
         xml_len = cookie_offset or data_len
         xml = data[:xml_len].split(b"\0", 1)[0].decode()
         cookie = data[xml_len:].split(b"\0", 1)[0] if cookie_offset else b""
-        return cls(path, version, data_len, was_running, xml, cookie,
+        return cls(Path(path), version, data_len, was_running, xml, cookie,
                    HEADER.size + data_len, size)
 
     def header_with(self, xml: str) -> bytes:

@@ -201,9 +201,8 @@ class KvmSession:
         if self.host is not None:
             self._check_remote(request, config)
         tpm = config.family.tpm if config.tpm is None else config.tpm
-        # libvirt keys a TPM's state by the domain's UUID, which clones share: cold boot those;
-        # a remote host boots every guest cold (warm clones need the save image's files here)
-        if (request.reset or self.settings.reset) == "clone" and not tpm and self.host is None:
+        # libvirt keys a TPM's state by the domain's UUID, which clones share: cold boot those
+        if (request.reset or self.settings.reset) == "clone" and not tpm:
             if request.unique and config.family.identity_command is None:
                 raise SpecError(f"unique=True: warm clones of family {config.family.name} cannot "
                                 f"get a new identity; use reset='boot'")
@@ -315,7 +314,7 @@ class KvmSession:
 
     def _clone(self, golden: Golden, config: GuestConfig) -> Guest:
         """A clone of *golden* named and placed by *config*, unstarted."""
-        return self._track(Guest(self.hypervisor, config, golden=golden))
+        return self._track(Guest(self.hypervisor, config, golden=golden, placement=self._placement))
 
     def _config(self, os_name: str, request) -> GuestConfig:
         accel = self.acceleration  # first: an unreachable remote host fails before a build
@@ -373,9 +372,13 @@ class KvmSession:
         t0 = time.monotonic()
         where = "snapshot" if self.settings.snapshots == "on" else "golden guest"
         self.progress(f"booting {where} {key} ({config.os}) for warm clones")
+        # on a remote host a snapshot's volumes are named for it: they outlive this run
+        prefix = (self._placement.snapshot_prefix(key)
+                  if self.host is not None and self.settings.snapshots == "on" else None)
         guest = Guest(self.hypervisor, replace(config, name=self._next_name(), workdir=directory,
                                                shares=(), artifacts=(), networks=(),
-                                               network_name=None))
+                                               network_name=None, volume_prefix=prefix),
+                      placement=self._placement)
         self.boots += 1
         self._golden_guests.append(guest)
         try:
@@ -442,6 +445,8 @@ class KvmSession:
             "user_data": digest(config.user_data) if config.user_data else None,
             **self.hypervisor.versions(),
             "firmware": firmware_digest(spec),
+            # a remote host's golden lives there (HostFiles): one snapshot per host
+            **({"host": self.host.key} if self.host is not None else {}),
         }
 
     def _image_digest(self, image) -> str:

@@ -21,8 +21,10 @@ pytestmark = pytest.mark.skipif(
 
 CHILD = """
 import socket, subprocess
+import pytest
 
-def test_remote(guest, tmp_path):
+@pytest.mark.parametrize("n", [1, 2])
+def test_remote(guest, tmp_path, n):
     assert guest.run("echo hi").stdout == "hi\\n"
     (tmp_path / "in.txt").write_text("through the tunnel")
     guest.put(tmp_path / "in.txt", "/tmp/in.txt")
@@ -65,15 +67,27 @@ def run_child(pytester, *args, timeout=900):
 
 
 def test_a_guest_on_a_remote_host(pytester, host):
+    """Warm clones (the default) of a snapshot saved on the host: two clones of one golden
+    in the first session, then a new session clones the same snapshot without a boot."""
     result = run_child(pytester, "--kvm-host", host.libssh_uri)
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     out = result.stdout.str()
     assert f"hosts root@127.0.0.1:{host.ssh_port}" in out  # the header names the host
-    assert f"on root@127.0.0.1:{host.ssh_port}" in out  # and so does the summary
-    assert "CONSOLE True" in out  # the console came back through libvirt's stream
-    # nothing left on the host: the domain is gone, only the uploaded base images stay
+    # and so does the summary: one golden booted on the host, then restored twice
+    assert "1 cold boots, 2 warm clones (1 made ahead); snapshots 0 reused, 1 created on " \
+        f"root@127.0.0.1:{host.ssh_port}" in out, out
+    assert out.count("CONSOLE True") == 2  # the console came back through libvirt's stream
+    # nothing of the guests is left on the host: the uploaded base images and the snapshot
+    # (saved state, frozen disk, seed) stay
     assert guests_on(host) == []
-    assert all(name.startswith("base-") for name in volumes_on(host)), volumes_on(host)
+    volumes = volumes_on(host)
+    assert all(name.startswith(("base-", "snap-")) for name in volumes), volumes
+    assert sorted(name.rsplit(".", 1)[-1] for name in volumes if name.startswith("snap-")) \
+        == ["img", "qcow2", "save"], volumes
+    again = run_child(pytester, "--kvm-host", host.libssh_uri, "-k", "test_remote[1]")
+    again.assert_outcomes(passed=1, deselected=1)
+    assert "0 cold boots, 1 warm clones; snapshots 1 reused, 0 created" in again.stdout.str()
+    assert volumes_on(host) == volumes
 
 
 def test_two_workers_on_two_hosts(pytester, host):
@@ -91,9 +105,13 @@ def test_each(guest, n):
             "--kvm-accel", "tcg", "-p", "no:cacheprovider", "-n", "2",
             "--kvm-host", host.libssh_uri, "--kvm-host", second.libssh_uri, timeout=1200)
         result.assert_outcomes(passed=2)
-        out = result.stdout.str()
-        assert f"gw0: 1 cold boots, 0 warm clones; snapshots 0 reused, 0 created on root@127.0.0.1:{host.ssh_port}" in out, out
-        assert f"gw1: 1 cold boots, 0 warm clones; snapshots 0 reused, 0 created on root@127.0.0.1:{second.ssh_port}" in out, out
+        # each worker clones on its own host: gw0 the snapshot the first test left on its
+        # host, gw1 one it made on the new host
+        result.stdout.fnmatch_lines_random([
+            f"*gw0: 0 cold boots, 1 warm clones; snapshots 1 reused, 0 created on "
+            f"root@127.0.0.1:{host.ssh_port}*",
+            f"*gw1: 1 cold boots, * warm clones*; snapshots 0 reused, 1 created on "
+            f"root@127.0.0.1:{second.ssh_port}*"])
         assert guests_on(second) == [] and guests_on(host) == []
 
 
@@ -103,9 +121,11 @@ def ssh_transport_uri(fake):
     return f"{fake.uri}&known_hosts={fake.known_hosts}"
 
 
-def test_killing_the_controller_leaves_nothing_on_the_host(pytester, host):
-    """Through the qemu+ssh transport (OpenSSH): SIGKILL of pytest ends its SSH connection,
-    libvirt destroys the guest (autodestroy) and the watchdog deletes its volumes; the base
+@pytest.mark.parametrize("reset", ["boot", "clone"])
+def test_killing_the_controller_leaves_nothing_on_the_host(pytester, host, reset):
+    """Through the qemu+ssh transport (OpenSSH): SIGKILL of pytest ends its SSH connection;
+    a guest booted cold is destroyed by libvirt (autodestroy), a restored clone (a restore
+    has no autodestroy) by the run's watchdog, which deletes the volumes of both; the base
     images uploaded by the earlier tests are used, not uploaded again."""
     bases = sorted(v for v in volumes_on(host) if v.startswith("base-"))
     pytester.makepyfile("""
@@ -115,7 +135,8 @@ def test_hang(guest):
     time.sleep(600)
 """)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider",
-                             "--kvm-accel", "tcg", "--kvm-host", ssh_transport_uri(host)],
+                             "--kvm-accel", "tcg", "--kvm-reset", reset,
+                             "--kvm-host", ssh_transport_uri(host)],
                             cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     lines = []
@@ -144,7 +165,7 @@ def test_hang(guest):
     while (name in guests_on(host) or any(v.startswith(name) for v in volumes_on(host))) \
             and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert name not in guests_on(host)  # libvirt's autodestroy: our connection closed
+    assert name not in guests_on(host)  # autodestroy (our connection closed) or the watchdog
     assert not any(v.startswith(name) for v in volumes_on(host))  # the watchdog's reap
 
 

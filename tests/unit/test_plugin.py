@@ -71,12 +71,13 @@ def test_kvm_host_in_the_header_and_refused_when_unusable(pytester):
     result = pytester.runpytest("--kvm-host", "qemu+ssh://ci@hv1.invalid/system?keyfile=/k/secret_key",
                                 "--kvm-host", "qemu+libssh://ci@hv2.invalid:2222/system?slots=3")
     assert result.ret == 0, result.stderr.str()
-    result.stdout.fnmatch_lines(["pytest-kvm: hosts ci@hv1.invalid, ci@hv2.invalid:2222 (3 slots) "
-                                 "(cold boots*; accel auto; os debian-12; network user; cache *"])
+    result.stdout.fnmatch_lines(["pytest-kvm: hosts ci@hv1.invalid, ci@hv2.invalid:2222 (3 slots); "
+                                 "accel auto; os debian-12; reset clone; snapshots on; "
+                                 "network user; cache *"])
     assert "secret_key" not in result.stdout.str()
     pytester.makeini("[pytest]\nkvm_hosts =\n    qemu+ssh://ci@hv3.invalid/system\n")
     result = pytester.runpytest()
-    result.stdout.fnmatch_lines(["pytest-kvm: hosts ci@hv3.invalid (cold boots*"])
+    result.stdout.fnmatch_lines(["pytest-kvm: hosts ci@hv3.invalid; accel*"])
     result = pytester.runpytest("--kvm-host", "qemu:///system")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*use a libvirt URI over SSH*"])

@@ -49,7 +49,7 @@ class FakeGuest:
     """Starts, then fails to save (what a full disk or a QEMU error during save gives)."""
     made = []
 
-    def __init__(self, hv, config, golden=None):
+    def __init__(self, hv, config, golden=None, placement=None):
         self.name, self.workdir, self.destroyed = config.name, config.workdir, False
         self.workdir_at_destroy = None
         FakeGuest.made.append(self)
