@@ -20,7 +20,7 @@ from .hosts import HostError, parse_host
 from .hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
 from .images import ImageStore
 from .integrations import IntegrationError, kept_hosts, write_host_inventory
-from .placement import remove_guest_volumes
+from .placement import remove_guest_volumes, remove_snapshot_volumes
 from .reaper import reap_domains, reap_run_dirs
 from .snapshots import SUMMARY_FIELDS, SnapshotStore, age
 
@@ -127,9 +127,9 @@ def cmd_reap(args) -> int:
         finally:
             hv.close()
         return 0
-    if args.host:
-        return _reap_host(args.host)
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.host:
+        return _reap_host(args.host, cache)
     removed: list[str] = []
     uris = [args.uri] if args.uri else (["qemu:///system"] if os.geteuid() == 0 and SYSTEM_SOCKET.exists() else [])
     for uri in uris:
@@ -147,11 +147,12 @@ def cmd_reap(args) -> int:
     return 0
 
 
-def _reap_host(text: str) -> int:
-    """``reap --host URI``: on a remote host, destroy domains of dead runs of this machine
-    and delete guest volumes whose domain is gone (base images stay). A run of another
-    controller between creating a guest's volumes and starting it would lose them: sweep
-    when no run uses the host, or accept that one test fails."""
+def _reap_host(text: str, cache: Path) -> int:
+    """``reap --host URI``: on a remote host, destroy domains of dead runs of this machine,
+    delete guest volumes whose domain is gone, and this machine's snapshot volumes whose
+    snapshot is no longer in its cache (base images stay). A run of another controller
+    between creating a guest's volumes and starting it would lose them: sweep when no run
+    uses the host, or accept that one test fails."""
     try:
         host = parse_host(text)
     except HostError as exc:
@@ -161,6 +162,9 @@ def _reap_host(text: str) -> int:
     try:
         removed = reap_domains(hv)
         removed += remove_guest_volumes(hv, NAME_PREFIX, keep=set(hv.our_domains()))
+        snapshots = SnapshotStore(cache).root
+        removed += remove_snapshot_volumes(hv, keep={
+            p.name for p in snapshots.iterdir() if p.is_dir()} if snapshots.is_dir() else set())
     finally:
         hv.close()
     for item in removed:
@@ -315,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument("--kept", action="store_true", help="also remove guests kept with --kvm-keep")
     reap.add_argument("--uri", help="libvirt URI to sweep")
     reap.add_argument("--host", metavar="URI", help="a remote host (as for --kvm-host) to sweep: "
-                      "domains of dead runs of this machine, guest volumes without a domain")
+                      "domains of dead runs of this machine, guest volumes without a domain, "
+                      "this machine's snapshot volumes no longer in its cache")
     reap.add_argument("--embed-slot", type=int, help=argparse.SUPPRESS)
     reap.set_defaults(func=cmd_reap)
     inventory = sub.add_parser("inventory", help="write an Ansible inventory of the guests kept "

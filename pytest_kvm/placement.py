@@ -242,14 +242,38 @@ class HostPlacement:
                 errors.append(exc)
         return errors
 
-    def snapshot_prefix(self, key: str) -> str:
-        """The volumes' name prefix of snapshot *key* made by this machine: two controllers
-        sharing a host never use (or remove) each other's."""
-        machine = hashlib.sha256(machine_identity()["owner_machine"].encode()).hexdigest()[:8]
-        return f"{SNAPSHOT_PREFIX}{key}-{machine}"
-
     def close(self) -> None:
         self.link.close()
+
+
+def snapshot_prefix(key: str) -> str:
+    """The volumes' name prefix of snapshot *key* made by this machine: two controllers
+    sharing a host never use (or remove) each other's."""
+    return f"{SNAPSHOT_PREFIX}{key}-{_machine_tag()}"
+
+
+def _machine_tag() -> str:
+    return hashlib.sha256(machine_identity()["owner_machine"].encode()).hexdigest()[:8]
+
+
+def remove_snapshot_volumes(hv: Hypervisor, keep: set[str]) -> list[str]:
+    """Delete this machine's snapshot volumes on *hv*'s host whose key is not in *keep* (the
+    snapshots in this machine's cache): what ``snapshot rm``, pruning or a lost cache left
+    there. Other machines' snapshots stay."""
+    tag = f"-{_machine_tag()}"
+    try:
+        volumes = hv.volumes(POOL)
+    except HypervisorError:
+        return []  # no pool: nothing was ever made there
+    names = []
+    for name in volumes:
+        prefix = name.split(".", 1)[0]
+        if prefix.startswith(SNAPSHOT_PREFIX) and prefix.endswith(tag) \
+                and prefix[len(SNAPSHOT_PREFIX):-len(tag)] not in keep:
+            names.append(name)
+    for name in names:
+        hv.delete_volume(POOL, name)
+    return names
 
 
 def remove_guest_volumes(hv: Hypervisor, prefix: str, keep: set[str] = frozenset()) -> list[str]:

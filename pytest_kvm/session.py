@@ -32,7 +32,7 @@ from .hypervisor import Hypervisor
 from .images import ImageStore
 from .keys import KeyPair
 from .networks import Networks
-from .placement import HostPlacement, LocalPlacement, Placement
+from .placement import HostPlacement, LocalPlacement, Placement, snapshot_prefix
 from .reaper import KEPT_MARKER, machine_identity, make_run_dir, process_start_time, reap_domains, \
     reap_run_dirs
 from .families import family
@@ -373,7 +373,7 @@ class KvmSession:
         where = "snapshot" if self.settings.snapshots == "on" else "golden guest"
         self.progress(f"booting {where} {key} ({config.os}) for warm clones")
         # on a remote host a snapshot's volumes are named for it: they outlive this run
-        prefix = (self._placement.snapshot_prefix(key)
+        prefix = (snapshot_prefix(key)
                   if self.host is not None and self.settings.snapshots == "on" else None)
         guest = Guest(self.hypervisor, replace(config, name=self._next_name(), workdir=directory,
                                                shares=(), artifacts=(), networks=(),

@@ -60,3 +60,19 @@ def test_ssh_command_goes_through_the_host_with_its_key_and_pinned_host_key(tmp_
     assert argv[-1] == "pytest@127.0.0.1"
     assert not any(a.startswith("ProxyCommand=") for a in
                    SshClient(41022, "pytest", Path("/k"), Path("/kh")).ssh_command())
+
+
+def test_reap_deletes_this_machines_snapshot_volumes_no_cache_names():
+    """Snapshot volumes carry the machine that made them: `reap --host` deletes this
+    machine's whose snapshot is gone from its cache, never another machine's or a base."""
+    from pytest_kvm.placement import remove_snapshot_volumes, snapshot_prefix
+
+    ours_kept, ours_gone = snapshot_prefix("aaaa1111"), snapshot_prefix("bbbb2222")
+    assert ours_kept.startswith("snap-aaaa1111-") and ours_kept != snapshot_prefix("bbbb2222")
+    other = "snap-bbbb2222-00000000"  # the same key, made by another machine
+    hv = Volumes(["base-abc.qcow2", other + ".save", "pytest-kvm-1-aa-1.qcow2"]
+                 + [p + s for p in (ours_kept, ours_gone) for s in (".save", ".qcow2", ".seed.img")])
+    gone = remove_snapshot_volumes(hv, keep={"aaaa1111"})
+    assert sorted(gone) == sorted(ours_gone + s for s in (".save", ".qcow2", ".seed.img"))
+    assert sorted(hv.names) == sorted(["base-abc.qcow2", other + ".save", "pytest-kvm-1-aa-1.qcow2"]
+                                      + [ours_kept + s for s in (".save", ".qcow2", ".seed.img")])

@@ -78,3 +78,20 @@ def test_feeder_nobody_reads_finish_stops_it(tmp_path):
     feeder.finish(timeout=5)  # a restore that failed before opening the FIFO
     assert not feeder._thread.is_alive()
     assert not os.path.exists(tmp_path / "restore.fifo")
+
+
+def test_parse_reads_an_image_on_another_machine_from_its_head_alone(tmp_path):
+    """A remote golden keeps only the head here: parse gives the same XML, cookie and
+    stream offset as reading the whole file, with the path and size of the host's copy."""
+    whole = write_image(tmp_path / "m.save")
+    image = SaveImage.read(whole)
+    head = whole.read_bytes()[:image.stream_offset]
+    remote = SaveImage.parse(head, "/var/lib/libvirt/pytest-kvm/g.save", image.size)
+    assert (remote.xml, remote.cookie, remote.stream_offset, remote.data_len) == \
+        (image.xml, image.cookie, image.stream_offset, image.data_len)
+    assert str(remote.path) == "/var/lib/libvirt/pytest-kvm/g.save" and remote.size == image.size
+    assert remote.header_with(XML) == head
+    with pytest.raises(SaveImageError, match="truncated"):
+        SaveImage.parse(head[:-1], "g.save", image.size)
+    with pytest.raises(SaveImageError, match="truncated"):  # the host's file ends at the head
+        SaveImage.parse(head, "g.save", len(head))

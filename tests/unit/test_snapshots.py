@@ -109,3 +109,38 @@ def test_list_shows_key_fields(tmp_path):
     assert info.fields == {"os": "debian-12", "memory_mib": 512}
     meta = json.loads((info.path / "meta.json").read_text())
     assert "PRIVATE" not in json.dumps(meta)  # the key lives in its own 0600 file
+
+
+def test_a_remote_golden_keeps_its_head_here_and_its_files_on_the_host(tmp_path):
+    """A golden saved on a --kvm-host: meta.json names the host's volumes, the directory
+    holds the save image's head (no saved state, disk or seed), and it loads back whole."""
+    from pytest_kvm.clones import HEAD_FILE, HostFiles
+
+    store = SnapshotStore(tmp_path)
+    directory = store.path("r1")
+    directory.mkdir(parents=True)
+    whole = write_image(tmp_path / "whole.save")
+    image = SaveImage.read(whole)
+    (directory / HEAD_FILE).write_bytes(whole.read_bytes()[:image.stream_offset])
+    (directory / "console.log").write_text("")
+    files = HostFiles(host="ci@hv1_22", prefix="snap-r1-abcd", save="/pool/snap-r1-abcd.save",
+                      disk="/pool/snap-r1-abcd.qcow2", seed="/pool/snap-r1-abcd.seed.img",
+                      capacity=2**30)
+    remote_image = SaveImage.parse((directory / HEAD_FILE).read_bytes(), files.save, image.size)
+    golden = Golden(key="r1", directory=directory, image=remote_image,
+                    login_key=KeyPair.generate("t"), host_public="ssh-ed25519 AAAA host",
+                    hostname="g", host_files=files)
+    golden.write_meta({"os": "debian-12", "host": "ci@hv1_22"}, created=time.time())
+    assert not (directory / "memory.save").exists() and not (directory / "disk.qcow2").exists()
+    loaded = store.get_or_create("r1", create=lambda d: pytest.fail("must not boot"), what="t")
+    assert loaded.host_files == files
+    assert str(loaded.frozen_disk) == files.disk and str(loaded.seed) == files.seed
+    assert loaded.image.xml == image.xml and str(loaded.image.path) == files.save
+    assert loaded.image.size == image.size
+    store.release()
+    # a head cut short is a damaged snapshot: made again, not used
+    (directory / HEAD_FILE).write_bytes(b"x")
+    made = []
+    store.get_or_create("r1", create=lambda d: made.append(d) or golden, what="t")
+    assert made == [directory]
+    store.release()
