@@ -7,6 +7,7 @@ turned into a :class:`~pytest_kvm.errors.HypervisorError` here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -450,6 +451,17 @@ class Hypervisor:
                     if machine.get("canonical") and machine.text:
                         self._machines[machine.text] = machine.get("canonical")
         return self._machines.get(alias, alias)
+
+    def host_cpu(self) -> str:
+        """The host CPU as its libvirt describes it (model, vendor and a hash of the feature
+        names): what a ``host-passthrough`` guest on a remote host sees."""
+        with translate("reading the host's capabilities", self.uri):
+            cpu = ET.fromstring(self._conn.getCapabilities()).find("host/cpu")
+        if cpu is None:
+            return "unknown"
+        features = ",".join(sorted(f.get("name", "") for f in cpu.findall("feature")))
+        return (f"{cpu.findtext('vendor', '')} {cpu.findtext('model', 'unknown')} "
+                f"({hashlib.sha256(features.encode()).hexdigest()[:12]})")
 
     def offers_kvm(self) -> bool:
         """Whether the host's libvirt can run x86_64 guests of domain type ``kvm``."""

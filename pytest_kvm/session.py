@@ -438,7 +438,8 @@ class KvmSession:
             "os": config.os, "family": fam.name, "accel": config.virt_type,
             "memory_mib": config.memory_mib, "cpus": config.cpus,
             "machine": config.machine_type or fam.machine,
-            "cpu": host_cpu() if config.virt_type == "kvm" else TCG_CPU_MODEL,
+            "cpu": (TCG_CPU_MODEL if config.virt_type != "kvm" else
+                    host_cpu() if self.host is None else self.hypervisor.host_cpu()),
             "base": self._image_digest(config.image),
             "domain": digest(domain_xml(spec)),
             "seed": digest({name: data.hex() for name, data in sorted(seed_files.items())}),
