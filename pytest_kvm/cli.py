@@ -129,7 +129,7 @@ def cmd_reap(args) -> int:
         return 0
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     if args.host:
-        return _reap_host(args.host, cache)
+        return _reap_host(args.host, cache, include_kept=args.kept)
     removed: list[str] = []
     uris = [args.uri] if args.uri else (["qemu:///system"] if os.geteuid() == 0 and SYSTEM_SOCKET.exists() else [])
     for uri in uris:
@@ -147,7 +147,7 @@ def cmd_reap(args) -> int:
     return 0
 
 
-def _reap_host(text: str, cache: Path) -> int:
+def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
     """``reap --host URI``: on a remote host, destroy domains of dead runs of this machine,
     delete guest volumes whose domain is gone, and this machine's snapshot volumes whose
     snapshot is no longer in its cache (base images stay). A run of another controller
@@ -160,7 +160,7 @@ def _reap_host(text: str, cache: Path) -> int:
         return 2
     hv = Hypervisor.open_remote(host.uri, host.label)
     try:
-        removed = reap_domains(hv)
+        removed = reap_domains(hv, include_kept=include_kept)
         removed += remove_guest_volumes(hv, NAME_PREFIX, keep=set(hv.our_domains()))
         snapshots = SnapshotStore(cache).root
         removed += remove_snapshot_volumes(hv, keep={

@@ -929,6 +929,12 @@ class Guest:
         """An OpenSSH argv that logs in with the same key and the pinned host key."""
         return (self._handle or self._new_handle()).ssh_command()
 
+    @property
+    def proxy_command(self) -> list[str] | None:
+        """How OpenSSH reaches the forwarded port (an argv for ``ProxyCommand``): through the
+        remote host a guest runs on (``--kvm-host``); None on this machine."""
+        return self._placement.proxy_command()
+
     # -- teardown -------------------------------------------------------------------
     def keep(self) -> None:
         """Leave the guest running for inspection (``--kvm-keep``); close our connection only."""

@@ -124,10 +124,12 @@ def ssh_config_path(path: str | os.PathLike) -> str:
 
 
 def render_ssh_config(name: str, port: int, user: str, key_file: str | os.PathLike,
-                      known_hosts: str | os.PathLike) -> str:
+                      known_hosts: str | os.PathLike,
+                      proxy_command: Sequence[str] | None = None) -> str:
     """An OpenSSH client config with one ``Host`` entry, *name*, for a guest forwarded on
     127.0.0.1:*port*, logging in with *key_file* only and trusting only the host key
-    pinned in *known_hosts*."""
+    pinned in *known_hosts*; *proxy_command* (an argv): how that 127.0.0.1 is reached
+    (a guest on a remote host: ``ssh ... -W 127.0.0.1:%p HOST``)."""
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise IntegrationError(f"guest name {name!r} cannot be an ssh_config Host")
     options = [("HostName", LOCALHOST), ("Port", str(int(port))), ("User", user),
@@ -135,6 +137,8 @@ def render_ssh_config(name: str, port: int, user: str, key_file: str | os.PathLi
                ("UserKnownHostsFile", ssh_config_path(known_hosts)),
                ("GlobalKnownHostsFile", "/dev/null"), ("StrictHostKeyChecking", "yes"),
                ("BatchMode", "yes")]
+    if proxy_command:
+        options.append(("ProxyCommand", shlex.join(proxy_command)))
     lines = [f"# pytest-kvm: guest {name}; use with: ssh -F THIS_FILE {name}", f"Host {name}"]
     lines += [f"    {key} {value}" for key, value in options]
     return "\n".join(lines) + "\n"
@@ -147,7 +151,7 @@ def write_ssh_config(guest, path: str | os.PathLike) -> Path:
         raise IntegrationError(f"guest {guest.name} is reached over {_transport(guest)}, "
                                "not SSH: it has no ssh_config")
     text = render_ssh_config(guest.name, guest.port, guest.user, guest.login_key_file,
-                             guest.known_hosts)
+                             guest.known_hosts, guest.proxy_command)
     return write_owner_only(Path(path), text.encode())
 
 
@@ -165,6 +169,7 @@ class InventoryHost:
     key_file: Path | None = None  # ssh
     known_hosts: Path | None = None  # ssh
     password: str | None = field(default=None, repr=False)  # winrm: never in the inventory
+    proxy_command: tuple[str, ...] = ()  # ssh to a guest on a remote host: through the host
 
 
 def inventory_host(guest) -> InventoryHost:
@@ -175,7 +180,8 @@ def inventory_host(guest) -> InventoryHost:
         family=guest.config.family.name,
         key_file=Path(guest.login_key_file) if transport == "ssh" else None,
         known_hosts=Path(guest.known_hosts) if transport == "ssh" else None,
-        password=guest.credentials.password if transport == "winrm" else None)
+        password=guest.credentials.password if transport == "winrm" else None,
+        proxy_command=tuple(guest.proxy_command or ()))
 
 
 def group_name(os_name: str) -> str:
@@ -188,11 +194,12 @@ def group_name(os_name: str) -> str:
     return name
 
 
-def _ssh_common_args(known_hosts: Path) -> str:
+def _ssh_common_args(known_hosts: Path, proxy_command: Sequence[str] = ()) -> str:
     ssh_config_path(known_hosts)  # ssh expands % and ${} in it: refuse what it would change
+    proxy = ["-o", shlex.quote(f"ProxyCommand={shlex.join(proxy_command)}")] if proxy_command else []
     return " ".join(["-o", shlex.quote(f"UserKnownHostsFile={known_hosts}"),
                      "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
-                     "-o", "IdentitiesOnly=yes"])
+                     "-o", "IdentitiesOnly=yes", *proxy])
 
 
 def host_vars(host: InventoryHost) -> dict[str, Any]:
@@ -204,7 +211,7 @@ def host_vars(host: InventoryHost) -> dict[str, Any]:
     if host.key_file is None or host.known_hosts is None:
         raise IntegrationError(f"guest {host.name}: an SSH host needs a key file and a known_hosts")
     found = {**common, "ansible_ssh_private_key_file": str(host.key_file),
-             "ansible_ssh_common_args": _ssh_common_args(host.known_hosts)}
+             "ansible_ssh_common_args": _ssh_common_args(host.known_hosts, host.proxy_command)}
     interpreter = PYTHON_INTERPRETERS.get(host.family or "")
     if interpreter:
         found["ansible_python_interpreter"] = interpreter

@@ -111,9 +111,13 @@ class LocalPlacement:
 class HostPlacement:
     """Guests on a remote libvirt host reached over SSH."""
 
-    def __init__(self, hv: Hypervisor, link: HostLink, lock_dir: Path) -> None:
+    def __init__(self, hv: Hypervisor, link: HostLink, lock_dir: Path, *,
+                 autodestroy: bool = True) -> None:
+        """*autodestroy*: cold-booted domains end with our connection (off when guests may
+        be kept past the session: ``--kvm-keep``; the watchdog still ends a crashed run's)."""
         self.hv = hv
         self.link = link
+        self._autodestroy = autodestroy
         self.label = link.host.label
         self._lock_dir = lock_dir
         self._bases: dict[Path, Path] = {}  # local file -> its verified volume on the host
@@ -175,7 +179,7 @@ class HostPlacement:
     def start(self, xml: str, console_log: Path):
         # autodestroy: gone with our connection, whatever happens to this process. Paused
         # until its console is read: a pty drops what nobody reads (the first kernel banner)
-        dom = self.hv.create(xml, autodestroy=True, paused=True)
+        dom = self.hv.create(xml, autodestroy=self._autodestroy, paused=True)
         self._consoles[dom.name()] = self.hv.mirror_console(dom, console_log)
         self.hv.resume(dom)
         return dom

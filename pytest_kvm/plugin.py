@@ -338,7 +338,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for g in session.kept:
         terminalreporter.write_line(f"kept {g.name} ({g.os}): {g.access()}")
     if session.kept:
-        terminalreporter.write_line("remove kept guests with: pytest-kvm reap --kept")
+        where = f" --host URI (the --kvm-host of {session.host.label})" if session.host else ""
+        terminalreporter.write_line(f"remove kept guests with: pytest-kvm reap --kept{where}")
 
 
 def _report_close_problems(terminalreporter, config: pytest.Config) -> None:

@@ -121,7 +121,8 @@ class KvmSession:
                 hv = Hypervisor.open_remote(host.uri, host.label)
                 try:
                     placement = HostPlacement(hv, HostLink(host).connect(),
-                                              self.settings.cache_dir / "hosts" / host.key)
+                                              self.settings.cache_dir / "hosts" / host.key,
+                                              autodestroy=self.settings.keep == "none")
                 except BaseException:
                     hv.close()
                     raise

@@ -307,7 +307,8 @@ class SshClient:
                 *proxy, f"{self.user}@{HOST}"]
 
     def access(self) -> str:
-        return " ".join(self.ssh_command())
+        """The ssh command line, shell-quoted (a remote guest's ProxyCommand holds spaces)."""
+        return shlex.join(self.ssh_command())
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -4,6 +4,7 @@ namespaces, a libvirtd of its own, sshd behind socat on 127.0.0.1). The guest's 
 listens on the host's 127.0.0.1, inside its namespace: only the plugin's SSH tunnel reaches
 it."""
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,8 @@ def test_remote(guest, tmp_path, n):
     out = subprocess.run(guest.ssh_command() + ["uname -n"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
+    if n == 1:  # testinfra runs OpenSSH with the ssh_config the plugin wrote: through the host
+        assert guest.testinfra().file("/etc/hostname").exists
     print("GUEST", guest.name, "CONSOLE", "Linux version" in guest.console_log())
 """
 
@@ -167,6 +170,36 @@ def test_hang(guest):
         time.sleep(0.5)
     assert name not in guests_on(host)  # autodestroy (our connection closed) or the watchdog
     assert not any(v.startswith(name) for v in volumes_on(host))  # the watchdog's reap
+
+
+def test_a_kept_guest_outlives_the_session_until_reaped(pytester, host):
+    """--kvm-keep on a remote host: the cold-booted guest starts without autodestroy, so it
+    still runs there after pytest ended; the summary's access line logs in through the host;
+    `reap --host` leaves it alone and `reap --kept --host` removes it and its volumes."""
+    pytester.makepyfile("def test_keep(guest):\n    assert guest.run('true').ok\n")
+    result = pytester.runpytest_subprocess(
+        "--kvm-accel", "tcg", "-p", "no:cacheprovider", "--kvm-keep", "all", "--kvm-reset", "boot",
+        "--kvm-host", host.libssh_uri, timeout=900)
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    line = next(l for l in out.splitlines() if l.startswith("kept "))
+    name = line.split()[1]
+    assert "pytest-kvm reap --kept --host URI" in out
+    reap = [sys.executable, "-m", "pytest_kvm.cli", "reap", "--host", host.libssh_uri]
+    try:
+        assert name in guests_on(host)
+        done = subprocess.run(shlex.split(line.split(": ", 1)[1]) + ["uname -n"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        subprocess.run(reap, capture_output=True, text=True, timeout=120, check=True)
+        assert name in guests_on(host)
+        assert any(v.startswith(name) for v in volumes_on(host))
+    finally:
+        done = subprocess.run(reap[:4] + ["--kept"] + reap[4:], capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert name not in guests_on(host)
+    assert not any(v.startswith(name) for v in volumes_on(host))
 
 
 def test_reap_host_removes_guest_volumes_without_a_domain(host):

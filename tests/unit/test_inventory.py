@@ -23,7 +23,7 @@ PASSWORD = "Pa:ss@w/rd?#%&x Y"  # every character a URL or YAML could trip on
 
 
 def stand_in(tmp_path, *, name="pytest-kvm-1-ab12-1", os_name="debian-12", family="linux",
-             transport="ssh", port=40022):
+             transport="ssh", port=40022, proxy_command=None):
     """What integrations reads of a Guest, as plain attributes."""
     workdir = tmp_path / "runs" / "1-ab12" / name
     workdir.mkdir(parents=True)
@@ -31,6 +31,7 @@ def stand_in(tmp_path, *, name="pytest-kvm-1-ab12-1", os_name="debian-12", famil
         name=name, os=os_name, port=port, user="pytest", destroyed=False, kept=False,
         login_key_file=workdir.parent / "id_ed25519", known_hosts=workdir / "known_hosts",
         credentials=Credentials("pytest", PASSWORD) if transport == "winrm" else None,
+        proxy_command=proxy_command,
         config=SimpleNamespace(family=SimpleNamespace(name=family, transport=transport),
                                workdir=workdir))
 
@@ -78,6 +79,25 @@ def test_ssh_config_pins_the_host_key_and_the_login_key(ssh_guest, tmp_path):
     assert options["globalknownhostsfile"] == "/dev/null"
     assert options["identityfile"] == str(ssh_guest.login_key_file)
     assert (options["identitiesonly"], options["batchmode"]) == ("yes", "yes")
+
+
+def test_a_remote_hosts_guest_is_reached_through_the_host(tmp_path):
+    """--kvm-host: the forward listens on the host's 127.0.0.1, so ssh_config and the
+    inventory's SSH arguments carry the host's ProxyCommand, as OpenSSH reads it back."""
+    proxy = ["ssh", "-p", "2222", "-o", "UserKnownHostsFile=/k/known hosts", "-W",
+             "127.0.0.1:%p", "ci@hv1"]
+    guest = stand_in(tmp_path, proxy_command=proxy)
+    path = write_ssh_config(guest, tmp_path / "ssh_config")
+    options = ssh_options(path, guest.name)
+    assert shlex.split(options["proxycommand"].replace("%p", "40022")) == \
+        proxy[:-2] + ["127.0.0.1:40022", "ci@hv1"]
+    common = shlex.split(integrations.host_vars(integrations.inventory_host(guest))
+                         ["ansible_ssh_common_args"])
+    assert common[common.index("StrictHostKeyChecking=yes") - 1] == "-o"
+    assert shlex.split(next(a for a in common if a.startswith("ProxyCommand="))
+                       .removeprefix("ProxyCommand=")) == proxy
+    local = integrations.host_vars(integrations.inventory_host(stand_in(tmp_path / "b")))
+    assert "ProxyCommand" not in local["ansible_ssh_common_args"]
 
 
 def test_ssh_config_quotes_spaces_and_percent_signs(tmp_path):

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import http.server
 import re
+import shlex
 import string
 import threading
 
@@ -317,7 +318,7 @@ def test_handles_say_what_their_transport_cannot_do(tmp_path):
     ssh = SshClient(2222, "pytest", tmp_path / "key", tmp_path / "known_hosts")
     with pytest.raises(KvmError, match="run_ps needs a Windows guest"):
         ssh.run_ps("Get-Date", timeout=5)
-    assert ssh.access() == " ".join(ssh.ssh_command())
+    assert shlex.split(ssh.access()) == ssh.ssh_command()
     assert ssh.ssh_command()[-1] == "pytest@127.0.0.1" and "StrictHostKeyChecking=yes" in ssh.ssh_command()
 
 
