@@ -29,7 +29,7 @@ from .clones import META_FILE, Golden
 SNAPSHOTS_DIR = "snapshots"
 SNAPSHOT_CHOICES = ("on", "off")
 SUMMARY_FIELDS = ("os", "family", "memory_mib", "cpus", "accel", "machine", "qemu", "libvirt", "base",
-                  "user_data")  # the key fields `pytest-kvm snapshot list` shows
+                  "user_data", "host")  # the key fields `pytest-kvm snapshot list` shows
 
 
 @dataclass(frozen=True)

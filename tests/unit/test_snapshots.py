@@ -144,3 +144,21 @@ def test_a_remote_golden_keeps_its_head_here_and_its_files_on_the_host(tmp_path)
     store.get_or_create("r1", create=lambda d: made.append(d) or golden, what="t")
     assert made == [directory]
     store.release()
+
+
+def test_snapshot_list_names_a_remote_snapshots_host(tmp_path):
+    """`pytest-kvm snapshot list` shows the host= key field of a remote host's snapshot."""
+    import subprocess
+    import sys
+
+    store = SnapshotStore(tmp_path)
+    directory = make_snapshot(store, "k2")
+    meta = json.loads((directory / "meta.json").read_text())
+    meta["fields"]["host"] = "ci@hv1_22"
+    (directory / "meta.json").write_text(json.dumps(meta))
+    make_snapshot(store, "k3")
+    done = subprocess.run([sys.executable, "-m", "pytest_kvm.cli", "--cache-dir", str(tmp_path),
+                           "snapshot", "list"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("k")}
+    assert "host=ci@hv1_22" in rows["k2"] and "host=" not in rows["k3"]
