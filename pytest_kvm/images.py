@@ -66,6 +66,9 @@ class BaseImage:
     login_user: str | None = None  # None: the plugin's own user (recipe images)
     min_memory_mib: int | None = None
     digest: str | None = None  # its cache directory's name (see above); None: not cached (local)
+    # (file name, sha256) of each of its files, from the manifest and checked against the files
+    # when the session resolved it (cached images; empty for a local one)
+    files_sha256: tuple[tuple[str, str], ...] = ()
 
 
 POINTER = "current.json"
@@ -444,7 +447,7 @@ class ImageStore:
         image = BaseImage(name=name, disk=dest / build.DISK, format=manifest["format"],
                           kernel=dest / build.KERNEL, initrd=dest / build.INITRD,
                           cmdline=manifest["kernel_cmdline"], family=manifest["family"],
-                          digest=dest.name)
+                          digest=dest.name, files_sha256=tuple(sorted(manifest["sha256"].items())))
         self._verified[name] = image
         return image
 
@@ -487,7 +490,7 @@ class ImageStore:
         image = BaseImage(name=name, disk=dest / manifest["disk"], format=manifest["format"],
                           family=entry.family, firmware=entry.firmware,
                           login_user=entry.login_user, min_memory_mib=entry.min_memory_mib,
-                          digest=dest.name)
+                          digest=dest.name, files_sha256=tuple(sorted(manifest["sha256"].items())))
         self._verified[name] = image
         return image
 

@@ -127,12 +127,13 @@ class HostPlacement:
         hv.ensure_pool(POOL, POOL_PATH)
 
     # -- base images: uploaded once per host, content-addressed ------------------------
-    def _base(self, local: Path) -> Path:
-        """The host's copy of the local file *local*, uploaded if missing or different."""
+    def _base(self, local: Path, known: str | None = None) -> Path:
+        """The host's copy of the local file *local* (whose sha256 is *known*, else hashed
+        here), uploaded if missing or different."""
         with self._bases_lock:
             if local in self._bases:
                 return self._bases[local]
-        digest = sha256_file(local)
+        digest = known or sha256_file(local)
         name = f"base-{digest[:24]}{''.join(local.suffixes) or '.img'}"
         with writable(self._lock_dir.parent, "locking an upload"):
             self._lock_dir.mkdir(parents=True, exist_ok=True)
@@ -161,9 +162,10 @@ class HostPlacement:
                 volume_prefix: str | None = None) -> GuestFiles:
         """Guest *name*'s overlay and seed as volumes named *volume_prefix* (default: *name*)
         plus a suffix."""
-        disk = self._base(image.disk)
-        kernel = self._base(image.kernel) if image.kernel else None
-        initrd = self._base(image.initrd) if image.initrd else None
+        known = dict(image.files_sha256)  # a cached image's, checked by the image store
+        disk = self._base(image.disk, known.get(image.disk.name))
+        kernel = self._base(image.kernel, known.get(image.kernel.name)) if image.kernel else None
+        initrd = self._base(image.initrd, known.get(image.initrd.name)) if image.initrd else None
         prefix = self._prefixes[name] = volume_prefix or name
         self._remove_volumes(prefix)  # a snapshot's, left incomplete by a killed run
         overlay = self.hv.create_overlay_volume(POOL, prefix + OVERLAY_SUFFIX, str(disk),

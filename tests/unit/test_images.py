@@ -153,6 +153,8 @@ def test_catalog_image_downloaded_through_mirror_and_reused(tmp_path, server, qc
     assert manifest["url"] == f"{VENDOR}/tiny.qcow2.xz"
     assert manifest["downloaded_from"] == server.url(path)
     assert manifest["sha256"] == {"disk.qcow2": hashlib.sha256(qcow2).hexdigest()}
+    # what a remote host's upload compares with the host's copy, without hashing it again
+    assert image.files_sha256 == (("disk.qcow2", hashlib.sha256(qcow2).hexdigest()),)
     assert manifest["download_digest"] == {"sha256": hashlib.sha256(body).hexdigest()}
     assert (manifest["login_user"], manifest["firmware"], manifest["min_memory_mib"]) == ("tiny", "uefi", 256)
     assert any("downloading base image tiny-linux (not cached)" in m for m in messages)
