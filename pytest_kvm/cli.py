@@ -158,7 +158,7 @@ def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
     except HostError as exc:
         print(f"pytest-kvm: {exc}", file=sys.stderr)
         return 2
-    hv = Hypervisor.open_remote(host.uri, host.label)
+    hv = Hypervisor.open_remote(host)
     try:
         removed = reap_domains(hv, include_kept=include_kept)
         removed += remove_guest_volumes(hv, NAME_PREFIX, keep=set(hv.our_domains()))

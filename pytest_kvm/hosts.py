@@ -47,6 +47,11 @@ class Host:
         return f"{self.user}@{self.hostname}_{self.port}"
 
     @property
+    def display_uri(self) -> str:
+        """The URI without its parameters (no key or known_hosts paths), for messages."""
+        return urllib.parse.urlunsplit(urllib.parse.urlsplit(self.uri)._replace(query=""))
+
+    @property
     def label(self) -> str:
         """``user@host[:port]``, for headers, summaries and messages (no secrets in a URI)."""
         port = f":{self.port}" if self.port != DEFAULT_SSH_PORT else ""

@@ -20,6 +20,7 @@ from pathlib import Path
 from .cache import try_lock
 from .domain import NAME_PREFIX, read_metadata
 from .errors import HypervisorError
+from .hosts import Host
 
 SYSTEM_SOCKET = Path("/run/libvirt/libvirt-sock")
 EMBED_SLOTS = 64
@@ -212,15 +213,16 @@ class Hypervisor:
         return cls._open(uri, _take_embed_slot(state_dir) if uri is None else None)
 
     @classmethod
-    def open_remote(cls, uri: str, label: str) -> "Hypervisor":
-        """Open a remote host's libvirt (``qemu+ssh://...``; *label* names it in messages),
-        with keepalives so that a host that went away is an error, not a hang."""
+    def open_remote(cls, host: Host) -> "Hypervisor":
+        """Open a remote host's libvirt (``qemu+ssh://...``), with keepalives so that a host
+        that went away is an error, not a hang. Messages name it by its label."""
         libvirt = _libvirt()
         _ensure_event_loop()  # keepalives and console streams need it
-        with translate(f"opening libvirt on {label}", label, unreachable=REMOTE_UNREACHABLE):
-            conn = libvirt.open(uri)
+        with translate(f"opening libvirt on {host.label} ({host.display_uri})", host.label,
+                       unreachable=REMOTE_UNREACHABLE):
+            conn = libvirt.open(host.uri)
             conn.setKeepAlive(5, 6)
-        return cls(conn, label)
+        return cls(conn, host.label)
 
     @classmethod
     def open_embed_slot(cls, index: int, state_dir: Path | None = None) -> "Hypervisor":

@@ -118,7 +118,7 @@ class KvmSession:
                 hv = Hypervisor.open(self.settings.uri)
                 placement: Placement = LocalPlacement(hv)
             else:
-                hv = Hypervisor.open_remote(host.uri, host.label)
+                hv = Hypervisor.open_remote(host)
                 try:
                     placement = HostPlacement(hv, HostLink(host).connect(),
                                               self.settings.cache_dir / "hosts" / host.key,

@@ -94,7 +94,10 @@ def test_an_unreachable_host_is_one_clear_error_naming_it(pytester):
         "--kvm-host", "qemu+libssh://root@127.0.0.1:1/system?keyfile=/k/id", timeout=120)
     result.assert_outcomes(errors=1)
     out = result.stdout.str()
-    assert "HypervisorError: opening libvirt on root@127.0.0.1:1" in out
+    assert "HypervisorError: opening libvirt on root@127.0.0.1:1 " \
+        "(qemu+libssh://root@127.0.0.1:1/system)" in out
+    message = [line for line in out.splitlines() if "HypervisorError: opening" in line]
+    assert message and not any("/k/id" in line for line in message)  # no URI parameters
     assert "drop that --kvm-host" in out
 
 
