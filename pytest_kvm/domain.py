@@ -356,11 +356,10 @@ def domain_xml(spec: DomainSpec) -> str:
     return ET.tostring(domain_element(spec), encoding="unicode")
 
 
-def read_metadata(xml: str) -> dict[str, str] | None:
-    """The pytest-kvm run metadata of a domain's XML, or None if it is not ours."""
-    root = ET.fromstring(xml)
-    run = root.find(f"./metadata/{{{META_NS}}}run")
-    return dict(run.attrib) if run is not None else None
+def run_metadata(element: str) -> dict[str, str]:
+    """The pytest-kvm run metadata from its ``<run>`` element (what libvirt's
+    ``virDomainGetMetadata`` returns for :data:`META_NS`)."""
+    return dict(ET.fromstring(element).attrib)
 
 
 @dataclass(frozen=True)

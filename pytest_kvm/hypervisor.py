@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import try_lock
-from .domain import NAME_PREFIX, read_metadata
+from .domain import META_NS, NAME_PREFIX, run_metadata
 from .errors import HypervisorError
 from .hosts import Host
 
@@ -556,13 +556,15 @@ class Hypervisor:
                     name = dom.name()
                     if not name.startswith(NAME_PREFIX):
                         continue
-                    meta = read_metadata(dom.XMLDesc(0))
+                    # only our element, not the whole XML: a remote host's libssh transport
+                    # (libvirt 9.0) stalls on a running domain's large XML and then crashes
+                    element = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, META_NS, 0)
                 except libvirt.libvirtError as exc:
-                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                        continue  # it went away while we listed
+                    if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN,  # went away meanwhile
+                                                libvirt.VIR_ERR_NO_DOMAIN_METADATA):  # not ours
+                        continue
                     raise
-                if meta is not None:
-                    found[name] = meta
+                found[name] = run_metadata(element)
         return found
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pytest_kvm.domain import META_NS, QEMU_NS, DomainSpec, domain_xml, read_metadata
+from pytest_kvm.domain import META_NS, QEMU_NS, DomainSpec, domain_xml, run_metadata
 
 
 def spec(**overrides):
@@ -84,11 +84,20 @@ def test_values_are_escaped_not_formatted():
     assert root.findtext("name") == "n&<x>"
 
 
+def read_metadata(xml):
+    """The run metadata of a domain's XML, read as libvirt hands out the element."""
+    run = ET.fromstring(xml).find(f"./metadata/{{{META_NS}}}run")
+    return run_metadata(ET.tostring(run, encoding="unicode")) if run is not None else None
+
+
 def test_metadata_round_trip():
     xml = domain_xml(spec(metadata={"owner_pid": "7", "run_dir": "/tmp/x"}))
     assert read_metadata(xml) == {"owner_pid": "7", "run_dir": "/tmp/x"}
     assert META_NS in xml
     assert read_metadata("<domain><name>other</name></domain>") is None
+    # what libvirt's virDomainGetMetadata returns: the element without its namespace prefix
+    assert run_metadata('<run owner_pid="7" run_dir="/tmp/x"/>') == {"owner_pid": "7",
+                                                                     "run_dir": "/tmp/x"}
 
 
 def test_serial_console_to_file():
@@ -132,7 +141,7 @@ def test_retarget_gives_a_clone_its_own_identity_files_and_forward():
     assert moved.findtext("name") == "pytest-kvm-9-x-3"
     assert moved.findtext("uuid") == clone.uuid != original.findtext("uuid")
     assert moved.findtext("genid") == clone.genid != original.findtext("genid")
-    assert domain.read_metadata(ET.tostring(moved, encoding="unicode"))["owner_pid"] == "9"
+    assert read_metadata(ET.tostring(moved, encoding="unicode"))["owner_pid"] == "9"
     assert moved.findtext("memory") == original.findtext("memory")
 
 
