@@ -33,11 +33,11 @@ from .errors import HypervisorError, ImageError
 from .hostlink import HostLink
 from .hypervisor import Hypervisor
 from .images import BaseImage
+from .reaper import machine_identity
 from .saveimage import HEADER, Feeder, SaveImage
 from .seed import Seed
 from .ssh import Dial, dial_local
 from .storage import create_overlay
-from .reaper import machine_identity
 
 POOL = "pytest-kvm"  # the storage pool the plugin owns on each remote host
 POOL_PATH = "/var/lib/libvirt/pytest-kvm"
@@ -167,7 +167,8 @@ class HostPlacement:
         kernel = self._base(image.kernel, known.get(image.kernel.name)) if image.kernel else None
         initrd = self._base(image.initrd, known.get(image.initrd.name)) if image.initrd else None
         prefix = self._prefixes[name] = volume_prefix or name
-        self._remove_volumes(prefix)  # a snapshot's, left incomplete by a killed run
+        if volume_prefix:  # a snapshot's name: an earlier, killed run may have left them
+            self._remove_volumes(prefix)
         overlay = self.hv.create_overlay_volume(POOL, prefix + OVERLAY_SUFFIX, str(disk),
                                                 image.format, _virtual_size(image.disk))
         try:
