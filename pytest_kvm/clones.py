@@ -6,8 +6,8 @@ A golden is a directory of files (the ``*_FILE`` names below): the saved state, 
 disk, the seed that stays attached, the golden's console, its UEFI variables, the
 login key it trusts and ``meta.json``. A golden made on a remote host (``--kvm-host``)
 keeps its saved state, disk and seed there, as volumes (:class:`HostFiles`), and only a
-copy of the save image's head (``memory.head``) beside the rest here. It lives in the run's work directory (goldens
-per session) or in the snapshot cache (see :mod:`pytest_kvm.snapshots`), where later
+copy of the save image's head (``memory.head``) beside the rest here. It lives in the
+run's work directory (goldens per session) or in the snapshot cache (see :mod:`pytest_kvm.snapshots`), where later
 sessions find it. Clones only ever read it: each is restored under a name, UUID,
 MAC and VM generation ID of its own (see :mod:`pytest_kvm.saveimage`), so any number
 of clones of one golden run at the same time.

@@ -204,6 +204,7 @@ class Hypervisor:
         self.uri = uri
         self._embed = embed
         self._machines: dict[str, str] | None = None
+        self._caps: ET.Element | None = None
 
     @classmethod
     def open(cls, uri: str | None, state_dir: Path | None = None) -> "Hypervisor":
@@ -438,14 +439,20 @@ class Hypervisor:
             return {"libvirt": dotted(self._conn.getLibVersion()),
                     "qemu": dotted(self._conn.getVersion())}
 
+    def _capabilities(self) -> ET.Element:
+        """The host's capabilities document, read once per connection (a remote host's
+        is a round trip of some 10 KB)."""
+        if self._caps is None:
+            with translate("reading the host's capabilities", self.uri):
+                self._caps = ET.fromstring(self._conn.getCapabilities())
+        return self._caps
+
     def canonical_machine(self, alias: str) -> str:
         """The versioned machine type QEMU means by *alias* (``pc`` -> ``pc-i440fx-7.2``):
         a saved state restores only onto the same machine type."""
         if self._machines is None:
-            with translate("reading the host's capabilities", self.uri):
-                caps = ET.fromstring(self._conn.getCapabilities())
             self._machines = {}
-            for guest in caps.iter("guest"):
+            for guest in self._capabilities().iter("guest"):
                 arch = guest.find("arch")
                 if arch is None or arch.get("name") != "x86_64":
                     continue
@@ -457,8 +464,7 @@ class Hypervisor:
     def host_cpu(self) -> str:
         """The host CPU as its libvirt describes it (model, vendor and a hash of the feature
         names): what a ``host-passthrough`` guest on a remote host sees."""
-        with translate("reading the host's capabilities", self.uri):
-            cpu = ET.fromstring(self._conn.getCapabilities()).find("host/cpu")
+        cpu = self._capabilities().find("host/cpu")
         if cpu is None:
             return "unknown"
         features = ",".join(sorted(f.get("name", "") for f in cpu.findall("feature")))
@@ -467,10 +473,8 @@ class Hypervisor:
 
     def offers_kvm(self) -> bool:
         """Whether the host's libvirt can run x86_64 guests of domain type ``kvm``."""
-        with translate("reading the host's capabilities", self.uri):
-            caps = ET.fromstring(self._conn.getCapabilities())
         return any(arch.get("name") == "x86_64" and arch.find("domain[@type='kvm']") is not None
-                   for arch in caps.iter("arch"))
+                   for arch in self._capabilities().iter("arch"))
 
     def set_time(self, dom, epoch: float, timeout: int = 5) -> None:
         """Set the guest's clock to *epoch* through its QEMU guest agent (no login needed);
