@@ -2,8 +2,8 @@
 from .errors import (BootTimeout, CloudInitError, CommandError, CommandFailed, CommandTimeout,
                      GuestCrashed, HostKeyMismatch, HypervisorError, ImageError,
                      InfrastructureError, KvmError, SeedError, StorageError)
-from .guest import Guest
-from .session import KvmSession
+from .guest.facade import Guest
+from .session.session import KvmSession
 from .spec import SpecError
 from .result import CommandResult
 

@@ -12,17 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .accel import choose_accel
-from .cache import default_cache_dir
-from .domain import NAME_PREFIX
+from .vm.accel import choose_accel
+from .files import default_cache_dir
+from .vm.domain import NAME_PREFIX
 from .errors import KvmError
-from .hosts import HostError, parse_host
-from .hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
-from .images import ImageStore
-from .integrations import IntegrationError, kept_hosts, write_host_inventory
-from .placement import remove_guest_volumes, remove_snapshot_volumes
-from .reaper import reap_domains, reap_run_dirs
-from .snapshots import SUMMARY_FIELDS, SnapshotStore, age
+from .hosts.uris import HostError, parse_host
+from .vm.hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
+from .images.store import ImageStore
+from .transport.integrations import IntegrationError, kept_hosts, write_host_inventory
+from .hosts.placement import remove_guest_volumes, remove_snapshot_volumes
+from .cleanup.reaper import reap_domains, reap_run_dirs
+from .session.snapshots import SUMMARY_FIELDS, SnapshotStore, age
 
 
 def _progress(message: str) -> None:

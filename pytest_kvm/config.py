@@ -4,13 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .accel import ACCEL_CHOICES
-from .cache import default_cache_dir
-from .clones import RESET_CHOICES
-from .domain import NETWORK_MODES
-from .hosts import Host, HostError, parse_host
+from .vm.accel import ACCEL_CHOICES
+from .files import default_cache_dir
+from .guest.golden import RESET_CHOICES
+from .vm.domain import NETWORK_MODES
+from .hosts.uris import Host, HostError, parse_host
 from .names import NAME_PATTERN, NAME_RULE
-from .snapshots import SNAPSHOT_CHOICES
+from .session.snapshots import SNAPSHOT_CHOICES
 from .waiting import Limit
 
 DEFAULT_OS = "debian-12"

@@ -7,7 +7,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .cache import write_owner_only
+from .files import write_owner_only
 
 
 @dataclass(frozen=True)

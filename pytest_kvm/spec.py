@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .clones import RESET_CHOICES, Golden
+from .guest.golden import RESET_CHOICES, Golden
 from .errors import KvmError
 from .families import FAMILIES, SEED_FORMATS
 from .names import checked_label

@@ -21,14 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_kvm import cloudinit, seed
+from pytest_kvm.seed import cloudinit
+
+from pytest_kvm.seed import iso as seed
 from pytest_kvm.config import Settings
 from pytest_kvm.families import family
-from pytest_kvm.guest import free_port
+from pytest_kvm.guest.facade import free_port
 from pytest_kvm.keys import KeyPair, write_known_hosts
-from pytest_kvm.session import KvmSession
-from pytest_kvm.ssh import SshClient, read_banner
-from pytest_kvm.storage import create_overlay
+from pytest_kvm.session.session import KvmSession
+from pytest_kvm.transport.ssh import SshClient, read_banner
+from pytest_kvm.images.qemu_img import create_overlay
 
 
 def rss_mib(pid: int) -> float:

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from pytest_kvm.config import Settings
-from pytest_kvm.session import KvmSession
+from pytest_kvm.session.session import KvmSession
 
 PORT = 5001
 # one program for both ends, in the guests and on the host: "serve sink|echo PORT" or

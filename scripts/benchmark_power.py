@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from pytest_kvm.config import Settings
-from pytest_kvm.session import KvmSession
+from pytest_kvm.session.session import KvmSession
 
 # a "package" that takes real work to install without a package index: a virtualenv
 # with the project's own pytest and setuptools, what examples/ does per test

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from remotehost import FakeHost  # noqa: E402
 
 from pytest_kvm.config import Settings  # noqa: E402
-from pytest_kvm.session import KvmSession  # noqa: E402
+from pytest_kvm.session.session import KvmSession  # noqa: E402
 from pytest_kvm.spec import guest_request  # noqa: E402
 
 

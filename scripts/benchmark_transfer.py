@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from pytest_kvm.config import Settings
-from pytest_kvm.session import KvmSession
+from pytest_kvm.session.session import KvmSession
 
 
 def make_tree(root: Path, files: int, total_bytes: int) -> None:

@@ -15,7 +15,7 @@ import time
 import traceback
 
 from pytest_kvm.config import Settings
-from pytest_kvm.session import KvmSession
+from pytest_kvm.session.session import KvmSession
 
 
 def qemu_count() -> int:

@@ -11,8 +11,8 @@ import json
 import stat
 import subprocess
 
-from pytest_kvm.images import ImageStore
-from pytest_kvm.recipes import load_recipe
+from pytest_kvm.images.store import ImageStore
+from pytest_kvm.images.recipes import load_recipe
 
 STAND_IN_KERNEL = "not a kernel: pytest-kvm's build test\n"
 

@@ -49,7 +49,7 @@ def test_tree_put_and_get_round_trip(shared_guest, tmp_path):
 
 def test_get_refuses_links_out_of_the_target(shared_guest, tmp_path):
     shared_guest.run("rm -rf /tmp/evil && mkdir -p /tmp/evil && ln -s /etc /tmp/evil/etc", check=True)
-    from pytest_kvm.archive import UnsafeArchive
+    from pytest_kvm.transport.archive import UnsafeArchive
     with pytest.raises(UnsafeArchive, match="etc"):
         shared_guest.get("/tmp/evil", tmp_path / "out")
     assert not (tmp_path / "out" / "etc").exists()

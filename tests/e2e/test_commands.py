@@ -6,9 +6,9 @@ import subprocess
 import pytest
 
 from pytest_kvm import CommandFailed, CommandTimeout, HostKeyMismatch
-from pytest_kvm.cache import sha256_file
+from pytest_kvm.files import sha256_file
 from pytest_kvm.keys import KeyPair, write_known_hosts
-from pytest_kvm.ssh import SshClient
+from pytest_kvm.transport.ssh import SshClient
 
 
 def test_exit_code_stdout_stderr(shared_guest):

@@ -196,7 +196,7 @@ def tmpfs(tmp_path):
 def test_unusable_cache_dir_is_one_clear_error(kvm, tmpfs, case):
     from pytest_kvm import StorageError
     from pytest_kvm.config import Settings
-    from pytest_kvm.session import KvmSession
+    from pytest_kvm.session.session import KvmSession
     if case == "read-only":
         cache = tmpfs("size=1m", "ro")
         expected = r"is not writable \(Read-only file system\).*--kvm-cache-dir"
@@ -223,7 +223,7 @@ def test_unusable_cache_dir_is_one_clear_error(kvm, tmpfs, case):
 def test_taken_port_is_skipped(kvm, monkeypatch):
     import socket
 
-    from pytest_kvm import guest as guest_module
+    from pytest_kvm.guest import facade as guest_module
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()

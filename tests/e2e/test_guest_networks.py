@@ -20,7 +20,7 @@ UP = "for i in $(seq 100); do curl -fsS http://localhost:8000/ >/dev/null && exi
 def hub_processes(run_prefix: str) -> list[str]:
     """Command lines of switch processes whose network lives under a run named *run_prefix*."""
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if "pytest_kvm.hub" in line and f"/runs/{run_prefix}" in line]
+    return [line for line in ps.splitlines() if "pytest_kvm.networks.switch" in line and f"/runs/{run_prefix}" in line]
 
 
 def nic(guest, network: str) -> str:

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from pytest_kvm import integrations
+from pytest_kvm.transport import integrations
 from pytest_kvm.keys import KeyPair, write_known_hosts
 
 

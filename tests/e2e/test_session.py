@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from procs import qemu_processes
-from pytest_kvm.watchdog import log_path as watchdog_log
+from pytest_kvm.cleanup.watchdog import log_path as watchdog_log
 
 CHILD = """
 import json, os, pytest
@@ -13,7 +13,7 @@ import json, os, pytest
 @pytest.fixture(autouse=True)
 def record(request):
     yield
-    for g in request.node.stash.get(__import__("pytest_kvm.stash", fromlist=["x"]).GUESTS_KEY, []):
+    for g in request.node.stash.get(__import__("pytest_kvm.plugin.stash", fromlist=["x"]).GUESTS_KEY, []):
         with open(os.environ["GUEST_LOG"], "a") as fh:
             fh.write(json.dumps({"test": request.node.name, "name": g.name}) + "\\n")
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pytest_kvm.accel import choose_accel
+from pytest_kvm.vm.accel import choose_accel
 from pytest_kvm.errors import HypervisorError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvm.archive import UnsafeArchive, excluded, extract, pack, remote_pack_command, \
+from pytest_kvm.transport.archive import UnsafeArchive, excluded, extract, pack, remote_pack_command, \
     remote_unpack_command
 from pytest_kvm.errors import KvmError
 

@@ -3,7 +3,7 @@ import subprocess
 import sys
 import textwrap
 
-from pytest_kvm.cache import file_lock, sha256_file, try_lock
+from pytest_kvm.files import file_lock, sha256_file, try_lock
 
 
 def test_sha256(tmp_path):
@@ -16,7 +16,7 @@ def test_lock_excludes_another_process(tmp_path):
     lock = tmp_path / "a.lock"
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from pytest_kvm.cache import try_lock
+        from pytest_kvm.files import try_lock
         print(try_lock(Path({str(lock)!r})) is None)
     """)
     with file_lock(lock):

@@ -3,9 +3,9 @@ from dataclasses import replace
 
 import pytest
 
-from pytest_kvm.catalog import builtin_catalog, load_catalog, mirror_url, read_catalog
+from pytest_kvm.images.catalog import builtin_catalog, load_catalog, mirror_url, read_catalog
 from pytest_kvm.errors import ImageError
-from pytest_kvm.images import ImageStore
+from pytest_kvm.images.store import ImageStore
 
 ENTRY = """
 [[image]]

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from pytest_kvm import cli as cli_module
-from pytest_kvm.accel import choose_accel
-from pytest_kvm.reaper import owner_alive, process_start_time
+from pytest_kvm.vm.accel import choose_accel
+from pytest_kvm.cleanup.reaper import owner_alive, process_start_time
 
 
 def cli(*args, cache):

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from pytest_kvm.errors import HypervisorError
-from pytest_kvm.guest import Guest
+from pytest_kvm.guest.facade import Guest
 
 
 class AgentNeverAnswers:

@@ -1,6 +1,6 @@
 import pytest
 
-from pytest_kvm import cloudinit
+from pytest_kvm.seed import cloudinit
 from pytest_kvm.errors import SeedError
 
 
@@ -28,25 +28,28 @@ def test_unserialisable_meta_data_names_what_it_is():
 
 
 def test_seed_modules_import_one_way():
-    # families <- cloudinit -> cloudbase, and seed -> cloudinit: no cycle, no import in a function
+    # families <- cloudinit -> cloudbase, and iso -> cloudinit: no cycle, no import in a function
     import ast
     import pathlib
 
     import pytest_kvm
     package = pathlib.Path(pytest_kvm.__file__).parent
     imported = {}
-    for name in ("families", "cloudinit", "cloudbase", "seed", "commands"):
-        tree = ast.parse((package / f"{name}.py").read_text())
+    paths = {"families": "families.py", "cloudinit": "seed/cloudinit.py",
+             "cloudbase": "seed/cloudbase.py", "iso": "seed/iso.py",
+             "commands": "transport/commands.py"}
+    for name, path in paths.items():
+        tree = ast.parse((package / path).read_text())
         top = {node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))}
         assert all(node in top for node in ast.walk(tree)
                    if isinstance(node, (ast.Import, ast.ImportFrom))), f"{name}: a lazy import"
         imported[name] = {(alias.name if node.module is None else node.module).split(".")[0]
                           for node in top if isinstance(node, ast.ImportFrom) and node.level
                           for alias in node.names}
-        assert "TYPE_CHECKING" not in (package / f"{name}.py").read_text(), name
-    assert not imported["families"] & {"cloudinit", "cloudbase", "seed"}
-    assert not imported["cloudbase"] & {"cloudinit", "families", "seed"}
-    assert "seed" not in imported["cloudinit"]
+        assert "TYPE_CHECKING" not in (package / path).read_text(), name
+    assert not imported["families"] & {"cloudinit", "cloudbase", "iso", "seed"}
+    assert not imported["cloudbase"] & {"cloudinit", "families", "iso"}
+    assert "iso" not in imported["cloudinit"]
 
 
 def test_cloud_config_header_and_yaml():
@@ -59,7 +62,7 @@ def test_cloud_config_header_and_yaml():
 # -- per-family user data -------------------------------------------------------------------
 import yaml  # noqa: E402
 
-from pytest_kvm import cloudbase  # noqa: E402
+from pytest_kvm.seed import cloudbase  # noqa: E402
 from pytest_kvm.families import FAMILIES, family  # noqa: E402
 from pytest_kvm.keys import KeyPair  # noqa: E402
 

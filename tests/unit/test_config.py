@@ -74,7 +74,7 @@ def test_network_mode():
 def test_ini_reaches_settings(pytester):
     pytester.makeini("[pytest]\nkvm_snapshots = off\nkvm_snapshot_max_gb = 2\nkvm_prepare_ahead = 3\n")
     pytester.makepyfile("""
-        from pytest_kvm.stash import SESSION_KEY
+        from pytest_kvm.plugin.stash import SESSION_KEY
 
         def test_x(pytestconfig):
             s = pytestconfig.stash[SESSION_KEY].settings

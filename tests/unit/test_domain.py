@@ -1,7 +1,7 @@
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pytest_kvm.domain import META_NS, QEMU_NS, DomainSpec, domain_xml, run_metadata
+from pytest_kvm.vm.domain import META_NS, QEMU_NS, DomainSpec, domain_xml, run_metadata
 
 
 def spec(**overrides):
@@ -124,7 +124,7 @@ def saved_form(xml):
 
 
 def test_retarget_gives_a_clone_its_own_identity_files_and_forward():
-    from pytest_kvm.domain import CloneIdentity, retarget
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
     saved = saved_form(domain_xml(spec(metadata={"owner_pid": "1", "run_id": "old"})))
     clone = CloneIdentity(name="pytest-kvm-9-x-3", disk=Path("/c/clone.qcow2"),
                           console_log=Path("/c/console.log"), ssh_port=41000,
@@ -146,14 +146,14 @@ def test_retarget_gives_a_clone_its_own_identity_files_and_forward():
 
 
 def test_two_clone_identities_differ():
-    from pytest_kvm.domain import CloneIdentity
+    from pytest_kvm.vm.domain import CloneIdentity
     a, b = (CloneIdentity(name=n, disk=Path("/d"), console_log=Path("/c"), ssh_port=1) for n in "ab")
     assert a.uuid != b.uuid and a.genid != b.genid and a.mac != b.mac
     assert a.mac.startswith("52:54:00:") and len(a.mac) == 17
 
 
 def test_retarget_moves_the_seed_when_asked():
-    from pytest_kvm.domain import CloneIdentity, retarget
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
     clone = CloneIdentity(name="n", disk=Path("/c/d.qcow2"), console_log=Path("/c/l"), ssh_port=1,
                           seed=Path("/snap/seed.iso"))
     moved = ET.fromstring(retarget(saved_form(domain_xml(spec())), clone))
@@ -163,7 +163,7 @@ def test_retarget_moves_the_seed_when_asked():
 # -- families: firmware, TPM, buses, NIC, seed device ---------------------------------------
 import pytest  # noqa: E402
 
-from pytest_kvm import domain  # noqa: E402
+from pytest_kvm.vm import domain  # noqa: E402
 from pytest_kvm.families import FAMILIES, family  # noqa: E402
 
 
@@ -284,7 +284,7 @@ def test_host_problems_name_the_missing_package(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_retarget_every_family_shape(name):
-    from pytest_kvm.domain import CloneIdentity, retarget
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
     fam = family(name)
     saved = domain_xml(family_spec(name))
     moved = ET.fromstring(retarget(saved, CloneIdentity(
@@ -302,7 +302,7 @@ def test_retarget_every_family_shape(name):
 
 @pytest.mark.parametrize("saved_mode", ["user", "isolated"])
 def test_retarget_gives_a_clone_its_own_network_mode(saved_mode):
-    from pytest_kvm.domain import CloneIdentity, retarget
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
     saved = domain_xml(spec(network_mode=saved_mode))
 
     def clone(mode):
@@ -320,7 +320,7 @@ def test_retarget_gives_a_clone_its_own_network_mode(saved_mode):
 
 
 def test_retarget_drops_the_saved_backing_chain_of_a_sata_disk():
-    from pytest_kvm.domain import CloneIdentity, retarget
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
     root = parse(family_spec("windows"))
     ET.SubElement(root.find("devices/disk"), "backingStore", type="file")
     moved = ET.fromstring(retarget(ET.tostring(root, encoding="unicode"), CloneIdentity(

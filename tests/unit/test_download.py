@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from imageserver import ImageServer, closed_port
-from pytest_kvm.download import ProgressLine, RetryPolicy, fetch, parse_checksums
+from pytest_kvm.images.download import ProgressLine, RetryPolicy, fetch, parse_checksums
 from pytest_kvm.errors import ImageError
 
 DATA = os.urandom(300_000)

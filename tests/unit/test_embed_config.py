@@ -1,5 +1,5 @@
 """The embedded driver's qemu.conf: what the README's threat model says about QEMU's user."""
-from pytest_kvm import hypervisor
+from pytest_kvm.vm import hypervisor
 
 
 def settings(root):

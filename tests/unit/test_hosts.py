@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvm.hosts import HostError, host_for_worker, parse_host, worker_index
+from pytest_kvm.hosts.uris import HostError, host_for_worker, parse_host, worker_index
 
 
 def test_a_qemu_ssh_uri_names_user_host_port_key_and_known_hosts():

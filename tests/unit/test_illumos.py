@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_kvm import cloudinit, seed
-from pytest_kvm.catalog import builtin_catalog, read_catalog
-from pytest_kvm.domain import DomainSpec, domain_xml, family_fields
+from pytest_kvm.seed import cloudinit
+
+from pytest_kvm.seed import iso as seed
+from pytest_kvm.images.catalog import builtin_catalog, read_catalog
+from pytest_kvm.vm.domain import DomainSpec, domain_xml, family_fields
 from pytest_kvm.families import LOGIN_USER, family
 from pytest_kvm.keys import KeyPair
 

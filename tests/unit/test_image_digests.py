@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvm import build, cli
-from pytest_kvm.clones import digest as key_of
+from pytest_kvm import cli
+
+from pytest_kvm.images import build
+from pytest_kvm.guest.golden import digest as key_of
 from pytest_kvm.config import Settings
-from pytest_kvm.guest import GuestConfig
-from pytest_kvm.images import ImageStore
+from pytest_kvm.guest.facade import GuestConfig
+from pytest_kvm.images.store import ImageStore
 from pytest_kvm.keys import KeyPair
-from pytest_kvm.recipes import load_recipe
-from pytest_kvm.session import KvmSession
+from pytest_kvm.images.recipes import load_recipe
+from pytest_kvm.session.session import KvmSession
 
 FILES = (build.DISK, build.KERNEL, build.INITRD)
 

@@ -10,11 +10,11 @@ import pytest
 
 from imageserver import ImageServer
 from pytest_kvm import cli
-from pytest_kvm.cache import sha256_file
-from pytest_kvm.download import RetryPolicy
+from pytest_kvm.files import sha256_file
+from pytest_kvm.images.download import RetryPolicy
 from pytest_kvm.errors import ImageError
-from pytest_kvm.images import ImageStore
-from pytest_kvm.recipes import list_recipes, load_recipe
+from pytest_kvm.images.store import ImageStore
+from pytest_kvm.images.recipes import list_recipes, load_recipe
 
 
 def fake_cached(cache, name="debian-12"):

@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pytest_kvm import integrations
+from pytest_kvm.transport import integrations
 from pytest_kvm.errors import HypervisorError, KvmError
-from pytest_kvm.integrations import (IntegrationError, InventoryHost, MissingExtra, group_name,
+from pytest_kvm.transport.integrations import (IntegrationError, InventoryHost, MissingExtra, group_name,
                                      kept_host, render_inventory, testinfra_host,
                                      testinfra_hostspec, write_inventory, write_ssh_config)
-from pytest_kvm.winrm import Credentials
+from pytest_kvm.transport.winrm import Credentials
 
 PASSWORD = "Pa:ss@w/rd?#%&x Y"  # every character a URL or YAML could trip on
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvm.domain import PRIVATE_NIC_SLOTS, private_nic_commands
+from pytest_kvm.vm.domain import PRIVATE_NIC_SLOTS, private_nic_commands
 from pytest_kvm.families import family
-from pytest_kvm.hub import HUB_SOCKET, Switch
-from pytest_kvm.networks import Network, NetworkError, Networks, hosts_lines
+from pytest_kvm.networks.switch import HUB_SOCKET, Switch
+from pytest_kvm.networks.segments import Network, NetworkError, Networks, hosts_lines
 from pytest_kvm.spec import SpecError, guest_request
 
 A, B, C = (bytes.fromhex(h) for h in ("525400000001", "525400000002", "525400000003"))
@@ -63,7 +63,7 @@ def test_switch_drops_runts():
 def hub(tmp_path):
     directory = tmp_path / "net"
     directory.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "pytest_kvm.hub", str(directory)])
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_kvm.networks.switch", str(directory)])
     deadline = time.monotonic() + 10
     while not (directory / HUB_SOCKET).exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the hub did not start"

@@ -3,11 +3,11 @@ deletes, and the OpenSSH command lines through a host."""
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pytest_kvm.hostlink import HostLink
-from pytest_kvm.hosts import parse_host
-from pytest_kvm.hypervisor import pool_xml, volume_xml
-from pytest_kvm.placement import POOL, remove_guest_volumes
-from pytest_kvm.ssh import SshClient
+from pytest_kvm.hosts.link import HostLink
+from pytest_kvm.hosts.uris import parse_host
+from pytest_kvm.vm.hypervisor import pool_xml, volume_xml
+from pytest_kvm.hosts.placement import POOL, remove_guest_volumes
+from pytest_kvm.transport.ssh import SshClient
 
 
 def test_an_overlay_volume_is_owner_only_qcow2_over_its_base():
@@ -65,7 +65,7 @@ def test_ssh_command_goes_through_the_host_with_its_key_and_pinned_host_key(tmp_
 def test_reap_deletes_this_machines_snapshot_volumes_no_cache_names():
     """Snapshot volumes carry the machine that made them: `reap --host` deletes this
     machine's whose snapshot is gone from its cache, never another machine's or a base."""
-    from pytest_kvm.placement import remove_snapshot_volumes, snapshot_prefix
+    from pytest_kvm.hosts.placement import remove_snapshot_volumes, snapshot_prefix
 
     ours_kept, ours_gone = snapshot_prefix("aaaa1111"), snapshot_prefix("bbbb2222")
     assert ours_kept.startswith("snap-aaaa1111-") and ours_kept != snapshot_prefix("bbbb2222")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pytest_kvm.accel import choose_accel
+from pytest_kvm.vm.accel import choose_accel
 
 KERNEL_TEST = """
 import pytest
@@ -236,7 +236,7 @@ def test_no_secret_reaches_a_failure_report(pytester):
     local of a failing test, as CI logs keep them."""
     pytester.makepyfile("""
         from pytest_kvm.keys import KeyPair
-        from pytest_kvm.winrm import Credentials
+        from pytest_kvm.transport.winrm import Credentials
 
         def test_fails():
             key = KeyPair.generate("pytest-kvm")
@@ -256,7 +256,7 @@ def test_no_secret_reaches_a_failure_report(pytester):
 
 CLOSE_FAILS = """
 from pytest_kvm.errors import HypervisorError
-from pytest_kvm.session import KvmSession
+from pytest_kvm.session.session import KvmSession
 
 closes = []
 

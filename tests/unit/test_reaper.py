@@ -3,10 +3,12 @@ still uses."""
 import os
 import time
 
-from pytest_kvm import reaper, watchdog
+from pytest_kvm.cleanup import reaper
+
+from pytest_kvm.cleanup import watchdog
 from pytest_kvm.errors import HypervisorError
-from pytest_kvm.hypervisor import Hypervisor
-from pytest_kvm.reaper import make_run_dir, read_owner, reap_domains, reap_run_dirs, write_owner
+from pytest_kvm.vm.hypervisor import Hypervisor
+from pytest_kvm.cleanup.reaper import make_run_dir, read_owner, reap_domains, reap_run_dirs, write_owner
 
 DEAD = {"owner_pid": "999999999", "owner_start": "1"}
 

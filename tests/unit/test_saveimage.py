@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from pytest_kvm.saveimage import HEADER, MAGIC, PARTIAL, Feeder, SaveImage, SaveImageError
+from pytest_kvm.vm.saveimage import HEADER, MAGIC, PARTIAL, Feeder, SaveImage, SaveImageError
 
 XML = "<domain type='qemu'><name>golden</name><uuid>u-1</uuid></domain>"
 COOKIE = "<qemu-migration><name>golden</name></qemu-migration>"

@@ -1,7 +1,9 @@
 import pycdlib
 import yaml
 
-from pytest_kvm import cloudinit, seed
+from pytest_kvm.seed import cloudinit
+
+from pytest_kvm.seed import iso as seed
 from pytest_kvm.keys import KeyPair
 
 
@@ -138,7 +140,7 @@ def test_admin_pass_only_when_given():
 
 
 def test_plugin_cloud_config_is_valid_for_new_cloud_init():
-    from pytest_kvm import cloudinit
+    from pytest_kvm.seed import cloudinit
     from pytest_kvm.keys import KeyPair
     data = cloudinit.plugin_user_data(KeyPair.generate("l"), KeyPair.generate("h"))
     # cloud-init 24+ schema: at least one key type; the seed's own, so nothing is generated

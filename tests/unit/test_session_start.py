@@ -3,12 +3,12 @@ import dataclasses
 
 import pytest
 
-from pytest_kvm import session as session_module
+from pytest_kvm.session import session as session_module
 from pytest_kvm.config import Settings
-from pytest_kvm.guest import GuestConfig
-from pytest_kvm.hypervisor import Hypervisor
-from pytest_kvm.reaper import owner_alive, read_owner, reap_run_dirs
-from pytest_kvm.session import KvmSession
+from pytest_kvm.guest.facade import GuestConfig
+from pytest_kvm.vm.hypervisor import Hypervisor
+from pytest_kvm.cleanup.reaper import owner_alive, read_owner, reap_run_dirs
+from pytest_kvm.session.session import KvmSession
 
 
 class FakeHv:

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from pytest_kvm.clones import Golden
+from pytest_kvm.guest.golden import Golden
 from pytest_kvm.keys import KeyPair
-from pytest_kvm.snapshots import SnapshotStore
-from pytest_kvm.saveimage import SaveImage
+from pytest_kvm.session.snapshots import SnapshotStore
+from pytest_kvm.vm.saveimage import SaveImage
 from test_saveimage import write_image
 
 
@@ -114,7 +114,7 @@ def test_list_shows_key_fields(tmp_path):
 def test_a_remote_golden_keeps_its_head_here_and_its_files_on_the_host(tmp_path):
     """A golden saved on a --kvm-host: meta.json names the host's volumes, the directory
     holds the save image's head (no saved state, disk or seed), and it loads back whole."""
-    from pytest_kvm.clones import HEAD_FILE, HostFiles
+    from pytest_kvm.guest.golden import HEAD_FILE, HostFiles
 
     store = SnapshotStore(tmp_path)
     directory = store.path("r1")

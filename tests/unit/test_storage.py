@@ -4,7 +4,7 @@ import subprocess
 import pytest
 
 from pytest_kvm.errors import ImageError
-from pytest_kvm.storage import create_overlay, inspect_image
+from pytest_kvm.images.qemu_img import create_overlay, inspect_image
 
 
 def qemu_img(*args):

@@ -10,11 +10,11 @@ import threading
 
 import pytest
 
-from pytest_kvm import winrm
+from pytest_kvm.transport import winrm
 from pytest_kvm.errors import CommandFailed, CommandTimeout, InfrastructureError, KvmError
 from pytest_kvm.result import CommandResult
-from pytest_kvm.ssh import SshClient
-from pytest_kvm.winrm import (Credentials, NoOutputYet, WinRMAuthError, WinRMClient, WinRMError,
+from pytest_kvm.transport.ssh import SshClient
+from pytest_kvm.transport.winrm import (Credentials, NoOutputYet, WinRMAuthError, WinRMClient, WinRMError,
                               clixml_to_text, powershell_command)
 
 

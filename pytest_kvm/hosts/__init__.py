@@ -1,0 +1,1 @@
+"""Where guests run: this machine or a remote libvirt host (``--kvm-host``), and how their files and ports are reached."""

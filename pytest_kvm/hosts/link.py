@@ -1,0 +1,111 @@
+"""The plugin's own SSH connection to a remote hypervisor host (``--kvm-host``).
+
+libvirt's remote protocol carries the API calls; this connection carries what
+libvirt has no API for: tunnels to the guests' forwarded ports (which listen on
+the host's 127.0.0.1 only) and short commands on the host (hashing an uploaded
+image). It logs in like libvirt's ``qemu+ssh`` transport does, with the URI's
+user, port, ``keyfile`` and ``known_hosts``, and trusts only a host key already
+in that known_hosts file. paramiko's errors become ours here.
+"""
+from __future__ import annotations
+
+import shlex
+import threading
+
+import paramiko
+
+from ..errors import HypervisorError
+from .uris import Host
+from ..transport.ssh import HOST, PARAMIKO_LOG
+
+CONNECT_TIMEOUT = 30.0
+
+
+class HostLink:
+    """One authenticated SSH connection to a hypervisor host."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+
+    def connect(self, timeout: float = CONNECT_TIMEOUT) -> "HostLink":
+        host = self.host
+        client = paramiko.SSHClient()
+        client.set_log_channel(PARAMIKO_LOG)
+        if host.known_hosts.is_file():
+            client.load_host_keys(str(host.known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        own_key = host.key_file is not None
+        try:
+            client.connect(host.hostname, port=host.port, username=host.user,
+                           key_filename=str(host.key_file) if own_key else None,
+                           look_for_keys=not own_key, allow_agent=not own_key, timeout=timeout,
+                           banner_timeout=timeout, auth_timeout=timeout)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HypervisorError(
+                f"host {host.label} presented a host key other than the one in {host.known_hosts}; "
+                f"refusing to connect") from exc
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise HypervisorError(
+                    f"host {host.label}: its host key is not in {host.known_hosts}; add it "
+                    f"(ssh -p {host.port} {host.user}@{host.hostname} once, or ssh-keyscan) or "
+                    f"name another file with known_hosts= in the URI") from exc
+            raise HypervisorError(f"cannot log in to host {host.label}: {exc}") from exc
+        except OSError as exc:
+            client.close()
+            raise HypervisorError(f"host {host.label} is unreachable over SSH: {exc}") from exc
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(15)
+        self._client = client
+        return self
+
+    def _transport(self) -> paramiko.Transport:
+        transport = self._client.get_transport() if self._client else None
+        if transport is None or not transport.is_active():
+            raise HypervisorError(f"the SSH connection to host {self.host.label} is closed")
+        return transport
+
+    def tunnel(self, port: int, timeout: float) -> paramiko.Channel:
+        """A stream to ``127.0.0.1:port`` as seen on the host (a guest's forward)."""
+        try:
+            return self._transport().open_channel("direct-tcpip", (HOST, port), (HOST, 0),
+                                                  timeout=timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectionRefusedError(
+                f"host {self.host.label} could not connect to its 127.0.0.1:{port}: {exc}") from exc
+
+    def run(self, argv: list[str], timeout: float = 600.0) -> str:
+        """Run *argv* on the host; its stdout, or a :class:`HypervisorError` with its stderr."""
+        command = shlex.join(argv)
+        try:
+            channel = self._transport().open_session(timeout=30)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            with channel.makefile("rb") as out, channel.makefile_stderr("rb") as err:
+                stdout, stderr = out.read(), err.read()
+            code = channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HypervisorError(f"running {command!r} on host {self.host.label}: {exc}") from exc
+        if code != 0:
+            raise HypervisorError(f"{command!r} on host {self.host.label} exited {code}: "
+                                  f"{stderr.decode('utf-8', 'replace').strip()}")
+        return stdout.decode("utf-8", "replace")
+
+    def proxy_command(self) -> list[str]:
+        """An OpenSSH argv for ``ProxyCommand`` reaching the host's 127.0.0.1:%p (``-W``)."""
+        host = self.host
+        argv = ["ssh", "-p", str(host.port), "-o", f"UserKnownHostsFile={host.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+        if host.key_file is not None:
+            argv += ["-i", str(host.key_file), "-o", "IdentitiesOnly=yes"]
+        return argv + ["-W", f"{HOST}:%p", f"{host.user}@{host.hostname}"]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

@@ -1,0 +1,308 @@
+"""Where a guest's files live and how its forwarded port is reached: this machine, or a
+remote hypervisor host (``--kvm-host``).
+
+:class:`LocalPlacement` makes the overlay and the seed in the guest's work directory
+and reaches 127.0.0.1 directly. :class:`HostPlacement` makes them on the host as
+libvirt storage volumes (base images uploaded once per host into a pool the plugin
+owns, checked by sha256 on the host's side), starts the domain so that libvirt
+destroys it if our connection goes away, copies its serial console into the local
+console file through a libvirt console stream, and reaches the guest's forward,
+which listens on the host's 127.0.0.1 only, through an SSH tunnel to the host.
+
+Warm clones: a golden saved on a host stays there (its saved state, frozen overlay
+and seed are volumes; see :class:`~pytest_kvm.guest.golden.HostFiles`). A clone's saved
+state is a copy of the golden's made by the host (``virStorageVolCreateXMLFrom``: a
+reflink where the file system has them) whose head is rewritten with the clone's own
+XML (a volume upload at offset 0; see :mod:`pytest_kvm.vm.saveimage`), restored paused
+until its console is read, and deleted once QEMU has read it. libvirt has no
+autodestroy flag for a restore: a clone outlives a dead controller until the run's
+watchdog or ``pytest-kvm reap --host`` destroys it (its metadata names its run).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..files import file_lock, sha256_file, writable
+from ..guest.golden import DISK_FILE, HEAD_FILE, SAVE_FILE, SEED_FILE, Golden, HostFiles
+from ..errors import HypervisorError, ImageError
+from .link import HostLink
+from ..vm.hypervisor import Hypervisor
+from ..images.store import BaseImage
+from ..cleanup.reaper import machine_identity
+from ..vm.saveimage import HEADER, Feeder, SaveImage
+from ..seed.iso import Seed
+from ..transport.ssh import Dial, dial_local
+from ..images.qemu_img import create_overlay
+
+POOL = "pytest-kvm"  # the storage pool the plugin owns on each remote host
+POOL_PATH = "/var/lib/libvirt/pytest-kvm"
+OVERLAY_SUFFIX = ".qcow2"
+SEED_SUFFIX = ".seed.img"
+SAVE_SUFFIX = ".save"
+SUFFIXES = (OVERLAY_SUFFIX, SEED_SUFFIX, SAVE_SUFFIX)
+SNAPSHOT_PREFIX = "snap-"  # snapshot goldens' volumes: they outlive the run that made them
+
+
+@dataclass(frozen=True)
+class GuestFiles:
+    """A guest's files as the hypervisor sees them (paths on the machine QEMU runs on)."""
+
+    disk: Path
+    seed: Path
+    kernel: Path | None
+    initrd: Path | None
+    console: str  # "file": QEMU writes the local console file; "pty": copied from a stream
+
+
+class LocalPlacement:
+    """Guests on this machine: files in the work directory, ports on 127.0.0.1."""
+
+    def __init__(self, hv: Hypervisor) -> None:
+        self.hv = hv
+
+    def prepare(self, name: str, image: BaseImage, workdir: Path, seed: Seed,
+                volume_prefix: str | None = None) -> GuestFiles:
+        create_overlay(image.disk, image.format, workdir / DISK_FILE)
+        seed.write(workdir / SEED_FILE)
+        return GuestFiles(disk=workdir / DISK_FILE, seed=workdir / SEED_FILE,
+                          kernel=image.kernel, initrd=image.initrd, console="file")
+
+    def start(self, xml: str, console_log: Path):
+        return self.hv.create(xml)
+
+    def save_golden(self, name: str, files: GuestFiles, workdir: Path) -> tuple[SaveImage, None]:
+        """Save the running guest *name* into *workdir* and freeze its disk."""
+        save_file = workdir / SAVE_FILE
+        self.hv.save(name, save_file)
+        files.disk.chmod(0o400)  # frozen: clones only read it, through their own overlays
+        return SaveImage.read(save_file), None
+
+    def clone_disk(self, name: str, golden: Golden, workdir: Path) -> Path:
+        """A clone's overlay over its golden's frozen disk."""
+        create_overlay(golden.frozen_disk, "qcow2", workdir / DISK_FILE)
+        return workdir / DISK_FILE
+
+    def restore(self, name: str, golden: Golden, xml: str, workdir: Path, console_log: Path):
+        """Start clone *name* (domain *xml*) from *golden*'s saved state, fed through a FIFO."""
+        feeder = Feeder(golden.image, xml, workdir / "restore.fifo").start()
+        try:
+            return self.hv.restore(feeder.fifo, name)
+        finally:
+            feeder.finish()
+
+    def dial(self) -> Dial:
+        return dial_local
+
+    def proxy_command(self) -> list[str] | None:
+        return None
+
+    def remove(self, name: str) -> None:
+        """Nothing beyond the work directory, which the guest removes itself."""
+
+    def close(self) -> None:
+        """Nothing to close: the hypervisor is the session's."""
+
+
+class HostPlacement:
+    """Guests on a remote libvirt host reached over SSH."""
+
+    def __init__(self, hv: Hypervisor, link: HostLink, lock_dir: Path, *,
+                 autodestroy: bool = True) -> None:
+        """*autodestroy*: cold-booted domains end with our connection (off when guests may
+        be kept past the session: ``--kvm-keep``; the watchdog still ends a crashed run's)."""
+        self.hv = hv
+        self.link = link
+        self._autodestroy = autodestroy
+        self.label = link.host.label
+        self._lock_dir = lock_dir
+        self._bases: dict[Path, Path] = {}  # local file -> its verified volume on the host
+        self._bases_lock = threading.Lock()
+        self._consoles: dict[str, threading.Thread] = {}
+        self._prefixes: dict[str, str] = {}  # guest -> its volumes' name prefix
+        hv.ensure_pool(POOL, POOL_PATH)
+
+    # -- base images: uploaded once per host, content-addressed ------------------------
+    def _base(self, local: Path, known: str | None = None) -> Path:
+        """The host's copy of the local file *local* (whose sha256 is *known*, else hashed
+        here), uploaded if missing or different."""
+        with self._bases_lock:
+            if local in self._bases:
+                return self._bases[local]
+        digest = known or sha256_file(local)
+        name = f"base-{digest[:24]}{''.join(local.suffixes) or '.img'}"
+        with writable(self._lock_dir.parent, "locking an upload"):
+            self._lock_dir.mkdir(parents=True, exist_ok=True)
+        # workers of this run (and other runs on this machine) upload a base once
+        with file_lock(self._lock_dir / f"{name}.lock"):
+            path = self.hv.volumes(POOL).get(name)
+            if path is not None and self._host_sha256(path) != digest:
+                self.hv.delete_volume(POOL, name)  # an upload that was cut short
+                path = None
+            if path is None:
+                path = self.hv.upload_volume(POOL, name, local)
+                got = self._host_sha256(path)
+                if got != digest:
+                    self.hv.delete_volume(POOL, name)
+                    raise ImageError(f"uploading {local} to host {self.label}: the host's copy has "
+                                     f"sha256 {got}, the file {digest}; the upload was deleted")
+        with self._bases_lock:
+            self._bases[local] = Path(path)
+        return Path(path)
+
+    def _host_sha256(self, path: str) -> str:
+        return self.link.run(["sha256sum", "--", path]).split(" ", 1)[0]
+
+    # -- a guest's files ---------------------------------------------------------------
+    def prepare(self, name: str, image: BaseImage, workdir: Path, seed: Seed,
+                volume_prefix: str | None = None) -> GuestFiles:
+        """Guest *name*'s overlay and seed as volumes named *volume_prefix* (default: *name*)
+        plus a suffix."""
+        known = dict(image.files_sha256)  # a cached image's, checked by the image store
+        disk = self._base(image.disk, known.get(image.disk.name))
+        kernel = self._base(image.kernel, known.get(image.kernel.name)) if image.kernel else None
+        initrd = self._base(image.initrd, known.get(image.initrd.name)) if image.initrd else None
+        prefix = self._prefixes[name] = volume_prefix or name
+        if volume_prefix:  # a snapshot's name: an earlier, killed run may have left them
+            self._remove_volumes(prefix)
+        overlay = self.hv.create_overlay_volume(POOL, prefix + OVERLAY_SUFFIX, str(disk),
+                                                image.format, _virtual_size(image.disk))
+        try:
+            seed_path = self.hv.upload_volume(POOL, prefix + SEED_SUFFIX, seed.iso())
+        except BaseException:
+            self.remove(name)
+            raise
+        return GuestFiles(disk=Path(overlay), seed=Path(seed_path), kernel=kernel, initrd=initrd,
+                          console="pty")
+
+    def start(self, xml: str, console_log: Path):
+        # autodestroy: gone with our connection, whatever happens to this process. Paused
+        # until its console is read: a pty drops what nobody reads (the first kernel banner)
+        dom = self.hv.create(xml, autodestroy=self._autodestroy, paused=True)
+        self._consoles[dom.name()] = self.hv.mirror_console(dom, console_log)
+        self.hv.resume(dom)
+        return dom
+
+    # -- warm clones ---------------------------------------------------------------------
+    def save_golden(self, name: str, files: GuestFiles, workdir: Path) -> tuple[SaveImage, HostFiles]:
+        """Save the running guest *name* beside its volumes on the host; keep a copy of the
+        save image's head in *workdir* (what a clone's restore rewrites)."""
+        prefix = self._prefixes.get(name, name)
+        save_path = str(Path(files.disk).parent / (prefix + SAVE_SUFFIX))
+        self.hv.save(name, save_path)
+        save_name = prefix + SAVE_SUFFIX
+        first = self.hv.read_volume(POOL, save_name, 0, HEADER.size)
+        size = self.hv.volume_capacity(POOL, save_name)
+        head = first + self.hv.read_volume(POOL, save_name, HEADER.size,
+                                           SaveImage.data_length(first, save_path, size))
+        image = SaveImage.parse(head, save_path, size)
+        (workdir / HEAD_FILE).write_bytes(head)
+        return image, HostFiles(host=self.link.host.key, prefix=prefix, save=save_path,
+                                disk=str(files.disk), seed=str(files.seed),
+                                capacity=self.hv.volume_capacity(POOL, prefix + OVERLAY_SUFFIX))
+
+    def clone_disk(self, name: str, golden: Golden, workdir: Path) -> Path:
+        """A clone's overlay volume over its golden's frozen disk volume."""
+        self._prefixes[name] = name
+        return Path(self.hv.create_overlay_volume(POOL, name + OVERLAY_SUFFIX,
+                                                  str(golden.frozen_disk), "qcow2",
+                                                  golden.host_files.capacity))
+
+    def restore(self, name: str, golden: Golden, xml: str, workdir: Path, console_log: Path):
+        """Start clone *name* from a host-side copy of *golden*'s saved state with the
+        clone's own head, paused until its console is read; the copy is deleted after."""
+        save_name = name + SAVE_SUFFIX
+        path = self.hv.copy_volume(POOL, golden.host_files.prefix + SAVE_SUFFIX, save_name)
+        try:
+            self.hv.write_volume(POOL, save_name, 0, golden.image.header_with(xml))
+            dom = self.hv.restore(path, name, paused=True)
+        finally:
+            self.hv.delete_volume(POOL, save_name)
+        self._consoles[name] = self.hv.mirror_console(dom, console_log)
+        self.hv.resume(dom)
+        return dom
+
+    def dial(self) -> Dial:
+        return self.link.tunnel
+
+    def proxy_command(self) -> list[str] | None:
+        return self.link.proxy_command()
+
+    def remove(self, name: str) -> None:
+        errors = self._remove_volumes(self._prefixes.pop(name, name))
+        console = self._consoles.pop(name, None)
+        if console is not None:
+            console.join(timeout=5)
+        if errors:
+            raise errors[0]
+
+    def _remove_volumes(self, prefix: str) -> list[HypervisorError]:
+        errors = []
+        for suffix in SUFFIXES:
+            try:
+                self.hv.delete_volume(POOL, prefix + suffix)
+            except HypervisorError as exc:
+                errors.append(exc)
+        return errors
+
+    def close(self) -> None:
+        self.link.close()
+
+
+def snapshot_prefix(key: str) -> str:
+    """The volumes' name prefix of snapshot *key* made by this machine: two controllers
+    sharing a host never use (or remove) each other's."""
+    return f"{SNAPSHOT_PREFIX}{key}-{_machine_tag()}"
+
+
+def _machine_tag() -> str:
+    return hashlib.sha256(machine_identity()["owner_machine"].encode()).hexdigest()[:8]
+
+
+def remove_snapshot_volumes(hv: Hypervisor, keep: set[str]) -> list[str]:
+    """Delete this machine's snapshot volumes on *hv*'s host whose key is not in *keep* (the
+    snapshots in this machine's cache): what ``snapshot rm``, pruning or a lost cache left
+    there. Other machines' snapshots stay."""
+    tag = f"-{_machine_tag()}"
+    try:
+        volumes = hv.volumes(POOL)
+    except HypervisorError:
+        return []  # no pool: nothing was ever made there
+    names = []
+    for name in volumes:
+        prefix = name.split(".", 1)[0]
+        if prefix.startswith(SNAPSHOT_PREFIX) and prefix.endswith(tag) \
+                and prefix[len(SNAPSHOT_PREFIX):-len(tag)] not in keep:
+            names.append(name)
+    for name in names:
+        hv.delete_volume(POOL, name)
+    return names
+
+
+def remove_guest_volumes(hv: Hypervisor, prefix: str, keep: set[str] = frozenset()) -> list[str]:
+    """Delete the guest volumes (overlays, seeds) in the plugin's pool on *hv*'s host whose
+    guest name starts with *prefix* and is not in *keep*; base images stay."""
+    try:
+        names = [name for name in hv.volumes(POOL)
+                 if name.startswith(prefix) and name.split(".", 1)[0] not in keep]
+    except HypervisorError:
+        return []  # no pool: nothing was ever made there
+    for name in names:
+        hv.delete_volume(POOL, name)
+    return names
+
+
+def _virtual_size(disk: Path) -> int:
+    """The size a guest sees of *disk* (an overlay over it gets the same)."""
+    result = subprocess.run(["qemu-img", "info", "--output=json", "-U", str(disk)],
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise ImageError(f"cannot read the size of {disk}: {result.stderr.strip()}")
+    return int(json.loads(result.stdout)["virtual-size"])
+
+
+Placement = LocalPlacement | HostPlacement

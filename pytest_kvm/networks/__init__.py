@@ -1,0 +1,1 @@
+"""Private networks between a session's guests (``networks=``) and their switch process."""

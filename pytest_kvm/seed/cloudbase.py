@@ -1,0 +1,97 @@
+"""The user data cloudbase-init runs in a Windows guest: our admin user and WinRM over HTTP.
+
+cloudbase-init executes ``user_data`` that starts with ``#ps1_sysnative`` as a
+64-bit PowerShell script (``userdatautils.py``: ``^#(ps1|ps1_sysnative)\\s``).
+A script is text, so every value in it is a PowerShell single-quoted literal
+made by :func:`ps_quote`, never pasted in raw. With the user's own
+cloud-config, the user data becomes a MIME multipart: cloudbase-init runs a
+``text/x-shellscript`` part by its file name's extension (``.ps1``) and gives a
+``text/cloud-config`` part to its cloud-config plugins.
+
+The script needs Windows Server 2016 / Windows 10 or later (``New-LocalUser``).
+"""
+from __future__ import annotations
+
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+
+from ..errors import SeedError
+
+PS1_HEADER = "#ps1_sysnative"
+ADMINISTRATORS_SID = "S-1-5-32-544"  # the built-in group, whatever its localised name
+WINRM_HTTP_PORT = 5985
+FIREWALL_RULE = "pytest-kvm WinRM HTTP"
+# PowerShell ends a single-quoted string at any of these, so each is doubled inside one
+_PS_QUOTES = ("'", "\u2018", "\u2019", "\u201a", "\u201b")
+
+
+def ps_quote(value: str) -> str:
+    """*value* as a PowerShell single-quoted (verbatim) string literal."""
+    if "\x00" in value:
+        raise SeedError("a NUL character cannot be passed to PowerShell")
+    for quote in _PS_QUOTES:
+        value = value.replace(quote, quote * 2)
+    return f"'{value}'"
+
+
+def setup_script(user: str, password: str, *, basic_auth: bool = False) -> str:
+    """The PowerShell that creates *user* as a local administrator with *password*, lets
+    local administrators use WinRM remotely, and opens WinRM over HTTP on port 5985.
+
+    The handle authenticates with NTLM, whose messages pywinrm encrypts even over HTTP,
+    so ``AllowUnencrypted`` and Basic auth stay off unless *basic_auth* is asked for.
+    """
+    lines = [
+        PS1_HEADER,
+        "$ErrorActionPreference = 'Stop'",
+        "$ProgressPreference = 'SilentlyContinue'",
+        f"$user = {ps_quote(user)}",
+        f"$password = ConvertTo-SecureString {ps_quote(password)} -AsPlainText -Force",
+        "if (Get-LocalUser -Name $user -ErrorAction SilentlyContinue) {",
+        "    Set-LocalUser -Name $user -Password $password -PasswordNeverExpires $true",
+        "} else {",
+        "    New-LocalUser -Name $user -Password $password -PasswordNeverExpires "
+        "-AccountNeverExpires -Description 'pytest-kvm login' | Out-Null",
+        "}",
+        f"try {{ Add-LocalGroupMember -SID {ps_quote(ADMINISTRATORS_SID)} -Member $user }}",
+        "catch [Microsoft.PowerShell.Commands.MemberExistsException] { }",
+        "# without this, UAC gives a remote local administrator a filtered token and WinRM refuses it",
+        "New-ItemProperty -Path 'HKLM:\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Policies\\System' "
+        "-Name LocalAccountTokenFilterPolicy -Value 1 -PropertyType DWord -Force | Out-Null",
+        "# QEMU's user network is an unidentified (Public) one, where WinRM's quickconfig stops",
+        "try { Get-NetConnectionProfile | Where-Object NetworkCategory -eq 'Public' "
+        "| Set-NetConnectionProfile -NetworkCategory Private } catch { }",
+        "Enable-PSRemoting -Force -SkipNetworkProfileCheck | Out-Null",
+        "Set-Service -Name WinRM -StartupType Automatic",
+    ]
+    if basic_auth:
+        lines += [
+            "Set-Item -Path WSMan:\\localhost\\Service\\Auth\\Basic -Value $true",
+            "Set-Item -Path WSMan:\\localhost\\Service\\AllowUnencrypted -Value $true",
+        ]
+    lines += [
+        f"if (-not (Get-NetFirewallRule -DisplayName {ps_quote(FIREWALL_RULE)} -ErrorAction SilentlyContinue)) {{",
+        f"    New-NetFirewallRule -DisplayName {ps_quote(FIREWALL_RULE)} -Direction Inbound -Protocol TCP "
+        f"-LocalPort {WINRM_HTTP_PORT} -Action Allow -Profile Any | Out-Null",
+        "}",
+        "Restart-Service -Name WinRM",
+        "exit 0",  # 1001-1003 would ask cloudbase-init for a reboot or a rerun
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def user_data(user: str, password: str, *, cloud_config: bytes | None = None,
+              basic_auth: bool = False) -> bytes:
+    """The whole ``user_data``: the setup script alone, or with the user's *cloud_config*
+    (a serialised ``#cloud-config`` document) as a MIME multipart (script first)."""
+    script = setup_script(user, password, basic_auth=basic_auth)
+    if not cloud_config:
+        return script.encode()
+    multipart = MIMEMultipart()
+    script_part = MIMEText(script, "x-shellscript", "utf-8")
+    script_part.add_header("Content-Disposition", "attachment", filename="pytest-kvm.ps1")
+    multipart.attach(script_part)
+    config_part = MIMEText(cloud_config.decode(), "cloud-config", "utf-8")
+    config_part.add_header("Content-Disposition", "attachment", filename="user-data.yaml")
+    multipart.attach(config_part)
+    return multipart.as_bytes()

@@ -1,0 +1,187 @@
+"""Seed ISOs built in memory with pycdlib.
+
+Two layouts over one generic ISO writer:
+
+- NoCloud (volume ``cidata``: ``user-data``, ``meta-data``, optional
+  ``network-config`` and ``vendor-data``): cloud-init, nuageinit.
+- OpenStack ConfigDrive (volume ``config-2``: ``openstack/latest/`` with
+  ``meta_data.json``, ``user_data``, optional ``network_data.json`` and
+  ``vendor_data.json``): cloudbase-init, cloud-init, nuageinit.
+
+Only ``openstack/latest`` is written. cloudbase-init and nuageinit read
+``latest`` and nothing else; cloud-init reads the newest dated version it
+knows (``2012-08-10`` ... ``2018-08-27``) *if one is on the drive*, else
+``latest`` (``helpers/openstack.py``, ``_find_working_version``). A dated copy
+would only be a second place for the same files to disagree.
+"""
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pycdlib
+
+from ..files import write_owner_only
+from .cloudinit import dump_cloud_config, dump_yaml
+from ..errors import SeedError
+
+NOCLOUD_LABEL = "cidata"
+CONFIGDRIVE_LABEL = "config-2"
+CONFIGDRIVE_DIR = "openstack/latest"
+LABELS = {"nocloud": NOCLOUD_LABEL, "configdrive": CONFIGDRIVE_LABEL}
+
+
+def iso_bytes(volume_label: str, files: Mapping[str, bytes]) -> bytes:
+    """An ISO 9660 image with Joliet and Rock Ridge holding *files* (``"dir/name": data``).
+
+    ISO 9660 names are generated (8.3-safe); readers use the Rock Ridge or
+    Joliet names, which are the real ones.
+    """
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=volume_label)
+    made_dirs: dict[str, str] = {"": ""}  # real dir path -> ISO 9660 dir path
+    counter = 0
+    for path in sorted(files):
+        parts = path.strip("/").split("/")
+        for depth in range(1, len(parts)):
+            real = "/".join(parts[:depth])
+            if real not in made_dirs:
+                counter += 1
+                iso_dir = f"{made_dirs['/'.join(parts[:depth - 1])]}/D{counter:05d}"
+                iso.add_directory(iso_dir, rr_name=parts[depth - 1], joliet_path="/" + real)
+                made_dirs[real] = iso_dir
+        counter += 1
+        data = files[path]
+        parent = made_dirs["/".join(parts[:-1])]
+        iso.add_fp(io.BytesIO(data), len(data), f"{parent}/F{counter:05d}.;1",
+                   rr_name=parts[-1], joliet_path="/" + "/".join(parts))
+    out = io.BytesIO()
+    iso.write_fp(out)
+    iso.close()
+    return out.getvalue()
+
+
+def nocloud_files(user_data: bytes, meta_data: bytes, network_config: bytes | None = None,
+                  vendor_data: bytes | None = None) -> dict[str, bytes]:
+    files = {"user-data": user_data, "meta-data": meta_data}
+    if network_config is not None:
+        files["network-config"] = network_config
+    if vendor_data is not None:
+        files["vendor-data"] = vendor_data
+    return files
+
+
+def configdrive_meta_data(instance_id: str, hostname: str,
+                          public_keys: Mapping[str, str] | None = None,
+                          admin_pass: str | None = None) -> dict[str, Any]:
+    """``meta_data.json`` as data. cloud-init requires ``uuid`` (its instance id) and takes
+    ``hostname`` as the local hostname; cloudbase-init reads ``uuid``, ``hostname``,
+    ``public_keys`` and ``admin_pass`` (the password of the user *its* config names)."""
+    data: dict[str, Any] = {
+        "uuid": instance_id,
+        "hostname": hostname,
+        "name": hostname,
+        "launch_index": 0,
+        "availability_zone": "nova",
+        "public_keys": dict(public_keys or {}),
+        "files": [],
+        "meta": {},
+    }
+    if admin_pass is not None:
+        data["admin_pass"] = admin_pass
+    return data
+
+
+def configdrive_files(meta_data: Mapping[str, Any], user_data: bytes | None = None,
+                      network_data: Mapping[str, Any] | None = None,
+                      vendor_data: Mapping[str, Any] | None = None) -> dict[str, bytes]:
+    files = {f"{CONFIGDRIVE_DIR}/meta_data.json": _json(meta_data)}
+    if user_data is not None:
+        files[f"{CONFIGDRIVE_DIR}/user_data"] = user_data
+    if network_data is not None:
+        files[f"{CONFIGDRIVE_DIR}/network_data.json"] = _json(network_data)
+    if vendor_data is not None:
+        files[f"{CONFIGDRIVE_DIR}/vendor_data.json"] = _json(vendor_data)
+    return files
+
+
+def _json(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A seed's volume label and files, ready to be written as an ISO."""
+
+    label: str
+    files: Mapping[str, bytes]
+
+    def iso(self) -> bytes:
+        return iso_bytes(self.label, self.files)
+
+    def write(self, path: Path) -> Path:
+        return write_seed(path, self.label, self.files)
+
+
+def build_seed(seed_format: str, *, instance_id: str, hostname: str,
+               user_data: bytes | Mapping[str, Any],
+               public_keys: Mapping[str, str] | Sequence[str] = (),
+               network_config: Mapping[str, Any] | None = None,
+               vendor_data: Mapping[str, Any] | None = None) -> Seed:
+    """The seed of *seed_format* (a family's ``seed_format``: ``"nocloud"`` or
+    ``"configdrive"``) from the same inputs for every family.
+
+    *user_data* is serialised already (``#cloud-config``, a script, MIME) or a mapping,
+    dumped as ``#cloud-config``. *public_keys* go to the metadata (``public-keys`` /
+    ``public_keys``); a sequence gets the names ``key-0``, ``key-1``, ... The layouts'
+    network formats differ, so *network_config* is in the target's own: NoCloud
+    ``network-config`` (v1/v2) or ConfigDrive ``network_data.json``; None means DHCP
+    on the first NIC, which every consumer does by default. *vendor_data* is a
+    cloud-config mapping in both layouts.
+    """
+    body = user_data if isinstance(user_data, bytes) else dump_cloud_config(user_data)
+    keys = dict(public_keys) if isinstance(public_keys, Mapping) else {
+        f"key-{index}": key for index, key in enumerate(public_keys)}
+    if seed_format == "nocloud":
+        meta: dict[str, Any] = {"instance-id": instance_id, "local-hostname": hostname}
+        if keys:
+            meta["public-keys"] = list(keys.values())
+        return Seed(NOCLOUD_LABEL, nocloud_files(
+            body, dump_yaml(meta, "meta-data"),
+            network_config=None if network_config is None else dump_yaml(network_config,
+                                                                          "network-config"),
+            vendor_data=None if vendor_data is None else dump_cloud_config(vendor_data)))
+    if seed_format == "configdrive":
+        return Seed(CONFIGDRIVE_LABEL, configdrive_files(
+            configdrive_meta_data(instance_id, hostname, keys), body, network_data=network_config,
+            # cloud-init takes the vendor cloud-config from the "cloud-init" key of vendor_data.json
+            vendor_data=None if vendor_data is None else {
+                "cloud-init": dump_cloud_config(vendor_data).decode()}))
+    raise SeedError(f"unknown seed format {seed_format!r}; known: {', '.join(LABELS)}")
+
+
+def write_seed(path: Path, volume_label: str, files: Mapping[str, bytes]) -> Path:
+    """Write the seed ISO readable by its owner only: it carries a private host key."""
+    return write_owner_only(path, iso_bytes(volume_label, files))
+
+
+def read_iso(data: bytes) -> dict[str, bytes]:
+    """Read every file of an ISO back by its Rock Ridge name (for tests and debugging)."""
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(data))
+    found: dict[str, bytes] = {}
+    try:
+        for dirpath, _dirs, filenames in iso.walk(rr_path="/"):
+            for name in filenames:
+                rr_path = f"{dirpath.rstrip('/')}/{name}"
+                out = io.BytesIO()
+                iso.get_file_from_iso_fp(out, rr_path=rr_path)
+                found[rr_path.lstrip("/")] = out.getvalue()
+        found[".volume"] = iso.pvd.volume_identifier.rstrip(b" ")
+    finally:
+        iso.close()
+    return found

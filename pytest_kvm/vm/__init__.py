@@ -1,0 +1,1 @@
+"""The libvirt connection and what it is given: domain XML, save images, acceleration."""
