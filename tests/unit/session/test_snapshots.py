@@ -9,7 +9,7 @@ from pytest_kvm.guest.golden import Golden
 from pytest_kvm.keys import KeyPair
 from pytest_kvm.session.snapshots import SnapshotStore
 from pytest_kvm.vm.saveimage import SaveImage
-from test_saveimage import write_image
+from saveimages import write_image
 
 
 def make_snapshot(store, key, size_mib=1, used_ago=0.0):
