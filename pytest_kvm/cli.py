@@ -20,7 +20,7 @@ from .hosts.uris import HostError, parse_host
 from .vm.hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
 from .images.store import ImageStore
 from .transport.integrations import IntegrationError, kept_hosts, write_host_inventory
-from .hosts.placement import remove_guest_volumes, remove_snapshot_volumes
+from .hosts.volumes import remove_guest_volumes, remove_snapshot_volumes
 from .cleanup.reaper import reap_domains, reap_run_dirs
 from .session.snapshots import SUMMARY_FIELDS, SnapshotStore, age
 

@@ -8,7 +8,7 @@ from .vm.accel import ACCEL_CHOICES
 from .files import default_cache_dir
 from .guest.golden import RESET_CHOICES
 from .vm.domain import NETWORK_MODES
-from .hosts.uris import Host, HostError, parse_host
+from .hosts.uris import HostUri, HostError, parse_host
 from .names import NAME_PATTERN, NAME_RULE
 from .session.snapshots import SNAPSHOT_CHOICES
 from .waiting import Limit
@@ -53,7 +53,7 @@ class Settings:
     artifacts_dir: Path | None = None  # where guests' logs and files go for failed tests
     artifacts_when: str = "failed"
     network: str = "user"  # the user-mode NIC's reach: "user" (host and outside) or "isolated"
-    hosts: tuple[Host, ...] = ()  # remote hypervisor hosts (--kvm-host); empty: this machine
+    hosts: tuple[HostUri, ...] = ()  # remote hypervisor hosts (--kvm-host); empty: this machine
 
     @property
     def default_os(self) -> str:

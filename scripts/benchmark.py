@@ -26,7 +26,7 @@ from pytest_kvm.seed import cloudinit
 from pytest_kvm.seed import iso as seed
 from pytest_kvm.config import Settings
 from pytest_kvm.families import family
-from pytest_kvm.guest.facade import free_port
+from pytest_kvm.guest.machine import free_port
 from pytest_kvm.keys import KeyPair, write_known_hosts
 from pytest_kvm.session.session import KvmSession
 from pytest_kvm.transport.ssh import SshClient, read_banner

@@ -88,7 +88,7 @@ def main() -> int:
                         session.start()
                         image = session.images.resolve(args.os)
                         for part in (image.disk, image.kernel, image.initrd):
-                            session._placement._base(part)
+                            session.host._base(part)
                         upload = time.monotonic() - t0
                     results[where].append(measure(session, args.os, args.mb, args.commands,
                                                   args.clones, Path(scratch)))

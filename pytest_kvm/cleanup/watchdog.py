@@ -108,7 +108,7 @@ def _reap(args) -> bool:
             removed = reap_domains(hv, failed=failed)
             print(f"watchdog: removed {removed}", file=sys.stderr)
             if args.uri and "+" in args.uri.split(":", 1)[0]:  # a remote host's volumes
-                from ..hosts.placement import remove_guest_volumes  # noqa: PLC0415
+                from ..hosts.volumes import remove_guest_volumes  # noqa: PLC0415
                 print(f"watchdog: removed volumes {remove_guest_volumes(hv, prefix)}",
                       file=sys.stderr)
         except KvmError as exc:

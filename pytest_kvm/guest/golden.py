@@ -2,7 +2,7 @@
 frozen; each clone restores that state onto a fresh overlay in well under the time
 of a boot.
 
-A golden is a directory of files (the ``*_FILE`` names below): the saved state, the frozen
+A golden is a directory of files (the ``*_FILE`` names of :mod:`.workdir`): the saved state, the frozen
 disk, the seed that stays attached, the golden's console, its UEFI variables, the
 login key it trusts and ``meta.json``. A golden made on a remote host (``--kvm-host``)
 keeps its saved state, disk and seed there, as volumes (:class:`HostFiles`), and only a
@@ -25,16 +25,10 @@ from ..files import write_owner_only
 from ..keys import KeyPair
 from ..vm.saveimage import SaveImage
 from ..transport.winrm import Credentials
+from ..workdir import CONSOLE_FILE, DISK_FILE, HEAD_FILE, LOGIN_KEY_FILE, META_FILE, PASSWORD_FILE, \
+    SAVE_FILE, SEED_FILE
 
 RESET_CHOICES = ("clone", "boot")
-SAVE_FILE = "memory.save"
-HEAD_FILE = "memory.head"  # a remote golden's save image head (its XML: see saveimage)
-DISK_FILE = "disk.qcow2"
-SEED_FILE = "seed.iso"
-CONSOLE_FILE = "console.log"
-LOGIN_KEY_FILE = "id_ed25519"
-PASSWORD_FILE = "winrm-password"
-META_FILE = "meta.json"  # written last: a golden directory without it is incomplete
 
 
 def digest(value: Any) -> str:
@@ -46,7 +40,7 @@ def digest(value: Any) -> str:
 @dataclass(frozen=True)
 class HostFiles:
     """Where a golden made on a remote host keeps its big files: volumes of the plugin's
-    pool there (see :mod:`pytest_kvm.hosts.placement`), named *prefix* plus a suffix."""
+    pool there (see :mod:`pytest_kvm.hosts.volumes`), named *prefix* plus a suffix."""
 
     host: str  # Host.key of the host holding them
     prefix: str

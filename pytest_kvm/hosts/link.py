@@ -15,7 +15,7 @@ import threading
 import paramiko
 
 from ..errors import HypervisorError
-from .uris import Host
+from .uris import HostUri
 from ..transport.ssh import HOST, PARAMIKO_LOG
 
 CONNECT_TIMEOUT = 30.0
@@ -24,7 +24,7 @@ CONNECT_TIMEOUT = 30.0
 class HostLink:
     """One authenticated SSH connection to a hypervisor host."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: HostUri) -> None:
         self.host = host
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()

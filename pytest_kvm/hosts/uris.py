@@ -30,7 +30,7 @@ class HostError(ValueError):
 
 
 @dataclass(frozen=True)
-class Host:
+class HostUri:
     """One remote hypervisor host, as given with ``--kvm-host``."""
 
     uri: str  # what libvirt opens: the given URI without our own parameters
@@ -58,7 +58,7 @@ class Host:
         return f"{self.user}@{self.hostname}{port}"
 
 
-def parse_host(text: str) -> Host:
+def parse_host(text: str) -> HostUri:
     """A :class:`Host` from a ``--kvm-host`` value; :class:`HostError` says what is wrong."""
     parts = urllib.parse.urlsplit(text.strip())
     if parts.scheme not in SCHEMES:
@@ -86,7 +86,7 @@ def parse_host(text: str) -> Host:
     except ValueError as exc:
         raise HostError(f"--kvm-host {text!r}: {exc}") from None
     home = Path(pwd.getpwuid(os.getuid()).pw_dir)  # OpenSSH's choice, whatever $HOME says
-    return Host(uri=uri, slots=slots, user=parts.username or _local_user(),
+    return HostUri(uri=uri, slots=slots, user=parts.username or _local_user(),
                 hostname=parts.hostname, port=port,
                 key_file=Path(named["keyfile"]) if named.get("keyfile") else None,
                 known_hosts=Path(named.get("known_hosts") or home / ".ssh" / "known_hosts"))
@@ -106,7 +106,7 @@ def worker_index(worker_id: str | None) -> int:
         return 0
 
 
-def host_for_worker(hosts: tuple[Host, ...], index: int) -> Host:
+def host_for_worker(hosts: tuple[HostUri, ...], index: int) -> HostUri:
     """The host worker number *index* uses: weighted round robin, so with hosts A
     (slots=2) and B, workers 0..5 get A, B, A, A, B, A (smooth: no host gets a run of
     workers while another waits)."""

@@ -15,8 +15,7 @@ from ..config import ARTIFACTS_WHEN_CHOICES, DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
 from ..errors import KvmError
-from ..hosts.uris import host_for_worker, worker_index
-from ..vm.hypervisor import default_uri
+from ..hosts.choose import where_worker_ran
 from ..session.session import KvmSession
 from ..session.snapshots import SNAPSHOT_CHOICES
 from ..spec import KEYWORDS, guest_marker
@@ -131,8 +130,7 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = getattr(config, "workerinput", {}).get("workerid", "")
     session = KvmSession(settings, _progress(config), worker_id=worker)
     try:
-        if session.host is None:  # a remote host's is asked once a guest is needed
-            session.acceleration  # noqa: B018 - cheap sysfs check; --kvm-accel kvm fails here
+        session.host.check_setup(settings.accel)  # --kvm-accel kvm without KVM fails here
         for name in settings.os_names:
             session.images.check_name(name)
     except KvmError as exc:
@@ -198,19 +196,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if session is None:
         return []
     settings = session.settings
-    if settings.hosts:  # each worker uses one of them (no connection is opened here)
-        where = "hosts " + ", ".join(
-            h.label + (f" ({h.slots} slots)" if h.slots > 1 else "") for h in settings.hosts)
-        return [f"pytest-kvm: {where}; accel {settings.accel}; "
-                f"os {', '.join(settings.os_names)}; reset {settings.reset}; "
-                f"snapshots {settings.snapshots}; network {settings.network}; "
-                f"cache {settings.cache_dir}"]
-    uri = (settings.uri or default_uri()
-           or "qemu:///embed (embedded driver, no daemon)")
-    return [f"pytest-kvm: accel {session.acceleration.describe()}; uri {uri}; "
-            f"os {', '.join(settings.os_names)}; reset {settings.reset}; snapshots {settings.snapshots}; "
-            f"prepare ahead {settings.prepare_ahead}; network {settings.network}; "
-            f"cache {settings.cache_dir}"]
+    return [f"pytest-kvm: {session.host.describe(settings)}; "
+            f"os {', '.join(settings.os_names)}; reset {settings.reset}; "
+            f"snapshots {settings.snapshots}; prepare ahead {settings.prepare_ahead}; "
+            f"network {settings.network}; cache {settings.cache_dir}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -328,17 +317,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         totals = {k: sum(c.get(k, 0) for c in workers.values()) for k in session.counts()}
         terminalreporter.write_line(f"guests: {_counts_line(totals)} in {len(workers)} workers {how}")
         for worker, counts in sorted(workers.items()):
-            on = (f" on {host_for_worker(session.settings.hosts, worker_index(worker)).label}"
-                  if session.settings.hosts else "")
-            terminalreporter.write_line(f"  {worker}: {_counts_line(counts)}{on}")
+            terminalreporter.write_line(f"  {worker}: {_counts_line(counts)}"
+                                        f"{where_worker_ran(session.settings, worker)}")
     else:
-        on = f" on {session.host.label}" if session.host else ""
-        terminalreporter.write_line(f"guests: {_counts_line(session.counts())}{on} {how}")
+        terminalreporter.write_line(f"guests: {_counts_line(session.counts())}"
+                                    f"{session.host.where} {how}")
     for g in session.kept:
         terminalreporter.write_line(f"kept {g.name} ({g.os}): {g.access()}")
     if session.kept:
-        where = f" --host URI (the --kvm-host of {session.host.label})" if session.host else ""
-        terminalreporter.write_line(f"remove kept guests with: pytest-kvm reap --kept{where}")
+        terminalreporter.write_line(f"remove kept guests with: {session.host.reap_hint()}")
 
 
 def _report_close_problems(terminalreporter, config: pytest.Config) -> None:

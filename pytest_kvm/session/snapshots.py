@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ..files import file_lock, hold_shared, writable
 from ..names import checked
-from ..guest.golden import META_FILE, Golden
+from ..guest.golden import Golden
+from ..workdir import META_FILE
 
 SNAPSHOTS_DIR = "snapshots"
 SNAPSHOT_CHOICES = ("on", "off")

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from ..files import write_owner_only
-from ..guest.golden import DISK_FILE, META_FILE
+from ..workdir import DISK_FILE, META_FILE
 from ..errors import HypervisorError, KvmError
 from ..cleanup.reaper import KEPT_MARKER
 

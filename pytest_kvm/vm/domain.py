@@ -82,7 +82,7 @@ class DomainSpec:
     shared_memory: bool = False  # memfd RAM shared with helper processes (virtiofsd: shares)
     network_mode: str = "user"  # one of NETWORK_MODES
     #: "file": QEMU appends the serial console to ``console_log``; "pty": it is read through
-    #: libvirt's console stream (a remote host: see pytest_kvm.hosts.placement)
+    #: libvirt's console stream (a remote host: see pytest_kvm.hosts.remote)
     console: str = "file"
 
     def __post_init__(self) -> None:

@@ -16,11 +16,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..files import try_lock
 from .domain import META_NS, NAME_PREFIX, run_metadata
 from ..errors import HypervisorError
-from ..hosts.uris import Host
+
+if TYPE_CHECKING:
+    from ..hosts.uris import HostUri
 
 SYSTEM_SOCKET = Path("/run/libvirt/libvirt-sock")
 EMBED_SLOTS = 64
@@ -214,7 +217,7 @@ class Hypervisor:
         return cls._open(uri, _take_embed_slot(state_dir) if uri is None else None)
 
     @classmethod
-    def open_remote(cls, host: Host) -> "Hypervisor":
+    def open_remote(cls, host: "HostUri") -> "Hypervisor":
         """Open a remote host's libvirt (``qemu+ssh://...``), with keepalives so that a host
         that went away is an error, not a hang. Messages name it by its label."""
         libvirt = _libvirt()
@@ -267,7 +270,7 @@ class Hypervisor:
         with translate(f"resuming {dom.name()}", self.uri):
             dom.resume()
 
-    # -- storage volumes (remote hosts: see pytest_kvm.hosts.placement) ------------------------
+    # -- storage volumes (remote hosts: see pytest_kvm.hosts.remote) ------------------------
     def ensure_pool(self, name: str, path: str) -> None:
         """A started directory pool *name* at *path* (defined, built and set to autostart
         the first time)."""

@@ -2,11 +2,12 @@
 failed while its clock was being set must not keep calling its gone domain)."""
 import threading
 import time
+import types
 
 import pytest
 
 from pytest_kvm.errors import HypervisorError
-from pytest_kvm.guest.facade import Guest
+from pytest_kvm.guest.clone import clock_by_agent
 
 
 class AgentNeverAnswers:
@@ -19,18 +20,17 @@ class AgentNeverAnswers:
 
 
 def test_clock_thread_stops_when_the_clone_is_destroyed():
-    guest = Guest.__new__(Guest)  # only what _clock_by_agent reads
-    guest.name, guest._dom, guest.destroyed = "clone", object(), False
-    guest._hv = AgentNeverAnswers()
+    guest = types.SimpleNamespace(name="clone", dom=object(), destroyed=False,
+                                  host=AgentNeverAnswers())  # what clock_by_agent reads
     errors = []
     thread = threading.Thread(target=lambda: errors.append(
-        pytest.raises(HypervisorError, guest._clock_by_agent, 60)))
+        pytest.raises(HypervisorError, clock_by_agent, guest, 60)))
     thread.start()
     time.sleep(0.5)
     guest.destroyed = True
     thread.join(timeout=2)
     assert not thread.is_alive(), "the clock thread kept calling a destroyed clone's domain"
     assert "destroyed" in str(errors[0].value)
-    calls = guest._hv.calls
+    calls = guest.host.calls
     time.sleep(0.3)
-    assert guest._hv.calls == calls
+    assert guest.host.calls == calls

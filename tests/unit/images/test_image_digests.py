@@ -15,7 +15,7 @@ from pytest_kvm import cli
 from pytest_kvm.images import build
 from pytest_kvm.guest.golden import digest as key_of
 from pytest_kvm.config import Settings
-from pytest_kvm.guest.facade import GuestConfig
+from pytest_kvm.guest.config import GuestConfig
 from pytest_kvm.images.store import ImageStore
 from pytest_kvm.keys import KeyPair
 from pytest_kvm.images.recipes import load_recipe
@@ -240,7 +240,7 @@ def test_the_base_digest_is_in_the_snapshot_key(tmp_path, builds):
     """Two builds of one recipe give two golden/snapshot keys: a golden never meets a base
     other than its own."""
     kvm = KvmSession(Settings(cache_dir=tmp_path / "cache"))
-    kvm._hv = FakeHv()
+    kvm._hv = kvm.host._hv = FakeHv()
     required = [f.name for f in dataclasses.fields(GuestConfig)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     keys = {}
@@ -251,7 +251,7 @@ def test_the_base_digest_is_in_the_snapshot_key(tmp_path, builds):
                                 "memory_mib": 512, "cpus": 1, "virt_type": "qemu", "workdir": Path("/w"),
                                 "login_key_file": Path("/k"), "metadata": {},
                                 "login_key": KeyPair("private", "ssh-ed25519 AAAA x")})
-        fields = kvm._golden_fields(config)
+        fields = kvm.goldens.fields(config)
         assert fields["base"] == image.digest
         keys[release] = key_of(fields)
     assert keys["v1"] != keys["v2"]

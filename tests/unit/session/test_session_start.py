@@ -5,7 +5,7 @@ import pytest
 
 from pytest_kvm.session import session as session_module
 from pytest_kvm.config import Settings
-from pytest_kvm.guest.facade import GuestConfig
+from pytest_kvm.guest.config import GuestConfig
 from pytest_kvm.vm.hypervisor import Hypervisor
 from pytest_kvm.cleanup.reaper import owner_alive, read_owner, reap_run_dirs
 from pytest_kvm.session.session import KvmSession
@@ -49,7 +49,7 @@ class FakeGuest:
     """Starts, then fails to save (what a full disk or a QEMU error during save gives)."""
     made = []
 
-    def __init__(self, hv, config, golden=None, placement=None):
+    def __init__(self, config):
         self.name, self.workdir, self.destroyed = config.name, config.workdir, False
         self.workdir_at_destroy = None
         FakeGuest.made.append(self)
@@ -68,16 +68,16 @@ class FakeGuest:
 
 @pytest.mark.parametrize("snapshots", ["on", "off"])
 def test_a_golden_that_did_not_save_is_destroyed_at_once(tmp_path, monkeypatch, snapshots):
-    monkeypatch.setattr(session_module, "Guest", FakeGuest)
     FakeGuest.made = []
     kvm = KvmSession(Settings(cache_dir=tmp_path / "cache", snapshots=snapshots))
+    monkeypatch.setattr(kvm, "_guest", lambda config, golden=None: FakeGuest(config))
     kvm._hv = FakeHv()  # no libvirt: the session's hypervisor is this fake
     required = [f.name for f in dataclasses.fields(GuestConfig)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     config = GuestConfig(**{**dict.fromkeys(required), "os": "debian-12"})
 
     def boot(directory):
-        return kvm._boot_golden(config, "k1", directory, {})
+        return kvm.goldens._boot_golden(config, "k1", directory, {})
 
     with pytest.raises(session_module.KvmError, match="no space left"):
         if snapshots == "on":
@@ -89,4 +89,4 @@ def test_a_golden_that_did_not_save_is_destroyed_at_once(tmp_path, monkeypatch, 
     [guest] = FakeGuest.made
     # destroyed before the snapshot store removed its files, not left to the session end
     assert guest.destroyed and guest.workdir_at_destroy
-    assert kvm._golden_guests == [] and kvm.guests == []
+    assert kvm.goldens.guests == [] and kvm.guests == []

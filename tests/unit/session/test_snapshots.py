@@ -114,7 +114,8 @@ def test_list_shows_key_fields(tmp_path):
 def test_a_remote_golden_keeps_its_head_here_and_its_files_on_the_host(tmp_path):
     """A golden saved on a --kvm-host: meta.json names the host's volumes, the directory
     holds the save image's head (no saved state, disk or seed), and it loads back whole."""
-    from pytest_kvm.guest.golden import HEAD_FILE, HostFiles
+    from pytest_kvm.guest.golden import HostFiles
+    from pytest_kvm.workdir import HEAD_FILE
 
     store = SnapshotStore(tmp_path)
     directory = store.path("r1")

@@ -20,111 +20,123 @@ watchdog or ``pytest-kvm reap --host`` destroys it (its metadata names its run).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from ..errors import HypervisorError, ImageError, KvmError
 from ..files import file_lock, sha256_file, writable
-from ..guest.golden import DISK_FILE, HEAD_FILE, SAVE_FILE, SEED_FILE, Golden, HostFiles
-from ..errors import HypervisorError, ImageError
-from .link import HostLink
-from ..vm.hypervisor import Hypervisor
+from ..guest.golden import Golden, HostFiles
 from ..images.store import BaseImage
-from ..cleanup.reaper import machine_identity
-from ..vm.saveimage import HEADER, Feeder, SaveImage
 from ..seed.iso import Seed
-from ..transport.ssh import Dial, dial_local
-from ..images.qemu_img import create_overlay
-
-POOL = "pytest-kvm"  # the storage pool the plugin owns on each remote host
-POOL_PATH = "/var/lib/libvirt/pytest-kvm"
-OVERLAY_SUFFIX = ".qcow2"
-SEED_SUFFIX = ".seed.img"
-SAVE_SUFFIX = ".save"
-SUFFIXES = (OVERLAY_SUFFIX, SEED_SUFFIX, SAVE_SUFFIX)
-SNAPSHOT_PREFIX = "snap-"  # snapshot goldens' volumes: they outlive the run that made them
-
-
-@dataclass(frozen=True)
-class GuestFiles:
-    """A guest's files as the hypervisor sees them (paths on the machine QEMU runs on)."""
-
-    disk: Path
-    seed: Path
-    kernel: Path | None
-    initrd: Path | None
-    console: str  # "file": QEMU writes the local console file; "pty": copied from a stream
+from ..spec import SpecError
+from ..transport.ssh import Dial
+from ..vm.accel import Accel, choose_remote_accel
+from ..vm.hypervisor import Hypervisor
+from ..vm.saveimage import HEADER, SaveImage
+from ..workdir import HEAD_FILE
+from .base import GuestFiles, Host
+from .link import HostLink
+from .uris import HostUri
+from .volumes import OVERLAY_SUFFIX, POOL, POOL_PATH, SAVE_SUFFIX, SEED_SUFFIX, SUFFIXES, \
+    snapshot_prefix
 
 
-class LocalPlacement:
-    """Guests on this machine: files in the work directory, ports on 127.0.0.1."""
 
-    def __init__(self, hv: Hypervisor) -> None:
-        self.hv = hv
+class RemoteHost(Host):
+    """Guests on a remote libvirt host reached over SSH (``--kvm-host``)."""
 
-    def prepare(self, name: str, image: BaseImage, workdir: Path, seed: Seed,
-                volume_prefix: str | None = None) -> GuestFiles:
-        create_overlay(image.disk, image.format, workdir / DISK_FILE)
-        seed.write(workdir / SEED_FILE)
-        return GuestFiles(disk=workdir / DISK_FILE, seed=workdir / SEED_FILE,
-                          kernel=image.kernel, initrd=image.initrd, console="file")
-
-    def start(self, xml: str, console_log: Path):
-        return self.hv.create(xml)
-
-    def save_golden(self, name: str, files: GuestFiles, workdir: Path) -> tuple[SaveImage, None]:
-        """Save the running guest *name* into *workdir* and freeze its disk."""
-        save_file = workdir / SAVE_FILE
-        self.hv.save(name, save_file)
-        files.disk.chmod(0o400)  # frozen: clones only read it, through their own overlays
-        return SaveImage.read(save_file), None
-
-    def clone_disk(self, name: str, golden: Golden, workdir: Path) -> Path:
-        """A clone's overlay over its golden's frozen disk."""
-        create_overlay(golden.frozen_disk, "qcow2", workdir / DISK_FILE)
-        return workdir / DISK_FILE
-
-    def restore(self, name: str, golden: Golden, xml: str, workdir: Path, console_log: Path):
-        """Start clone *name* (domain *xml*) from *golden*'s saved state, fed through a FIFO."""
-        feeder = Feeder(golden.image, xml, workdir / "restore.fifo").start()
-        try:
-            return self.hv.restore(feeder.fifo, name)
-        finally:
-            feeder.finish()
-
-    def dial(self) -> Dial:
-        return dial_local
-
-    def proxy_command(self) -> list[str] | None:
-        return None
-
-    def remove(self, name: str) -> None:
-        """Nothing beyond the work directory, which the guest removes itself."""
-
-    def close(self) -> None:
-        """Nothing to close: the hypervisor is the session's."""
-
-
-class HostPlacement:
-    """Guests on a remote libvirt host reached over SSH."""
-
-    def __init__(self, hv: Hypervisor, link: HostLink, lock_dir: Path, *,
+    def __init__(self, host: HostUri, all_hosts: tuple[HostUri, ...], lock_dir: Path, *,
                  autodestroy: bool = True) -> None:
-        """*autodestroy*: cold-booted domains end with our connection (off when guests may
-        be kept past the session: ``--kvm-keep``; the watchdog still ends a crashed run's)."""
-        self.hv = hv
-        self.link = link
+        """*host*: the one this session uses (of *all_hosts*, the header names them all);
+        *lock_dir*: this machine's upload locks for it; *autodestroy*: cold-booted domains
+        end with our connection (off when guests may be kept past the session:
+        ``--kvm-keep``; the watchdog still ends a crashed run's)."""
+        super().__init__()
+        self.host = host
+        self.where = f" on {host.label}"
+        self._all = all_hosts
+        self.link: HostLink | None = None
         self._autodestroy = autodestroy
-        self.label = link.host.label
+        self.label = host.label
         self._lock_dir = lock_dir
         self._bases: dict[Path, Path] = {}  # local file -> its verified volume on the host
         self._bases_lock = threading.Lock()
         self._consoles: dict[str, threading.Thread] = {}
         self._prefixes: dict[str, str] = {}  # guest -> its volumes' name prefix
-        hv.ensure_pool(POOL, POOL_PATH)
+
+    # -- the connection: libvirt's, and an SSH link of our own ---------------------------
+    def open(self) -> Hypervisor:
+        if self._hv is not None:
+            return self._hv
+        hv = Hypervisor.open_remote(self.host)
+        try:
+            self.link = HostLink(self.host).connect()
+            hv.ensure_pool(POOL, POOL_PATH)
+        except BaseException:
+            if self.link is not None:
+                self.link.close()
+                self.link = None
+            hv.close()
+            raise
+        self._hv = hv
+        return hv
+
+    @property
+    def uri(self) -> str | None:
+        return self.host.uri
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        super().close()
+
+    # -- what the session asks ------------------------------------------------------------
+    def check_setup(self, accel: str) -> None:
+        """Nothing without connecting: a remote host is asked once a guest is needed."""
+
+    def describe(self, settings) -> str:
+        where = ", ".join(h.label + (f" ({h.slots} slots)" if h.slots > 1 else "")
+                          for h in self._all)
+        return f"hosts {where}; accel {settings.accel}"
+
+    def acceleration(self, requested: str, connect: Callable[[], Hypervisor]) -> Accel:
+        return choose_remote_accel(requested, connect().offers_kvm(), self.label)
+
+    def cpu_model(self) -> str:
+        return self.hv.host_cpu()
+
+    def golden_fields(self) -> Mapping[str, str]:
+        return {"host": self.host.key}  # a golden lives on its host (HostFiles)
+
+    def snapshot_volume_prefix(self, key: str) -> str | None:
+        return snapshot_prefix(key)  # they outlive this run
+
+    def refuse_unsupported(self, request, config) -> None:
+        """What a guest on a remote host cannot have yet, refused by name."""
+        missing = [what for what, asked in (
+            ("share= (virtiofs runs beside QEMU, on the host)", request.share),
+            ("networks= (the switch runs on this machine)", request.networks),
+            ("golden= (user goldens are saved images on this machine)", request.golden),
+            (f"family {config.family.name} (WinRM and UEFI guests)",
+             config.family.transport != "ssh" or config.family.firmware != "bios"),
+        ) if asked]
+        if missing:
+            raise SpecError(f"on remote host {self.label}: not supported yet: "
+                            f"{'; '.join(missing)}; run such tests without --kvm-host")
+
+    def check_user_goldens(self, what: str) -> None:
+        raise KvmError(f"{what}: user goldens are not supported on remote hosts yet "
+                       f"(--kvm-host {self.label})")
+
+    def reap_hint(self) -> str:
+        return f"pytest-kvm reap --kept --host URI (the --kvm-host of {self.label})"
+
+    def remove_qemu_log(self, name: str) -> None:
+        """QEMU's log is on the host, where libvirt keeps it."""
 
     # -- base images: uploaded once per host, content-addressed ------------------------
     def _base(self, local: Path, known: str | None = None) -> Path:
@@ -201,7 +213,7 @@ class HostPlacement:
                                            SaveImage.data_length(first, save_path, size))
         image = SaveImage.parse(head, save_path, size)
         (workdir / HEAD_FILE).write_bytes(head)
-        return image, HostFiles(host=self.link.host.key, prefix=prefix, save=save_path,
+        return image, HostFiles(host=self.host.key, prefix=prefix, save=save_path,
                                 disk=str(files.disk), seed=str(files.seed),
                                 capacity=self.hv.volume_capacity(POOL, prefix + OVERLAY_SUFFIX))
 
@@ -249,51 +261,6 @@ class HostPlacement:
                 errors.append(exc)
         return errors
 
-    def close(self) -> None:
-        self.link.close()
-
-
-def snapshot_prefix(key: str) -> str:
-    """The volumes' name prefix of snapshot *key* made by this machine: two controllers
-    sharing a host never use (or remove) each other's."""
-    return f"{SNAPSHOT_PREFIX}{key}-{_machine_tag()}"
-
-
-def _machine_tag() -> str:
-    return hashlib.sha256(machine_identity()["owner_machine"].encode()).hexdigest()[:8]
-
-
-def remove_snapshot_volumes(hv: Hypervisor, keep: set[str]) -> list[str]:
-    """Delete this machine's snapshot volumes on *hv*'s host whose key is not in *keep* (the
-    snapshots in this machine's cache): what ``snapshot rm``, pruning or a lost cache left
-    there. Other machines' snapshots stay."""
-    tag = f"-{_machine_tag()}"
-    try:
-        volumes = hv.volumes(POOL)
-    except HypervisorError:
-        return []  # no pool: nothing was ever made there
-    names = []
-    for name in volumes:
-        prefix = name.split(".", 1)[0]
-        if prefix.startswith(SNAPSHOT_PREFIX) and prefix.endswith(tag) \
-                and prefix[len(SNAPSHOT_PREFIX):-len(tag)] not in keep:
-            names.append(name)
-    for name in names:
-        hv.delete_volume(POOL, name)
-    return names
-
-
-def remove_guest_volumes(hv: Hypervisor, prefix: str, keep: set[str] = frozenset()) -> list[str]:
-    """Delete the guest volumes (overlays, seeds) in the plugin's pool on *hv*'s host whose
-    guest name starts with *prefix* and is not in *keep*; base images stay."""
-    try:
-        names = [name for name in hv.volumes(POOL)
-                 if name.startswith(prefix) and name.split(".", 1)[0] not in keep]
-    except HypervisorError:
-        return []  # no pool: nothing was ever made there
-    for name in names:
-        hv.delete_volume(POOL, name)
-    return names
 
 
 def _virtual_size(disk: Path) -> int:
@@ -303,6 +270,3 @@ def _virtual_size(disk: Path) -> int:
     if result.returncode != 0:
         raise ImageError(f"cannot read the size of {disk}: {result.stderr.strip()}")
     return int(json.loads(result.stdout)["virtual-size"])
-
-
-Placement = LocalPlacement | HostPlacement

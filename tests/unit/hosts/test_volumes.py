@@ -1,4 +1,4 @@
-"""Remote placement logic that needs no host: volume and pool XML, which volumes a sweep
+"""Remote host logic that needs no host: volume and pool XML, which volumes a sweep
 deletes, and the OpenSSH command lines through a host."""
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 from pytest_kvm.hosts.link import HostLink
 from pytest_kvm.hosts.uris import parse_host
 from pytest_kvm.vm.hypervisor import pool_xml, volume_xml
-from pytest_kvm.hosts.placement import POOL, remove_guest_volumes
+from pytest_kvm.hosts.volumes import POOL, remove_guest_volumes
 from pytest_kvm.transport.ssh import SshClient
 
 
@@ -65,7 +65,7 @@ def test_ssh_command_goes_through_the_host_with_its_key_and_pinned_host_key(tmp_
 def test_reap_deletes_this_machines_snapshot_volumes_no_cache_names():
     """Snapshot volumes carry the machine that made them: `reap --host` deletes this
     machine's whose snapshot is gone from its cache, never another machine's or a base."""
-    from pytest_kvm.hosts.placement import remove_snapshot_volumes, snapshot_prefix
+    from pytest_kvm.hosts.volumes import remove_snapshot_volumes, snapshot_prefix
 
     ours_kept, ours_gone = snapshot_prefix("aaaa1111"), snapshot_prefix("bbbb2222")
     assert ours_kept.startswith("snap-aaaa1111-") and ours_kept != snapshot_prefix("bbbb2222")

@@ -1,0 +1,96 @@
+"""Guests on this machine: files in the run's work directory, forwards on 127.0.0.1,
+acceleration read from ``/dev/kvm`` and sysfs before anything is opened."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..workdir import DISK_FILE, SAVE_FILE, SEED_FILE
+from ..images.qemu_img import create_overlay
+from ..vm.accel import Accel, choose_accel
+from .base import GuestFiles, Host
+
+if TYPE_CHECKING:
+    from ..guest.golden import Golden
+    from ..images.store import BaseImage
+    from ..seed.iso import Seed
+    from ..transport.ssh import Dial
+    from ..vm.hypervisor import Hypervisor
+    from ..vm.saveimage import SaveImage
+
+
+class LocalHost(Host):
+    """This machine, through libvirt at *uri* (None: the system daemon if it runs, else the
+    embedded driver)."""
+
+    def __init__(self, uri: str | None) -> None:
+        super().__init__()
+        self._uri = uri
+
+    def open(self) -> "Hypervisor":
+        from ..vm.hypervisor import Hypervisor  # noqa: PLC0415 - libvirt only when guests are needed
+        if self._hv is None:
+            self._hv = Hypervisor.open(self._uri)
+        return self._hv
+
+    @property
+    def uri(self) -> str | None:
+        return self._uri
+
+    def check_setup(self, accel: str) -> None:
+        choose_accel(accel)  # cheap sysfs check: --kvm-accel kvm without KVM fails here
+
+    def describe(self, settings: Any) -> str:
+        from ..vm.hypervisor import default_uri  # noqa: PLC0415 - no libvirt import in it
+        uri = self._uri or default_uri() or "qemu:///embed (embedded driver, no daemon)"
+        return f"accel {choose_accel(settings.accel).describe()}; uri {uri}"
+
+    def acceleration(self, requested: str, connect: Callable[[], "Hypervisor"]) -> Accel:
+        return choose_accel(requested)
+
+    def cpu_model(self) -> str:
+        from ..vm.domain import host_cpu  # noqa: PLC0415
+        return host_cpu()
+
+    def prepare(self, name: str, image: "BaseImage", workdir: Path, seed: "Seed",
+                volume_prefix: str | None = None) -> GuestFiles:
+        create_overlay(image.disk, image.format, workdir / DISK_FILE)
+        seed.write(workdir / SEED_FILE)
+        return GuestFiles(disk=workdir / DISK_FILE, seed=workdir / SEED_FILE,
+                          kernel=image.kernel, initrd=image.initrd, console="file")
+
+    def start(self, xml: str, console_log: Path):
+        return self.hv.create(xml)
+
+    def save_golden(self, name: str, files: GuestFiles, workdir: Path) -> "tuple[SaveImage, None]":
+        """Save the running guest *name* into *workdir* and freeze its disk."""
+        from ..vm.saveimage import SaveImage  # noqa: PLC0415
+        save_file = workdir / SAVE_FILE
+        self.hv.save(name, save_file)
+        files.disk.chmod(0o400)  # frozen: clones only read it, through their own overlays
+        return SaveImage.read(save_file), None
+
+    def clone_disk(self, name: str, golden: "Golden", workdir: Path) -> Path:
+        """A clone's overlay over its golden's frozen disk."""
+        create_overlay(golden.frozen_disk, "qcow2", workdir / DISK_FILE)
+        return workdir / DISK_FILE
+
+    def restore(self, name: str, golden: "Golden", xml: str, workdir: Path, console_log: Path):
+        """Start clone *name* (domain *xml*) from *golden*'s saved state, fed through a FIFO."""
+        from ..vm.saveimage import Feeder  # noqa: PLC0415
+        feeder = Feeder(golden.image, xml, workdir / "restore.fifo").start()
+        try:
+            return self.hv.restore(feeder.fifo, name)
+        finally:
+            feeder.finish()
+
+    def dial(self) -> "Dial":
+        from ..transport.ssh import dial_local  # noqa: PLC0415
+        return dial_local
+
+    def proxy_command(self) -> list[str] | None:
+        return None
+
+    def remove(self, name: str) -> None:
+        """Nothing beyond the work directory, which the guest removes itself."""
