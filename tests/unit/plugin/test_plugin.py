@@ -73,7 +73,7 @@ def test_kvm_host_in_the_header_and_refused_when_unusable(pytester):
     assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(["pytest-kvm: hosts ci@hv1.invalid, ci@hv2.invalid:2222 (3 slots); "
                                  "accel auto; os debian-12; reset clone; snapshots on; "
-                                 "network user; cache *"])
+                                 "prepare ahead 1; network user; cache *"])
     assert "secret_key" not in result.stdout.str()
     pytester.makeini("[pytest]\nkvm_hosts =\n    qemu+ssh://ci@hv3.invalid/system\n")
     result = pytester.runpytest()
