@@ -1,4 +1,7 @@
-"""libvirt domain XML, built as a tree of data (no libvirt import; testable alone).
+"""The domains pytest-kvm defines: a :class:`DomainSpec` made into libvirt's domain XML,
+a saved golden's XML made into a clone's (:func:`retarget`), the devices hot-plugged
+into a running guest, and what a host needs for them. The XML itself is built and read
+as objects (:mod:`pytest_kvm.vm.libvirtxml`); no libvirt import, testable alone.
 
 Networking is QEMU user-mode (slirp) with one host forward bound to 127.0.0.1.
 libvirt 9.0 cannot express that forward for slirp, so the NIC is passed through
@@ -18,18 +21,19 @@ import hashlib
 import secrets
 import shutil
 import uuid as uuid_module
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .libvirtxml.devices import (Channel, Console, Controller, Disk, Filesystem, MemBalloon, Rng,
+                                 Serial, Tpm)
+from .libvirtxml.domain import (META_NS, Boot, Clock, Cpu, Domain, Features,  # noqa: F401
+                                MemoryBacking, Metadata, Os, run_metadata)
+from .libvirtxml.elements import XmlElement
+from .libvirtxml.qemu import QEMU_NS, QemuCommandline, UserNic  # noqa: F401
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..families import Family
-
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-META_NS = "https://github.com/pytest-kvm/pytest-kvm/run/1"
-ET.register_namespace("qemu", QEMU_NS)
-ET.register_namespace("pytestkvm", META_NS)
 
 NAME_PREFIX = "pytest-kvm-"
 TCG_CPU_MODEL = "qemu64"  # QEMU's own default under TCG, named
@@ -184,128 +188,94 @@ def host_problems(spec: DomainSpec) -> list[str]:
     return problems
 
 
-def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
-    element = ET.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrib.items()})
-    if text is not None:
-        element.text = text
-    return element
-
-
-def _disk(devices: ET.Element, path: Path, fmt: str, target: str, *, bus: str = "virtio",
-          device: str = "disk", readonly: bool = False) -> None:
-    disk = _sub(devices, "disk", type="file", device=device)
-    if device == "cdrom":
-        _sub(disk, "driver", name="qemu", type=fmt)
-    else:
-        _sub(disk, "driver", name="qemu", type=fmt, discard="unmap")
-    _sub(disk, "source", file=str(path))
-    _sub(disk, "target", dev=target, bus=bus)
-    if readonly:
-        _sub(disk, "readonly")
-
-
-def _disks(devices: ET.Element, spec: DomainSpec) -> None:
-    """The system disk first (``retarget`` relies on it), then the seed; target names are
-    handed out per bus in that order (vda, vdb / sda, sdb)."""
+def _disks(spec: DomainSpec) -> list[Disk]:
+    """The system disk, then the seed; target names are handed out per bus in that order
+    (vda, vdb / sda, sdb)."""
     used: dict[str, int] = {}
 
-    def target(bus: str) -> str:
+    def disk(path: Path, fmt: str, bus: str, device: str = "disk", readonly: bool = False) -> Disk:
         index = used.get(bus, 0)
         used[bus] = index + 1
-        return _DEV_PREFIX[bus] + chr(ord("a") + index)
+        return Disk(type="file", device=device, driver_name="qemu", driver_type=fmt,
+                    driver_discard=None if device == "cdrom" else "unmap", source_file=str(path),
+                    target_dev=_DEV_PREFIX[bus] + chr(ord("a") + index), target_bus=bus,
+                    readonly=readonly)
 
-    _disk(devices, spec.disk, spec.disk_format, target(spec.disk_bus), bus=spec.disk_bus)
     seed_bus = "sata" if spec.seed_device == "cdrom" else spec.disk_bus
-    _disk(devices, spec.seed, "raw", target(seed_bus), bus=seed_bus, device=spec.seed_device,
-          readonly=True)
+    return [disk(spec.disk, spec.disk_format, spec.disk_bus),
+            disk(spec.seed, "raw", seed_bus, spec.seed_device, readonly=True)]
 
 
-def _os(dom: ET.Element, spec: DomainSpec) -> None:
-    os_el = _sub(dom, "os")
-    _sub(os_el, "type", "hvm", arch="x86_64", machine=spec.machine_type or spec.machine)
+def _os(spec: DomainSpec) -> Os:
+    os = Os(type="hvm", arch="x86_64", machine=spec.machine_type or spec.machine)
     if spec.firmware == "uefi":
-        _sub(os_el, "loader", str(spec.loader), readonly="yes", type="pflash",
-             secure="yes" if spec.secure_boot else "no")
-        _sub(os_el, "nvram", str(spec.nvram), template=str(spec.nvram_template))
+        os.loader, os.loader_readonly, os.loader_type = str(spec.loader), "yes", "pflash"
+        os.loader_secure = "yes" if spec.secure_boot else "no"
+        os.nvram, os.nvram_template = str(spec.nvram), str(spec.nvram_template)
     if spec.kernel is not None:
-        _sub(os_el, "kernel", str(spec.kernel))
-        if spec.initrd is not None:
-            _sub(os_el, "initrd", str(spec.initrd))
-        _sub(os_el, "cmdline", spec.cmdline)
+        os.kernel = str(spec.kernel)
+        os.initrd = None if spec.initrd is None else str(spec.initrd)
+        os.cmdline = spec.cmdline
     else:
-        _sub(os_el, "boot", dev="hd")
+        os.boot = [Boot(dev="hd")]
+    return os
 
 
-def domain_element(spec: DomainSpec) -> ET.Element:
-    dom = ET.Element("domain", type=spec.virt_type)
-    _sub(dom, "name", spec.name)
-    # a VM generation ID: a clone restored under a new one makes the guest kernel reseed
-    # its random number generator (see retarget)
-    _sub(dom, "genid")
-    if spec.metadata:
-        meta = _sub(dom, "metadata")
-        ET.SubElement(meta, f"{{{META_NS}}}run", dict(spec.metadata))
-    _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
-    if spec.shared_memory:
+def _devices(spec: DomainSpec) -> list[XmlElement]:
+    if spec.console == "file":
+        serial = Serial(type="file", source_path=str(spec.console_log), source_append="on",
+                        target_port="0")
+    else:  # read through libvirt (virDomainOpenConsole): a remote host's console
+        serial = Serial(type="pty", target_port="0")
+    devices = [*_disks(spec), serial, Controller(type="usb", model="none"),
+               MemBalloon(model="none"),
+               # the QEMU guest agent's port (libvirt picks the host socket): sets a warm
+               # clone's clock while the SSH login runs, where the image has the agent
+               Channel(type="unix", target_type="virtio", target_name=AGENT_CHANNEL),
+               Rng(model="virtio", backend_model="random", backend="/dev/urandom")]
+    if spec.tpm:
+        devices.append(Tpm(model="tpm-crb", backend_type="emulator", backend_version="2.0"))
+    return devices
+
+
+def build_domain(spec: DomainSpec) -> Domain:
+    """The domain of *spec*, as objects (:func:`domain_xml` is its XML)."""
+    tcg = spec.virt_type != "kvm"
+    return Domain(
+        virt_type=spec.virt_type, name=spec.name,
+        # a VM generation ID: a clone restored under a new one makes the guest kernel reseed
+        # its random number generator (see retarget)
+        genid="",
+        metadata=Metadata(run=dict(spec.metadata)) if spec.metadata else None,
+        memory=spec.memory_mib, memory_unit="MiB",
         # virtiofsd maps the guest's RAM; a memfd saves and restores like private RAM, so
         # goldens keep it and a share is hot-plugged into any clone (see filesystem_xml)
-        backing = _sub(dom, "memoryBacking")
-        _sub(backing, "source", type="memfd")
-        _sub(backing, "access", mode="shared")
-    _sub(dom, "vcpu", str(spec.cpus))
-
-    _os(dom, spec)
-    features = _sub(dom, "features")
-    _sub(features, "acpi")
-    if spec.secure_boot:
-        _sub(features, "smm", state="on")  # OVMF's Secure Boot build refuses to run without it
-    if spec.virt_type == "kvm":
-        _sub(dom, "cpu", mode="host-passthrough")
-    else:  # a named model: a saved state only restores onto the CPU it was saved on
-        cpu = _sub(dom, "cpu", mode="custom", match="exact", check="none")
-        _sub(cpu, "model", TCG_CPU_MODEL, fallback="forbid")
-    _sub(dom, "clock", offset="utc")
-    _sub(dom, "on_poweroff", "destroy")
-    _sub(dom, "on_reboot", "restart")
-    _sub(dom, "on_crash", "destroy")
-
-    devices = _sub(dom, "devices")
-    _disks(devices, spec)
-    if spec.console == "file":
-        serial = _sub(devices, "serial", type="file")
-        _sub(serial, "source", path=str(spec.console_log), append="on")
-    else:  # read through libvirt (virDomainOpenConsole): a remote host's console
-        serial = _sub(devices, "serial", type="pty")
-    _sub(serial, "target", port="0")
-    _sub(devices, "controller", type="usb", model="none")
-    _sub(devices, "memballoon", model="none")
-    # the QEMU guest agent's port (libvirt picks the host socket): sets a warm clone's clock
-    # while the SSH login runs, where the image has the agent
-    agent = _sub(devices, "channel", type="unix")
-    _sub(agent, "target", type="virtio", name=AGENT_CHANNEL)
-    rng = _sub(devices, "rng", model="virtio")
-    _sub(rng, "backend", "/dev/urandom", model="random")
-    if spec.tpm:
-        tpm = _sub(devices, "tpm", model="tpm-crb")
-        _sub(tpm, "backend", type="emulator", version="2.0")
-
-    cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-    for arg in _nic_args(spec.nic_model, spec.mac, spec.ssh_port, spec.guest_port,
-                         spec.network_mode):
-        ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
-    return dom
+        memory_backing=MemoryBacking(source_type="memfd", access_mode="shared")
+        if spec.shared_memory else None,
+        vcpus=spec.cpus, os=_os(spec),
+        # OVMF's Secure Boot build refuses to run without SMM
+        features=Features(acpi=True, smm="on" if spec.secure_boot else None),
+        # under TCG a named model: a saved state only restores onto the CPU it was saved on
+        cpu=Cpu(mode="custom", match="exact", check="none", model=TCG_CPU_MODEL,
+                model_fallback="forbid") if tcg else Cpu(mode="host-passthrough"),
+        clock=Clock(offset="utc"), on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
+        devices=_devices(spec),
+        commandline=QemuCommandline(args=user_nic(spec.nic_model, spec.mac, spec.ssh_port,
+                                                  spec.guest_port, spec.network_mode).args()))
 
 
-def _nic_args(model: str, mac: str | None, host_port: int, guest_port: int,
-              network_mode: str = "user") -> list[str]:
-    """QEMU arguments of the user-mode NIC with its one 127.0.0.1 forward; *network_mode*
-    ``"isolated"`` adds ``restrict=on`` (see :data:`NETWORK_MODES`)."""
+def domain_xml(spec: DomainSpec) -> str:
+    return build_domain(spec).to_xml()
+
+
+def user_nic(model: str, mac: str | None, host_port: int, guest_port: int,
+             network_mode: str = "user") -> UserNic:
+    """The user-mode NIC with its one 127.0.0.1 forward; *network_mode* ``"isolated"``
+    restricts it (see :data:`NETWORK_MODES`)."""
     if network_mode not in NETWORK_MODES:
         raise ValueError(f"network mode {network_mode!r} is not one of {NETWORK_MODES}")
-    device = f"{model},netdev=net0,addr={NIC_PCI_SLOT}" + (f",mac={mac}" if mac else "")
-    restrict = ",restrict=on" if network_mode == "isolated" else ""
-    return ["-netdev", f"user,id=net0{restrict},hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}",
-            "-device", device]
+    return UserNic(model=model, host_port=host_port, guest_port=guest_port, slot=NIC_PCI_SLOT,
+                   mac=mac, restrict=network_mode == "isolated")
 
 
 def filesystem_xml(tag: str, source: Path) -> str:
@@ -313,11 +283,8 @@ def filesystem_xml(tag: str, source: Path) -> str:
     hot-plug into a running guest (QEMU 7.2 cannot save a guest with a vhost-user-fs device,
     so shares are never part of a golden: each clone gets its own after the restore).
     libvirt starts and stops the virtiofsd process with the device."""
-    fs = ET.Element("filesystem", type="mount", accessmode="passthrough")
-    _sub(fs, "driver", type="virtiofs", queue="1024")
-    _sub(fs, "source", dir=str(source))
-    _sub(fs, "target", dir=tag)
-    return ET.tostring(fs, encoding="unicode")
+    return Filesystem(type="mount", accessmode="passthrough", driver_type="virtiofs",
+                      driver_queue="1024", source_dir=str(source), target_dir=tag).to_xml()
 
 
 #: PCI slots of the root bus for private-network NICs (``networks=``), one per network of a
@@ -352,16 +319,6 @@ def random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
-def domain_xml(spec: DomainSpec) -> str:
-    return ET.tostring(domain_element(spec), encoding="unicode")
-
-
-def run_metadata(element: str) -> dict[str, str]:
-    """The pytest-kvm run metadata from its ``<run>`` element (what libvirt's
-    ``virDomainGetMetadata`` returns for :data:`META_NS`)."""
-    return dict(ET.fromstring(element).attrib)
-
-
 @dataclass(frozen=True)
 class CloneIdentity:
     """What makes a clone of a saved golden a domain of its own: libvirt's name and UUID,
@@ -384,54 +341,37 @@ class CloneIdentity:
     network_mode: str = "user"  # one of NETWORK_MODES
 
 
-def _set_text(root: ET.Element, tag: str, text: str) -> None:
-    element = root.find(tag)
-    if element is None:
-        element = ET.SubElement(root, tag)
-    element.text = text
+def retarget_domain(domain: Domain, clone: CloneIdentity) -> None:
+    """Make a saved golden's *domain* *clone*'s: its own name, UUID, generation ID, MAC,
+    system disk, console file, host forward, network mode, NVRAM (for UEFI), seed (when it
+    moved) and owner metadata; every device stays as saved (QEMU's migration stream expects
+    them). The system disk is the one writable disk, wherever it is among the devices."""
+    domain.name, domain.uuid, domain.genid = clone.name, clone.uuid, clone.genid
+    if clone.metadata:
+        domain.metadata = domain.metadata or Metadata()
+        domain.metadata.run = dict(clone.metadata)
+    disks = domain.devices_of(Disk)
+    system = [disk for disk in disks if disk.writable_disk]
+    if len(system) != 1:
+        raise ValueError(f"a saved domain has {len(system)} writable disks, not the one system disk")
+    system[0].source_file = str(clone.disk)
+    system[0].backing_chain = None  # the golden overlay's; libvirt reads the clone's own
+    for seed in (disk for disk in disks if disk.readonly and clone.seed is not None):
+        seed.source_file = str(clone.seed)
+    if clone.nvram is not None and domain.os is not None and domain.os.nvram is not None:
+        domain.os.nvram = str(clone.nvram)
+    for console in domain.devices_of(Serial) + domain.devices_of(Console):
+        if console.type == "file" and console.source_path is not None:
+            console.source_path = str(clone.console_log)
+    nic = domain.commandline.user_nic if domain.commandline is not None else None
+    if nic is not None:
+        domain.commandline.user_nic = replace(user_nic(
+            nic.model, clone.mac, clone.ssh_port, clone.guest_port, clone.network_mode),
+            slot=nic.slot)
 
 
 def retarget(xml: str, clone: CloneIdentity) -> str:
-    """A saved golden's XML made into *clone*'s: its own name, UUID, generation ID, MAC,
-    system disk, console file, host forward, network mode, NVRAM (for UEFI) and owner
-    metadata; every device stays as saved (QEMU's migration stream expects them). The
-    system disk is the first ``device="disk"``, on any bus: :func:`domain_element` writes
-    it first and libvirt keeps the order."""
-    root = ET.fromstring(xml)
-    _set_text(root, "name", clone.name)
-    _set_text(root, "uuid", clone.uuid)
-    _set_text(root, "genid", clone.genid)
-    if clone.metadata:
-        run = root.find(f"./metadata/{{{META_NS}}}run")
-        if run is not None:
-            run.attrib.clear()
-            run.attrib.update(clone.metadata)
-    system = next((d for d in root.iter("disk") if d.get("device", "disk") == "disk"), None)
-    if system is not None and system.find("source") is not None:
-        system.find("source").set("file", str(clone.disk))
-        # the saved chain named the golden overlay; libvirt re-reads the new one's chain
-        for backing in system.findall("backingStore"):
-            system.remove(backing)
-    for disk in root.iter("disk"):
-        if clone.seed is not None and disk is not system and disk.find("readonly") is not None:
-            disk.find("source").set("file", str(clone.seed))
-    if clone.nvram is not None:
-        for element in root.iter("nvram"):
-            element.text = str(clone.nvram)
-    for tag in ("serial", "console"):
-        for device in root.iter(tag):
-            source = device.find("source")
-            if source is not None and device.get("type") == "file":
-                source.set("path", str(clone.console_log))
-    args = list(root.iter(f"{{{QEMU_NS}}}arg"))
-    for index, arg in enumerate(args):
-        value = arg.get("value", "")
-        if value.startswith("user,id=net0,"):
-            device = args[index + 2]  # -netdev VALUE -device VALUE
-            model = device.get("value", "").split(",", 1)[0]
-            netdev, nic = _nic_args(model, clone.mac, clone.ssh_port, clone.guest_port,
-                                    clone.network_mode)[1::2]
-            arg.set("value", netdev)
-            device.set("value", nic)
-            break
-    return ET.tostring(root, encoding="unicode")
+    """A saved golden's domain *xml* made into *clone*'s (see :func:`retarget_domain`)."""
+    domain = Domain.from_xml(xml)
+    retarget_domain(domain, clone)
+    return domain.to_xml()

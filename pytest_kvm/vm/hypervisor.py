@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..files import try_lock
 from .domain import META_NS, NAME_PREFIX, run_metadata
+from .libvirtxml.storage import pool_xml, volume_xml
 from ..errors import HypervisorError
 
 if TYPE_CHECKING:
@@ -126,36 +127,6 @@ def libvirt_state_dir() -> Path:
     if path.stat().st_uid != os.getuid():
         raise HypervisorError(f"{path} belongs to another user; set XDG_RUNTIME_DIR to a directory of yours")
     return path
-
-
-def pool_xml(name: str, path: str) -> str:
-    """A directory storage pool, as libvirt's XML."""
-    pool = ET.Element("pool", type="dir")
-    ET.SubElement(pool, "name").text = name
-    target = ET.SubElement(pool, "target")
-    ET.SubElement(target, "path").text = path
-    permissions = ET.SubElement(target, "permissions")
-    ET.SubElement(permissions, "mode").text = "0711"
-    return ET.tostring(pool, encoding="unicode")
-
-
-def volume_xml(name: str, *, capacity: int, format: str, backing: str | None = None,
-               backing_format: str | None = None) -> str:
-    """A storage volume (owner-only), optionally a copy-on-write one over *backing*."""
-    vol = ET.Element("volume")
-    ET.SubElement(vol, "name").text = name
-    ET.SubElement(vol, "capacity", unit="bytes").text = str(capacity)
-    target = ET.SubElement(vol, "target")
-    ET.SubElement(target, "format", type=format)
-    if format == "qcow2":
-        ET.SubElement(target, "compat").text = "1.1"  # libvirt's default is the old 0.10
-    permissions = ET.SubElement(target, "permissions")
-    ET.SubElement(permissions, "mode").text = "0600"
-    if backing is not None:
-        store = ET.SubElement(vol, "backingStore")
-        ET.SubElement(store, "path").text = backing
-        ET.SubElement(store, "format", type=backing_format or "qcow2")
-    return ET.tostring(vol, encoding="unicode")
 
 
 def _send_all(stream, data: bytes) -> None:

@@ -336,3 +336,74 @@ def test_guest_agent_channel_lets_libvirt_pick_the_socket():
     assert channels[0].find("source") is None  # libvirt makes the socket in its own state dir
     target = channels[0].find("target")
     assert (target.get("type"), target.get("name")) == ("virtio", "org.qemu.guest_agent.0")
+
+
+# -- retarget of what libvirt saved, whatever the order of its devices ----------------------
+SAVED = (Path(__file__).parent / "libvirt_saved_domain.xml").read_text()
+
+
+def reordered(xml):
+    """*xml* with its devices reversed (seed before system disk, console before serial) and
+    the NIC's arguments after others, as another libvirt might write it."""
+    root = ET.fromstring(xml)
+    devices = root.find("devices")
+    reversed_devices = list(devices)[::-1]
+    for device in reversed_devices:
+        devices.remove(device)
+    devices.extend(reversed_devices)
+    line = root.find(f"{{{QEMU_NS}}}commandline")
+    nic_args = list(line)
+    for arg in nic_args:
+        line.remove(arg)
+    for value in ("-device", "virtio-rng-pci,id=x", "-device", nic_args[3].get("value"),
+                  "-netdev", nic_args[1].get("value")):
+        ET.SubElement(line, f"{{{QEMU_NS}}}arg", value=value)
+    return ET.tostring(root, encoding="unicode")
+
+
+@pytest.mark.parametrize("xml", [SAVED, reordered(SAVED)], ids=["as-saved", "reordered"])
+def test_retarget_of_a_libvirt_saved_domain_in_any_device_order(xml):
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
+    clone = CloneIdentity(name="pytest-kvm-9-x-3", disk=Path("/c/clone.qcow2"),
+                          console_log=Path("/c/console.log"), ssh_port=41000, seed=Path("/s/seed.iso"),
+                          metadata={"owner_pid": "9"}, mac="52:54:00:00:00:09")
+    moved = ET.fromstring(retarget(xml, clone))
+    by_target = {d.find("target").get("dev"): d for d in moved.iter("disk")}
+    assert by_target["vda"].find("source").get("file") == "/c/clone.qcow2"
+    assert by_target["vda"].find("address").get("slot") == "0x03"  # libvirt's own additions stay
+    assert by_target["vdb"].find("source").get("file") == "/s/seed.iso"
+    assert by_target["vdb"].find("backingStore") is not None  # only the system disk's chain goes
+    assert {d.find("source").get("path") for d in moved.iter() if d.tag in ("serial", "console")} == {
+        "/c/console.log"}
+    args = [a.get("value") for a in moved.iter(f"{{{QEMU_NS}}}arg")]
+    assert "user,id=net0,hostfwd=tcp:127.0.0.1:41000-:22" in args
+    assert "virtio-net-pci,netdev=net0,addr=0x1e,mac=52:54:00:00:00:09" in args
+    assert len(args) == len([a for a in ET.fromstring(xml).iter(f"{{{QEMU_NS}}}arg")])
+    assert (moved.findtext("name"), moved.findtext("uuid"), moved.findtext("genid")) == (
+        clone.name, clone.uuid, clone.genid)
+    assert read_metadata(ET.tostring(moved, encoding="unicode")) == {"owner_pid": "9"}
+    assert moved.findtext("currentMemory") == "524288"
+    original = ET.fromstring(xml)
+    assert [d.tag for d in moved.find("devices")] == [d.tag for d in original.find("devices")]
+
+
+def test_retarget_refuses_a_domain_without_exactly_one_system_disk():
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
+    clone = CloneIdentity(name="c", disk=Path("/c/d"), console_log=Path("/c/l"), ssh_port=1)
+    root = ET.fromstring(SAVED)
+    devices = root.find("devices")
+    devices.append(ET.fromstring('<disk type="file" device="disk"><source file="/x"/></disk>'))
+    with pytest.raises(ValueError, match="2 writable disks"):
+        retarget(ET.tostring(root, encoding="unicode"), clone)
+    for disk in devices.findall("disk"):
+        devices.remove(disk)
+    with pytest.raises(ValueError, match="0 writable disks"):
+        retarget(ET.tostring(root, encoding="unicode"), clone)
+
+
+def test_retarget_gives_owner_metadata_to_a_domain_saved_without():
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
+    saved = domain_xml(spec(metadata={}))
+    moved = retarget(saved, CloneIdentity(name="c", disk=Path("/c/d"), console_log=Path("/c/l"),
+                                          ssh_port=1, metadata={"owner_pid": "5"}))
+    assert read_metadata(saved) is None and read_metadata(moved) == {"owner_pid": "5"}
