@@ -27,7 +27,7 @@ PYTEST_INI = "[pytest]\n"  # this directory is the rootdir: no ini file above it
 
 def run_pytest(directory: Path, extra: list[str], env: dict[str, str]) -> float:
     """Seconds one ``python -m pytest`` process takes, start to exit; it must pass."""
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra,
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *extra,
                "test_nothing.py"]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True)
