@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .guest.golden import RESET_CHOICES, Golden
+from .choices import RESET_CHOICES
 from .errors import KvmError
+from .guest.golden import Golden
 from .families import FAMILIES, SEED_FORMATS
 from .names import checked_label
 

@@ -26,7 +26,6 @@ from ..keys import KeyPair
 from ..vm.saveimage import SaveImage
 from ..transport.winrm import Credentials
 
-RESET_CHOICES = ("clone", "boot")
 SAVE_FILE = "memory.save"
 HEAD_FILE = "memory.head"  # a remote golden's save image head (its XML: see saveimage)
 DISK_FILE = "disk.qcow2"

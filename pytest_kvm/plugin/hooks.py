@@ -7,18 +7,16 @@ import sys
 
 import pytest
 
-from ..vm.accel import ACCEL_CHOICES
+from ..choices import (ACCEL_CHOICES, ARTIFACTS_WHEN_CHOICES, KEEP_CHOICES, NETWORK_MODES,
+                       RESET_CHOICES, SNAPSHOT_CHOICES)
 from .artifacts import collect, directory_for
-from ..guest.golden import RESET_CHOICES
-from ..vm.domain import NETWORK_MODES
-from ..config import ARTIFACTS_WHEN_CHOICES, DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
-    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
+from ..config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
+    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
 from ..errors import KvmError
 from ..hosts.uris import host_for_worker, worker_index
 from ..vm.hypervisor import default_uri
 from ..session.session import KvmSession
-from ..session.snapshots import SNAPSHOT_CHOICES
 from ..spec import KEYWORDS, guest_marker
 from .stash import CLOSE_ERRORS_KEY, GUESTS_KEY, OUTCOME_KEY, SESSION_KEY, SIGTERM_KEY, \
     WORKER_CLOSE_ERRORS_KEY, WORKER_COUNTS_KEY

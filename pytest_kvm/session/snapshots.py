@@ -27,7 +27,6 @@ from ..names import checked
 from ..guest.golden import META_FILE, Golden
 
 SNAPSHOTS_DIR = "snapshots"
-SNAPSHOT_CHOICES = ("on", "off")
 SUMMARY_FIELDS = ("os", "family", "memory_mib", "cpus", "accel", "machine", "qemu", "libvirt", "base",
                   "user_data", "host")  # the key fields `pytest-kvm snapshot list` shows
 
