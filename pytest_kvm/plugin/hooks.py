@@ -13,7 +13,6 @@ import pytest
 
 from ..choices import (ACCEL_CHOICES, ARTIFACTS_WHEN_CHOICES, KEEP_CHOICES, NETWORK_MODES,
                        RESET_CHOICES, SNAPSHOT_CHOICES)
-from .artifacts import collect, directory_for
 from ..config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
@@ -261,6 +260,7 @@ def _collect_artifacts(item: pytest.Item, report: pytest.TestReport) -> None:
         return
     if not (report.failed or (report.when == "call" and state.settings.artifacts_when == "always")):
         return
+    from .artifacts import collect, directory_for  # noqa: PLC0415 - only with --kvm-artifacts
     directory = directory_for(state.settings.artifacts_dir, item.nodeid)
     lines = [f"{directory}"]
     for g in guests:

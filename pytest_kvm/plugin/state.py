@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from ..images.store import ImageStore
 from ..vm.accel import Accel, choose_accel
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..images.store import ImageStore
     from ..session.session import KvmSession
 
 
@@ -40,6 +40,7 @@ class PluginState:
         """Raise :class:`~pytest_kvm.errors.ImageError` unless *name* is a known guest OS (the
         names only: this store never builds, downloads or holds an image; the session's does)."""
         if self._names is None:
+            from ..images.store import ImageStore  # noqa: PLC0415 - recipes and catalogs: at configure
             s = self.settings
             self._names = ImageStore(s.cache_dir, s.local_images, self.progress, mirror=s.mirror,
                                      catalogs=s.catalogs)

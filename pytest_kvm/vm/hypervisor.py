@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import try_lock
-from .domain import META_NS, NAME_PREFIX, run_metadata
 from ..errors import HypervisorError
 from ..hosts.uris import Host
 
@@ -552,6 +551,7 @@ class Hypervisor:
 
     def our_domains(self) -> dict[str, dict[str, str]]:
         """Running domains started by pytest-kvm (any run): name -> run metadata."""
+        from .domain import META_NS, NAME_PREFIX, run_metadata  # noqa: PLC0415 - the header's default_uri needs none
         libvirt = _libvirt()
         found = {}
         with translate("listing domains", self.uri):
