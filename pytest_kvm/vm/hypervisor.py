@@ -551,7 +551,7 @@ class Hypervisor:
 
     def our_domains(self) -> dict[str, dict[str, str]]:
         """Running domains started by pytest-kvm (any run): name -> run metadata."""
-        from .domain import META_NS, NAME_PREFIX, run_metadata  # noqa: PLC0415 - the header's default_uri needs none
+        from .domain import META_NS, NAME_PREFIX, run_metadata  # noqa: PLC0415 - default_uri needs none
         libvirt = _libvirt()
         found = {}
         with translate("listing domains", self.uri):
