@@ -4,13 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .vm.accel import ACCEL_CHOICES
+from .choices import (ACCEL_CHOICES, ARTIFACTS_WHEN_CHOICES, KEEP_CHOICES, NETWORK_MODES,
+                      RESET_CHOICES, SNAPSHOT_CHOICES)
 from .files import default_cache_dir
-from .guest.golden import RESET_CHOICES
-from .vm.domain import NETWORK_MODES
-from .hosts.uris import HostUri, HostError, parse_host
+from .hosts.uris import HostError, HostUri, parse_host
 from .names import NAME_PATTERN, NAME_RULE
-from .session.snapshots import SNAPSHOT_CHOICES
 from .waiting import Limit
 
 DEFAULT_OS = "debian-12"
@@ -21,8 +19,6 @@ DEFAULT_SSH_TIMEOUT = 30.0  # SSH banner (or a clone's restore) -> authenticated
 DEFAULT_CLOUD_INIT_TIMEOUT = 60.0  # authenticated -> cloud-init done
 TCG_TIMEOUT_FACTOR = 4.0  # software emulation is several times slower
 DEFAULT_COMMAND_TIMEOUT = 600.0
-KEEP_CHOICES = ("none", "failed", "all")
-ARTIFACTS_WHEN_CHOICES = ("failed", "always")
 DEFAULT_PREPARE_AHEAD = 1  # clones of the last golden used made ready before a test asks
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .guest.golden import RESET_CHOICES, Golden
+from .choices import RESET_CHOICES
 from .errors import KvmError
 from .families import FAMILIES, SEED_FORMATS
 from .names import checked_label
@@ -149,6 +149,7 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
     if tpm is not None and not isinstance(tpm, bool):
         raise SpecError(f"tpm must be True, False or None (the family's default), not {tpm!r}")
     if golden is not None:
+        from .guest.golden import Golden  # noqa: PLC0415 - it loads winrm and PyYAML: only for golden=
         if not isinstance(golden, (str, Golden)):
             raise SpecError(f"golden must be what guest.freeze() or kvm.golden() returned, or "
                             f"(in the guest marker) the name of a fixture returning it, not "

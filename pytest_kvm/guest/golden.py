@@ -28,7 +28,6 @@ from ..transport.winrm import Credentials
 from ..workdir import CONSOLE_FILE, DISK_FILE, HEAD_FILE, LOGIN_KEY_FILE, META_FILE, PASSWORD_FILE, \
     SAVE_FILE, SEED_FILE
 
-RESET_CHOICES = ("clone", "boot")
 
 
 def digest(value: Any) -> str:

@@ -82,6 +82,10 @@ class Host(ABC):
         """KVM or TCG for this host, and why; *connect* opens the host if it must be asked."""
 
     @abstractmethod
+    def accel_before_connecting(self, requested: str) -> str:
+        """What the summary says of acceleration where no session connected (a controller)."""
+
+    @abstractmethod
     def cpu_model(self) -> str:
         """The host CPU model a KVM guest sees (a saved state restores only onto the same)."""
 

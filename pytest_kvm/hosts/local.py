@@ -49,6 +49,9 @@ class LocalHost(Host):
     def acceleration(self, requested: str, connect: Callable[[], "Hypervisor"]) -> Accel:
         return choose_accel(requested)
 
+    def accel_before_connecting(self, requested: str) -> str:
+        return choose_accel(requested).name
+
     def cpu_model(self) -> str:
         from ..vm.domain import host_cpu  # noqa: PLC0415
         return host_cpu()

@@ -25,24 +25,26 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import HypervisorError, ImageError, KvmError
 from ..files import file_lock, sha256_file, writable
-from ..guest.golden import Golden, HostFiles
-from ..images.store import BaseImage
-from ..seed.iso import Seed
 from ..spec import SpecError
-from ..transport.ssh import Dial
 from ..vm.accel import Accel, choose_remote_accel
-from ..vm.hypervisor import Hypervisor
 from ..vm.saveimage import HEADER, SaveImage
 from ..workdir import HEAD_FILE
 from .base import GuestFiles, Host
-from .link import HostLink
 from .uris import HostUri
 from .volumes import OVERLAY_SUFFIX, POOL, POOL_PATH, SAVE_SUFFIX, SEED_SUFFIX, SUFFIXES, \
     snapshot_prefix
 
+if TYPE_CHECKING:
+    from ..guest.golden import Golden, HostFiles
+    from ..images.store import BaseImage
+    from ..seed.iso import Seed
+    from ..transport.ssh import Dial
+    from ..vm.hypervisor import Hypervisor
+    from .link import HostLink
 
 
 class RemoteHost(Host):
@@ -68,9 +70,11 @@ class RemoteHost(Host):
         self._prefixes: dict[str, str] = {}  # guest -> its volumes' name prefix
 
     # -- the connection: libvirt's, and an SSH link of our own ---------------------------
-    def open(self) -> Hypervisor:
+    def open(self) -> "Hypervisor":
         if self._hv is not None:
             return self._hv
+        from ..vm.hypervisor import Hypervisor  # noqa: PLC0415 - libvirt once a guest is needed
+        from .link import HostLink  # noqa: PLC0415 - paramiko likewise
         hv = Hypervisor.open_remote(self.host)
         try:
             self.link = HostLink(self.host).connect()
@@ -103,8 +107,11 @@ class RemoteHost(Host):
                           for h in self._all)
         return f"hosts {where}; accel {settings.accel}"
 
-    def acceleration(self, requested: str, connect: Callable[[], Hypervisor]) -> Accel:
+    def acceleration(self, requested: str, connect: Callable[[], "Hypervisor"]) -> Accel:
         return choose_remote_accel(requested, connect().offers_kvm(), self.label)
+
+    def accel_before_connecting(self, requested: str) -> str:
+        return requested  # known once connected
 
     def cpu_model(self) -> str:
         return self.hv.host_cpu()
@@ -211,6 +218,7 @@ class RemoteHost(Host):
         size = self.hv.volume_capacity(POOL, save_name)
         head = first + self.hv.read_volume(POOL, save_name, HEADER.size,
                                            SaveImage.data_length(first, save_path, size))
+        from ..guest.golden import HostFiles  # noqa: PLC0415
         image = SaveImage.parse(head, save_path, size)
         (workdir / HEAD_FILE).write_bytes(head)
         return image, HostFiles(host=self.host.key, prefix=prefix, save=save_path,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import lzma
 import os
 import re
@@ -23,7 +22,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +141,7 @@ def _host(url: str) -> str:
 
 
 def _open(url: str, policy: RetryPolicy, offset: int = 0):
+    import urllib.request  # noqa: PLC0415 - http.client, ssl: only when downloading
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -172,6 +171,7 @@ def _final_error(url: str, exc: BaseException, hint: str) -> ImageError | None:
 
 
 def _describe(exc: BaseException) -> str:
+    import http.client  # noqa: PLC0415 - only when downloading
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code} {exc.reason}"
     if isinstance(exc, urllib.error.URLError):
@@ -187,6 +187,7 @@ def _stream(url: str, fh, algorithms: set[str], *, progress: Progress | None, po
             log: Log, hint: str) -> tuple[dict[str, "hashlib._Hash"], int]:
     """Write the body at *url* into *fh*, resuming after failures; return the hashes of
     what was written and its size."""
+    import http.client  # noqa: PLC0415 - only when downloading
     hashers = {alg: hashlib.new(alg) for alg in algorithms}
     done, total, failures = 0, None, 0
 

@@ -1,24 +1,27 @@
 """The fixtures: ``kvm`` (session), ``guest`` and ``guest_factory`` (per test). Thin on purpose:
-the work is in :class:`~pytest_kvm.session.session.KvmSession`."""
+the work is in :class:`~pytest_kvm.session.session.KvmSession`, which the ``kvm`` fixture
+makes (and so loads) the first time a test asks for it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..guest.facade import Guest
-from ..session.session import KvmSession
 from ..spec import guest_marker
-from .stash import GUESTS_KEY, SESSION_KEY, failed
+from .stash import GUESTS_KEY, STATE_KEY, failed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..guest.facade import Guest
+    from ..session.session import KvmSession
 
 
 @pytest.fixture(scope="session")
 def kvm(pytestconfig: pytest.Config) -> KvmSession:
     """The hypervisor session: ``kvm.boot(os=None, **keywords)`` returns a started guest (a
     context manager); the keywords are :data:`pytest_kvm.spec.KEYWORDS`."""
-    return pytestconfig.stash[SESSION_KEY]
+    return pytestconfig.stash[STATE_KEY].session
 
 
 def _finish(request: pytest.FixtureRequest, kvm: KvmSession, guest: Guest) -> None:

@@ -1,5 +1,9 @@
 """pytest hooks: options, ini values, the marker, the header line, parametrization over
-``--kvm-os``, the outcome recorder and report sections. Fixtures live in ``fixtures.py``."""
+``--kvm-os``, the outcome recorder and report sections. Fixtures live in ``fixtures.py``.
+
+The hooks run in every pytest run of an environment where pytest-kvm is installed, so
+they import only light modules: settings, option choices, image names. The session and
+what guests need are loaded when a test asks for them (see :mod:`.state`)."""
 from __future__ import annotations
 
 import signal
@@ -7,19 +11,16 @@ import sys
 
 import pytest
 
-from ..vm.accel import ACCEL_CHOICES
-from .artifacts import collect, directory_for
-from ..guest.golden import RESET_CHOICES
-from ..vm.domain import NETWORK_MODES
-from ..config import ARTIFACTS_WHEN_CHOICES, DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
-    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, KEEP_CHOICES, TCG_TIMEOUT_FACTOR, Settings, \
+from ..choices import (ACCEL_CHOICES, ARTIFACTS_WHEN_CHOICES, KEEP_CHOICES, NETWORK_MODES,
+                       RESET_CHOICES, SNAPSHOT_CHOICES)
+from ..config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
+    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
 from ..errors import KvmError
 from ..hosts.choose import where_worker_ran
-from ..session.session import KvmSession
-from ..session.snapshots import SNAPSHOT_CHOICES
 from ..spec import KEYWORDS, guest_marker
-from .stash import CLOSE_ERRORS_KEY, GUESTS_KEY, OUTCOME_KEY, SESSION_KEY, SIGTERM_KEY, \
+from .state import PluginState
+from .stash import CLOSE_ERRORS_KEY, GUESTS_KEY, OUTCOME_KEY, SIGTERM_KEY, STATE_KEY, \
     WORKER_CLOSE_ERRORS_KEY, WORKER_COUNTS_KEY
 
 MARKER_DOC = (f"guest({KEYWORDS}): configure the guest booted for this test by the `guest` "
@@ -128,14 +129,12 @@ def pytest_configure(config: pytest.Config) -> None:
     except SettingsError as exc:
         raise pytest.UsageError(str(exc)) from None
     worker = getattr(config, "workerinput", {}).get("workerid", "")
-    session = KvmSession(settings, _progress(config), worker_id=worker)
+    state = PluginState(settings, _progress(config), worker_id=worker)
     try:
-        session.host.check_setup(settings.accel)  # --kvm-accel kvm without KVM fails here
-        for name in settings.os_names:
-            session.images.check_name(name)
+        state.check()
     except KvmError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.stash[SESSION_KEY] = session
+    config.stash[STATE_KEY] = state
 
 
 def _sigterm_as_ctrl_c(signum, frame) -> None:
@@ -147,7 +146,7 @@ def _sigterm_as_ctrl_c(signum, frame) -> None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Turn SIGTERM into Ctrl-C for this session (the previous handler comes back at its end)."""
     config = session.config
-    if config.stash.get(SESSION_KEY, None) is None or SIGTERM_KEY in config.stash:
+    if config.stash.get(STATE_KEY, None) is None or SIGTERM_KEY in config.stash:
         return
     try:
         previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
@@ -169,12 +168,13 @@ def _describe(exc: BaseException) -> str:
 
 
 def _close(config: pytest.Config) -> list[str]:
-    """Close the session once; what it could not clean up, described (also stashed)."""
-    session = config.stash.get(SESSION_KEY, None)
-    if session is None or CLOSE_ERRORS_KEY in config.stash:
+    """Close the session (if one was made) once; what it could not clean up, described
+    (also stashed)."""
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or CLOSE_ERRORS_KEY in config.stash:
         return config.stash.get(CLOSE_ERRORS_KEY, [])
     try:
-        errors = [_describe(exc) for exc in session.close()]
+        errors = [_describe(exc) for exc in state.close()]
     except Exception as exc:  # noqa: BLE001 - reported like the errors close() returns
         errors = [_describe(exc)]
     config.stash[CLOSE_ERRORS_KEY] = errors
@@ -184,7 +184,7 @@ def _close(config: pytest.Config) -> list[str]:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Normally a no-op (the session closed at session finish); closes it if that never ran."""
     _restore_sigterm(config)
-    if config.stash.get(SESSION_KEY, None) is None or CLOSE_ERRORS_KEY in config.stash:
+    if config.stash.get(STATE_KEY, None) is None or CLOSE_ERRORS_KEY in config.stash:
         return
     for error in _close(config):  # too late for the summary and the exit status
         print(f"pytest-kvm: warning: the session end could not clean up: {error}",
@@ -192,11 +192,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    session = config.stash.get(SESSION_KEY, None)
-    if session is None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is None:
         return []
-    settings = session.settings
-    return [f"pytest-kvm: {session.host.describe(settings)}; "
+    settings = state.settings
+    return [f"pytest-kvm: {state.host.describe(settings)}; "
             f"os {', '.join(settings.os_names)}; reset {settings.reset}; "
             f"snapshots {settings.snapshots}; prepare ahead {settings.prepare_ahead}; "
             f"network {settings.network}; cache {settings.cache_dir}"]
@@ -205,24 +205,24 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "guest" not in metafunc.fixturenames:
         return
-    session = metafunc.config.stash.get(SESSION_KEY, None)
-    if session is None or len(session.settings.os_names) < 2:
+    state = metafunc.config.stash.get(STATE_KEY, None)
+    if state is None or len(state.settings.os_names) < 2:
         return
     marker = metafunc.definition.get_closest_marker("guest")
     if marker is not None and (marker.kwargs.get("os") or marker.kwargs.get("golden")):
         return  # pinned to one OS (a user golden's is the one it was made from)
-    names = list(session.settings.os_names)
+    names = list(state.settings.os_names)
     metafunc.parametrize("guest", names, indirect=True, ids=names)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    session = config.stash.get(SESSION_KEY, None)
+    state = config.stash.get(STATE_KEY, None)
     for item in items:
         for marker in item.iter_markers("guest"):
             try:
                 spec = guest_marker(*marker.args, **marker.kwargs)
-                if session is not None and spec.os and spec.image is None:
-                    session.images.check_name(spec.os)
+                if state is not None and spec.os and spec.image is None:
+                    state.check_name(spec.os)
             except (TypeError, KvmError) as exc:
                 raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.guest: {exc}") from None
 
@@ -244,13 +244,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def _collect_artifacts(item: pytest.Item, report: pytest.TestReport) -> None:
     """--kvm-artifacts: copy the test's guests' artifacts while they still run (the guest
     fixtures destroy them after this report) and name the directory in a report section."""
-    session = item.config.stash.get(SESSION_KEY, None)
+    state = item.config.stash.get(STATE_KEY, None)
     guests = item.stash.get(GUESTS_KEY, [])
-    if session is None or not guests or session.settings.artifacts_dir is None:
+    if state is None or not guests or state.settings.artifacts_dir is None:
         return
-    if not (report.failed or (report.when == "call" and session.settings.artifacts_when == "always")):
+    if not (report.failed or (report.when == "call" and state.settings.artifacts_when == "always")):
         return
-    directory = directory_for(session.settings.artifacts_dir, item.nodeid)
+    from .artifacts import collect, directory_for  # noqa: PLC0415 - only with --kvm-artifacts
+    directory = directory_for(state.settings.artifacts_dir, item.nodeid)
     lines = [f"{directory}"]
     for g in guests:
         problems = collect(g, directory / g.name)
@@ -264,14 +265,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     which names what could not be cleaned up; that also makes a passing run fail. On a
     pytest-xdist worker, hand the guest counts and those errors to the controller."""
     config = session.config
-    kvm = config.stash.get(SESSION_KEY, None)
-    if kvm is None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is None:
         return
     errors = _close(config)
     _restore_sigterm(config)
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
-        workeroutput["pytest_kvm"] = kvm.counts()
+        if state.made is not None:  # a worker that made no session has nothing to count
+            workeroutput["pytest_kvm"] = state.made.counts()
         workeroutput["pytest_kvm_close_errors"] = errors
     if _close_problems(config) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -305,26 +307,31 @@ def _counts_line(counts: dict[str, int]) -> str:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    session = config.stash.get(SESSION_KEY, None)
+    state = config.stash.get(STATE_KEY, None)
     workers = config.stash.get(WORKER_COUNTS_KEY, {})
-    if session is not None:
-        _report_close_problems(terminalreporter, config)
-    if session is None or not (session.boots or session.clones or workers):
+    if state is None:
         return
+    _report_close_problems(terminalreporter, config)
+    session = state.made
+    if not (workers or (session is not None and (session.boots or session.clones))):
+        return
+    settings = state.settings
     terminalreporter.write_sep("-", "pytest-kvm")
-    how = f"(accel {session.accel}, reset {session.settings.reset}, snapshots {session.settings.snapshots})"
+    how = f"(accel {state.accel}, reset {settings.reset}, snapshots {settings.snapshots})"
     if workers:
-        totals = {k: sum(c.get(k, 0) for c in workers.values()) for k in session.counts()}
+        keys = dict.fromkeys(k for counts in workers.values() for k in counts)
+        totals = {k: sum(c.get(k, 0) for c in workers.values()) for k in keys}
         terminalreporter.write_line(f"guests: {_counts_line(totals)} in {len(workers)} workers {how}")
         for worker, counts in sorted(workers.items()):
             terminalreporter.write_line(f"  {worker}: {_counts_line(counts)}"
-                                        f"{where_worker_ran(session.settings, worker)}")
-    else:
+                                        f"{where_worker_ran(settings, worker)}")
+    else:  # this process made the session (see above)
         terminalreporter.write_line(f"guests: {_counts_line(session.counts())}"
                                     f"{session.host.where} {how}")
-    for g in session.kept:
+    kept = session.kept if session is not None else []  # an xdist controller makes none
+    for g in kept:
         terminalreporter.write_line(f"kept {g.name} ({g.os}): {g.access()}")
-    if session.kept:
+    if kept:
         terminalreporter.write_line(f"remove kept guests with: {session.host.reap_hint()}")
 
 

@@ -1,13 +1,16 @@
 """Keys under which the plugin keeps state on pytest objects, and the test outcome."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
-from ..guest.facade import Guest
-from ..session.session import KvmSession
+if TYPE_CHECKING:  # pragma: no cover
+    from ..guest.facade import Guest
+    from .state import PluginState
 
-SESSION_KEY = pytest.StashKey[KvmSession]()
-GUESTS_KEY = pytest.StashKey[list[Guest]]()
+STATE_KEY: pytest.StashKey[PluginState] = pytest.StashKey()  # the settings; the session once made
+GUESTS_KEY: pytest.StashKey[list[Guest]] = pytest.StashKey()
 OUTCOME_KEY = pytest.StashKey[dict[str, bool]]()  # phase ("setup"/"call") -> failed
 WORKER_COUNTS_KEY = pytest.StashKey[dict[str, dict[str, int]]]()  # xdist worker id -> guest counts
 CLOSE_ERRORS_KEY = pytest.StashKey[list[str]]()  # what the session end could not clean up

@@ -28,7 +28,6 @@ from ..guest.golden import Golden
 from ..workdir import META_FILE
 
 SNAPSHOTS_DIR = "snapshots"
-SNAPSHOT_CHOICES = ("on", "off")
 SUMMARY_FIELDS = ("os", "family", "memory_mib", "cpus", "accel", "machine", "qemu", "libvirt", "base",
                   "user_data", "host")  # the key fields `pytest-kvm snapshot list` shows
 

@@ -5,9 +5,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..choices import ACCEL_CHOICES
 from ..errors import HypervisorError
-
-ACCEL_CHOICES = ("auto", "kvm", "tcg")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from .libvirtxml.domain import (META_NS, Boot, Clock, Cpu, Domain, Features,  # 
                                 MemoryBacking, Metadata, Os, run_metadata)
 from .libvirtxml.elements import XmlElement
 from .libvirtxml.qemu import QEMU_NS, QemuCommandline, UserNic  # noqa: F401
+from ..choices import NETWORK_MODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..families import Family
@@ -47,13 +48,6 @@ SWTPM = "swtpm"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 NVRAM_FILE = "OVMF_VARS.fd"  # the per-guest copy, in the guest's work directory
 _DEV_PREFIX = {"virtio": "vd", "sata": "sd"}
-#: how the user-mode NIC reaches beyond the guest. "user": slirp as it is (the outside world,
-#: and the host's own 127.0.0.1 services as 10.0.2.2); "isolated": slirp's ``restrict=on``,
-#: nothing beyond the guest (no outside, no host, no DNS), the host forward still works.
-#: QEMU 7.2 has no option for "the outside but not the host" (libslirp's
-#: ``disable_host_loopback`` is not exposed: ``-netdev user,disable-host-loopback=on`` is an
-#: invalid parameter).
-NETWORK_MODES = ("user", "isolated")
 
 
 @dataclass(frozen=True)

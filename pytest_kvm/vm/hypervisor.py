@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..files import try_lock
-from .domain import META_NS, NAME_PREFIX, run_metadata
 from .libvirtxml.storage import pool_xml, volume_xml
 from ..errors import HypervisorError
 
@@ -526,6 +525,7 @@ class Hypervisor:
 
     def our_domains(self) -> dict[str, dict[str, str]]:
         """Running domains started by pytest-kvm (any run): name -> run metadata."""
+        from .domain import META_NS, NAME_PREFIX, run_metadata  # noqa: PLC0415 - default_uri needs none
         libvirt = _libvirt()
         found = {}
         with translate("listing domains", self.uri):

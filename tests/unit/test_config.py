@@ -74,10 +74,10 @@ def test_network_mode():
 def test_ini_reaches_settings(pytester):
     pytester.makeini("[pytest]\nkvm_snapshots = off\nkvm_snapshot_max_gb = 2\nkvm_prepare_ahead = 3\n")
     pytester.makepyfile("""
-        from pytest_kvm.plugin.stash import SESSION_KEY
+        from pytest_kvm.plugin.stash import STATE_KEY
 
         def test_x(pytestconfig):
-            s = pytestconfig.stash[SESSION_KEY].settings
+            s = pytestconfig.stash[STATE_KEY].settings
             assert (s.snapshots, s.snapshot_max_bytes, s.prepare_ahead) == ("off", 2 * 2**30, 3)
     """)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)

@@ -271,7 +271,7 @@ KvmSession.close = failing_close
 
 def test_session_end_errors_are_reported_and_fail_the_run(pytester):
     pytester.makeconftest(CLOSE_FAILS)  # a subprocess run: the patch stays there
-    pytester.makepyfile("def test_x(): pass")
+    pytester.makepyfile("def test_x(kvm): pass")  # the kvm fixture makes the session
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
