@@ -504,21 +504,20 @@ class ImageStore:
         if found != entry.format:
             raise ImageError(f"image catalog {entry.source}: entry {entry.name!r} says format "
                              f"{entry.format!r} but {result.url} is {found!r}; fix the entry")
-        sha256 = result.sha256 or sha256_file(disk)
-        if entry.trust_on_first_use and result.source_digest:
-            algorithm, value = result.source_digest
+        algorithm, value = result.source_digest
+        if entry.trust_on_first_use:
             self.progress(f"warning: {entry.name}: its vendor publishes no checksum, so this first "
                           f"download is trusted as it is ({algorithm} {value}); pin it with "
                           f'{algorithm} = "{value}" in a catalog file of yours')
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest = {
             "name": entry.name, "source": "catalog", "entry_digest": entry.digest,
-            "url": entry.url, "downloaded_from": result.url, "verified_by": result.verified_by or entry.verification,
-            "download_digest": dict([result.source_digest]) if result.source_digest else {},
+            "url": entry.url, "downloaded_from": result.url, "verified_by": result.verified_by,
+            "download_digest": {algorithm: value},
             "disk": disk.name, "format": entry.format, "family": entry.family,
             "firmware": entry.firmware, "login_user": entry.login_user,
             "min_memory_mib": entry.min_memory_mib, "built_at": now,
-            "sha256": {disk.name: sha256},
+            "sha256": {disk.name: result.sha256},
         }
         (staging / build.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
