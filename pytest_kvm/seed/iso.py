@@ -76,12 +76,11 @@ def nocloud_files(user_data: bytes, meta_data: bytes, network_config: bytes | No
 
 
 def configdrive_meta_data(instance_id: str, hostname: str,
-                          public_keys: Mapping[str, str] | None = None,
-                          admin_pass: str | None = None) -> dict[str, Any]:
+                          public_keys: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``meta_data.json`` as data. cloud-init requires ``uuid`` (its instance id) and takes
-    ``hostname`` as the local hostname; cloudbase-init reads ``uuid``, ``hostname``,
-    ``public_keys`` and ``admin_pass`` (the password of the user *its* config names)."""
-    data: dict[str, Any] = {
+    ``hostname`` as the local hostname; cloudbase-init reads ``uuid``, ``hostname`` and
+    ``public_keys`` (no ``admin_pass``: the user data script sets the password)."""
+    return {
         "uuid": instance_id,
         "hostname": hostname,
         "name": hostname,
@@ -91,9 +90,6 @@ def configdrive_meta_data(instance_id: str, hostname: str,
         "files": [],
         "meta": {},
     }
-    if admin_pass is not None:
-        data["admin_pass"] = admin_pass
-    return data
 
 
 def configdrive_files(meta_data: Mapping[str, Any], user_data: bytes | None = None,
@@ -167,21 +163,3 @@ def build_seed(seed_format: str, *, instance_id: str, hostname: str,
 def write_seed(path: Path, volume_label: str, files: Mapping[str, bytes]) -> Path:
     """Write the seed ISO readable by its owner only: it carries a private host key."""
     return write_owner_only(path, iso_bytes(volume_label, files))
-
-
-def read_iso(data: bytes) -> dict[str, bytes]:
-    """Read every file of an ISO back by its Rock Ridge name (for tests and debugging)."""
-    iso = pycdlib.PyCdlib()
-    iso.open_fp(io.BytesIO(data))
-    found: dict[str, bytes] = {}
-    try:
-        for dirpath, _dirs, filenames in iso.walk(rr_path="/"):
-            for name in filenames:
-                rr_path = f"{dirpath.rstrip('/')}/{name}"
-                out = io.BytesIO()
-                iso.get_file_from_iso_fp(out, rr_path=rr_path)
-                found[rr_path.lstrip("/")] = out.getvalue()
-        found[".volume"] = iso.pvd.volume_identifier.rstrip(b" ")
-    finally:
-        iso.close()
-    return found

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from isoread import read_iso
+
 from pytest_kvm.seed import cloudinit
 
 from pytest_kvm.seed import iso as seed
@@ -29,7 +31,7 @@ def seed_files():
     built = seed.build_seed(ILLUMOS.seed_format, instance_id="pytest-kvm-1-ab-1",
                             hostname="pytest-kvm-1-ab-1", user_data=user_data,
                             public_keys={"pytest-kvm": LOGIN.public_openssh})
-    return seed.read_iso(built.iso())
+    return read_iso(built.iso())
 
 
 def test_seed_is_a_nocloud_volume_omnios_cloud_init_finds(seed_files):
