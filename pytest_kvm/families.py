@@ -375,9 +375,9 @@ def family(name: str) -> Family:
                          f"{', '.join(sorted(FAMILIES))}") from None
 
 
-def family_for_name(image_name: str, default: str = "linux") -> str:
+def family_for_name(image_name: str) -> str:
     """The family of a local image (``--kvm-image NAME=PATH``) from its name's first word:
     ``windows-2022`` is ``windows``, ``freebsd-14.3`` is ``freebsd``; anything else is
-    *default* (override it with the ``family=`` keyword of the marker or ``kvm.boot``)."""
+    ``linux`` (override it with the ``family=`` keyword of the marker or ``kvm.boot``)."""
     first = image_name.lower().split("-", 1)[0]
-    return first if first in FAMILIES else default
+    return first if first in FAMILIES else "linux"

@@ -18,7 +18,6 @@ import lzma
 import os
 import re
 import socket
-import sys
 import tempfile
 import time
 import urllib.error
@@ -248,12 +247,11 @@ def _stream(url: str, fh, algorithms: set[str], *, progress: Progress | None, po
         policy.sleep(delay)
 
 
-def fetch_text(url: str, *, policy: RetryPolicy = RetryPolicy(), log: Log = lambda msg: None,
-               hint: str = DEFAULT_HINT, limit: int = MAX_CHECKSUM_FILE) -> str:
+def fetch_text(url: str, *, policy: RetryPolicy, log: Log, hint: str) -> str:
     """A small text file (a checksum list), with the same retries as an image."""
     with tempfile.TemporaryFile() as fh:
         _, size = _stream(url, fh, set(), progress=None, policy=policy, log=log, hint=hint)
-        if size > limit:
+        if size > MAX_CHECKSUM_FILE:
             raise ImageError(f"{url} is {size} bytes; a checksum file should be small")
         fh.seek(0)
         return fh.read().decode("utf-8", errors="replace")
@@ -382,10 +380,10 @@ class ProgressLine:
     """A progress callback for :func:`fetch` that emits one line (``label: 12.0 MiB of
     480.3 MiB (2%), 5.1 MiB/s``) at most every *interval* seconds, and one at the end."""
 
-    def __init__(self, label: str, emit: Log | None = None, *, interval: float = 1.0,
+    def __init__(self, label: str, emit: Log, *, interval: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
-        self.emit = emit or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.emit = emit
         self.interval = interval
         self.clock = clock
         self._start: float | None = None

@@ -34,12 +34,12 @@ def ps_quote(value: str) -> str:
     return f"'{value}'"
 
 
-def setup_script(user: str, password: str, *, basic_auth: bool = False) -> str:
+def setup_script(user: str, password: str) -> str:
     """The PowerShell that creates *user* as a local administrator with *password*, lets
     local administrators use WinRM remotely, and opens WinRM over HTTP on port 5985.
 
     The handle authenticates with NTLM, whose messages pywinrm encrypts even over HTTP,
-    so ``AllowUnencrypted`` and Basic auth stay off unless *basic_auth* is asked for.
+    so ``AllowUnencrypted`` and Basic auth stay off.
     """
     lines = [
         PS1_HEADER,
@@ -63,13 +63,6 @@ def setup_script(user: str, password: str, *, basic_auth: bool = False) -> str:
         "| Set-NetConnectionProfile -NetworkCategory Private } catch { }",
         "Enable-PSRemoting -Force -SkipNetworkProfileCheck | Out-Null",
         "Set-Service -Name WinRM -StartupType Automatic",
-    ]
-    if basic_auth:
-        lines += [
-            "Set-Item -Path WSMan:\\localhost\\Service\\Auth\\Basic -Value $true",
-            "Set-Item -Path WSMan:\\localhost\\Service\\AllowUnencrypted -Value $true",
-        ]
-    lines += [
         f"if (-not (Get-NetFirewallRule -DisplayName {ps_quote(FIREWALL_RULE)} -ErrorAction SilentlyContinue)) {{",
         f"    New-NetFirewallRule -DisplayName {ps_quote(FIREWALL_RULE)} -Direction Inbound -Protocol TCP "
         f"-LocalPort {WINRM_HTTP_PORT} -Action Allow -Profile Any | Out-Null",
@@ -80,11 +73,10 @@ def setup_script(user: str, password: str, *, basic_auth: bool = False) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-def user_data(user: str, password: str, *, cloud_config: bytes | None = None,
-              basic_auth: bool = False) -> bytes:
+def user_data(user: str, password: str, *, cloud_config: bytes | None = None) -> bytes:
     """The whole ``user_data``: the setup script alone, or with the user's *cloud_config*
     (a serialised ``#cloud-config`` document) as a MIME multipart (script first)."""
-    script = setup_script(user, password, basic_auth=basic_auth)
+    script = setup_script(user, password)
     if not cloud_config:
         return script.encode()
     multipart = MIMEMultipart()

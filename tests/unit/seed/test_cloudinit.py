@@ -136,12 +136,6 @@ def test_powershell_quoting_cannot_be_escaped():
         cloudbase.ps_quote("nul\x00")
 
 
-def test_basic_auth_opt_in():
-    script = cloudbase.setup_script("pytest", "pw", basic_auth=True)
-    assert "Service\\Auth\\Basic -Value $true" in script
-    assert "Service\\AllowUnencrypted -Value $true" in script
-
-
 def test_windows_user_data_with_user_cloud_config_is_multipart():
     import email
     rendered = cloudinit.render_user_data(family("windows"), login_key=LOGIN, host_key=HOST,

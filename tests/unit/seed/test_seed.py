@@ -10,13 +10,11 @@ from pytest_kvm.keys import KeyPair
 
 
 def test_nocloud_iso_read_back():
-    files = seed.nocloud_files(b"#cloud-config\n{}\n", b"instance-id: x\n", network_config=b"version: 2\n")
+    files = {"user-data": b"#cloud-config\n{}\n", "meta-data": b"instance-id: x\n"}
     found = read_iso(seed.iso_bytes("cidata", files))
     assert found[".volume"] == b"cidata"
     assert found["user-data"] == b"#cloud-config\n{}\n"
     assert found["meta-data"] == b"instance-id: x\n"
-    assert found["network-config"] == b"version: 2\n"
-    assert "vendor-data" not in found
 
 
 def test_nested_layout_for_configdrive():
@@ -64,15 +62,12 @@ from pytest_kvm.errors import SeedError  # noqa: E402
 def test_configdrive_read_back_with_keys_hostname_and_user_data():
     login, host = KeyPair.generate("login"), KeyPair.generate("host")
     built = seed.build_seed("configdrive", instance_id="pytest-kvm-1-ab-1", hostname="guest-1",
-                            user_data=cloudinit.plugin_user_data(login, host),
-                            public_keys={"pytest-kvm": login.public_openssh},
-                            network_config={"links": [], "networks": [], "services": []},
-                            vendor_data={"runcmd": ["true"]})
+                            user_data=cloudinit.dump_cloud_config(cloudinit.plugin_user_data(login, host)),
+                            public_keys={"pytest-kvm": login.public_openssh})
     found = read_iso(built.iso())
     assert found[".volume"] == b"config-2"
     assert sorted(k for k in found if k != ".volume") == [
-        "openstack/latest/meta_data.json", "openstack/latest/network_data.json",
-        "openstack/latest/user_data", "openstack/latest/vendor_data.json"]
+        "openstack/latest/meta_data.json", "openstack/latest/user_data"]
     meta = json.loads(found["openstack/latest/meta_data.json"])
     assert meta["uuid"] == "pytest-kvm-1-ab-1"  # cloud-init refuses a meta_data.json without it
     assert meta["hostname"] == "guest-1" and meta["name"] == "guest-1"
@@ -81,10 +76,6 @@ def test_configdrive_read_back_with_keys_hostname_and_user_data():
     user = yaml.safe_load(found["openstack/latest/user_data"])
     assert found["openstack/latest/user_data"].startswith(b"#cloud-config\n")
     assert user["users"][0]["ssh_authorized_keys"] == [login.public_openssh]
-    assert json.loads(found["openstack/latest/network_data.json"]) == {
-        "links": [], "networks": [], "services": []}
-    vendor = json.loads(found["openstack/latest/vendor_data.json"])
-    assert yaml.safe_load(vendor["cloud-init"]) == {"runcmd": ["true"]}
 
 
 def test_configdrive_joliet_names_and_label_for_windows(tmp_path):
@@ -106,16 +97,15 @@ def test_configdrive_joliet_names_and_label_for_windows(tmp_path):
 
 def test_nocloud_from_the_same_inputs():
     built = seed.build_seed("nocloud", instance_id="i-1", hostname="h-1",
-                            user_data={"runcmd": ["true"]}, public_keys=["ssh-ed25519 AAAA k"],
-                            network_config={"version": 2, "ethernets": {}})
+                            user_data=cloudinit.dump_cloud_config({"runcmd": ["true"]}),
+                            public_keys={"pytest-kvm": "ssh-ed25519 AAAA k"})
     found = read_iso(built.iso())
     assert found[".volume"] == b"cidata"
     assert yaml.safe_load(found["meta-data"]) == {
         "instance-id": "i-1", "local-hostname": "h-1", "public-keys": ["ssh-ed25519 AAAA k"]}
     assert found["user-data"].startswith(b"#cloud-config\n")
     assert yaml.safe_load(found["user-data"]) == {"runcmd": ["true"]}
-    assert yaml.safe_load(found["network-config"]) == {"version": 2, "ethernets": {}}
-    assert "vendor-data" not in found
+    assert sorted(found) == [".volume", "meta-data", "user-data"]  # no network file: DHCP
 
 
 def test_nocloud_meta_data_without_keys_is_what_linux_guests_got_before():
