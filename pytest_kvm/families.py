@@ -246,9 +246,16 @@ _UNIX = dict(user_data_format="cloud-config", login_user=LOGIN_USER, transport="
              firmware="bios", machine="pc", disk_bus="virtio", nic_model="virtio-net-pci",
              seed_device="disk", shell="sh", seeds_host_key=True,
              direct_kernel_boot=False)
-_BSD_POWER = dict(reboot_command="shutdown -r now", poweroff_command="shutdown -p now",
-                  boot_id_command="sysctl -n kern.boottime")
-# BSD date(1) takes [[[[[cc]yy]mm]dd]HH]MM[.SS]; GNU date does not, so Linux has its own
+# what FreeBSD, OpenBSD and NetBSD share: base's sh, su/doas/sudo aside; the BSD banner
+_BSD = dict(
+    **_UNIX, ready_command=None, ready_exit_codes=(0,), login_shell="/bin/sh",
+    boot_banner=BSD_BANNER,
+    # BSD date(1) takes [[[[[cc]yy]mm]dd]HH]MM[.SS]; GNU date does not, so Linux has its own
+    clock_command="date -u {utc:%Y%m%d%H%M.%S} >/dev/null",
+    identity_command="hostname {hostname}",  # the hostname (no machine-id to renew)
+    artifact_logs=(("messages.log", "cat /var/log/messages"), ("dmesg.txt", "dmesg")),
+    reboot_command="shutdown -r now", poweroff_command="shutdown -p now",
+    boot_id_command="sysctl -n kern.boottime")
 
 
 # bash, as root: the hot-plugged NIC appears within seconds (PCI hotplug, driver probe)
@@ -264,13 +271,6 @@ LINUX_NETWORK_COMMAND = (
 HOSTS_MARK = "# pytest-kvm network"
 UNIX_HOSTS_COMMAND = (f"sed -i '/ {HOSTS_MARK}$/d' /etc/hosts && "
                       f"printf '%s {HOSTS_MARK}\\n' {{lines}} >> /etc/hosts")
-
-
-_BSD_LOGS = (("messages.log", "cat /var/log/messages"), ("dmesg.txt", "dmesg"))
-
-
-BSD_CLOCK_COMMAND = "date -u {utc:%Y%m%d%H%M.%S} >/dev/null"
-BSD_IDENTITY_COMMAND = "hostname {hostname}"  # BSDs: the hostname (no machine-id to renew)
 
 
 _FAMILIES: dict[str, Family] = {family.name: family for family in (
@@ -296,30 +296,20 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
                        ("cloud-init-output.log", "cat /var/log/cloud-init-output.log"))),
     Family(
         name="freebsd", description="FreeBSD BASIC-CLOUDINIT images (nuageinit, in base since 14.1)",
-        **_UNIX,
+        **_BSD,
         # nuageinit reads both; config-2 is probed first, and it is what OpenStack gives it
-        seed_format="configdrive", ready_command=None, ready_exit_codes=(0,),
-        # base has no bash, no sudo and no doas: su, as a wheel member (see the docstring)
-        login_shell="/bin/sh", privilege="su",
-        boot_banner=BSD_BANNER, panic_markers=("panic: ",),
-        clock_command=BSD_CLOCK_COMMAND, identity_command=BSD_IDENTITY_COMMAND,
-        artifact_logs=_BSD_LOGS, **_BSD_POWER),
+        seed_format="configdrive",
+        # base has no bash, no sudo and no doas: su, as a wheel member (docs/design/families.md)
+        privilege="su", panic_markers=("panic: ",)),
     Family(
         name="openbsd", description="OpenBSD cloud images with cloud-init (community builds)",
-        **_UNIX,
-        seed_format="nocloud", ready_command=None, ready_exit_codes=(0,),
-        login_shell="/bin/sh", privilege="doas",  # doas(1) is in base, sudo is not
-        boot_banner=BSD_BANNER, panic_markers=("panic: ", "ddb{"),
-        clock_command=BSD_CLOCK_COMMAND, identity_command=BSD_IDENTITY_COMMAND,
-        artifact_logs=_BSD_LOGS, **_BSD_POWER),
+        **_BSD, seed_format="nocloud",
+        privilege="doas",  # doas(1) is in base, sudo is not
+        panic_markers=("panic: ", "ddb{")),
     Family(
         name="netbsd", description="NetBSD cloud images with cloud-init (community builds)",
-        **_UNIX,
-        seed_format="nocloud", ready_command=None, ready_exit_codes=(0,),
-        login_shell="/bin/sh", privilege="sudo",
-        boot_banner=BSD_BANNER, panic_markers=("panic: ", "Stopped in pid"),
-        clock_command=BSD_CLOCK_COMMAND, identity_command=BSD_IDENTITY_COMMAND,
-        artifact_logs=_BSD_LOGS, **_BSD_POWER),
+        **_BSD, seed_format="nocloud", privilege="sudo",
+        panic_markers=("panic: ", "Stopped in pid")),
     Family(
         name="windows", description="Windows with cloudbase-init (images come from the user)",
         seed_format="configdrive", user_data_format="cloudbase-ps1", login_user=LOGIN_USER,
