@@ -1,4 +1,5 @@
 import pycdlib
+import pytest
 import yaml
 
 from isoread import read_iso
@@ -9,20 +10,12 @@ from pytest_kvm.families import family
 from pytest_kvm.keys import KeyPair
 
 
-def test_nocloud_iso_read_back():
-    files = {"user-data": b"#cloud-config\n{}\n", "meta-data": b"instance-id: x\n"}
-    found = read_iso(seed.iso_bytes("cidata", files))
-    assert found[".volume"] == b"cidata"
-    assert found["user-data"] == b"#cloud-config\n{}\n"
-    assert found["meta-data"] == b"instance-id: x\n"
-
-
-def test_nested_layout_for_configdrive():
-    files = {"openstack/latest/meta_data.json": b"{}", "openstack/latest/user_data": b"#cloud-config\n"}
-    found = read_iso(seed.iso_bytes("config-2", files))
-    assert found["openstack/latest/meta_data.json"] == b"{}"
-    assert found["openstack/latest/user_data"] == b"#cloud-config\n"
-    assert found[".volume"] == b"config-2"
+@pytest.mark.parametrize("label, files", [
+    ("cidata", {"user-data": b"#cloud-config\n{}\n", "meta-data": b"instance-id: x\n"}),
+    ("config-2", {"openstack/latest/meta_data.json": b"{}", "openstack/latest/user_data": b"#cloud-config\n"}),
+], ids=["nocloud", "configdrive-nested"])
+def test_iso_read_back_by_name_with_its_label(label, files):
+    assert read_iso(seed.iso_bytes(label, files)) == {**files, ".volume": label.encode()}
 
 
 def test_joliet_names_too(tmp_path):
@@ -53,8 +46,6 @@ def test_seed_user_data_carries_keys():
 
 # -- one builder for every family; ConfigDrive read back ---------------------------------------
 import json  # noqa: E402
-
-import pytest  # noqa: E402
 
 from pytest_kvm.errors import SeedError  # noqa: E402
 
