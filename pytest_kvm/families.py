@@ -4,77 +4,8 @@ A family says how a guest of that kind is seeded, reached, waited for and
 described to libvirt. The rest of the plugin reads these fields and never asks
 which operating system it is talking to: a new family is a new table entry.
 
-Sources for the values (checked against the projects' own code and docs):
-
-- cloud-init's ConfigDrive reader (``cloudinit/sources/helpers/openstack.py``):
-  ``openstack/<version>/meta_data.json`` is mandatory and must hold ``uuid``;
-  ``user_data``, ``vendor_data.json``, ``vendor_data2.json`` and
-  ``network_data.json`` are optional; it reads the newest dated version it
-  knows that is present on the drive, else ``latest``.
-- cloudbase-init (``metadata/services/osconfigdrive/windows.py``,
-  ``baseopenstackservice.py``): finds a CD-ROM or disk whose volume label is
-  ``config-2`` and that holds ``openstack\\latest\\meta_data.json``; reads
-  ``openstack/latest/{meta_data.json,user_data,network_data.json}`` only.
-  ``user_data`` starting ``#ps1_sysnative`` runs as a 64-bit PowerShell script
-  (``plugins/common/userdatautils.py``).
-- FreeBSD nuageinit (``libexec/rc/rc.d/nuageinit``, ``nuageinit(7)``, in base
-  since 14.1): mounts ``/dev/iso9660/config-2`` (else ``cidata``) and reads
-  ``openstack/latest``; the default user is ``freebsd`` with shell ``/bin/sh``;
-  ``users`` are created after the network is up. It has no ``cloud-init status``;
-  FreeBSD has no systemd.
-- Root on FreeBSD without sudo. nuageinit's ``users[].sudo`` / ``users[].doas`` only
-  append rules to ``${LOCALBASE}/etc/sudoers.d/90-nuageinit-users`` /
-  ``${LOCALBASE}/etc/doas.conf`` (``libexec/nuageinit/nuage.lua``: ``addsudo``,
-  ``adddoas``); the tools themselves are ports (``security/sudo``, ``security/doas``),
-  and the BASIC-CLOUDINIT images add no package but ``firstboot-freebsd-update``
-  (``release/tools/basic-cloudinit.conf``). Installing one through ``packages:`` would
-  need the internet at first boot. What base has is ``su``: ``/etc/pam.d/su`` lets a
-  member of ``wheel`` through to ``pam_unix`` with ``nullok`` (``lib/libpam/pam.d/su``,
-  ``system``), and ``pam_unix`` succeeds without a prompt when the target's password
-  is empty (``pam_unix.c``), which root's is in every image built from base's
-  ``etc/master.passwd`` (``root::0:0:...``; ``release/tools/vmimage.subr`` sets none).
-  So the FreeBSD family's privilege is ``su``: the seed puts the user in ``wheel``
-  (nuageinit's ``users[].groups``) and root commands run as ``su -m root -c '...'``
-  (FreeBSD su(1): words after the login name go to the shell). An image whose root
-  has a password makes those commands fail (``su: Sorry``), never run unprivileged.
-- OpenBSD (vio(4), vioblk(4)) and NetBSD (vioif(4), ld(4) at virtio) run on
-  virtio disks and NICs; their community cloud images ship Python cloud-init.
-- Windows without the virtio-win drivers only sees AHCI (SATA) disks and
-  Intel e1000-family NICs; cloudbase-init finds ``config-2`` on a SATA CD-ROM.
-- illumos (OmniOS cloud images). The image is built by kayak's ``build/cloud``
-  (OmniOS's own image builder; read in the 2021 and 2026 copies kept as
-  ``twobitsahead/kayak`` and ``citrus-it/kayak``): it installs ``cloud-init``
-  (OmniOS's port, ``omniosorg/cloud-init``) and *not* the illumos metadata agent,
-  enables the serial console (``console=ttya``, 115200), and labels the pool for a
-  virtio-blk disk (``/pci@0,0/pci1af4,2@4/blkdev@0,0``: vioblk(4D) under blkdev).
-  The OmniOS r151044 release notes: ``ec2-credential`` and ``azure-agent`` were
-  removed "in favour of cloud-init". So the seed is an ordinary NoCloud ``cidata``
-  ISO: the port's ``util.find_devs_with_illumos`` walks ``/dev/dsk/c*t*d*p0``, takes
-  ``fstyp`` ``hsfs`` (ISO 9660) or ``pcfs`` and matches ``labelit -F hsfs``'s
-  ``Volume id: cidata``; a virtio disk is a ``cXtYdZ`` blkdev device, so the seed
-  rides on the virtio bus like the other Unix families'. Keys, hostname and the
-  user come through the usual cloud-config: ``distros/illumos.py`` creates users
-  with ``useradd -m``, writes ``sudo`` rules (and RBAC ``profiles``), the hostname to
-  ``/etc/nodename``; ``cc_ssh`` takes ``ssh_keys`` (so the host key is seeded and
-  pinned as on Linux). The vendor's default user (``config/cloud.cfg.tmpl``) is
-  ``omnios`` with ``sudo: ALL=(ALL) NOPASSWD:ALL``, ``profiles: Primary
-  Administrator`` and ``/bin/bash``: the family uses the same tool (``sudo``; pfexec
-  would need an RBAC profile and is not one of the plugin's tools) and shell.
-  cloud-init runs as SMF ``svc:/system/cloud-init:{initlocal,init,modules,final}``
-  (``smf/cloud-init.xml``), so ``cloud-init status --wait`` is the readiness check.
-  Power: the port's ``shutdown -y -i 6|5 -g 0``; boot identity: the port's
-  ``illumos_boottime`` reads ``kstat`` ``unix:0:system_misc:boot_time``. Clock:
-  illumos date(1) sets ``mmddHHMM[[cc]yy][.SS]``. A clone's identity is its node name
-  (``hostname``, ``/etc/nodename``); illumos has no machine-id.
-  The metadata agent (``illumos/metadata-agent``) is what other illumos images use:
-  on QEMU (SMBIOS manufacturer ``QEMU``) it reads only a raw disk starting with a
-  ``cpio`` archive (``nodename``, root's ``authorized_keys``, ``firstboot.sh``), no
-  host key. The OmniOS images do not read it, so no seed format is added for it.
-  Not verified by a boot here: the firmware (BIOS, loader on a GPT ``zpool create
-  -B`` disk), the panic text (illumos ``panic[cpuN]/thread=...``), and whether sshd,
-  which SMF starts beside ``cloud-init:init`` rather than after it, can answer with a
-  first-boot key of its own before cloud-init writes the seeded one: the login then
-  fails with ``HostKeyMismatch`` (never trusted) instead of retrying.
+Where the values come from (each first-boot agent's and OS's own code and docs), and
+what is not verified by a boot (illumos), is in ``docs/design/families.md``.
 """
 from __future__ import annotations
 
@@ -116,7 +47,7 @@ BSD_BANNER = "The Regents of the University of California"  # every BSD kernel p
 class Family:
     """How one kind of guest is seeded, reached, waited for and wired up.
 
-    Every field is plain data; see the module docstring for where the values
+    Every field is plain data; ``docs/design/families.md`` says where the values
     come from.
     """
 

@@ -1,14 +1,10 @@
 """The user data cloudbase-init runs in a Windows guest: our admin user and WinRM over HTTP.
 
-cloudbase-init executes ``user_data`` that starts with ``#ps1_sysnative`` as a
-64-bit PowerShell script (``userdatautils.py``: ``^#(ps1|ps1_sysnative)\\s``).
-A script is text, so every value in it is a PowerShell single-quoted literal
-made by :func:`ps_quote`, never pasted in raw. With the user's own
-cloud-config, the user data becomes a MIME multipart: cloudbase-init runs a
-``text/x-shellscript`` part by its file name's extension (``.ps1``) and gives a
-``text/cloud-config`` part to its cloud-config plugins.
-
-The script needs Windows Server 2016 / Windows 10 or later (``New-LocalUser``).
+The user data is a ``#ps1_sysnative`` PowerShell script; with the user's own
+cloud-config, a MIME multipart of the script and that cloud-config. A script is text,
+so every value in it is a PowerShell single-quoted literal made by :func:`ps_quote`,
+never pasted in raw. What cloudbase-init does with each part, and what the script
+changes in the guest and why, is in ``docs/design/seeds.md``.
 """
 from __future__ import annotations
 

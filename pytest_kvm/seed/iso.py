@@ -1,18 +1,13 @@
 """Seed ISOs built in memory with pycdlib.
 
-Two layouts over one generic ISO writer:
+Two layouts over one generic ISO writer (Joliet and Rock Ridge names):
 
-- NoCloud (volume ``cidata``: ``user-data``, ``meta-data``, optional
-  ``network-config`` and ``vendor-data``): cloud-init, nuageinit.
+- NoCloud (volume ``cidata``: ``user-data``, ``meta-data``): cloud-init, nuageinit.
 - OpenStack ConfigDrive (volume ``config-2``: ``openstack/latest/`` with
-  ``meta_data.json``, ``user_data``, optional ``network_data.json`` and
-  ``vendor_data.json``): cloudbase-init, cloud-init, nuageinit.
+  ``meta_data.json`` and ``user_data``): cloudbase-init, cloud-init, nuageinit.
 
-Only ``openstack/latest`` is written. cloudbase-init and nuageinit read
-``latest`` and nothing else; cloud-init reads the newest dated version it
-knows (``2012-08-10`` ... ``2018-08-27``) *if one is on the drive*, else
-``latest`` (``helpers/openstack.py``, ``_find_working_version``). A dated copy
-would only be a second place for the same files to disagree.
+No network file is written (every reader then does DHCP on the first NIC), and only
+``openstack/latest``: ``docs/design/seeds.md`` says what each reader reads and why.
 """
 from __future__ import annotations
 

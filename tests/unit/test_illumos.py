@@ -1,6 +1,6 @@
 """The illumos family (OmniOS cloud images, configured by OmniOS's cloud-init): its seed read
 back from the ISO the way the guest's cloud-init finds it, its domain, its root commands and
-its catalog entry. No illumos guest is booted here (see the families module docstring)."""
+its catalog entry. No illumos guest is booted here (see docs/design/families.md)."""
 import shlex
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
