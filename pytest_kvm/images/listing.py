@@ -14,7 +14,6 @@ from .cache import ImageCache, read_manifest
 @dataclass(frozen=True)
 class CachedImage:
     name: str
-    path: Path | None  # the current digest's disk; None: only a copy in the old layout
     size: int  # bytes, the current digest's files (or the old copy's)
     sha256: str  # the disk's
     stale: bool  # made from another version of its recipe or catalog entry
@@ -41,7 +40,7 @@ def list_cached(cache: ImageCache, wanted: Callable[[str, str], str | None]) -> 
             old = read_manifest(directory)
             if old is not None:  # the flat layout of earlier versions
                 found.append(CachedImage(
-                    name=name, path=None, size=_size(directory), sha256="", stale=True,
+                    name=name, size=_size(directory), sha256="", stale=True,
                     built_at=old.get("built_at", "?"),
                     kind="catalog" if old.get("source") == "catalog" else "recipe",
                     older=len(digests), old_layout=True))
@@ -52,7 +51,7 @@ def list_cached(cache: ImageCache, wanted: Callable[[str, str], str | None]) -> 
         disk = manifest.get("disk", "") if kind == "catalog" else DISK
         current = wanted(name, kind)
         found.append(CachedImage(
-            name=name, path=dest / disk, size=_size(dest), sha256=manifest["sha256"].get(disk, "?"),
+            name=name, size=_size(dest), sha256=manifest["sha256"].get(disk, "?"),
             stale=current is not None and current != pointer.get("source_digest"),
             built_at=manifest.get("built_at", "?"), kind=kind,
             digest=digest, older=len([d for d in digests if d != digest])))

@@ -184,7 +184,7 @@ def test_the_old_flat_layout_is_not_cached_and_replaced(tmp_path, builds, capsys
     dest = old_layout(tmp_path)
     with store(tmp_path) as s:
         [cached] = s.list_cached()
-        assert (cached.old_layout, cached.path, cached.digest) == (True, None, "")
+        assert (cached.old_layout, cached.stale, cached.digest) == (True, True, "")
         assert not s.available("freebsd-14")
     assert cli.main(["--cache-dir", str(tmp_path), "image", "list"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("debian-12 "))
