@@ -10,7 +10,6 @@ import pytest
 
 from imageserver import ImageServer
 from pytest_kvm import cli
-from pytest_kvm.files import sha256_file
 from pytest_kvm.images.download import RetryPolicy
 from pytest_kvm.errors import ImageError
 from pytest_kvm.images.cache import check_files
