@@ -29,8 +29,12 @@ def _progress(message: str) -> None:
     print(f"pytest-kvm: {message}", file=sys.stderr, flush=True)
 
 
+def _cache_dir(args) -> Path:
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
 def _store(args, mirror: str | None = None) -> ImageStore:
-    return ImageStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), progress=_progress,
+    return ImageStore(_cache_dir(args), progress=_progress,
                       mirror=mirror, catalogs=tuple(Path(p) for p in args.catalog or ()))
 
 
@@ -127,7 +131,7 @@ def cmd_reap(args) -> int:
         finally:
             hv.close()
         return 0
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache = _cache_dir(args)
     if args.host:
         return _reap_host(args.host, cache, include_kept=args.kept)
     removed: list[str] = []
@@ -174,7 +178,7 @@ def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
 
 
 def cmd_inventory(args) -> int:
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache = _cache_dir(args)
     hosts = kept_hosts(cache / "runs", warn=_progress)
     path = Path(args.path) if args.path else cache / "inventory.yml"
     try:
@@ -190,7 +194,7 @@ def cmd_inventory(args) -> int:
 
 
 def _snapshots(args) -> SnapshotStore:
-    return SnapshotStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    return SnapshotStore(_cache_dir(args))
 
 
 def cmd_snapshot_list(args) -> int:
@@ -259,7 +263,7 @@ def cmd_doctor(args) -> int:
     _check(accel.name == "kvm", f"acceleration: {accel.describe()}",
            "guests will run under TCG (software emulation, several times slower); "
            "for KVM enable VT-x/AMD-V and load kvm_intel or kvm_amd")
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache = _cache_dir(args)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         writable = os.access(cache, os.W_OK)

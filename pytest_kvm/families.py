@@ -4,77 +4,8 @@ A family says how a guest of that kind is seeded, reached, waited for and
 described to libvirt. The rest of the plugin reads these fields and never asks
 which operating system it is talking to: a new family is a new table entry.
 
-Sources for the values (checked against the projects' own code and docs):
-
-- cloud-init's ConfigDrive reader (``cloudinit/sources/helpers/openstack.py``):
-  ``openstack/<version>/meta_data.json`` is mandatory and must hold ``uuid``;
-  ``user_data``, ``vendor_data.json``, ``vendor_data2.json`` and
-  ``network_data.json`` are optional; it reads the newest dated version it
-  knows that is present on the drive, else ``latest``.
-- cloudbase-init (``metadata/services/osconfigdrive/windows.py``,
-  ``baseopenstackservice.py``): finds a CD-ROM or disk whose volume label is
-  ``config-2`` and that holds ``openstack\\latest\\meta_data.json``; reads
-  ``openstack/latest/{meta_data.json,user_data,network_data.json}`` only.
-  ``user_data`` starting ``#ps1_sysnative`` runs as a 64-bit PowerShell script
-  (``plugins/common/userdatautils.py``).
-- FreeBSD nuageinit (``libexec/rc/rc.d/nuageinit``, ``nuageinit(7)``, in base
-  since 14.1): mounts ``/dev/iso9660/config-2`` (else ``cidata``) and reads
-  ``openstack/latest``; the default user is ``freebsd`` with shell ``/bin/sh``;
-  ``users`` are created after the network is up. It has no ``cloud-init status``;
-  FreeBSD has no systemd.
-- Root on FreeBSD without sudo. nuageinit's ``users[].sudo`` / ``users[].doas`` only
-  append rules to ``${LOCALBASE}/etc/sudoers.d/90-nuageinit-users`` /
-  ``${LOCALBASE}/etc/doas.conf`` (``libexec/nuageinit/nuage.lua``: ``addsudo``,
-  ``adddoas``); the tools themselves are ports (``security/sudo``, ``security/doas``),
-  and the BASIC-CLOUDINIT images add no package but ``firstboot-freebsd-update``
-  (``release/tools/basic-cloudinit.conf``). Installing one through ``packages:`` would
-  need the internet at first boot. What base has is ``su``: ``/etc/pam.d/su`` lets a
-  member of ``wheel`` through to ``pam_unix`` with ``nullok`` (``lib/libpam/pam.d/su``,
-  ``system``), and ``pam_unix`` succeeds without a prompt when the target's password
-  is empty (``pam_unix.c``), which root's is in every image built from base's
-  ``etc/master.passwd`` (``root::0:0:...``; ``release/tools/vmimage.subr`` sets none).
-  So the FreeBSD family's privilege is ``su``: the seed puts the user in ``wheel``
-  (nuageinit's ``users[].groups``) and root commands run as ``su -m root -c '...'``
-  (FreeBSD su(1): words after the login name go to the shell). An image whose root
-  has a password makes those commands fail (``su: Sorry``), never run unprivileged.
-- OpenBSD (vio(4), vioblk(4)) and NetBSD (vioif(4), ld(4) at virtio) run on
-  virtio disks and NICs; their community cloud images ship Python cloud-init.
-- Windows without the virtio-win drivers only sees AHCI (SATA) disks and
-  Intel e1000-family NICs; cloudbase-init finds ``config-2`` on a SATA CD-ROM.
-- illumos (OmniOS cloud images). The image is built by kayak's ``build/cloud``
-  (OmniOS's own image builder; read in the 2021 and 2026 copies kept as
-  ``twobitsahead/kayak`` and ``citrus-it/kayak``): it installs ``cloud-init``
-  (OmniOS's port, ``omniosorg/cloud-init``) and *not* the illumos metadata agent,
-  enables the serial console (``console=ttya``, 115200), and labels the pool for a
-  virtio-blk disk (``/pci@0,0/pci1af4,2@4/blkdev@0,0``: vioblk(4D) under blkdev).
-  The OmniOS r151044 release notes: ``ec2-credential`` and ``azure-agent`` were
-  removed "in favour of cloud-init". So the seed is an ordinary NoCloud ``cidata``
-  ISO: the port's ``util.find_devs_with_illumos`` walks ``/dev/dsk/c*t*d*p0``, takes
-  ``fstyp`` ``hsfs`` (ISO 9660) or ``pcfs`` and matches ``labelit -F hsfs``'s
-  ``Volume id: cidata``; a virtio disk is a ``cXtYdZ`` blkdev device, so the seed
-  rides on the virtio bus like the other Unix families'. Keys, hostname and the
-  user come through the usual cloud-config: ``distros/illumos.py`` creates users
-  with ``useradd -m``, writes ``sudo`` rules (and RBAC ``profiles``), the hostname to
-  ``/etc/nodename``; ``cc_ssh`` takes ``ssh_keys`` (so the host key is seeded and
-  pinned as on Linux). The vendor's default user (``config/cloud.cfg.tmpl``) is
-  ``omnios`` with ``sudo: ALL=(ALL) NOPASSWD:ALL``, ``profiles: Primary
-  Administrator`` and ``/bin/bash``: the family uses the same tool (``sudo``; pfexec
-  would need an RBAC profile and is not one of the plugin's tools) and shell.
-  cloud-init runs as SMF ``svc:/system/cloud-init:{initlocal,init,modules,final}``
-  (``smf/cloud-init.xml``), so ``cloud-init status --wait`` is the readiness check.
-  Power: the port's ``shutdown -y -i 6|5 -g 0``; boot identity: the port's
-  ``illumos_boottime`` reads ``kstat`` ``unix:0:system_misc:boot_time``. Clock:
-  illumos date(1) sets ``mmddHHMM[[cc]yy][.SS]``. A clone's identity is its node name
-  (``hostname``, ``/etc/nodename``); illumos has no machine-id.
-  The metadata agent (``illumos/metadata-agent``) is what other illumos images use:
-  on QEMU (SMBIOS manufacturer ``QEMU``) it reads only a raw disk starting with a
-  ``cpio`` archive (``nodename``, root's ``authorized_keys``, ``firstboot.sh``), no
-  host key. The OmniOS images do not read it, so no seed format is added for it.
-  Not verified by a boot here: the firmware (BIOS, loader on a GPT ``zpool create
-  -B`` disk), the panic text (illumos ``panic[cpuN]/thread=...``), and whether sshd,
-  which SMF starts beside ``cloud-init:init`` rather than after it, can answer with a
-  first-boot key of its own before cloud-init writes the seeded one: the login then
-  fails with ``HostKeyMismatch`` (never trusted) instead of retrying.
+Where the values come from (each first-boot agent's and OS's own code and docs), and
+what is not verified by a boot (illumos), is in ``docs/design/families.md``.
 """
 from __future__ import annotations
 
@@ -116,7 +47,7 @@ BSD_BANNER = "The Regents of the University of California"  # every BSD kernel p
 class Family:
     """How one kind of guest is seeded, reached, waited for and wired up.
 
-    Every field is plain data; see the module docstring for where the values
+    Every field is plain data; ``docs/design/families.md`` says where the values
     come from.
     """
 
@@ -246,9 +177,16 @@ _UNIX = dict(user_data_format="cloud-config", login_user=LOGIN_USER, transport="
              firmware="bios", machine="pc", disk_bus="virtio", nic_model="virtio-net-pci",
              seed_device="disk", shell="sh", seeds_host_key=True,
              direct_kernel_boot=False)
-_BSD_POWER = dict(reboot_command="shutdown -r now", poweroff_command="shutdown -p now",
-                  boot_id_command="sysctl -n kern.boottime")
-# BSD date(1) takes [[[[[cc]yy]mm]dd]HH]MM[.SS]; GNU date does not, so Linux has its own
+# what FreeBSD, OpenBSD and NetBSD share: base's sh, su/doas/sudo aside; the BSD banner
+_BSD = dict(
+    **_UNIX, ready_command=None, ready_exit_codes=(0,), login_shell="/bin/sh",
+    boot_banner=BSD_BANNER,
+    # BSD date(1) takes [[[[[cc]yy]mm]dd]HH]MM[.SS]; GNU date does not, so Linux has its own
+    clock_command="date -u {utc:%Y%m%d%H%M.%S} >/dev/null",
+    identity_command="hostname {hostname}",  # the hostname (no machine-id to renew)
+    artifact_logs=(("messages.log", "cat /var/log/messages"), ("dmesg.txt", "dmesg")),
+    reboot_command="shutdown -r now", poweroff_command="shutdown -p now",
+    boot_id_command="sysctl -n kern.boottime")
 
 
 # bash, as root: the hot-plugged NIC appears within seconds (PCI hotplug, driver probe)
@@ -264,13 +202,6 @@ LINUX_NETWORK_COMMAND = (
 HOSTS_MARK = "# pytest-kvm network"
 UNIX_HOSTS_COMMAND = (f"sed -i '/ {HOSTS_MARK}$/d' /etc/hosts && "
                       f"printf '%s {HOSTS_MARK}\\n' {{lines}} >> /etc/hosts")
-
-
-_BSD_LOGS = (("messages.log", "cat /var/log/messages"), ("dmesg.txt", "dmesg"))
-
-
-BSD_CLOCK_COMMAND = "date -u {utc:%Y%m%d%H%M.%S} >/dev/null"
-BSD_IDENTITY_COMMAND = "hostname {hostname}"  # BSDs: the hostname (no machine-id to renew)
 
 
 _FAMILIES: dict[str, Family] = {family.name: family for family in (
@@ -296,30 +227,20 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
                        ("cloud-init-output.log", "cat /var/log/cloud-init-output.log"))),
     Family(
         name="freebsd", description="FreeBSD BASIC-CLOUDINIT images (nuageinit, in base since 14.1)",
-        **_UNIX,
+        **_BSD,
         # nuageinit reads both; config-2 is probed first, and it is what OpenStack gives it
-        seed_format="configdrive", ready_command=None, ready_exit_codes=(0,),
-        # base has no bash, no sudo and no doas: su, as a wheel member (see the docstring)
-        login_shell="/bin/sh", privilege="su",
-        boot_banner=BSD_BANNER, panic_markers=("panic: ",),
-        clock_command=BSD_CLOCK_COMMAND, identity_command=BSD_IDENTITY_COMMAND,
-        artifact_logs=_BSD_LOGS, **_BSD_POWER),
+        seed_format="configdrive",
+        # base has no bash, no sudo and no doas: su, as a wheel member (docs/design/families.md)
+        privilege="su", panic_markers=("panic: ",)),
     Family(
         name="openbsd", description="OpenBSD cloud images with cloud-init (community builds)",
-        **_UNIX,
-        seed_format="nocloud", ready_command=None, ready_exit_codes=(0,),
-        login_shell="/bin/sh", privilege="doas",  # doas(1) is in base, sudo is not
-        boot_banner=BSD_BANNER, panic_markers=("panic: ", "ddb{"),
-        clock_command=BSD_CLOCK_COMMAND, identity_command=BSD_IDENTITY_COMMAND,
-        artifact_logs=_BSD_LOGS, **_BSD_POWER),
+        **_BSD, seed_format="nocloud",
+        privilege="doas",  # doas(1) is in base, sudo is not
+        panic_markers=("panic: ", "ddb{")),
     Family(
         name="netbsd", description="NetBSD cloud images with cloud-init (community builds)",
-        **_UNIX,
-        seed_format="nocloud", ready_command=None, ready_exit_codes=(0,),
-        login_shell="/bin/sh", privilege="sudo",
-        boot_banner=BSD_BANNER, panic_markers=("panic: ", "Stopped in pid"),
-        clock_command=BSD_CLOCK_COMMAND, identity_command=BSD_IDENTITY_COMMAND,
-        artifact_logs=_BSD_LOGS, **_BSD_POWER),
+        **_BSD, seed_format="nocloud", privilege="sudo",
+        panic_markers=("panic: ", "Stopped in pid")),
     Family(
         name="windows", description="Windows with cloudbase-init (images come from the user)",
         seed_format="configdrive", user_data_format="cloudbase-ps1", login_user=LOGIN_USER,
@@ -375,9 +296,9 @@ def family(name: str) -> Family:
                          f"{', '.join(sorted(FAMILIES))}") from None
 
 
-def family_for_name(image_name: str, default: str = "linux") -> str:
+def family_for_name(image_name: str) -> str:
     """The family of a local image (``--kvm-image NAME=PATH``) from its name's first word:
     ``windows-2022`` is ``windows``, ``freebsd-14.3`` is ``freebsd``; anything else is
-    *default* (override it with the ``family=`` keyword of the marker or ``kvm.boot``)."""
+    ``linux`` (override it with the ``family=`` keyword of the marker or ``kvm.boot``)."""
     first = image_name.lower().split("-", 1)[0]
-    return first if first in FAMILIES else default
+    return first if first in FAMILIES else "linux"

@@ -1,5 +1,5 @@
-"""Build a base image from a recipe, offline, into a staging directory (the image store
-renames it into the cache, content-addressed, once complete).
+"""Build a base image from a recipe, offline, into a staging directory (the image cache,
+:mod:`pytest_kvm.images.cache`, renames it into place, content-addressed, once complete).
 
 The only builder so far is ``debootstrap``: install a minimal Debian root from
 a package mirror, configure it from the recipe's data (files, unit masks, clean-up, then its
@@ -10,7 +10,6 @@ and keep the kernel and initrd beside it for direct kernel boot.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -21,11 +20,11 @@ from pathlib import Path
 
 from ..files import sha256_file
 from ..errors import ImageError
+from .cache import utc_now
 from .recipes import Recipe
 
 Progress = Callable[[str], None]
 
-MANIFEST = "manifest.json"
 DISK = "base.qcow2"
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
@@ -103,10 +102,9 @@ def _newest(root: Path, pattern: str) -> Path:
 
 
 def build_image(recipe: Recipe, out: Path, progress: Progress) -> dict:
-    """Build *recipe* into *out*, an empty staging directory the caller made (and renames
-    into the cache once complete: see ``ImageStore``), and return the manifest, which is
-    written there too. The work files (the root, the raw disk) are kept in a temporary
-    directory beside *out* and removed on every path."""
+    """Build *recipe* into *out*, an empty staging directory the image cache made (and
+    renames into place once complete), and return the manifest. The work files (the root,
+    the raw disk) are kept in a temporary directory beside *out* and removed on every path."""
     _check_prerequisites(recipe)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=".build-", dir=out.parent) as tmp:
@@ -141,9 +139,8 @@ def build_image(recipe: Recipe, out: Path, progress: Progress) -> dict:
         "login_user": recipe.login_user,
         "format": "qcow2",
         "sha256": {name: sha256_file(out / name) for name in (DISK, KERNEL, INITRD)},
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "built_at": utc_now(),
         "build_seconds": round(time.monotonic() - started, 1),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     progress(f"built {recipe.name} in {manifest['build_seconds']} s")
     return manifest

@@ -3,7 +3,8 @@
 A catalog is data: one ``[[image]]`` table per downloadable disk (name, family,
 URL, how to verify it, format, compression, firmware, minimum memory, login
 user). This module reads and checks catalog files and maps URLs onto a mirror;
-:mod:`pytest_kvm.images.download` fetches them and :mod:`pytest_kvm.images.store` caches them.
+:mod:`pytest_kvm.images.vendor` downloads them (with :mod:`pytest_kvm.images.download`) into
+the image cache, :mod:`pytest_kvm.images.cache`.
 """
 from __future__ import annotations
 
@@ -70,15 +71,6 @@ class CatalogEntry:
         if pinned:
             return pinned[0]
         return self.checksum_algorithm or "sha256"
-
-    @property
-    def verification(self) -> str:
-        """How the download is verified, in words (for messages and the manifest)."""
-        if self.pinned:
-            return f"pinned {self.algorithm}"
-        if self.checksum_url:
-            return f"{self.algorithm} from {self.checksum_url}"
-        return "trust on first use (the vendor publishes no checksum)"
 
     @property
     def filename(self) -> str:

@@ -5,9 +5,9 @@ resumes a dropped or truncated transfer with an HTTP ``Range`` request (and
 starts over when the server ignores ``Range``), checks the sha256/sha512 of
 what arrived against a pinned digest or the vendor's checksum file *before*
 the file enters the cache, decompresses ``xz``, and moves the result in with
-``os.replace``. All of it happens under a file lock on ``<dest>.lock``, so
-parallel workers (pytest-xdist) download once: the others wait and find the
-finished file. Whatever fails, no temporary file is left behind.
+``os.replace``. Whatever fails, no temporary file is left behind. Parallel workers
+(pytest-xdist) download once because :mod:`pytest_kvm.images.cache` holds the image's
+lock around it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import lzma
 import os
 import re
 import socket
-import sys
 import tempfile
 import time
 import urllib.error
@@ -26,8 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import file_lock
-from .catalog import ALGORITHMS, CatalogEntry, mirror_url
+from .catalog import ALGORITHMS, CatalogEntry
 from ..errors import ImageError
 
 Progress = Callable[[int, "int | None"], None]
@@ -63,13 +61,10 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class FetchResult:
-    path: Path
-    downloaded: bool  # False: another worker (or an earlier run) had already fetched it
-    url: str = ""
-    sha256: str | None = None  # of the final (decompressed) file, when downloaded here
-    source_digest: tuple[str, str] | None = None  # (algorithm, hex) of the file as downloaded
-    size: int = 0
-    verified_by: str = ""  # where the expected digest came from (see _Source.verified_by)
+    url: str  # where it was downloaded from (the mirror's address, through a mirror)
+    sha256: str  # of the final (decompressed) file
+    source_digest: tuple[str, str]  # (algorithm, hex) of the file as downloaded
+    verified_by: str  # where the expected digest came from (see _Source.verified_by)
 
 
 class _Retry(Exception):
@@ -253,12 +248,11 @@ def _stream(url: str, fh, algorithms: set[str], *, progress: Progress | None, po
         policy.sleep(delay)
 
 
-def fetch_text(url: str, *, policy: RetryPolicy = RetryPolicy(), log: Log = lambda msg: None,
-               hint: str = DEFAULT_HINT, limit: int = MAX_CHECKSUM_FILE) -> str:
+def fetch_text(url: str, *, policy: RetryPolicy, log: Log, hint: str) -> str:
     """A small text file (a checksum list), with the same retries as an image."""
     with tempfile.TemporaryFile() as fh:
         _, size = _stream(url, fh, set(), progress=None, policy=policy, log=log, hint=hint)
-        if size > limit:
+        if size > MAX_CHECKSUM_FILE:
             raise ImageError(f"{url} is {size} bytes; a checksum file should be small")
         fh.seek(0)
         return fh.read().decode("utf-8", errors="replace")
@@ -267,6 +261,8 @@ def fetch_text(url: str, *, policy: RetryPolicy = RetryPolicy(), log: Log = lamb
 # -- fetch ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Source:
+    """Where a catalog entry is fetched from and how it is verified."""
+
     url: str
     filename: str
     algorithm: str
@@ -275,6 +271,14 @@ class _Source:
     compression: str
     #: the checksum file is the mirror's copy: it proves the transfer, not the mirror
     checksum_from_mirror: bool = False
+
+    @classmethod
+    def of(cls, entry: CatalogEntry, mirror: str | None) -> _Source:
+        mirrored = entry.with_mirror(mirror)
+        return cls(url=mirrored.url, filename=entry.filename, algorithm=entry.algorithm,
+                   pinned=entry.pinned[1] if entry.pinned else None,
+                   checksum_url=mirrored.checksum_url, compression=entry.compression,
+                   checksum_from_mirror=bool(mirror and entry.checksum_url and not entry.pinned))
 
     def verified_by(self) -> str:
         """The algorithm and where the expected digest came from, in words (messages and
@@ -288,129 +292,84 @@ class _Source:
         return "nothing: trusted on first use"
 
 
-def _source(source: CatalogEntry | str, *, mirror: str | None, sha256: str | None,
-            sha512: str | None, checksum_url: str | None, checksum_algorithm: str | None,
-            trust_on_first_use: bool, compression: str | None) -> _Source:
-    if isinstance(source, CatalogEntry):
-        if any((sha256, sha512, checksum_url, checksum_algorithm, trust_on_first_use)):
-            raise TypeError("a catalog entry carries its own checksum")
-        entry = source.with_mirror(mirror)
-        return _Source(url=entry.url, filename=source.filename, algorithm=entry.algorithm,
-                       pinned=entry.pinned[1] if entry.pinned else None,
-                       checksum_url=entry.checksum_url,
-                       compression=compression or entry.compression,
-                       checksum_from_mirror=bool(mirror and entry.checksum_url and not entry.pinned))
-    filename = urllib.parse.unquote(urllib.parse.urlsplit(source).path.rsplit("/", 1)[-1])
-    if sum(map(bool, (sha256, sha512, checksum_url, trust_on_first_use))) != 1:
-        raise ImageError(f"refusing to download {source} without exactly one way to verify it "
-                         "(sha256=, sha512=, checksum_url= or trust_on_first_use=True)")
-    algorithm = "sha512" if sha512 else "sha256" if sha256 else (checksum_algorithm or "sha256")
-    if algorithm not in ALGORITHMS:
-        raise ImageError(f"unknown checksum algorithm {algorithm!r} (use {', '.join(ALGORITHMS)})")
-    return _Source(url=mirror_url(source, mirror), filename=filename, algorithm=algorithm,
-                   pinned=(sha256 or sha512 or "").lower() or None,
-                   checksum_url=mirror_url(checksum_url, mirror) if checksum_url else None,
-                   compression=compression or "none",
-                   checksum_from_mirror=bool(mirror and checksum_url and not (sha256 or sha512)))
-
-
-def _sweep(dest: Path) -> None:
-    """Remove temporary files a killed process left beside *dest* (we hold its lock)."""
-    for leftover in dest.parent.glob(f".{dest.name}.*.part"):
-        leftover.unlink(missing_ok=True)
-
-
 def _temp(dest: Path, tag: str) -> Path:
     fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.{tag}.", suffix=".part")
     os.close(fd)
     return Path(name)
 
 
-def _decompress_xz(src: Path, out: Path, url: str) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
+def _decompress_xz(src: Path, out: Path, url: str) -> str:
+    """Decompress *src* into *out*; the sha256 of what was written."""
+    digest = hashlib.sha256()
     try:
         with lzma.open(src) as zin, out.open("wb") as zout:
             while block := zin.read(CHUNK):
                 zout.write(block)
                 digest.update(block)
-                size += len(block)
             zout.flush()
             os.fsync(zout.fileno())
     except (lzma.LZMAError, EOFError) as exc:
         raise ImageError(f"{url} matched its checksum but is not valid xz data ({exc}); "
                          "the image was not used") from exc
-    return digest.hexdigest(), size
+    return digest.hexdigest()
 
 
-def fetch(source: CatalogEntry | str, dest: Path, *, mirror: str | None = None,
-          sha256: str | None = None, sha512: str | None = None, checksum_url: str | None = None,
-          checksum_algorithm: str | None = None, trust_on_first_use: bool = False,
-          compression: str | None = None, progress: Progress | None = None,
-          policy: RetryPolicy = RetryPolicy(), log: Log = lambda msg: None,
-          on_wait: Callable[[], None] | None = None, hint: str | None = None) -> FetchResult:
-    """Download a catalog entry (or a URL with one of the checksum keywords) to *dest*.
+def fetch(entry: CatalogEntry, dest: Path, *, mirror: str | None = None,
+          progress: Progress | None = None, policy: RetryPolicy = RetryPolicy(),
+          log: Log = lambda msg: None) -> FetchResult:
+    """Download catalog *entry* to *dest* (in a directory only the caller writes to: the
+    image cache's staging directory), verified, decompressed, read-only.
 
     *mirror* maps the URL and checksum URL with :func:`~pytest_kvm.images.catalog.mirror_url`.
     *progress* is called with (bytes done, total or None) as data arrives; *log* gets
-    one line per retry. If *dest* already exists (another worker fetched it while we
-    waited for the lock), nothing is downloaded.
+    one line per retry.
     """
-    src = _source(source, mirror=mirror, sha256=sha256, sha512=sha512, checksum_url=checksum_url,
-                  checksum_algorithm=checksum_algorithm, trust_on_first_use=trust_on_first_use,
-                  compression=compression)
-    if hint is None:
-        name = source.name if isinstance(source, CatalogEntry) else "NAME"
-        hint = DEFAULT_HINT.replace("NAME=PATH", f"{name}=PATH")
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(dest.with_name(dest.name + ".lock"), on_wait=on_wait):
-        if dest.exists():
-            return FetchResult(path=dest, downloaded=False, url=src.url)
-        _sweep(dest)
-        expected = src.pinned
-        if expected is None and src.checksum_url:
-            if src.checksum_from_mirror:
-                log(f"warning: {src.filename}: the checksum file comes from the mirror too "
-                    f"({src.checksum_url}): this catches a damaged or partial copy, not a mirror "
-                    f"that serves another image; to verify the vendor's own digest, pin "
-                    f"{src.algorithm} in a catalog file of yours (kvm_catalog)")
-            text = fetch_text(src.checksum_url, policy=policy, log=log, hint=hint)
-            expected = parse_checksums(text, src.filename, src.algorithm, source=src.checksum_url)
-        temps: list[Path] = []
-        try:
-            download = _temp(dest, "download")
-            temps.append(download)
-            algorithms = {src.algorithm} | ({"sha256"} if src.compression == "none" else set())
-            with download.open("r+b") as fh:
-                hashers, size = _stream(src.url, fh, algorithms, progress=progress, policy=policy,
-                                        log=log, hint=hint)
-                fh.flush()
-                os.fsync(fh.fileno())
-            got = hashers[src.algorithm].hexdigest()
-            if expected is not None and got != expected:
-                cause = ("The mirror's image and its own checksum file disagree: its copy is "
-                         "damaged or incomplete (sync it again), or a proxy altered the download."
-                         if src.checksum_from_mirror else
-                         "If the vendor replaced the file, update the catalog entry; otherwise "
-                         "a proxy or the mirror altered it.")
-                raise ImageError(
-                    f"checksum mismatch for {src.url}: expected {src.algorithm} {expected} "
-                    f"({src.verified_by()}), "
-                    f"got {got}. The download was deleted and the image was not used. {cause}")
-            if src.compression == "xz":
-                final = _temp(dest, "unxz")
-                temps.append(final)
-                final_sha256, size = _decompress_xz(download, final, src.url)
-            else:
-                final, final_sha256 = download, hashers["sha256"].hexdigest()
-            os.chmod(final, 0o444)  # cached images are read-only, like built ones
-            os.replace(final, dest)
-        finally:
-            for temp in temps:
-                with contextlib.suppress(OSError):
-                    temp.unlink(missing_ok=True)
-    return FetchResult(path=dest, downloaded=True, url=src.url, sha256=final_sha256,
-                       source_digest=(src.algorithm, got), size=size, verified_by=src.verified_by())
+    src = _Source.of(entry, mirror)
+    hint = DEFAULT_HINT.replace("NAME=PATH", f"{entry.name}=PATH")
+    expected = src.pinned
+    if expected is None and src.checksum_url:
+        if src.checksum_from_mirror:
+            log(f"warning: {src.filename}: the checksum file comes from the mirror too "
+                f"({src.checksum_url}): this catches a damaged or partial copy, not a mirror "
+                f"that serves another image; to verify the vendor's own digest, pin "
+                f"{src.algorithm} in a catalog file of yours (kvm_catalog)")
+        text = fetch_text(src.checksum_url, policy=policy, log=log, hint=hint)
+        expected = parse_checksums(text, src.filename, src.algorithm, source=src.checksum_url)
+    temps: list[Path] = []
+    try:
+        download = _temp(dest, "download")
+        temps.append(download)
+        algorithms = {src.algorithm} | ({"sha256"} if src.compression == "none" else set())
+        with download.open("r+b") as fh:
+            hashers, _ = _stream(src.url, fh, algorithms, progress=progress, policy=policy,
+                                 log=log, hint=hint)
+            fh.flush()
+            os.fsync(fh.fileno())
+        got = hashers[src.algorithm].hexdigest()
+        if expected is not None and got != expected:
+            cause = ("The mirror's image and its own checksum file disagree: its copy is "
+                     "damaged or incomplete (sync it again), or a proxy altered the download."
+                     if src.checksum_from_mirror else
+                     "If the vendor replaced the file, update the catalog entry; otherwise "
+                     "a proxy or the mirror altered it.")
+            raise ImageError(
+                f"checksum mismatch for {src.url}: expected {src.algorithm} {expected} "
+                f"({src.verified_by()}), "
+                f"got {got}. The download was deleted and the image was not used. {cause}")
+        if src.compression == "xz":
+            final = _temp(dest, "unxz")
+            temps.append(final)
+            final_sha256 = _decompress_xz(download, final, src.url)
+        else:
+            final, final_sha256 = download, hashers["sha256"].hexdigest()
+        os.chmod(final, 0o444)  # cached images are read-only, like built ones
+        os.replace(final, dest)
+    finally:
+        for temp in temps:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+    return FetchResult(url=src.url, sha256=final_sha256, source_digest=(src.algorithm, got),
+                       verified_by=src.verified_by())
 
 
 # -- progress -----------------------------------------------------------------------
@@ -422,10 +381,10 @@ class ProgressLine:
     """A progress callback for :func:`fetch` that emits one line (``label: 12.0 MiB of
     480.3 MiB (2%), 5.1 MiB/s``) at most every *interval* seconds, and one at the end."""
 
-    def __init__(self, label: str, emit: Log | None = None, *, interval: float = 1.0,
+    def __init__(self, label: str, emit: Log, *, interval: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
-        self.emit = emit or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.emit = emit
         self.interval = interval
         self.clock = clock
         self._start: float | None = None

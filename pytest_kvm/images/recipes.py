@@ -33,7 +33,6 @@ def recipes_dir() -> Path:
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    path: Path
     description: str
     family: str
     builder: str
@@ -95,7 +94,6 @@ def load_recipe(name: str, directory: Path | None = None) -> Recipe:
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return Recipe(
         name=name,
-        path=path,
         description=data.get("description", name),
         family=data["family"],
         builder=data["builder"],

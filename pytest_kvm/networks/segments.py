@@ -76,7 +76,6 @@ class Network:
 
     def __init__(self, name: str, number: int, directory: Path, ula: ipaddress.IPv6Network) -> None:
         self.name = name
-        self.number = number
         self.directory = directory
         self.subnet4 = ipaddress.IPv4Network((int(LINK_LOCAL.network_address) + (number << 8), 24))
         self.ula = ula

@@ -1,14 +1,10 @@
 """The user data cloudbase-init runs in a Windows guest: our admin user and WinRM over HTTP.
 
-cloudbase-init executes ``user_data`` that starts with ``#ps1_sysnative`` as a
-64-bit PowerShell script (``userdatautils.py``: ``^#(ps1|ps1_sysnative)\\s``).
-A script is text, so every value in it is a PowerShell single-quoted literal
-made by :func:`ps_quote`, never pasted in raw. With the user's own
-cloud-config, the user data becomes a MIME multipart: cloudbase-init runs a
-``text/x-shellscript`` part by its file name's extension (``.ps1``) and gives a
-``text/cloud-config`` part to its cloud-config plugins.
-
-The script needs Windows Server 2016 / Windows 10 or later (``New-LocalUser``).
+The user data is a ``#ps1_sysnative`` PowerShell script; with the user's own
+cloud-config, a MIME multipart of the script and that cloud-config. A script is text,
+so every value in it is a PowerShell single-quoted literal made by :func:`ps_quote`,
+never pasted in raw. What cloudbase-init does with each part, and what the script
+changes in the guest and why, is in ``docs/design/seeds.md``.
 """
 from __future__ import annotations
 
@@ -34,12 +30,12 @@ def ps_quote(value: str) -> str:
     return f"'{value}'"
 
 
-def setup_script(user: str, password: str, *, basic_auth: bool = False) -> str:
+def setup_script(user: str, password: str) -> str:
     """The PowerShell that creates *user* as a local administrator with *password*, lets
     local administrators use WinRM remotely, and opens WinRM over HTTP on port 5985.
 
     The handle authenticates with NTLM, whose messages pywinrm encrypts even over HTTP,
-    so ``AllowUnencrypted`` and Basic auth stay off unless *basic_auth* is asked for.
+    so ``AllowUnencrypted`` and Basic auth stay off.
     """
     lines = [
         PS1_HEADER,
@@ -63,13 +59,6 @@ def setup_script(user: str, password: str, *, basic_auth: bool = False) -> str:
         "| Set-NetConnectionProfile -NetworkCategory Private } catch { }",
         "Enable-PSRemoting -Force -SkipNetworkProfileCheck | Out-Null",
         "Set-Service -Name WinRM -StartupType Automatic",
-    ]
-    if basic_auth:
-        lines += [
-            "Set-Item -Path WSMan:\\localhost\\Service\\Auth\\Basic -Value $true",
-            "Set-Item -Path WSMan:\\localhost\\Service\\AllowUnencrypted -Value $true",
-        ]
-    lines += [
         f"if (-not (Get-NetFirewallRule -DisplayName {ps_quote(FIREWALL_RULE)} -ErrorAction SilentlyContinue)) {{",
         f"    New-NetFirewallRule -DisplayName {ps_quote(FIREWALL_RULE)} -Direction Inbound -Protocol TCP "
         f"-LocalPort {WINRM_HTTP_PORT} -Action Allow -Profile Any | Out-Null",
@@ -80,11 +69,10 @@ def setup_script(user: str, password: str, *, basic_auth: bool = False) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-def user_data(user: str, password: str, *, cloud_config: bytes | None = None,
-              basic_auth: bool = False) -> bytes:
+def user_data(user: str, password: str, *, cloud_config: bytes | None = None) -> bytes:
     """The whole ``user_data``: the setup script alone, or with the user's *cloud_config*
     (a serialised ``#cloud-config`` document) as a MIME multipart (script first)."""
-    script = setup_script(user, password, basic_auth=basic_auth)
+    script = setup_script(user, password)
     if not cloud_config:
         return script.encode()
     multipart = MIMEMultipart()

@@ -20,7 +20,7 @@ from ..families import LOGIN_USER, Family
 from ..keys import KeyPair
 
 __all__ = ["LOGIN_USER", "dump_cloud_config", "dump_yaml", "merge", "plugin_user_data",
-           "render_user_data", "user_data"]
+           "render_user_data"]
 
 
 def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,10 +77,6 @@ def plugin_user_data(login_key: KeyPair, host_key: KeyPair, user: str = LOGIN_US
 
 def _cloudinit_key_name(key: KeyPair) -> str:
     return {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa", "ecdsa-sha2-nistp256": "ecdsa"}[key.key_type]
-
-
-def user_data(login_key: KeyPair, host_key: KeyPair, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return merge(plugin_user_data(login_key, host_key), extra or {})
 
 
 def dump_yaml(data: Mapping[str, Any], what: str = "user_data") -> bytes:

@@ -1,24 +1,19 @@
 """Seed ISOs built in memory with pycdlib.
 
-Two layouts over one generic ISO writer:
+Two layouts over one generic ISO writer (Joliet and Rock Ridge names):
 
-- NoCloud (volume ``cidata``: ``user-data``, ``meta-data``, optional
-  ``network-config`` and ``vendor-data``): cloud-init, nuageinit.
+- NoCloud (volume ``cidata``: ``user-data``, ``meta-data``): cloud-init, nuageinit.
 - OpenStack ConfigDrive (volume ``config-2``: ``openstack/latest/`` with
-  ``meta_data.json``, ``user_data``, optional ``network_data.json`` and
-  ``vendor_data.json``): cloudbase-init, cloud-init, nuageinit.
+  ``meta_data.json`` and ``user_data``): cloudbase-init, cloud-init, nuageinit.
 
-Only ``openstack/latest`` is written. cloudbase-init and nuageinit read
-``latest`` and nothing else; cloud-init reads the newest dated version it
-knows (``2012-08-10`` ... ``2018-08-27``) *if one is on the drive*, else
-``latest`` (``helpers/openstack.py``, ``_find_working_version``). A dated copy
-would only be a second place for the same files to disagree.
+No network file is written (every reader then does DHCP on the first NIC), and only
+``openstack/latest``: ``docs/design/seeds.md`` says what each reader reads and why.
 """
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +21,7 @@ from typing import Any
 import pycdlib
 
 from ..files import write_owner_only
-from .cloudinit import dump_cloud_config, dump_yaml
+from .cloudinit import dump_yaml
 from ..errors import SeedError
 
 NOCLOUD_LABEL = "cidata"
@@ -65,48 +60,21 @@ def iso_bytes(volume_label: str, files: Mapping[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def nocloud_files(user_data: bytes, meta_data: bytes, network_config: bytes | None = None,
-                  vendor_data: bytes | None = None) -> dict[str, bytes]:
-    files = {"user-data": user_data, "meta-data": meta_data}
-    if network_config is not None:
-        files["network-config"] = network_config
-    if vendor_data is not None:
-        files["vendor-data"] = vendor_data
-    return files
-
-
 def configdrive_meta_data(instance_id: str, hostname: str,
-                          public_keys: Mapping[str, str] | None = None,
-                          admin_pass: str | None = None) -> dict[str, Any]:
+                          public_keys: Mapping[str, str]) -> dict[str, Any]:
     """``meta_data.json`` as data. cloud-init requires ``uuid`` (its instance id) and takes
-    ``hostname`` as the local hostname; cloudbase-init reads ``uuid``, ``hostname``,
-    ``public_keys`` and ``admin_pass`` (the password of the user *its* config names)."""
-    data: dict[str, Any] = {
+    ``hostname`` as the local hostname; cloudbase-init reads ``uuid``, ``hostname`` and
+    ``public_keys`` (no ``admin_pass``: the user data script sets the password)."""
+    return {
         "uuid": instance_id,
         "hostname": hostname,
         "name": hostname,
         "launch_index": 0,
         "availability_zone": "nova",
-        "public_keys": dict(public_keys or {}),
+        "public_keys": dict(public_keys),
         "files": [],
         "meta": {},
     }
-    if admin_pass is not None:
-        data["admin_pass"] = admin_pass
-    return data
-
-
-def configdrive_files(meta_data: Mapping[str, Any], user_data: bytes | None = None,
-                      network_data: Mapping[str, Any] | None = None,
-                      vendor_data: Mapping[str, Any] | None = None) -> dict[str, bytes]:
-    files = {f"{CONFIGDRIVE_DIR}/meta_data.json": _json(meta_data)}
-    if user_data is not None:
-        files[f"{CONFIGDRIVE_DIR}/user_data"] = user_data
-    if network_data is not None:
-        files[f"{CONFIGDRIVE_DIR}/network_data.json"] = _json(network_data)
-    if vendor_data is not None:
-        files[f"{CONFIGDRIVE_DIR}/vendor_data.json"] = _json(vendor_data)
-    return files
 
 
 def _json(data: Mapping[str, Any]) -> bytes:
@@ -127,61 +95,26 @@ class Seed:
         return write_seed(path, self.label, self.files)
 
 
-def build_seed(seed_format: str, *, instance_id: str, hostname: str,
-               user_data: bytes | Mapping[str, Any],
-               public_keys: Mapping[str, str] | Sequence[str] = (),
-               network_config: Mapping[str, Any] | None = None,
-               vendor_data: Mapping[str, Any] | None = None) -> Seed:
+def build_seed(seed_format: str, *, instance_id: str, hostname: str, user_data: bytes,
+               public_keys: Mapping[str, str] | None = None) -> Seed:
     """The seed of *seed_format* (a family's ``seed_format``: ``"nocloud"`` or
-    ``"configdrive"``) from the same inputs for every family.
-
-    *user_data* is serialised already (``#cloud-config``, a script, MIME) or a mapping,
-    dumped as ``#cloud-config``. *public_keys* go to the metadata (``public-keys`` /
-    ``public_keys``); a sequence gets the names ``key-0``, ``key-1``, ... The layouts'
-    network formats differ, so *network_config* is in the target's own: NoCloud
-    ``network-config`` (v1/v2) or ConfigDrive ``network_data.json``; None means DHCP
-    on the first NIC, which every consumer does by default. *vendor_data* is a
-    cloud-config mapping in both layouts.
-    """
-    body = user_data if isinstance(user_data, bytes) else dump_cloud_config(user_data)
-    keys = dict(public_keys) if isinstance(public_keys, Mapping) else {
-        f"key-{index}": key for index, key in enumerate(public_keys)}
+    ``"configdrive"``) from the same inputs for every family: *user_data* serialised
+    already (``#cloud-config``, a script, MIME), *public_keys* (name: OpenSSH public key)
+    for the metadata (``public-keys`` / ``public_keys``). Neither layout gets a network
+    file: every consumer then does DHCP on the first NIC."""
+    keys = dict(public_keys or {})
     if seed_format == "nocloud":
         meta: dict[str, Any] = {"instance-id": instance_id, "local-hostname": hostname}
         if keys:
             meta["public-keys"] = list(keys.values())
-        return Seed(NOCLOUD_LABEL, nocloud_files(
-            body, dump_yaml(meta, "meta-data"),
-            network_config=None if network_config is None else dump_yaml(network_config,
-                                                                          "network-config"),
-            vendor_data=None if vendor_data is None else dump_cloud_config(vendor_data)))
+        return Seed(NOCLOUD_LABEL, {"user-data": user_data, "meta-data": dump_yaml(meta, "meta-data")})
     if seed_format == "configdrive":
-        return Seed(CONFIGDRIVE_LABEL, configdrive_files(
-            configdrive_meta_data(instance_id, hostname, keys), body, network_data=network_config,
-            # cloud-init takes the vendor cloud-config from the "cloud-init" key of vendor_data.json
-            vendor_data=None if vendor_data is None else {
-                "cloud-init": dump_cloud_config(vendor_data).decode()}))
+        return Seed(CONFIGDRIVE_LABEL, {
+            f"{CONFIGDRIVE_DIR}/meta_data.json": _json(configdrive_meta_data(instance_id, hostname, keys)),
+            f"{CONFIGDRIVE_DIR}/user_data": user_data})
     raise SeedError(f"unknown seed format {seed_format!r}; known: {', '.join(LABELS)}")
 
 
 def write_seed(path: Path, volume_label: str, files: Mapping[str, bytes]) -> Path:
     """Write the seed ISO readable by its owner only: it carries a private host key."""
     return write_owner_only(path, iso_bytes(volume_label, files))
-
-
-def read_iso(data: bytes) -> dict[str, bytes]:
-    """Read every file of an ISO back by its Rock Ridge name (for tests and debugging)."""
-    iso = pycdlib.PyCdlib()
-    iso.open_fp(io.BytesIO(data))
-    found: dict[str, bytes] = {}
-    try:
-        for dirpath, _dirs, filenames in iso.walk(rr_path="/"):
-            for name in filenames:
-                rr_path = f"{dirpath.rstrip('/')}/{name}"
-                out = io.BytesIO()
-                iso.get_file_from_iso_fp(out, rr_path=rr_path)
-                found[rr_path.lstrip("/")] = out.getvalue()
-        found[".volume"] = iso.pvd.volume_identifier.rstrip(b" ")
-    finally:
-        iso.close()
-    return found

@@ -5,14 +5,8 @@ It offers what the SSH handle offers (``run(command, timeout=, check=)`` returni
 and :class:`~pytest_kvm.errors.CommandTimeout`) over WinRM on a 127.0.0.1 host
 forward to the guest's port 5985.
 
-**pywinrm, not pypsrp.** pypsrp's ``Client.copy``/``fetch`` are the same technique
-as here (base64 chunks through a PowerShell pipeline), so it would not make
-transfers faster or safer; what decides is the command channel. pywinrm speaks
-WinRS, the protocol behind ``winrs.exe``, whose commands *are* cmd.exe command
-lines, with their own exit code and separate stdout/stderr, and it exposes the
-raw operations (create shell, run, send stdin, receive, signal, delete) that a
-per-command timeout and streamed uploads need. It is also the library the
-project already lists, and the one Ansible's ``winrm`` connection builds on.
+It is built on pywinrm (WinRS: cmd.exe command lines with their own exit code and
+separate stdout/stderr); ``docs/design/winrm.md`` says why not pypsrp.
 
 **Transfers.** ``put`` starts one PowerShell that decodes base64 lines from its
 stdin into the file, and sends the file through WinRM ``Send`` messages of

@@ -1,6 +1,6 @@
 """The illumos family (OmniOS cloud images, configured by OmniOS's cloud-init): its seed read
 back from the ISO the way the guest's cloud-init finds it, its domain, its root commands and
-its catalog entry. No illumos guest is booted here (see the families module docstring)."""
+its catalog entry. No illumos guest is booted here (see docs/design/families.md)."""
 import shlex
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from isoread import read_iso
 
 from pytest_kvm.seed import cloudinit
 
@@ -29,7 +31,7 @@ def seed_files():
     built = seed.build_seed(ILLUMOS.seed_format, instance_id="pytest-kvm-1-ab-1",
                             hostname="pytest-kvm-1-ab-1", user_data=user_data,
                             public_keys={"pytest-kvm": LOGIN.public_openssh})
-    return seed.read_iso(built.iso())
+    return read_iso(built.iso())
 
 
 def test_seed_is_a_nocloud_volume_omnios_cloud_init_finds(seed_files):

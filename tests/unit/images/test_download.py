@@ -2,11 +2,11 @@ import hashlib
 import lzma
 import os
 import stat
-import threading
 
 import pytest
 
 from imageserver import ImageServer, closed_port
+from pytest_kvm.images.catalog import CatalogEntry
 from pytest_kvm.images.download import ProgressLine, RetryPolicy, fetch, parse_checksums
 from pytest_kvm.errors import ImageError
 
@@ -20,9 +20,16 @@ def fast(attempts=4, timeout=5.0):
     return RetryPolicy(attempts=attempts, backoff=0.01, max_backoff=0.02, timeout=timeout)
 
 
+def entry(url, **verify):
+    """A catalog entry for the disk at *url*, verified as *verify* says (``sha256=``,
+    ``checksum_url=`` with ``checksum_algorithm=``, ...), or compressed (``compression=``)."""
+    return CatalogEntry(name="disk", family="linux", url=url, format="qcow2", min_memory_mib=256,
+                        login_user="user", **verify)
+
+
 def leftovers(directory):
-    """Files in the cache directory other than the image and its lock."""
-    return sorted(p.name for p in directory.iterdir() if p.name not in ("disk.qcow2", "disk.qcow2.lock"))
+    """Files in the staging directory other than the image."""
+    return sorted(p.name for p in directory.iterdir() if p.name != "disk.qcow2")
 
 
 @pytest.fixture
@@ -34,9 +41,10 @@ def server():
 def test_good_file_verified_and_moved_in(server, tmp_path):
     url = server.add("/img/disk.qcow2", DATA)
     seen = []
-    result = fetch(url, tmp_path / "disk.qcow2", sha256=SHA256, policy=fast(),
+    result = fetch(entry(url, sha256=SHA256), tmp_path / "disk.qcow2", policy=fast(),
                    progress=lambda done, total: seen.append((done, total)))
-    assert result.downloaded and result.sha256 == SHA256 and result.size == len(DATA)
+    assert result.sha256 == SHA256 and result.url == url
+    assert result.verified_by == "sha256 pinned in the catalog"
     assert (tmp_path / "disk.qcow2").read_bytes() == DATA
     assert stat.S_IMODE((tmp_path / "disk.qcow2").stat().st_mode) == 0o444  # cached images are read-only
     assert seen[-1] == (len(DATA), len(DATA))
@@ -47,7 +55,7 @@ def test_wrong_checksum_never_enters_the_cache(server, tmp_path):
     url = server.add("/img/disk.qcow2", DATA)
     wrong = "0" * 64
     with pytest.raises(ImageError) as info:
-        fetch(url, tmp_path / "disk.qcow2", sha256=wrong, policy=fast())
+        fetch(entry(url, sha256=wrong), tmp_path / "disk.qcow2", policy=fast())
     message = str(info.value)
     assert f"expected sha256 {wrong}" in message and f"got {SHA256}" in message
     assert url in message and "not used" in message
@@ -59,7 +67,7 @@ def test_wrong_checksum_never_enters_the_cache(server, tmp_path):
 def test_interrupted_body_resumed_with_range(server, tmp_path, fault):
     url = server.add("/img/disk.qcow2", DATA, faults=[fault])
     log = []
-    result = fetch(url, tmp_path / "disk.qcow2", sha512=SHA512, policy=fast(), log=log.append)
+    result = fetch(entry(url, sha512=SHA512), tmp_path / "disk.qcow2", policy=fast(), log=log.append)
     assert (tmp_path / "disk.qcow2").read_bytes() == DATA
     first, second = server.gets("/img/disk.qcow2")
     assert first is None and second == f"bytes={len(DATA) // 2}-"
@@ -71,7 +79,7 @@ def test_interrupted_body_resumed_with_range(server, tmp_path, fault):
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
     url = server.add("/img/disk.qcow2", DATA, faults=["truncate"], ignore_range=True)
     log = []
-    result = fetch(url, tmp_path / "disk.qcow2", sha256=SHA256, policy=fast(), log=log.append)
+    result = fetch(entry(url, sha256=SHA256), tmp_path / "disk.qcow2", policy=fast(), log=log.append)
     assert (tmp_path / "disk.qcow2").read_bytes() == DATA and result.sha256 == SHA256
     assert len(server.gets("/img/disk.qcow2")) == 2
     assert any("ignores Range" in line for line in log)
@@ -80,7 +88,7 @@ def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
 def test_stalled_request_times_out_and_is_retried(server, tmp_path):
     server.stall = 1.0
     url = server.add("/img/disk.qcow2", DATA, faults=["stall"])
-    fetch(url, tmp_path / "disk.qcow2", sha256=SHA256, policy=fast(timeout=0.2))
+    fetch(entry(url, sha256=SHA256), tmp_path / "disk.qcow2", policy=fast(timeout=0.2))
     assert (tmp_path / "disk.qcow2").read_bytes() == DATA
     assert len(server.gets("/img/disk.qcow2")) == 2
 
@@ -88,7 +96,7 @@ def test_stalled_request_times_out_and_is_retried(server, tmp_path):
 def test_retries_are_bounded(server, tmp_path):
     url = server.add("/img/disk.qcow2", DATA, faults=["500"] * 10)
     with pytest.raises(ImageError, match=r"3 attempts in a row.*HTTP 500"):
-        fetch(url, tmp_path / "disk.qcow2", sha256=SHA256, policy=fast(attempts=3))
+        fetch(entry(url, sha256=SHA256), tmp_path / "disk.qcow2", policy=fast(attempts=3))
     assert len(server.gets("/img/disk.qcow2")) == 3
     assert leftovers(tmp_path) == []
 
@@ -96,10 +104,10 @@ def test_retries_are_bounded(server, tmp_path):
 def test_xz_is_verified_compressed_then_decompressed(server, tmp_path):
     packed = lzma.compress(DATA, format=lzma.FORMAT_XZ)
     url = server.add("/img/disk.qcow2.xz", packed)
-    result = fetch(url, tmp_path / "disk.qcow2", sha256=hashlib.sha256(packed).hexdigest(),
-                   compression="xz", policy=fast())
+    result = fetch(entry(url, sha256=hashlib.sha256(packed).hexdigest(), compression="xz"),
+                   tmp_path / "disk.qcow2", policy=fast())
     assert (tmp_path / "disk.qcow2").read_bytes() == DATA
-    assert result.sha256 == SHA256 and result.size == len(DATA)
+    assert result.sha256 == SHA256
     assert result.source_digest == ("sha256", hashlib.sha256(packed).hexdigest())
     assert leftovers(tmp_path) == []
 
@@ -108,16 +116,16 @@ def test_corrupt_xz_with_matching_checksum_is_refused(server, tmp_path):
     junk = b"not xz at all" * 100
     url = server.add("/img/disk.qcow2.xz", junk)
     with pytest.raises(ImageError, match="not valid xz"):
-        fetch(url, tmp_path / "disk.qcow2", sha256=hashlib.sha256(junk).hexdigest(),
-              compression="xz", policy=fast())
+        fetch(entry(url, sha256=hashlib.sha256(junk).hexdigest(), compression="xz"),
+              tmp_path / "disk.qcow2", policy=fast())
     assert not (tmp_path / "disk.qcow2").exists() and leftovers(tmp_path) == []
 
 
 def test_checksum_file_from_the_server(server, tmp_path):
     url = server.add("/img/disk.qcow2", DATA)
     sums = server.add("/img/SHA512SUMS", f"{'1' * 128}  other.qcow2\n{SHA512}  disk.qcow2\n".encode())
-    result = fetch(url, tmp_path / "disk.qcow2", checksum_url=sums, checksum_algorithm="sha512",
-                   policy=fast())
+    result = fetch(entry(url, checksum_url=sums, checksum_algorithm="sha512"),
+                   tmp_path / "disk.qcow2", policy=fast())
     assert result.source_digest == ("sha512", SHA512)
     assert server.gets("/img/SHA512SUMS") == [None]
 
@@ -135,9 +143,9 @@ def test_a_checksum_file_from_a_mirror_is_called_what_it_is(server, tmp_path, mi
     server.add(f"{served}/disk.qcow2", DATA)
     server.add(f"{served}/SHA512SUMS", f"{good}  disk.qcow2\n".encode())
     log = []
-    result = fetch(f"{vendor}/disk.qcow2", tmp_path / "disk.qcow2", mirror=prefix,
-                   checksum_url=f"{vendor}/SHA512SUMS", checksum_algorithm="sha512",
-                   policy=fast(), log=log.append)
+    image = entry(f"{vendor}/disk.qcow2", checksum_url=f"{vendor}/SHA512SUMS",
+                  checksum_algorithm="sha512")
+    result = fetch(image, tmp_path / "disk.qcow2", mirror=prefix, policy=fast(), log=log.append)
     warned = [line for line in log if "comes from the mirror too" in line]
     assert bool(warned) == mirrored
     assert ("mirror's copy" in result.verified_by) == mirrored
@@ -145,8 +153,7 @@ def test_a_checksum_file_from_a_mirror_is_called_what_it_is(server, tmp_path, mi
     # the same files, one byte changed in the image: the message blames the right party
     server.add(f"{served}/disk.qcow2", DATA[:-1] + b"!")
     with pytest.raises(ImageError) as info:
-        fetch(f"{vendor}/disk.qcow2", tmp_path / "again.qcow2", mirror=prefix,
-              checksum_url=f"{vendor}/SHA512SUMS", checksum_algorithm="sha512", policy=fast())
+        fetch(image, tmp_path / "again.qcow2", mirror=prefix, policy=fast())
     message = str(info.value)
     assert f"expected sha512 {good}" in message
     assert ("its own checksum file disagree" in message) == mirrored
@@ -156,17 +163,17 @@ def test_a_checksum_file_from_a_mirror_is_called_what_it_is(server, tmp_path, mi
 def test_checksum_file_404_fails_before_the_image_is_fetched(server, tmp_path):
     url = server.add("/img/disk.qcow2", DATA)
     with pytest.raises(ImageError, match=r"/img/SHA256SUMS: HTTP 404"):
-        fetch(url, tmp_path / "disk.qcow2", checksum_url=server.url("/img/SHA256SUMS"),
-              checksum_algorithm="sha256", policy=fast())
+        fetch(entry(url, checksum_url=server.url("/img/SHA256SUMS"), checksum_algorithm="sha256"),
+              tmp_path / "disk.qcow2", policy=fast())
     assert server.gets("/img/disk.qcow2") == []
 
 
 def test_404_names_url_and_the_way_out(server, tmp_path):
     url = server.url("/img/missing.qcow2")
     with pytest.raises(ImageError) as info:
-        fetch(url, tmp_path / "disk.qcow2", sha256=SHA256, policy=fast())
+        fetch(entry(url, sha256=SHA256), tmp_path / "disk.qcow2", policy=fast())
     assert url in str(info.value) and "HTTP 404" in str(info.value)
-    assert "--kvm-mirror" in str(info.value) and "--kvm-image" in str(info.value)
+    assert "--kvm-mirror" in str(info.value) and "--kvm-image disk=PATH" in str(info.value)
     assert len(server.gets("/img/missing.qcow2")) == 1  # a 404 is final: no retries
 
 
@@ -175,52 +182,17 @@ def test_unreachable_host(tmp_path):
     policy = RetryPolicy(attempts=3, backoff=0.01, timeout=2.0, sleep=sleeps.append)
     url = f"http://127.0.0.1:{closed_port()}/disk.qcow2"
     with pytest.raises(ImageError, match=r"cannot download .*127\.0\.0\.1.*refused.*--kvm-image"):
-        fetch(url, tmp_path / "disk.qcow2", sha256=SHA256, policy=policy)
+        fetch(entry(url, sha256=SHA256), tmp_path / "disk.qcow2", policy=policy)
     assert sleeps == [0.01, 0.02]  # three attempts, doubling backoff in between
     assert leftovers(tmp_path) == []
-
-
-def test_refuses_to_download_unverifiable(tmp_path):
-    with pytest.raises(ImageError, match="without exactly one way to verify"):
-        fetch("http://127.0.0.1:9/x.qcow2", tmp_path / "x.qcow2")
 
 
 def test_file_url_for_air_gapped_use(tmp_path):
     src = tmp_path / "src.qcow2"
     src.write_bytes(DATA)
     (tmp_path / "cache").mkdir()
-    result = fetch(src.as_uri(), tmp_path / "cache" / "disk.qcow2", sha256=SHA256, policy=fast())
+    result = fetch(entry(src.as_uri(), sha256=SHA256), tmp_path / "cache" / "disk.qcow2", policy=fast())
     assert result.sha256 == SHA256 and (tmp_path / "cache" / "disk.qcow2").read_bytes() == DATA
-
-
-def test_leftovers_of_a_killed_download_are_swept(server, tmp_path):
-    stale = tmp_path / ".disk.qcow2.download.abc123.part"
-    stale.write_bytes(b"half")
-    fetch(server.add("/d", DATA), tmp_path / "disk.qcow2", sha256=SHA256, policy=fast())
-    assert not stale.exists()
-
-
-def test_concurrent_fetches_download_once(server, tmp_path):
-    url = server.add("/img/disk.qcow2", DATA, chunk_delay=0.03)
-    results, errors, waited = [], [], []
-
-    def worker():
-        try:
-            results.append(fetch(url, tmp_path / "disk.qcow2", sha256=SHA256, policy=fast(),
-                                 on_wait=lambda: waited.append(1)))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert errors == []
-    assert len(server.gets("/img/disk.qcow2")) == 1
-    assert sorted(r.downloaded for r in results) == [False, True]
-    assert waited == [1]
-    assert (tmp_path / "disk.qcow2").read_bytes() == DATA
 
 
 # -- checksum file formats ------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from pytest_kvm import cli
 
 from pytest_kvm.images import build
+from pytest_kvm.images.cache import MANIFEST
 from pytest_kvm.guest.golden import digest as key_of
 from pytest_kvm.config import Settings
 from pytest_kvm.guest.config import GuestConfig
@@ -41,7 +42,6 @@ def builds(monkeypatch):
                     "recipe_digest": recipe.digest, "kernel_cmdline": recipe.kernel_cmdline,
                     "format": "qcow2", "built_at": Builds.release,
                     "sha256": {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in FILES}}
-        (out / build.MANIFEST).write_text(json.dumps(manifest))
         return manifest
 
     monkeypatch.setattr(build, "build_image", build_image)
@@ -70,7 +70,7 @@ def test_a_build_is_staged_then_renamed_to_its_digest_read_only(tmp_path, builds
         assert pointer(tmp_path) == {**pointer(tmp_path), "digest": image.digest, "source": "recipe",
                                      "source_digest": load_recipe("debian-12").digest}
         assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in dest.iterdir()} == dict.fromkeys(
-            [*FILES, build.MANIFEST], 0o444)
+            [*FILES, MANIFEST], 0o444)
         assert sorted(p.name for p in top(tmp_path).iterdir()) == sorted(
             [image.digest, f"{image.digest}.use", "current.json"])  # no staging left
     with store(tmp_path) as s:  # the next session: cached, not built again
@@ -148,9 +148,20 @@ def test_a_session_that_lost_the_race_for_a_removed_digest_reads_the_pointer_aga
     builds.release = "v2"
     with store(tmp_path) as s:  # rebuilt and the old digest removed before the reader locks it
         new = s.ensure_built("debian-12", force=True)
-    assert not reader._hold("debian-12", old.digest)
+    assert not reader.cache.hold("debian-12", old.digest)
     assert reader.resolve("debian-12") == new
     reader.close()
+
+
+def test_what_a_killed_build_left_is_swept_by_the_next(tmp_path, builds):
+    stage = top(tmp_path) / ".stage-killed"
+    stage.mkdir(parents=True)
+    (stage / build.DISK).write_bytes(b"half a disk")
+    (top(tmp_path) / ".current.json.123.tmp").write_text("{")  # a pointer draft
+    with store(tmp_path) as s:
+        image = s.resolve("debian-12")
+    assert sorted(p.name for p in top(tmp_path).iterdir()) == sorted(
+        [image.digest, f"{image.digest}.use", "current.json"])
 
 
 def old_layout(cache, name="debian-12"):
@@ -159,7 +170,7 @@ def old_layout(cache, name="debian-12"):
     dest.mkdir(parents=True)
     for fn in FILES:
         (dest / fn).write_bytes(fn.encode() * 100)
-    (dest / build.MANIFEST).write_text(json.dumps({
+    (dest / MANIFEST).write_text(json.dumps({
         "name": name, "family": "linux", "recipe_digest": load_recipe(name).digest,
         "kernel_cmdline": "root=LABEL=rootfs", "format": "qcow2", "built_at": "long ago",
         "sha256": {fn: hashlib.sha256(fn.encode() * 100).hexdigest() for fn in FILES}}))
@@ -173,7 +184,7 @@ def test_the_old_flat_layout_is_not_cached_and_replaced(tmp_path, builds, capsys
     dest = old_layout(tmp_path)
     with store(tmp_path) as s:
         [cached] = s.list_cached()
-        assert (cached.old_layout, cached.path, cached.digest) == (True, None, "")
+        assert (cached.old_layout, cached.stale, cached.digest) == (True, True, "")
         assert not s.available("freebsd-14")
     assert cli.main(["--cache-dir", str(tmp_path), "image", "list"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("debian-12 "))

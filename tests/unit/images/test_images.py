@@ -10,9 +10,9 @@ import pytest
 
 from imageserver import ImageServer
 from pytest_kvm import cli
-from pytest_kvm.files import sha256_file
 from pytest_kvm.images.download import RetryPolicy
 from pytest_kvm.errors import ImageError
+from pytest_kvm.images.cache import check_files
 from pytest_kvm.images.store import ImageStore
 from pytest_kvm.images.recipes import list_recipes, load_recipe
 
@@ -78,14 +78,18 @@ FAST = RetryPolicy(attempts=3, backoff=0.01, timeout=5.0)
 VENDOR = "https://images.example.org/tiny"
 
 
-@pytest.fixture(scope="module")
-def qcow2(tmp_path_factory):
-    """A real (empty) qcow2 disk, small enough to serve."""
+def empty_qcow2(tmp_path_factory, size):
+    """The bytes of a real, empty qcow2 disk of virtual *size* (small enough to serve)."""
     if not shutil.which("qemu-img"):
         pytest.skip("qemu-img not installed")
     path = tmp_path_factory.mktemp("src") / "tiny.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
     return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def qcow2(tmp_path_factory):
+    return empty_qcow2(tmp_path_factory, "16M")
 
 
 @pytest.fixture
@@ -293,12 +297,8 @@ def test_available_means_bootable_without_a_download(tmp_path):
 
 @pytest.fixture(scope="module")
 def qcow2_v2(tmp_path_factory):
-    """Another real qcow2 disk (other bytes than *qcow2*): a vendor's new release."""
-    if not shutil.which("qemu-img"):
-        pytest.skip("qemu-img not installed")
-    path = tmp_path_factory.mktemp("src2") / "tiny.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "32M"], check=True)
-    return path.read_bytes()
+    """Another qcow2 disk (other bytes than *qcow2*): a vendor's new release."""
+    return empty_qcow2(tmp_path_factory, "32M")
 
 
 @needs_qemu_img
@@ -319,8 +319,8 @@ def test_a_new_download_never_touches_the_digest_a_session_uses(tmp_path, server
     if held:
         # intact, readable, still what its manifest says: overlays on it keep working
         assert old.disk.read_bytes() == qcow2
-        ImageStore._check_files("tiny-linux", old.disk.parent,
-                                json.loads((old.disk.parent / "manifest.json").read_text()), "")
+        check_files("tiny-linux", old.disk.parent,
+                    json.loads((old.disk.parent / "manifest.json").read_text()), "")
         assert any(f"old image {old.digest[:12]} kept: a running session uses it" in m for m in messages)
         with store_for(tmp_path, server, tiny_catalog(tmp_path)) as lister:
             [cached] = lister.list_cached()

@@ -13,7 +13,10 @@ def test_merge_dicts_recursively_lists_appended_scalars_replaced():
 
 def test_user_users_are_added_not_replacing_ours():
     from pytest_kvm.keys import KeyPair
-    data = cloudinit.user_data(KeyPair.generate("l"), KeyPair.generate("h"), {"users": [{"name": "alice"}]})
+    from pytest_kvm.families import family
+    data = yaml.safe_load(cloudinit.render_user_data(
+        family("linux"), login_key=KeyPair.generate("l"), host_key=KeyPair.generate("h"),
+        extra={"users": [{"name": "alice"}]}))
     assert [u["name"] for u in data["users"]] == [cloudinit.LOGIN_USER, "alice"]
 
 
@@ -72,7 +75,8 @@ LOGIN, HOST = KeyPair.generate("login"), KeyPair.generate("host")
 def test_linux_user_data_unchanged_by_the_family_path():
     rendered = cloudinit.render_user_data(family("linux"), login_key=LOGIN, host_key=HOST,
                                           extra={"runcmd": ["true"]})
-    assert rendered == cloudinit.dump_cloud_config(cloudinit.user_data(LOGIN, HOST, {"runcmd": ["true"]}))
+    plugin_defaults = cloudinit.plugin_user_data(LOGIN, HOST)  # bash, sudo: what Linux has
+    assert rendered == cloudinit.dump_cloud_config(cloudinit.merge(plugin_defaults, {"runcmd": ["true"]}))
     assert yaml.safe_load(rendered)["users"][0]["shell"] == "/bin/bash"
 
 
@@ -130,12 +134,6 @@ def test_powershell_quoting_cannot_be_escaped():
     assert "'x''; Remove-Item C:\\ -Recurse; '''" in script
     with pytest.raises(SeedError):
         cloudbase.ps_quote("nul\x00")
-
-
-def test_basic_auth_opt_in():
-    script = cloudbase.setup_script("pytest", "pw", basic_auth=True)
-    assert "Service\\Auth\\Basic -Value $true" in script
-    assert "Service\\AllowUnencrypted -Value $true" in script
 
 
 def test_windows_user_data_with_user_cloud_config_is_multipart():

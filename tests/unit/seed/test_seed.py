@@ -1,28 +1,21 @@
 import pycdlib
+import pytest
 import yaml
 
+from isoread import read_iso
 from pytest_kvm.seed import cloudinit
 
 from pytest_kvm.seed import iso as seed
+from pytest_kvm.families import family
 from pytest_kvm.keys import KeyPair
 
 
-def test_nocloud_iso_read_back():
-    files = seed.nocloud_files(b"#cloud-config\n{}\n", b"instance-id: x\n", network_config=b"version: 2\n")
-    found = seed.read_iso(seed.iso_bytes("cidata", files))
-    assert found[".volume"] == b"cidata"
-    assert found["user-data"] == b"#cloud-config\n{}\n"
-    assert found["meta-data"] == b"instance-id: x\n"
-    assert found["network-config"] == b"version: 2\n"
-    assert "vendor-data" not in found
-
-
-def test_nested_layout_for_configdrive():
-    files = {"openstack/latest/meta_data.json": b"{}", "openstack/latest/user_data": b"#cloud-config\n"}
-    found = seed.read_iso(seed.iso_bytes("config-2", files))
-    assert found["openstack/latest/meta_data.json"] == b"{}"
-    assert found["openstack/latest/user_data"] == b"#cloud-config\n"
-    assert found[".volume"] == b"config-2"
+@pytest.mark.parametrize("label, files", [
+    ("cidata", {"user-data": b"#cloud-config\n{}\n", "meta-data": b"instance-id: x\n"}),
+    ("config-2", {"openstack/latest/meta_data.json": b"{}", "openstack/latest/user_data": b"#cloud-config\n"}),
+], ids=["nocloud", "configdrive-nested"])
+def test_iso_read_back_by_name_with_its_label(label, files):
+    assert read_iso(seed.iso_bytes(label, files)) == {**files, ".volume": label.encode()}
 
 
 def test_joliet_names_too(tmp_path):
@@ -38,7 +31,8 @@ def test_joliet_names_too(tmp_path):
 
 def test_seed_user_data_carries_keys():
     login, host = KeyPair.generate("login"), KeyPair.generate("host")
-    data = yaml.safe_load(cloudinit.dump_cloud_config(cloudinit.user_data(login, host, {"runcmd": ["true"]})))
+    data = yaml.safe_load(cloudinit.render_user_data(family("linux"), login_key=login, host_key=host,
+                                                     extra={"runcmd": ["true"]}))
     user = data["users"][0]
     assert user["name"] == cloudinit.LOGIN_USER
     assert user["ssh_authorized_keys"] == [login.public_openssh]
@@ -53,24 +47,18 @@ def test_seed_user_data_carries_keys():
 # -- one builder for every family; ConfigDrive read back ---------------------------------------
 import json  # noqa: E402
 
-import pytest  # noqa: E402
-
 from pytest_kvm.errors import SeedError  # noqa: E402
-from pytest_kvm.families import family  # noqa: E402
 
 
 def test_configdrive_read_back_with_keys_hostname_and_user_data():
     login, host = KeyPair.generate("login"), KeyPair.generate("host")
     built = seed.build_seed("configdrive", instance_id="pytest-kvm-1-ab-1", hostname="guest-1",
-                            user_data=cloudinit.user_data(login, host),
-                            public_keys={"pytest-kvm": login.public_openssh},
-                            network_config={"links": [], "networks": [], "services": []},
-                            vendor_data={"runcmd": ["true"]})
-    found = seed.read_iso(built.iso())
+                            user_data=cloudinit.dump_cloud_config(cloudinit.plugin_user_data(login, host)),
+                            public_keys={"pytest-kvm": login.public_openssh})
+    found = read_iso(built.iso())
     assert found[".volume"] == b"config-2"
     assert sorted(k for k in found if k != ".volume") == [
-        "openstack/latest/meta_data.json", "openstack/latest/network_data.json",
-        "openstack/latest/user_data", "openstack/latest/vendor_data.json"]
+        "openstack/latest/meta_data.json", "openstack/latest/user_data"]
     meta = json.loads(found["openstack/latest/meta_data.json"])
     assert meta["uuid"] == "pytest-kvm-1-ab-1"  # cloud-init refuses a meta_data.json without it
     assert meta["hostname"] == "guest-1" and meta["name"] == "guest-1"
@@ -79,10 +67,6 @@ def test_configdrive_read_back_with_keys_hostname_and_user_data():
     user = yaml.safe_load(found["openstack/latest/user_data"])
     assert found["openstack/latest/user_data"].startswith(b"#cloud-config\n")
     assert user["users"][0]["ssh_authorized_keys"] == [login.public_openssh]
-    assert json.loads(found["openstack/latest/network_data.json"]) == {
-        "links": [], "networks": [], "services": []}
-    vendor = json.loads(found["openstack/latest/vendor_data.json"])
-    assert yaml.safe_load(vendor["cloud-init"]) == {"runcmd": ["true"]}
 
 
 def test_configdrive_joliet_names_and_label_for_windows(tmp_path):
@@ -104,16 +88,15 @@ def test_configdrive_joliet_names_and_label_for_windows(tmp_path):
 
 def test_nocloud_from_the_same_inputs():
     built = seed.build_seed("nocloud", instance_id="i-1", hostname="h-1",
-                            user_data={"runcmd": ["true"]}, public_keys=["ssh-ed25519 AAAA k"],
-                            network_config={"version": 2, "ethernets": {}})
-    found = seed.read_iso(built.iso())
+                            user_data=cloudinit.dump_cloud_config({"runcmd": ["true"]}),
+                            public_keys={"pytest-kvm": "ssh-ed25519 AAAA k"})
+    found = read_iso(built.iso())
     assert found[".volume"] == b"cidata"
     assert yaml.safe_load(found["meta-data"]) == {
         "instance-id": "i-1", "local-hostname": "h-1", "public-keys": ["ssh-ed25519 AAAA k"]}
     assert found["user-data"].startswith(b"#cloud-config\n")
     assert yaml.safe_load(found["user-data"]) == {"runcmd": ["true"]}
-    assert yaml.safe_load(found["network-config"]) == {"version": 2, "ethernets": {}}
-    assert "vendor-data" not in found
+    assert sorted(found) == [".volume", "meta-data", "user-data"]  # no network file: DHCP
 
 
 def test_nocloud_meta_data_without_keys_is_what_linux_guests_got_before():
@@ -132,11 +115,6 @@ def test_seed_format_comes_from_the_family():
 def test_unknown_seed_format_is_a_seed_error():
     with pytest.raises(SeedError, match="unknown seed format 'floppy'"):
         seed.build_seed("floppy", instance_id="i", hostname="h", user_data=b"")
-
-
-def test_admin_pass_only_when_given():
-    assert seed.configdrive_meta_data("i", "h", admin_pass="s3cret!")["admin_pass"] == "s3cret!"
-    assert "admin_pass" not in seed.configdrive_meta_data("i", "h")
 
 
 def test_plugin_cloud_config_is_valid_for_new_cloud_init():
