@@ -97,7 +97,7 @@ def hold_shared(use: Path) -> int:
     """A shared ``flock`` on the use file *use* (made if missing; its mtime becomes now):
     the fd holding it, until closed. Whoever wants to remove what *use* guards takes an
     exclusive lock on it without waiting (:func:`try_lock`) and leaves it
-    alone if that fails. Snapshots and base images (``images.py``) use it."""
+    alone if that fails. Snapshots and base images (``images/cache.py``) use it."""
     fd = os.open(use, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)

@@ -30,10 +30,6 @@ class KeyPair:
     def key_type(self) -> str:
         return self.public_openssh.split()[0]
 
-    @property
-    def public_blob(self) -> str:
-        return self.public_openssh.split()[1]
-
     def write_private(self, path: Path) -> Path:
         """Write the private key readable by the owner only (0600), as OpenSSH wants."""
         return write_owner_only(path, self.private_openssh.encode())
