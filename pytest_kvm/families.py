@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import MappingProxyType
 
-from .transport.commands import PRIVILEGES, CommandSpecError, wrap
+from .commands import PRIVILEGES, CommandSpecError, wrap
 from .errors import ImageError
 from .waiting import PANIC_MARKERS
 
@@ -78,11 +78,11 @@ class Family:
     #: how the seed is attached: ``"disk"`` (on ``disk_bus``) or ``"cdrom"`` (SATA)
     seed_device: str
     #: the shell ``run(command, sudo=, env=, cwd=)`` wraps the command in (``sh``/``bash``
-    #: with POSIX quoting, or ``cmd.exe``); see :mod:`pytest_kvm.transport.commands`
+    #: with POSIX quoting, or ``cmd.exe``); see :mod:`pytest_kvm.commands`
     shell: str
     #: the login shell the seed gives the user (None: the OS decides)
     login_shell: str | None
-    #: how the login user runs a command as root (:data:`pytest_kvm.transport.commands.PRIVILEGES`):
+    #: how the login user runs a command as root (:data:`pytest_kvm.commands.PRIVILEGES`):
     #: ``"sudo"``, ``"doas"``, ``"su"``, ``"admin"`` (it is root / an Administrator
     #: already), or None (it cannot: root commands are refused). The seed grants it
     privilege: str | None

@@ -9,3 +9,4 @@ CONSOLE_FILE = "console.log"
 LOGIN_KEY_FILE = "id_ed25519"
 PASSWORD_FILE = "winrm-password"
 META_FILE = "meta.json"  # written last: a golden directory without it is incomplete
+KEPT_MARKER = "KEPT"  # a kept guest's: how to reach it (Guest.access); reapers leave it

@@ -13,34 +13,14 @@ from pathlib import Path
 
 from ..vm.domain import NAME_PREFIX
 from ..errors import KvmError
+from ..owner import machine_identity, process_start_time
+from ..workdir import KEPT_MARKER
 from ..vm.hypervisor import Hypervisor
 
-KEPT_MARKER = "KEPT"
 OWNER_FILE = "owner"
 # an owner-less run directory younger than this may be a run still setting up (or one made
 # by an older pytest-kvm that wrote its owner record later): never reaped
 YOUNG_SECONDS = 600.0
-
-
-def process_start_time(pid: int) -> str:
-    """The kernel's start time of *pid* (clock ticks since boot): with the PID, it tells a
-    live owner from a new process that reused the PID."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def machine_identity() -> dict[str, str]:
-    """Which machine, and which boot of it, a run's process lives on (domain metadata): a
-    remote host's domains may belong to other machines' runs, whose processes this one
-    cannot see."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
-    return {"owner_machine": socket.gethostname(), "owner_boot": boot}
 
 
 def owner_alive(meta: dict[str, str]) -> bool:

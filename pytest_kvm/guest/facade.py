@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConnectionLost, HypervisorError, KvmError
 from ..output import LineLog, guest_logger
 from ..result import CommandResult
-from ..transport import commands
+from .. import commands
 from . import clone
 from .attachments import Attachments
 from .cold import ColdStart

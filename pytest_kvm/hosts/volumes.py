@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from ..cleanup.reaper import machine_identity
+from ..owner import machine_identity
 from ..errors import HypervisorError
 
 if TYPE_CHECKING:

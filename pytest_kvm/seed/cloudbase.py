@@ -11,23 +11,14 @@ from __future__ import annotations
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 
-from ..errors import SeedError
+from ..commands import ps_quote
 
 PS1_HEADER = "#ps1_sysnative"
 ADMINISTRATORS_SID = "S-1-5-32-544"  # the built-in group, whatever its localised name
 WINRM_HTTP_PORT = 5985
 FIREWALL_RULE = "pytest-kvm WinRM HTTP"
 # PowerShell ends a single-quoted string at any of these, so each is doubled inside one
-_PS_QUOTES = ("'", "\u2018", "\u2019", "\u201a", "\u201b")
 
-
-def ps_quote(value: str) -> str:
-    """*value* as a PowerShell single-quoted (verbatim) string literal."""
-    if "\x00" in value:
-        raise SeedError("a NUL character cannot be passed to PowerShell")
-    for quote in _PS_QUOTES:
-        value = value.replace(quote, quote * 2)
-    return f"'{value}'"
 
 
 def setup_script(user: str, password: str) -> str:

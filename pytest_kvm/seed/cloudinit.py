@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from . import cloudbase
-from ..transport.commands import PRIVILEGES
+from ..commands import PRIVILEGES
 from ..errors import SeedError
 from ..families import LOGIN_USER, Family
 from ..keys import KeyPair

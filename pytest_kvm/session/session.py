@@ -16,7 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cleanup.reaper import KEPT_MARKER, machine_identity, make_run_dir, process_start_time
+from ..cleanup.reaper import make_run_dir
+from ..owner import machine_identity, process_start_time
+from ..workdir import KEPT_MARKER
 from ..config import Settings
 from ..errors import KvmError
 from ..families import family

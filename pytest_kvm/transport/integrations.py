@@ -29,9 +29,8 @@ from typing import Any
 import yaml
 
 from ..files import write_owner_only
-from ..workdir import DISK_FILE, META_FILE
+from ..workdir import DISK_FILE, KEPT_MARKER, META_FILE
 from ..errors import HypervisorError, KvmError
-from ..cleanup.reaper import KEPT_MARKER
 
 LOCALHOST = "127.0.0.1"
 SSH_CONFIG_FILE = "ssh_config"  # in the guest's work directory
@@ -330,7 +329,7 @@ def kept_host(workdir: Path, access: str) -> InventoryHost:
 
 def kept_hosts(runs_dir: Path, warn=lambda message: None) -> list[InventoryHost]:
     """The guests left running by ``--kvm-keep`` in the run directories under *runs_dir*
-    (``CACHE/runs``): each one's work directory holds a ``reaper.KEPT_MARKER`` file saying
+    (``CACHE/runs``): each one's work directory holds a ``workdir.KEPT_MARKER`` file saying
     how it is reached. One that cannot be read is skipped, with ``warn(message)``."""
     found = []
     if not runs_dir.is_dir():

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..seed.cloudbase import ps_quote
-from ..seed.cloudinit import LOGIN_USER
+from ..commands import ps_quote
+from ..families import LOGIN_USER
 from ..files import write_owner_only
 from ..errors import CommandFailed, CommandTimeout, InfrastructureError, KvmError
 from ..output import LineLog

@@ -7,7 +7,8 @@ import sys
 
 from pytest_kvm import cli as cli_module
 from pytest_kvm.vm.accel import choose_accel
-from pytest_kvm.cleanup.reaper import owner_alive, process_start_time
+from pytest_kvm.cleanup.reaper import owner_alive
+from pytest_kvm.owner import process_start_time
 
 
 def cli(*args, cache):

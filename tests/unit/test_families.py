@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pytest_kvm.transport.commands import CommandSpecError, wrap
+from pytest_kvm.commands import CommandSpecError, wrap
 from pytest_kvm.errors import ImageError
 from pytest_kvm.families import FAMILIES, family, family_for_name
 

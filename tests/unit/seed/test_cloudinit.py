@@ -1,6 +1,7 @@
 import pytest
 
 from pytest_kvm.seed import cloudinit
+from pytest_kvm.commands import CommandSpecError
 from pytest_kvm.errors import SeedError
 
 
@@ -40,7 +41,7 @@ def test_seed_modules_import_one_way():
     imported = {}
     paths = {"families": "families.py", "cloudinit": "seed/cloudinit.py",
              "cloudbase": "seed/cloudbase.py", "iso": "seed/iso.py",
-             "commands": "transport/commands.py"}
+             "commands": "commands.py"}
     for name, path in paths.items():
         tree = ast.parse((package / path).read_text())
         top = {node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))}
@@ -132,7 +133,7 @@ def test_powershell_quoting_cannot_be_escaped():
     script = cloudbase.setup_script("o'brien", "x'; Remove-Item C:\\ -Recurse; '")
     assert "$user = 'o''brien'" in script
     assert "'x''; Remove-Item C:\\ -Recurse; '''" in script
-    with pytest.raises(SeedError):
+    with pytest.raises(CommandSpecError):
         cloudbase.ps_quote("nul\x00")
 
 

@@ -19,7 +19,7 @@ import re
 import shlex
 from collections.abc import Mapping
 
-from ..errors import KvmError
+from .errors import KvmError
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CMD_UNSAFE = re.compile(r'["%\r\n]')
@@ -104,3 +104,15 @@ def describe_options(*, sudo: bool = False, env: Mapping[str, str] | None = None
     parts = (["sudo"] if sudo else []) + ([f"cwd={cwd}"] if cwd else []) \
         + ([f"env: {', '.join(env)}"] if env else [])
     return f"  ({'; '.join(parts)})" if parts else ""
+
+
+_PS_QUOTES = ("'", "\u2018", "\u2019", "\u201a", "\u201b")  # PowerShell closes a literal at each
+
+
+def ps_quote(value: str) -> str:
+    """*value* as a PowerShell single-quoted (verbatim) string literal."""
+    if "\x00" in value:
+        raise CommandSpecError("a NUL character cannot be passed to PowerShell")
+    for quote in _PS_QUOTES:
+        value = value.replace(quote, quote * 2)
+    return f"'{value}'"

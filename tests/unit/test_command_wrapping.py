@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from pytest_kvm.transport.commands import CommandSpecError, describe_options, wrap
+from pytest_kvm.commands import CommandSpecError, describe_options, wrap
 from pytest_kvm.output import LineLog
 
 TRICKY = "it's a \"quoted\" $HOME `x` with  spaces"
