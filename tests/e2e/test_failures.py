@@ -223,7 +223,7 @@ def test_unusable_cache_dir_is_one_clear_error(kvm, tmpfs, case):
 def test_taken_port_is_skipped(kvm, monkeypatch):
     import socket
 
-    from pytest_kvm.guest import facade as guest_module
+    from pytest_kvm.guest import machine as guest_module
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))
     blocker.listen()
