@@ -217,3 +217,20 @@ def test_python_test_blocks_are_collected_by_pytest_with_the_plugin(pytester):
     result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider")
     assert result.ret == 0, result.stdout.str()
     assert "error" not in result.stdout.str().lower()
+
+
+def test_every_file_the_docs_name_exists():
+    """`tests/e2e/test_crash.py`, `images/store.py`, `unit/plugin/test_plugin.py`: a path in
+    backticks is one of the repository's files (or the package's, or the tests'), so the
+    failure table's "tested in" column and the design notes' pointers stay true."""
+    ours = {"pytest_kvm", "tests", "scripts", "examples", "guest-images", "docs", "unit", "e2e",
+            *(d.name for d in (ROOT / "pytest_kvm").iterdir() if d.is_dir())}
+    missing = []
+    for path in MARKDOWN:
+        for name in re.findall(r"`([\w.-]+(?:/[\w.-]+)*/[\w-]+\.(?:py|toml|md|sh))(?:::\w+)?`",
+                               path.read_text()):
+            if name.split("/")[0] not in ours:
+                continue  # another project's file (the research notes cite cloud-init's)
+            if not any((base / name).exists() for base in (ROOT, ROOT / "pytest_kvm", ROOT / "tests")):
+                missing.append(f"{path.relative_to(ROOT)}: {name}")
+    assert missing == []
