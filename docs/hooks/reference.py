@@ -49,7 +49,7 @@ def options_table() -> str:
     rows = ["| option | values | what |", "|---|---|---|"]
     for names, kw in declared().options:
         metavar = kw.get("metavar")
-        values = "\\|".join(kw["choices"]) if kw.get("choices") else (metavar or "")
+        values = "|".join(kw["choices"]) if kw.get("choices") else (metavar or "")
         if kw.get("action") == "append":
             values += " (repeatable)"
         rows.append(f"| `{', '.join(names)}` | {_cell(values)} | {_cell(kw.get('help', ''))} |")
@@ -102,7 +102,9 @@ def cli_reference() -> str:
             out.append("| argument | what |\n|---|---|")
             for a in options:
                 name = ", ".join(a.option_strings) or (a.metavar or a.dest)
-                out.append(f"| `{name}` | {_cell(a.help or '')} |")
+                what = a.help or {"+": "one or more", "?": "optional", "*": "any number"}.get(
+                    str(a.nargs), "")
+                out.append(f"| `{name}` | {_cell(what)} |")
             out.append("")
     return "\n".join(out) + "\n"
 
