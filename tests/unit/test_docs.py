@@ -199,6 +199,14 @@ def test_every_code_block_parses(lang):
             tomllib.loads(body)
 
 
+def test_every_shell_block_is_valid_bash():
+    blocks = code_blocks("sh")
+    assert blocks
+    for path, body in blocks:
+        checked = subprocess.run(["bash", "-n"], input=body, capture_output=True, text=True)
+        assert checked.returncode == 0, f"{path.relative_to(ROOT)}: {checked.stderr}\n{body}"
+
+
 def test_catalog_entries_in_the_docs_are_valid_entries(tmp_path):
     from pytest_kvm.images.catalog import read_catalog
     entries = [(p, b) for p, b in code_blocks("toml") if "[[image]]" in b]
