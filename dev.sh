@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pytest-kvm's one entry point for people and CI. Each command does its own set-up,
 # idempotently, on a fresh Debian 12 machine: apt packages, the libvirt-qemu user,
-# a virtualenv in .venv, and the base images it needs (built offline into the cache).
+# a virtualenv in .venv, and the base images it needs (built with debootstrap from the
+# Debian mirror into the cache).
 #
 #   ./dev.sh examples   boot the default guest and run examples/ in it
 #   ./dev.sh test       run the test suite (unit + end-to-end on debian-12 and debian-13)
@@ -39,7 +40,7 @@ setup() {
     say "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  if ! "$VENV/bin/python" -c "import pytest_kvm, libvirt, pytest_timeout, xdist" 2>/dev/null \
+  if ! "$VENV/bin/python" -c "import pytest_kvm, libvirt, pytest_timeout, xdist, winrm, mkdocs" 2>/dev/null \
      || [ pyproject.toml -nt "$VENV/.installed" ]; then
     say "installing pytest-kvm into $VENV (builds libvirt-python the first time)"
     "$VENV/bin/pip" install -q --upgrade pip
@@ -70,5 +71,5 @@ case "$cmd" in
     exec "$VENV/bin/pytest" tests -v -p no:cacheprovider --kvm-os debian-12 --kvm-os debian-13 \
       --timeout 1800 "$@" ;;
   *)
-    sed -n '2,12p' "$0"; exit 2 ;;
+    sed -n '2,11p' "$0"; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import __version__
 from .vm.accel import choose_accel
 from .files import default_cache_dir
 from .vm.domain import NAME_PREFIX
@@ -283,6 +284,7 @@ def cmd_doctor(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-kvm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--cache-dir", help="cache directory (default: ~/.cache/pytest-kvm)")
     parser.add_argument("--catalog", action="append", metavar="FILE",
                         help="an image catalog file of yours, read after the built-in one (repeatable)")

@@ -24,7 +24,8 @@ class ColdStart:
         m.host_public = self._host_key.public_openssh
         m.mac = random_mac()
         if cfg.family.transport == "winrm":  # a WinRM login has no key: the seed makes the user
-            from ..transport.winrm import Credentials  # noqa: PLC0415
+            from ..transport.winrm import Credentials, require_pywinrm  # noqa: PLC0415
+            require_pywinrm()  # before anything boots: pywinrm is the `winrm` extra
             m.credentials = Credentials.generate(cfg.user)
         m.xml_for_port = lambda port: domain_xml(self._spec(port))
 

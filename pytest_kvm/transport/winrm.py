@@ -66,6 +66,16 @@ class WinRMError(InfrastructureError):
     transfer arrived damaged."""
 
 
+def require_pywinrm() -> None:
+    """Raise :class:`WinRMError` saying how to install pywinrm when it is missing (an extra:
+    only Windows guests need it), before a Windows guest is booted for nothing."""
+    try:
+        import winrm  # noqa: F401, PLC0415 - checked only for Windows guests
+    except ImportError:
+        raise WinRMError("Windows guests talk WinRM through pywinrm, which is not installed: "
+                         "pip install 'pytest-kvm[winrm]'") from None
+
+
 class WinRMAuthError(WinRMError):
     """The guest refused the credentials (expected while it boots: the seed creates the user)."""
 
@@ -230,6 +240,7 @@ class PyWinRMTransport:
     """WinRS over pywinrm's ``Protocol``; the one place its exceptions become ours."""
 
     def __init__(self, endpoint: str, credentials: Credentials, *, auth: str = "ntlm") -> None:
+        require_pywinrm()
         from winrm.protocol import Protocol as WinRMProtocol
 
         self.endpoint = endpoint

@@ -28,3 +28,7 @@ def test_round_trip_as_in_the_readme(guest, tmp_path, monkeypatch):
     assert guest.run(f"cat {home}/copy.txt", cwd="/").stdout == "from the cwd\n"
     guest.get("copy.txt", "back-again.txt")
     assert (tmp_path / "back-again.txt").read_text() == "from the cwd\n"
+
+
+def test_first_test_as_in_the_readme(guest):
+    readme_function("test_kernel")(guest)

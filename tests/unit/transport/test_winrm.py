@@ -6,6 +6,7 @@ import http.server
 import re
 import shlex
 import string
+import sys
 import threading
 
 import pytest
@@ -402,3 +403,11 @@ def test_pywinrm_boundary_maps_unreachable_and_timeouts():
         with pytest.raises(expected):
             transport.receive("s", "c", wait=2.2)
         assert transport._protocol.operation_timeout_sec == 3  # the poll follows the wait
+
+
+def test_without_pywinrm_a_windows_guest_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "winrm", None)  # import winrm -> ImportError
+    with pytest.raises(WinRMError, match=r"pip install 'pytest-kvm\[winrm\]'"):
+        winrm.require_pywinrm()
+    with pytest.raises(WinRMError, match="pywinrm"):
+        winrm.PyWinRMTransport("http://127.0.0.1:1/wsman", Credentials("pytest", "pw"))
