@@ -1,6 +1,8 @@
 """Other tools on the plugin's guests: testinfra hosts, OpenSSH configs, Ansible inventories.
 
-Every one of them logs in the way the plugin does: with the session's login key and the
+What differs by transport is in one class each (:class:`SshEntries`, :class:`WinRMEntries`:
+host spec, testinfra host, inventory fields and variables, secrets, a kept guest's access line);
+the rest never asks which transport a guest has. Every one of them logs in the way the plugin does: with the session's login key and the
 guest's pinned host key (``StrictHostKeyChecking yes``, no global known_hosts), or, for a
 Windows guest, over WinRM with the guest's generated password. No password or private key
 is ever put in a repr, a log line or an error message; a password reaches a file only in
@@ -70,21 +72,12 @@ def _import_testinfra():
     return testinfra
 
 
-def _transport(guest) -> str:
-    return guest.config.family.transport
-
-
 def testinfra_hostspec(guest) -> str:
     """The testinfra host spec of *guest*: ``ssh://NAME`` (the ``Host`` of the config that
     :func:`write_ssh_config` writes) or, for a WinRM guest, a ``winrm://`` URL with its user
     and password (quoted) over plain HTTP on the forwarded port. It holds the password:
     never print it."""
-    if _transport(guest) != "winrm":
-        return f"ssh://{guest.name}"
-    creds = guest.credentials
-    user = urllib.parse.quote(creds.user, safe="")
-    password = urllib.parse.quote(creds.password, safe="")
-    return f"winrm://{user}:{password}@{LOCALHOST}:{guest.port}?no_ssl=true&no_verify_ssl=true"
+    return _entries(guest.config.family.transport).hostspec(guest)
 
 
 def testinfra_host(guest):
@@ -98,10 +91,7 @@ def testinfra_host(guest):
     testinfra = _import_testinfra()
     if guest.destroyed or not guest.port:
         raise HypervisorError(f"guest {guest.name} is not running")
-    if _transport(guest) == "winrm":
-        return testinfra.get_host(testinfra_hostspec(guest))
-    config = write_ssh_config(guest, guest.config.workdir / SSH_CONFIG_FILE)
-    return testinfra.get_host(testinfra_hostspec(guest), ssh_config=str(config), controlpersist=0)
+    return _entries(guest.config.family.transport).testinfra_host(testinfra, guest)
 
 
 # their names start with "test" and testinfra_host takes a `guest`: imported into a test
@@ -146,8 +136,9 @@ def render_ssh_config(name: str, port: int, user: str, key_file: str | os.PathLi
 def write_ssh_config(guest, path: str | os.PathLike) -> Path:
     """Write an OpenSSH config for the SSH *guest* to *path* (see :func:`render_ssh_config`);
     ``ssh -F PATH NAME`` then logs in."""
-    if _transport(guest) != "ssh":
-        raise IntegrationError(f"guest {guest.name} is reached over {_transport(guest)}, "
+    transport = guest.config.family.transport
+    if transport != SshEntries.transport:
+        raise IntegrationError(f"guest {guest.name} is reached over {transport}, "
                                "not SSH: it has no ssh_config")
     text = render_ssh_config(guest.name, guest.port, guest.user, guest.login_key_file,
                              guest.known_hosts, guest.proxy_command)
@@ -173,14 +164,10 @@ class InventoryHost:
 
 def inventory_host(guest) -> InventoryHost:
     """The inventory entry of a live *guest*."""
-    transport = _transport(guest)
+    transport = guest.config.family.transport
     return InventoryHost(
         name=guest.name, os=guest.os, transport=transport, port=guest.port, user=guest.user,
-        family=guest.config.family.name,
-        key_file=Path(guest.login_key_file) if transport == "ssh" else None,
-        known_hosts=Path(guest.known_hosts) if transport == "ssh" else None,
-        password=guest.credentials.password if transport == "winrm" else None,
-        proxy_command=tuple(guest.proxy_command or ()))
+        family=guest.config.family.name, **_entries(transport).inventory_fields(guest))
 
 
 def group_name(os_name: str) -> str:
@@ -204,17 +191,7 @@ def _ssh_common_args(known_hosts: Path, proxy_command: Sequence[str] = ()) -> st
 def host_vars(host: InventoryHost) -> dict[str, Any]:
     """The inventory variables of *host* (a WinRM host's password is not among them)."""
     common = {"ansible_host": LOCALHOST, "ansible_port": int(host.port), "ansible_user": host.user}
-    if host.transport == "winrm":
-        return {**common, "ansible_connection": "winrm", "ansible_winrm_transport": "ntlm",
-                "ansible_winrm_scheme": "http"}
-    if host.key_file is None or host.known_hosts is None:
-        raise IntegrationError(f"guest {host.name}: an SSH host needs a key file and a known_hosts")
-    found = {**common, "ansible_ssh_private_key_file": str(host.key_file),
-             "ansible_ssh_common_args": _ssh_common_args(host.known_hosts, host.proxy_command)}
-    interpreter = PYTHON_INTERPRETERS.get(host.family or "")
-    if interpreter:
-        found["ansible_python_interpreter"] = interpreter
-    return found
+    return {**common, **_entries(host.transport).host_vars(host)}
 
 
 def render_inventory(hosts: Iterable[InventoryHost]) -> dict[str, Any]:
@@ -242,13 +219,7 @@ def write_host_inventory(path: str | os.PathLike, hosts: Sequence[InventoryHost]
     path.parent.mkdir(parents=True, exist_ok=True)
     document = yaml.safe_dump(render_inventory(hosts), default_flow_style=False, sort_keys=False)
     for host in hosts:
-        if host.transport == "winrm":
-            if host.password is None:
-                raise IntegrationError(f"guest {host.name}: its WinRM password is unknown")
-            directory = path.parent / HOST_VARS_DIR
-            directory.mkdir(mode=0o700, exist_ok=True)
-            write_owner_only(directory / f"{host.name}.yml",
-                             yaml.safe_dump({"ansible_password": host.password}).encode())
+        _entries(host.transport).write_secrets(host, path.parent)
     path.write_text("# pytest-kvm guests; passwords, if any, are in host_vars/ beside it\n"
                     + document)
     return path
@@ -311,20 +282,11 @@ def kept_host(workdir: Path, access: str) -> InventoryHost:
     its disk's backing chain (its OS). ValueError if *access* is neither."""
     os_name, family = _image_identity(workdir / DISK_FILE)
     access = access.strip()
-    winrm = _WINRM_ACCESS.match(access)
-    if winrm:
-        password = Path(_unquote(winrm["file"])).read_text()
-        return InventoryHost(name=workdir.name, os=os_name, family=family or "windows",
-                             transport="winrm", port=int(winrm["port"]), user=winrm["user"],
-                             password=password)
-    ssh = _SSH_ACCESS.match(access)
-    if not ssh:
-        raise ValueError("its KEPT file holds neither an ssh command line nor a WinRM endpoint")
-    known_hosts = _unquote(ssh["known_hosts"]).removeprefix("UserKnownHostsFile=")
-    return InventoryHost(name=workdir.name, os=os_name, family=family, transport="ssh",
-                         port=int(ssh["port"]), user=ssh["user"],
-                         key_file=Path(_unquote(ssh["key"])),
-                         known_hosts=Path(known_hosts) if known_hosts else workdir / KNOWN_HOSTS_FILE)
+    for entries in ENTRIES.values():
+        host = entries.kept_host(workdir, access, os_name, family)
+        if host is not None:
+            return host
+    raise ValueError("its KEPT file holds neither an ssh command line nor a WinRM endpoint")
 
 
 def kept_hosts(runs_dir: Path, warn=lambda message: None) -> list[InventoryHost]:
@@ -341,3 +303,107 @@ def kept_hosts(runs_dir: Path, warn=lambda message: None) -> list[InventoryHost]
         except (OSError, ValueError) as exc:
             warn(f"kept guest {workdir.name} skipped: {type(exc).__name__}: {exc}")
     return found
+
+
+# -- what differs by transport ---------------------------------------------------------------------
+class SshEntries:
+    """An SSH guest as other tools reach it: an ssh_config ``Host``, the session's key and the
+    pinned host key."""
+
+    transport = "ssh"
+
+    @staticmethod
+    def hostspec(guest) -> str:
+        return f"ssh://{guest.name}"
+
+    @staticmethod
+    def testinfra_host(testinfra, guest):
+        config = write_ssh_config(guest, guest.config.workdir / SSH_CONFIG_FILE)
+        return testinfra.get_host(testinfra_hostspec(guest), ssh_config=str(config),
+                                  controlpersist=0)
+
+    @staticmethod
+    def inventory_fields(guest) -> dict[str, Any]:
+        return {"key_file": Path(guest.login_key_file), "known_hosts": Path(guest.known_hosts),
+                "proxy_command": tuple(guest.proxy_command or ())}
+
+    @staticmethod
+    def host_vars(host: InventoryHost) -> dict[str, Any]:
+        if host.key_file is None or host.known_hosts is None:
+            raise IntegrationError(f"guest {host.name}: an SSH host needs a key file and a known_hosts")
+        found = {"ansible_ssh_private_key_file": str(host.key_file),
+                 "ansible_ssh_common_args": _ssh_common_args(host.known_hosts, host.proxy_command)}
+        interpreter = PYTHON_INTERPRETERS.get(host.family or "")
+        if interpreter:
+            found["ansible_python_interpreter"] = interpreter
+        return found
+
+    @staticmethod
+    def write_secrets(host: InventoryHost, directory: Path) -> None:
+        """Nothing: the key file is the session's, named in the inventory."""
+
+    @staticmethod
+    def kept_host(workdir: Path, access: str, os_name: str, family: str | None) -> InventoryHost | None:
+        ssh = _SSH_ACCESS.match(access)
+        if not ssh:
+            return None
+        known_hosts = _unquote(ssh["known_hosts"]).removeprefix("UserKnownHostsFile=")
+        return InventoryHost(name=workdir.name, os=os_name, family=family, transport="ssh",
+                             port=int(ssh["port"]), user=ssh["user"],
+                             key_file=Path(_unquote(ssh["key"])),
+                             known_hosts=(Path(known_hosts) if known_hosts
+                                          else workdir / KNOWN_HOSTS_FILE))
+
+
+class WinRMEntries:
+    """A Windows guest as other tools reach it: WinRM (NTLM over HTTP) with its generated
+    password, which goes only to 0600 files."""
+
+    transport = "winrm"
+
+    @staticmethod
+    def hostspec(guest) -> str:
+        creds = guest.credentials
+        user = urllib.parse.quote(creds.user, safe="")
+        password = urllib.parse.quote(creds.password, safe="")
+        return f"winrm://{user}:{password}@{LOCALHOST}:{guest.port}?no_ssl=true&no_verify_ssl=true"
+
+    @staticmethod
+    def testinfra_host(testinfra, guest):
+        return testinfra.get_host(testinfra_hostspec(guest))
+
+    @staticmethod
+    def inventory_fields(guest) -> dict[str, Any]:
+        return {"password": guest.credentials.password}
+
+    @staticmethod
+    def host_vars(host: InventoryHost) -> dict[str, Any]:
+        return {"ansible_connection": "winrm", "ansible_winrm_transport": "ntlm",
+                "ansible_winrm_scheme": "http"}
+
+    @staticmethod
+    def write_secrets(host: InventoryHost, directory: Path) -> None:
+        """The password in ``host_vars/NAME.yml`` beside the inventory, mode 0600."""
+        if host.password is None:
+            raise IntegrationError(f"guest {host.name}: its WinRM password is unknown")
+        directory = directory / HOST_VARS_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        write_owner_only(directory / f"{host.name}.yml",
+                         yaml.safe_dump({"ansible_password": host.password}).encode())
+
+    @staticmethod
+    def kept_host(workdir: Path, access: str, os_name: str, family: str | None) -> InventoryHost | None:
+        winrm = _WINRM_ACCESS.match(access)
+        if not winrm:
+            return None
+        password = Path(_unquote(winrm["file"])).read_text()
+        return InventoryHost(name=workdir.name, os=os_name, family=family or "windows",
+                             transport="winrm", port=int(winrm["port"]), user=winrm["user"],
+                             password=password)
+
+
+ENTRIES = {e.transport: e for e in (SshEntries, WinRMEntries)}  # a family's transport -> its entries
+
+
+def _entries(transport: str):
+    return ENTRIES[transport]
