@@ -149,11 +149,11 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
     if boot_timeout is not None and (isinstance(boot_timeout, bool)
                                      or not isinstance(boot_timeout, (int, float)) or boot_timeout <= 0):
         raise SpecError(f"boot_timeout must be a positive number of seconds, not {boot_timeout!r}")
-    if reset is not None and reset not in RESET_CHOICES:
+    if reset is not None and (not isinstance(reset, str) or reset not in RESET_CHOICES):
         raise SpecError(f"reset must be one of {', '.join(RESET_CHOICES)}, not {reset!r}")
-    if family is not None and family not in FAMILIES:
+    if family is not None and (not isinstance(family, str) or family not in FAMILIES):
         raise SpecError(f"family must be one of {', '.join(sorted(FAMILIES))}, not {family!r}")
-    if seed is not None and seed not in SEED_FORMATS:
+    if seed is not None and (not isinstance(seed, str) or seed not in SEED_FORMATS):
         raise SpecError(f"seed must be one of {', '.join(SEED_FORMATS)}, not {seed!r}")
     if not isinstance(unique, bool):
         raise SpecError(f"unique must be True or False, not {unique!r}")

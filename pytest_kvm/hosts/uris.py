@@ -146,7 +146,7 @@ def host_for_worker(hosts: tuple[HostUri, ...], index: int) -> HostUri:
     workers while another waits)."""
     if not hosts:
         raise HostError("no --kvm-host given")
-    order: list[Host] = []
+    order: list[HostUri] = []
     credit = [0] * len(hosts)
     total = sum(h.slots for h in hosts)
     for _ in range(total):  # nginx's smooth weighted round robin, one full cycle

@@ -54,6 +54,8 @@ def test_serialisable_user_data_is_kept():
     ({"image": 3}, "image"),
     ({"os": ""}, "os"),
     ({"family": "plan9"}, "family"),
+    ({"family": ["linux"]}, "family"),
+    ({"reset": ["boot"]}, "reset"),
     ({"seed": "cidata"}, "seed"),
     ({"unique": "yes"}, "unique"),
     ({"tpm": 1}, "tpm"),
