@@ -1,5 +1,6 @@
-"""pytest hooks: options, ini values, the marker, the header line, parametrization over
-``--kvm-os``, the outcome recorder and report sections. Fixtures live in ``fixtures.py``.
+"""pytest hooks: options, ini values, the marker (checked at collection), the header line,
+parametrization over ``--kvm-os``, the outcome recorder and what reports show (made in
+``reports.py``). Fixtures live in ``fixtures.py``.
 
 The hooks run in every pytest run of an environment where pytest-kvm is installed, so
 they import only light modules: settings, option choices, image names. The session and
