@@ -233,7 +233,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _marker_problems(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
-    """One line for each selected test with a guest marker that cannot be used."""
+    """One line for each selected test with a guest marker that cannot be used (a test
+    parametrized over --kvm-os is named once, without its parameters)."""
     state = config.stash.get(STATE_KEY, None)
     problems = []
     for item in items:
@@ -243,8 +244,13 @@ def _marker_problems(config: pytest.Config, items: list[pytest.Item]) -> list[st
                 if state is not None and spec.os and spec.image is None:
                     state.check_name(spec.os)
             except KvmError as exc:
-                problems.append(f"{item.nodeid}: @pytest.mark.guest: {exc}")
-    return problems
+                problems.append(f"{_unparametrized(item)}: @pytest.mark.guest: {exc}")
+    return list(dict.fromkeys(problems))
+
+
+def _unparametrized(item: pytest.Item) -> str:
+    original = getattr(item, "originalname", item.name)
+    return item.nodeid[:len(item.nodeid) - len(item.name)] + original
 
 
 @pytest.hookimpl(wrapper=True)

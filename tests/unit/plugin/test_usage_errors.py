@@ -56,6 +56,15 @@ def test_every_bad_marker_is_named_at_once(pytester):
         "ERROR: test_it.py::test_two: @pytest.mark.guest: takes one positional argument (os), not 2*"])
 
 
+def test_a_test_run_once_per_os_is_named_once(pytester):
+    pytester.makepyfile(test_it=TYPO)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--kvm-os", "debian-12", "--kvm-os",
+                                "debian-13")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: test_it.py::test_typo: @pytest.mark.guest: unknown*"])
+    assert result.stderr.str().count("ERROR:") == 1
+
+
 def test_unserialisable_user_data_is_a_usage_error_at_collection(pytester):
     pytester.makepyfile(test_it="""
         import pytest
