@@ -20,7 +20,7 @@ _HOMES = {
     "CommandResult": ".result",
     "Guest": ".guest.facade",
     "KvmSession": ".session.session",
-    "SpecError": ".spec",
+    "SpecError": ".spec", "UnknownKeyword": ".spec",
 }
 
 __all__ = sorted(_HOMES)
@@ -44,4 +44,4 @@ if TYPE_CHECKING:  # pragma: no cover - what type checkers and IDEs see
     from .guest.facade import Guest  # noqa: F401
     from .result import CommandResult  # noqa: F401
     from .session.session import KvmSession  # noqa: F401
-    from .spec import SpecError  # noqa: F401
+    from .spec import SpecError, UnknownKeyword  # noqa: F401

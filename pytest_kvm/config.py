@@ -7,7 +7,7 @@ from pathlib import Path
 from .choices import (ACCEL_CHOICES, ARTIFACTS_WHEN_CHOICES, KEEP_CHOICES, NETWORK_MODES,
                       RESET_CHOICES, SNAPSHOT_CHOICES)
 from .files import default_cache_dir
-from .hosts.uris import HostError, HostUri, parse_host
+from .hosts.uris import HostError, HostUri, check_uri, parse_host
 from .names import NAME_PATTERN, NAME_RULE
 from .waiting import Limit
 
@@ -119,6 +119,7 @@ class Settings:
                                 f"{', '.join(NETWORK_MODES)}, not {network!r}")
         try:
             parsed_hosts = tuple(parse_host(text) for text in hosts if text.strip())
+            uri = check_uri(uri) if uri else None
         except HostError as exc:
             raise SettingsError(str(exc)) from None
         if parsed_hosts and uri:

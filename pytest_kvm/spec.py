@@ -1,11 +1,15 @@
 """What a test asks for: the ``guest`` marker's and ``kvm.boot``'s arguments, checked.
 
-The marker is validated by calling :func:`guest_marker` with its arguments, so
-a misspelt keyword is a ``TypeError`` naming it, for free.
+The keywords are the signature of :func:`guest_request`; :func:`check_arguments` holds
+the marker's and ``kvm.boot``'s arguments against it first, so a misspelt keyword is a
+:class:`UnknownKeyword` naming it and the closest keyword, not Python's message about a
+function the user never called.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
+import json
 import os as os_module
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +27,11 @@ CPU_RANGE = (1, 256)
 
 class SpecError(KvmError, ValueError):
     """A guest request with a bad value; the message names the keyword."""
+
+
+class UnknownKeyword(SpecError, TypeError):
+    """A keyword (or positional argument) a guest request does not take; also a
+    ``TypeError``, what Python raises for a bad call."""
 
 
 @dataclass(frozen=True)
@@ -133,16 +142,18 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
     if user_data is not None and not isinstance(user_data, Mapping):
         raise SpecError(f"user_data must be a dict (merged into the plugin's cloud-config), "
                         f"not {type(user_data).__name__}")
+    if user_data:
+        _check_serialisable(user_data)
     if image is not None and not isinstance(image, (str, Path)):
         raise SpecError(f"image must be a path, not {type(image).__name__}")
     if boot_timeout is not None and (isinstance(boot_timeout, bool)
                                      or not isinstance(boot_timeout, (int, float)) or boot_timeout <= 0):
         raise SpecError(f"boot_timeout must be a positive number of seconds, not {boot_timeout!r}")
-    if reset is not None and reset not in RESET_CHOICES:
+    if reset is not None and (not isinstance(reset, str) or reset not in RESET_CHOICES):
         raise SpecError(f"reset must be one of {', '.join(RESET_CHOICES)}, not {reset!r}")
-    if family is not None and family not in FAMILIES:
+    if family is not None and (not isinstance(family, str) or family not in FAMILIES):
         raise SpecError(f"family must be one of {', '.join(sorted(FAMILIES))}, not {family!r}")
-    if seed is not None and seed not in SEED_FORMATS:
+    if seed is not None and (not isinstance(seed, str) or seed not in SEED_FORMATS):
         raise SpecError(f"seed must be one of {', '.join(SEED_FORMATS)}, not {seed!r}")
     if not isinstance(unique, bool):
         raise SpecError(f"unique must be True or False, not {unique!r}")
@@ -172,10 +183,59 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
 
 
 def guest_marker(*args: Any, **kwargs: Any) -> GuestRequest:
-    """``@pytest.mark.guest(...)``: the keywords of :func:`guest_request`."""
+    """``@pytest.mark.guest(...)``: the keywords of :func:`guest_request`, checked."""
+    check_arguments(args, kwargs)
     return guest_request(*args, **kwargs)
 
+
+_NAMES = tuple(inspect.signature(guest_request).parameters)
 
 #: ``name=default`` of every keyword a guest request takes, for the marker's and fixtures' docs
 KEYWORDS = ", ".join(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name
                      for p in inspect.signature(guest_request).parameters.values())
+
+
+def check_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Raise :class:`UnknownKeyword` unless ``guest_request(*args, **kwargs)`` binds: one
+    positional argument at most (``os``), and only its keywords (the closest one is named)."""
+    if len(args) > 1:
+        raise UnknownKeyword(f"takes one positional argument (os), not {len(args)}: "
+                             f"give the others as keywords ({', '.join(_NAMES[1:])})")
+    if args and "os" in kwargs:
+        raise UnknownKeyword("os is given twice: as the positional argument and as os=")
+    for name in kwargs:
+        if name not in _NAMES:
+            close = difflib.get_close_matches(name, _NAMES, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"the keywords are {', '.join(_NAMES)}"
+            raise UnknownKeyword(f"unknown keyword {name!r} ({hint})")
+
+
+def _check_serialisable(user_data: Mapping[str, Any]) -> None:
+    """Raise :class:`SpecError` naming the first value of *user_data* that the seed's
+    cloud-config (YAML) cannot hold, by its key path."""
+    import yaml  # noqa: PLC0415 - only for a request with user_data
+
+    def dumps(value: Any) -> bool:
+        try:
+            yaml.safe_dump(value)
+        except (yaml.YAMLError, TypeError, ValueError):
+            return False
+        return True
+
+    def find(value: Any, path: str) -> str:
+        if isinstance(value, Mapping):
+            for key, child in value.items():
+                if not dumps(key):
+                    return f"{path}: the key {key!r} is not serialisable ({type(key).__name__})"
+                if not dumps(child):
+                    shown = json.dumps(key) if isinstance(key, str) else repr(key)
+                    return find(child, f"{path}[{shown}]")
+        elif isinstance(value, (list, tuple)):
+            for index, child in enumerate(value):
+                if not dumps(child):
+                    return find(child, f"{path}[{index}]")
+        return f"{path}: not serialisable ({type(value).__name__})"
+
+    if not dumps(dict(user_data)):
+        raise SpecError(f"{find(dict(user_data), 'user_data')}; cloud-config takes strings, "
+                        f"numbers, booleans, None, lists and dicts")

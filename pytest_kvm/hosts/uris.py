@@ -23,6 +23,12 @@ from pathlib import Path
 SCHEMES = ("qemu+ssh", "qemu+libssh", "qemu+libssh2")
 OUR_PARAMS = ("slots",)
 DEFAULT_SSH_PORT = 22
+# libvirt's URI rules (https://libvirt.org/uri.html) for --kvm-uri: DRIVER[+TRANSPORT]://
+# [USER@][HOST][:PORT]/PATH[?PARAMS]; the plugin boots QEMU guests, and over SSH a host
+# is a --kvm-host (the plugin needs its own SSH link to it)
+LIBVIRT_TRANSPORTS = ("unix", "tcp", "tls", "ext", "ssh", "libssh", "libssh2")
+QEMU_PATHS = ("/system", "/session", "/embed")
+URI_FORM = "qemu[+TRANSPORT]://[HOST]/PATH[?PARAMS], e.g. qemu:///system or qemu:///session"
 
 
 class HostError(ValueError):
@@ -92,6 +98,34 @@ def parse_host(text: str) -> HostUri:
                 known_hosts=Path(named.get("known_hosts") or home / ".ssh" / "known_hosts"))
 
 
+def check_uri(text: str) -> str:
+    """*text* if it is a libvirt URI of the QEMU driver the plugin can use as ``--kvm-uri``;
+    else :class:`HostError` saying what is wrong (checked as text: libvirt is not loaded)."""
+    parts = urllib.parse.urlsplit(text.strip())
+    driver, _, transport = parts.scheme.partition("+")
+    leave_out = "or leave --kvm-uri out (libvirtd's qemu:///system if it runs, else the embedded driver)"
+    if driver != "qemu" or not parts.netloc and not parts.path:
+        raise HostError(f"--kvm-uri {text!r} is not a libvirt URI of the QEMU driver: give "
+                        f"{URI_FORM}, {leave_out}")
+    if transport and transport not in LIBVIRT_TRANSPORTS:
+        raise HostError(f"--kvm-uri {text!r}: libvirt has no transport {transport!r} (it has "
+                        f"{', '.join(LIBVIRT_TRANSPORTS)})")
+    if transport in ("ssh", "libssh", "libssh2"):
+        raise HostError(f"--kvm-uri {text!r}: a host reached over SSH is a --kvm-host "
+                        f"(--kvm-host {text.strip()})")
+    if parts.path not in QEMU_PATHS:
+        raise HostError(f"--kvm-uri {text!r}: the QEMU driver's paths are "
+                        f"{', '.join(QEMU_PATHS)}, not {parts.path or 'none'!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise HostError(f"--kvm-uri {text!r}: {exc}") from None
+    if parts.path == "/embed" and "root" not in dict(urllib.parse.parse_qsl(parts.query)):
+        raise HostError(f"--kvm-uri {text!r}: the embedded driver needs ?root=DIR; leave "
+                        f"--kvm-uri out to let the plugin pick a root of its own")
+    return text.strip()
+
+
 def _local_user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
@@ -112,7 +146,7 @@ def host_for_worker(hosts: tuple[HostUri, ...], index: int) -> HostUri:
     workers while another waits)."""
     if not hosts:
         raise HostError("no --kvm-host given")
-    order: list[Host] = []
+    order: list[HostUri] = []
     credit = [0] * len(hosts)
     total = sum(h.slots for h in hosts)
     for _ in range(total):  # nginx's smooth weighted round robin, one full cycle

@@ -1,5 +1,6 @@
-"""pytest hooks: options, ini values, the marker, the header line, parametrization over
-``--kvm-os``, the outcome recorder and report sections. Fixtures live in ``fixtures.py``.
+"""pytest hooks: options, ini values, the marker (checked at collection), the header line,
+parametrization over ``--kvm-os``, the outcome recorder and what reports show (made in
+``reports.py``). Fixtures live in ``fixtures.py``.
 
 The hooks run in every pytest run of an environment where pytest-kvm is installed, so
 they import only light modules: settings, option choices, image names. The session and
@@ -19,9 +20,10 @@ from ..config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_C
 from ..errors import KvmError
 from ..hosts.choose import where_worker_ran
 from ..spec import KEYWORDS, guest_marker
+from .reports import add_properties, add_records, shorten_start_error
 from .state import PluginState
 from .stash import CLOSE_ERRORS_KEY, GUESTS_KEY, OUTCOME_KEY, SIGTERM_KEY, STATE_KEY, \
-    WORKER_CLOSE_ERRORS_KEY, WORKER_COUNTS_KEY
+    WORKER_CLOSE_ERRORS_KEY, WORKER_COUNTS_KEY, WORKER_USAGE_ERRORS_KEY
 
 MARKER_DOC = (f"guest({KEYWORDS}): configure the guest booted for this test by the `guest` "
               "fixture (pytest-kvm); the keywords of kvm.boot, see its docstring.")
@@ -215,29 +217,67 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("guest", names, indirect=True, ids=names)
 
 
+@pytest.hookimpl(trylast=True)  # after -k, -m and --deselect: only what will run is checked
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Check the selected tests' guest markers: a bad one is a usage error naming the test.
+    An xdist worker cannot end the run with one (its controller reports an internal error),
+    so it runs nothing and hands the messages to the controller (see pytest_testnodedown)."""
+    problems = _marker_problems(config, items)
+    if not problems:
+        return
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is None:
+        raise pytest.UsageError(*problems)
+    workeroutput["pytest_kvm_usage_errors"] = problems
+    items[:] = []
+
+
+def _marker_problems(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """One line for each selected test with a guest marker that cannot be used (a test
+    parametrized over --kvm-os is named once, without its parameters)."""
     state = config.stash.get(STATE_KEY, None)
+    problems = []
     for item in items:
         for marker in item.iter_markers("guest"):
             try:
                 spec = guest_marker(*marker.args, **marker.kwargs)
                 if state is not None and spec.os and spec.image is None:
                     state.check_name(spec.os)
-            except (TypeError, KvmError) as exc:
-                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.guest: {exc}") from None
+            except KvmError as exc:
+                problems.append(f"{_unparametrized(item)}: @pytest.mark.guest: {exc}")
+    return list(dict.fromkeys(problems))
+
+
+def _unparametrized(item: pytest.Item) -> str:
+    original = getattr(item, "originalname", item.name)
+    return item.nodeid[:len(item.nodeid) - len(item.name)] + original
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session):
+    """On the xdist controller: the workers' usage errors end the run as a usage error."""
+    result = yield
+    problems = session.config.stash.get(WORKER_USAGE_ERRORS_KEY, [])
+    if problems:
+        raise pytest.UsageError(*dict.fromkeys(problems))
+    return result
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    guests = item.stash.get(GUESTS_KEY, [])
+    if call.when == "teardown" and guests:  # kept or not by now; JUnit reads this report's
+        add_properties(item, guests)
     report = yield
     if report.when in ("setup", "call"):
         item.stash.setdefault(OUTCOME_KEY, {})[report.when] = report.failed
         _collect_artifacts(item, report)
     if report.failed:
-        for g in item.stash.get(GUESTS_KEY, []):
-            report.sections.append((f"guest {g.name} ({g.os}) console, last lines", g.console_tail()))
-            if g.timeline.entries:
-                report.sections.append((f"guest {g.name} timeline", g.timeline.format()))
+        if report.when in ("setup", "call"):
+            add_records(item, report, guests)
+        state = item.config.stash.get(STATE_KEY, None)
+        if state is not None:
+            shorten_start_error(item, call, report, state)
     return report
 
 
@@ -289,11 +329,15 @@ def _close_problems(config: pytest.Config) -> list[str]:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
-    """On the pytest-xdist controller: collect each worker's guest counts for the summary."""
+    """On the pytest-xdist controller: collect each worker's guest counts for the summary, its
+    usage errors and what its session end could not clean up."""
     output = getattr(node, "workeroutput", {})
     counts = output.get("pytest_kvm")
     if counts is not None:
         node.config.stash.setdefault(WORKER_COUNTS_KEY, {})[node.gateway.id] = counts
+    problems = output.get("pytest_kvm_usage_errors")
+    if problems:
+        node.config.stash.setdefault(WORKER_USAGE_ERRORS_KEY, []).extend(problems)
     errors = output.get("pytest_kvm_close_errors")
     if errors:
         node.config.stash.setdefault(WORKER_CLOSE_ERRORS_KEY, {})[node.gateway.id] = list(errors)

@@ -25,6 +25,8 @@ class PluginState:
         self.worker_id = worker_id
         self._session: KvmSession | None = None
         self._names: ImageStore | None = None
+        #: the first test that met the session's start error (see :mod:`.reports`)
+        self.start_error_test: str | None = None
         #: where guests will run (nothing is opened: for the checks and the header)
         self.host = host_for(settings, worker_id)
 

@@ -27,7 +27,7 @@ from ..hosts.choose import host_for
 from ..images.store import ImageStore
 from ..keys import KeyPair
 from ..networks.segments import Networks
-from ..spec import GuestRequest, SpecError, guest_request
+from ..spec import GuestRequest, SpecError, check_arguments, guest_request
 from ..vm.domain import NAME_PREFIX
 from .background import AheadPool, Reclaimer
 from .goldens import Goldens
@@ -128,6 +128,11 @@ class KvmSession:
             self.progress(f"removed leftovers of dead runs: {', '.join(leftovers)}")
         return hv
 
+    @property
+    def start_error(self) -> KvmError | None:
+        """Why :meth:`start` failed (raised again by every later call), else None."""
+        return self._hv_error
+
     def _make_run_dir(self) -> None:
         with writable(self.run_dir.parent, "creating the run's work directory"):
             make_run_dir(self.run_dir)
@@ -164,6 +169,7 @@ class KvmSession:
     def create(self, os: str | None = None, **kwargs: Any) -> Guest:
         """Like :meth:`boot` but returns the guest unstarted (call ``.start()``). With
         ``reset="clone"`` the golden guest is booted here, the first time it is needed."""
+        check_arguments((os,), kwargs)
         return self.create_for(guest_request(os, **kwargs))
 
     def create_for(self, request: GuestRequest) -> Guest:
@@ -209,6 +215,7 @@ class KvmSession:
         """A user golden made by ``prepare(guest)`` on a warm clone (``os`` and *keywords*:
         as for :meth:`boot`), then frozen (see ``Guest.freeze``). With snapshots on, a golden
         made earlier for the same parent and *key* is used as it is: *prepare* does not run."""
+        check_arguments((os,), keywords)
         return self.goldens.made_by(key, prepare, guest_request(os, **{**keywords, "reset": "clone"}))
 
     # -- guests -------------------------------------------------------------------------------
@@ -239,6 +246,7 @@ class KvmSession:
     def _config(self, os_name: str, request) -> GuestConfig:
         from ..guest.config import GuestConfig  # noqa: PLC0415
         accel = self.acceleration  # first: an unreachable remote host fails before a build
+        self.hypervisor  # noqa: B018 - and so does a local libvirt that cannot be opened
         base = self.images.resolve(os_name, request.image)
         fam = family(request.family or base.family)
         memory = request.memory_mib or max(self.settings.memory_mib, base.min_memory_mib or 0)

@@ -144,8 +144,27 @@ def default_uri() -> str | None:
 
 LOCAL_UNREACHABLE = ("Start libvirtd (libvirtd -d; virtlogd -d), or drop --kvm-uri to use the "
                      "embedded driver that needs no daemon.")
-REMOTE_UNREACHABLE = ("Check that the host is up, runs libvirtd and takes this SSH login "
-                      "(`virsh -c URI list` from here must work), or drop that --kvm-host.")
+
+
+def remote_unreachable(host: "HostUri") -> str:
+    """What to check when libvirt on a ``--kvm-host`` cannot be reached (any SSH transport)."""
+    port = f" -p {host.port}" if host.port != 22 else ""
+    return (f"Check that the host is up, that ssh works (`ssh{port} {host.user}@{host.hostname} "
+            f"true` from here, with no password prompt) and that libvirtd runs there (`virsh "
+            f"-c {host.display_uri} list` from here), or drop that --kvm-host.")
+
+
+def _unreachable(libvirt, exc) -> bool:
+    """Whether *exc* says that libvirt could not be reached at all (the connection, not a
+    call on it): a failed open, a refused socket, a transport (SSH) that did not connect."""
+    code = exc.get_error_code()
+    message = exc.get_error_message() or ""
+    if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_AUTH_FAILED,
+                libvirt.VIR_ERR_AUTH_UNAVAILABLE):
+        return True
+    return code == libvirt.VIR_ERR_SYSTEM_ERROR and (
+        exc.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
+        or "socket" in message or "unable to connect" in message)
 
 
 @contextlib.contextmanager
@@ -157,13 +176,10 @@ def translate(action: str, uri: str = "", console_tail: str = "",
     try:
         yield
     except libvirt.libvirtError as exc:
-        code = exc.get_error_code()
         message = exc.get_error_message() or str(exc)
         if "Could not set up host forwarding rule" in message:
             raise PortInUse(f"{action}: host port already in use: {message}") from exc
-        if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_AUTH_FAILED) or (
-                code == libvirt.VIR_ERR_SYSTEM_ERROR and ("socket" in message
-                                                          or "unable to connect" in message)):
+        if _unreachable(libvirt, exc):
             raise HypervisorError(
                 f"{action}: libvirt is not reachable at {uri!r}: {message}. {unreachable}") from exc
         raise HypervisorError(f"{action}: {message}", console_tail=console_tail) from exc
@@ -193,7 +209,7 @@ class Hypervisor:
         libvirt = _libvirt()
         _ensure_event_loop()  # keepalives and console streams need it
         with translate(f"opening libvirt on {host.label} ({host.display_uri})", host.label,
-                       unreachable=REMOTE_UNREACHABLE):
+                       unreachable=remote_unreachable(host)):
             conn = libvirt.open(host.uri)
             conn.setKeepAlive(5, 6)
         return cls(conn, host.label)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pytest_kvm import BootTimeout, GuestCrashed, ImageError, SpecError
+from pytest_kvm import BootTimeout, GuestCrashed, ImageError, SpecError, UnknownKeyword
 from pytest_kvm.errors import ConnectionLost
 
 from procs import qemu_processes
@@ -158,7 +158,7 @@ def test_unknown_os(kvm):
 def test_bad_arguments(kvm):
     with pytest.raises(SpecError, match="cpus"):
         kvm.boot(cpus=-1)
-    with pytest.raises(TypeError, match="colour"):
+    with pytest.raises(UnknownKeyword, match="unknown keyword 'colour'"):  # also a TypeError
         kvm.boot(colour="red")
 
 

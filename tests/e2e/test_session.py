@@ -3,6 +3,7 @@ import json
 import shlex
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 from procs import qemu_processes
 from pytest_kvm.cleanup.watchdog import log_path as watchdog_log
@@ -34,13 +35,21 @@ def test_keep_failed_report_and_reap(pytester, monkeypatch, kvm):
     monkeypatch.setenv("GUEST_LOG", str(log))
     pytester.makepyfile(CHILD)
     result = pytester.runpytest_subprocess("--kvm-os", "debian-12", "--kvm-keep", "failed", "--kvm-reset", "boot",
-                                           "-p", "no:cacheprovider", timeout=1500)
+                                           "-p", "no:cacheprovider", "--junitxml=junit.xml",
+                                           "-o", "junit_logging=system-out", timeout=1500)
     result.assert_outcomes(passed=1, failed=1)
     names = {entry["test"]: entry["name"] for entry in map(json.loads, log.read_text().splitlines())}
     out = result.stdout.str()
-    # the failure report carries the guest's console tail and timeline
-    assert f"guest {names['test_fails']} (debian-12) console, last lines" in out
-    assert f"guest {names['test_fails']} timeline" in out
+    # the failure report carries the guest's console tail and timeline, and so does JUnit
+    record = f"pytest-kvm guest {names['test_fails']}: os debian-12, accel "
+    assert f"Captured stdout pytest-kvm guest {names['test_fails']} call" in out
+    assert record in out and "timeline:" in out and "ssh-banner" in out
+    case = next(c for c in ET.parse(pytester.path / "junit.xml").iter("testcase")
+                if c.get("name") == "test_fails")
+    assert record in "".join(e.text or "" for e in case.iter("system-out"))
+    properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert properties["kvm_guest_name"] == names["test_fails"]
+    assert properties["kvm_guest_os"] == "debian-12" and properties["kvm_guest_ssh"].startswith("ssh ")
     # the passing test's guest is gone; the failed one is kept and its ssh command works
     assert qemu_processes(names["test_passes"]) == []
     assert len(qemu_processes(names["test_fails"])) == 1

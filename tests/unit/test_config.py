@@ -31,6 +31,7 @@ def test_images_and_duplicates():
     ({"cpus": "1.5"}, "kvm_cpus"),
     ({"cpus": "0"}, "kvm_cpus"),
     ({"mirror": "127.0.0.1:8000/m"}, "kvm_mirror"),
+    ({"uri": "bogus://"}, "--kvm-uri .bogus://. is not a libvirt URI"),
 ])
 def test_bad_values(kwargs, word):
     with pytest.raises(SettingsError, match=word):

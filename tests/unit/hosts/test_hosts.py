@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvm.hosts.uris import HostError, host_for_worker, parse_host, worker_index
+from pytest_kvm.hosts.uris import HostError, check_uri, host_for_worker, parse_host, worker_index
 
 
 def test_a_qemu_ssh_uri_names_user_host_port_key_and_known_hosts():
@@ -49,3 +49,25 @@ def test_workers_spread_by_weight_smoothly():
 @pytest.mark.parametrize("worker, index", [(None, 0), ("master", 0), ("gw0", 0), ("gw7", 7)])
 def test_worker_index(worker, index):
     assert worker_index(worker) == index
+
+
+@pytest.mark.parametrize("text", ["qemu:///system", "qemu:///session", "qemu+unix:///system?socket=/s",
+                                  "qemu+tcp://hv1:16509/system", "qemu:///embed?root=/tmp/r"])
+def test_a_qemu_uri_is_a_kvm_uri(text):
+    assert check_uri(text) == text
+
+
+@pytest.mark.parametrize("text, why", [
+    ("bogus://", "not a libvirt URI of the QEMU driver: give qemu[+TRANSPORT]://"),
+    ("test:///default", "not a libvirt URI of the QEMU driver"),
+    ("qemu", "not a libvirt URI of the QEMU driver"),
+    ("qemu+foo:///system", "libvirt has no transport 'foo'"),
+    ("qemu+ssh://ci@hv1/system", "a host reached over SSH is a --kvm-host (--kvm-host qemu+ssh://"),
+    ("qemu:///nosuch", "the QEMU driver's paths are /system, /session, /embed, not '/nosuch'"),
+    ("qemu://hv1:xx/system", "Port could not be cast"),
+    ("qemu:///embed", "the embedded driver needs ?root=DIR"),
+])
+def test_an_unusable_kvm_uri_says_why(text, why):
+    with pytest.raises(HostError) as info:
+        check_uri(text)
+    assert why in str(info.value) and repr(text) in str(info.value)

@@ -17,7 +17,7 @@ CHECKOUT = Path(pytest_kvm.__file__).resolve().parent.parent  # python -c puts i
 PUBLIC = ["BootTimeout", "CloudInitError", "CommandError", "CommandFailed", "CommandResult",
           "CommandTimeout", "Guest", "GuestCrashed", "HostKeyMismatch", "HypervisorError",
           "ImageError", "InfrastructureError", "KvmError", "KvmSession", "SeedError",
-          "SpecError", "StorageError"]
+          "SpecError", "StorageError", "UnknownKeyword"]
 
 
 def heavy(modules) -> list[str]:
