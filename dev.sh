@@ -13,7 +13,11 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
 if [ "$(id -u)" -ne 0 ]; then
-  exec sudo --preserve-env=PYTEST_KVM_CACHE_DIR,PYTEST_KVM_DEBIAN_MIRROR,CI "$0" "$@"
+  # Without a terminal on stdin (CI, nohup, a background job) sudo must not ask for a
+  # password: a background job that reads the terminal is stopped, and waits for ever.
+  # -n fails at once instead ("a password is required").
+  if [ -t 0 ]; then ask=(); else ask=(-n); fi
+  exec sudo "${ask[@]}" --preserve-env=PYTEST_KVM_CACHE_DIR,PYTEST_KVM_DEBIAN_MIRROR,CI "$0" "$@"
 fi
 
 APT_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
@@ -31,7 +35,8 @@ setup() {
   if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
   fi
   # libvirt's QEMU driver expects this user even when QEMU runs as root.
   getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home \

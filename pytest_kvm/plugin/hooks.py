@@ -146,7 +146,8 @@ def _sigterm_as_ctrl_c(signum, frame) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Turn SIGTERM into Ctrl-C for this session (the previous handler comes back at its end)."""
+    """Turn SIGTERM into Ctrl-C for this session (the previous handler comes back at its end);
+    say so when Ctrl-C itself cannot reach it."""
     config = session.config
     if config.stash.get(STATE_KEY, None) is None or SIGTERM_KEY in config.stash:
         return
@@ -155,6 +156,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     except ValueError:  # not the main thread: leave signals to whoever runs pytest
         return
     config.stash[SIGTERM_KEY] = (signal.SIG_DFL if previous is None else previous,)
+    _note_ignored_sigint(config)
+
+
+def _note_ignored_sigint(config: pytest.Config) -> None:
+    """Say so when this run inherited SIGINT ignored (started as a background job: ``cmd &``
+    in a script, ``nohup``, some CI runners), which makes Python leave Ctrl-C unhandled."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and not hasattr(config, "workerinput"):
+        _progress(config)("SIGINT is ignored (started in the background): Ctrl-C cannot "
+                          "interrupt this run; SIGTERM still ends the session cleanly")
 
 
 def _restore_sigterm(config: pytest.Config) -> None:

@@ -1,5 +1,31 @@
-"""Looking at the process table from end-to-end tests."""
+"""Child pytest runs and the process table, for end-to-end tests.
+
+A child started here gets SIGINT and SIGTERM set by the test, not inherited: a test
+suite started as a background job (``cmd &`` in a script, ``nohup``, some CI runners)
+runs with SIGINT ignored, a child inherits that across ``exec`` (``restore_signals``
+does not reset it), Python then installs no KeyboardInterrupt handler, and a test's
+SIGINT would do nothing."""
 import subprocess
+import sys
+
+# Runs first in the child's process (same PID): sets SIGINT to the disposition named in
+# argv[1] and SIGTERM to its default, then becomes ``python argv[2:]``.
+_WITH_SIGNALS = ("import os, signal, sys; "
+                 "signal.signal(signal.SIGINT, getattr(signal, sys.argv[1])); "
+                 "signal.signal(signal.SIGTERM, signal.SIG_DFL); "
+                 "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+def start_pytest(*args: str, cwd, env=None, background: bool = False) -> subprocess.Popen:
+    """A child ``python -m pytest *args`` (stdout and stderr in one text pipe), as from a
+    terminal: SIGINT and SIGTERM at their defaults, so Ctrl-C (SIGINT) interrupts it,
+    whatever this process inherited. ``background=True`` starts it as CI and scripts do:
+    SIGINT ignored, no standard input, its own session (no controlling terminal)."""
+    sigint = "SIG_IGN" if background else "SIG_DFL"
+    return subprocess.Popen([sys.executable, "-c", _WITH_SIGNALS, sigint, "-m", "pytest", *args],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, stdin=subprocess.DEVNULL if background else None,
+                            start_new_session=background)
 
 
 def qemu_processes(name: str, *, prefix: bool = False) -> list[str]:

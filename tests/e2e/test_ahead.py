@@ -2,11 +2,9 @@
 after the session end, Ctrl-C and SIGKILL."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
-from procs import qemu_processes
+from procs import qemu_processes, start_pytest
 
 
 def test_two_clones_at_once_have_their_own_identity(guest_factory, kvm):
@@ -39,9 +37,8 @@ def child(pytester, hang):
     name_file = pytester.path / "name"
     pytester.makepyfile(CHILD)
     env = {**os.environ, "GUEST_NAME_FILE": str(name_file), "HANG": "1" if hang else ""}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kvm-reset", "clone",
-                             "-o", "kvm_prepare_ahead=1", str(pytester.path)], env=env, cwd=pytester.path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_pytest("-p", "no:cacheprovider", "--kvm-reset", "clone", "-o", "kvm_prepare_ahead=1",
+                        str(pytester.path), env=env, cwd=pytester.path)
     return proc, name_file, f"pytest-kvm-{proc.pid}-"
 
 

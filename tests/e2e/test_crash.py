@@ -2,11 +2,9 @@
 and SIGKILL (the watchdog reaps the guests)."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
-from procs import qemu_processes
+from procs import qemu_processes, start_pytest
 
 CHILD = """
 import os, time
@@ -18,16 +16,13 @@ def test_hang(guest):
 """
 
 
-
-
 def start_child_with_guest(pytester):
     """A pytest run whose test has a running guest; returns (process, guest name)."""
     name_file = pytester.path / "name"
     pytester.makepyfile(CHILD)
     env = {**os.environ, "GUEST_NAME_FILE": str(name_file)}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kvm-reset", "boot",
-                             str(pytester.path)], env=env, cwd=pytester.path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_pytest("-p", "no:cacheprovider", "--kvm-reset", "boot", str(pytester.path),
+                        env=env, cwd=pytester.path)
     deadline = time.monotonic() + 900
     while not name_file.exists() or not name_file.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -86,9 +81,8 @@ def test_sigkill_of_pytest_leaves_no_guest(pytester, kvm):
 
 def test_sigint_during_boot_cleans_up(pytester, kvm):
     pytester.makepyfile("def test_boot(guest):\n    pass\n")
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kvm-reset", "boot",
-                             str(pytester.path)], cwd=pytester.path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = start_pytest("-p", "no:cacheprovider", "--kvm-reset", "boot", str(pytester.path),
+                        cwd=pytester.path)
     prefix = f"pytest-kvm-{proc.pid}-"
     deadline = time.monotonic() + 300
     while not qemu_processes(prefix, prefix=True) and time.monotonic() < deadline:
@@ -122,9 +116,8 @@ def test_sigint_during_teardown_cleans_up(pytester, kvm):
     pytester.makepyfile(TEARDOWN_CHILD)
     marker, name_file = pytester.path / "teardown", pytester.path / "name"
     env = {**os.environ, "TEARDOWN_FILE": str(marker), "GUEST_NAME_FILE": str(name_file)}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kvm-reset", "boot",
-                             str(pytester.path)], env=env, cwd=pytester.path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = start_pytest("-p", "no:cacheprovider", "--kvm-reset", "boot", str(pytester.path),
+                        env=env, cwd=pytester.path)
     deadline = time.monotonic() + 900
     while not marker.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]

@@ -4,12 +4,11 @@ releases on one network, and nothing left after the session, Ctrl-C or SIGKILL."
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from procs import qemu_processes
+from procs import qemu_processes, start_pytest
 
 SERVE = ("mkdir -p /tmp/www && echo hello-from-server > /tmp/www/index.html && "
          "{ setsid python3 -m http.server --directory /tmp/www --bind :: 8000 "
@@ -103,9 +102,7 @@ def networked_child(pytester, hang: bool):
     ready = pytester.path / "ready"
     pytester.makepyfile(CHILD)
     env = {**os.environ, "READY_FILE": str(ready), "HANG": "1" if hang else ""}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x",
-                             str(pytester.path)], env=env, cwd=pytester.path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_pytest("-p", "no:cacheprovider", "-x", str(pytester.path), env=env, cwd=pytester.path)
     return proc, ready
 
 

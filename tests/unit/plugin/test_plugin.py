@@ -302,6 +302,28 @@ def test_sigterm_is_ctrl_c_during_the_session_only(pytester):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def run_with_sigint(pytester, disposition):
+    """A child pytest run that inherits *disposition* for SIGINT, as from a background job."""
+    previous = signal.signal(signal.SIGINT, disposition)
+    try:
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+IGNORED_SIGINT_NOTE = ("pytest-kvm: SIGINT is ignored (started in the background): Ctrl-C "
+                       "cannot interrupt this run; SIGTERM still ends the session cleanly")
+
+
+@pytest.mark.parametrize(("disposition", "notes"), [(signal.SIG_IGN, [IGNORED_SIGINT_NOTE]),
+                                                     (signal.SIG_DFL, [])], ids=["ignored", "default"])
+def test_a_run_started_with_sigint_ignored_says_so_in_one_line(pytester, disposition, notes):
+    pytester.makepyfile("def test_x(): pass")
+    result = run_with_sigint(pytester, disposition)
+    result.assert_outcomes(passed=1)
+    assert [line for line in result.outlines if "SIGINT" in line] == notes
+
+
 SIGTERM_CHILD = """
 import os, time, pytest
 
