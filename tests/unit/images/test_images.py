@@ -262,8 +262,12 @@ def test_cli_fetch_and_list(tmp_path, server, qcow2, capsys):
     assert fetched.endswith(f"images/tiny-linux/{digest}/disk.qcow2") and len(digest) == 64
     assert cli.main(base + ["list"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny-linux"))
-    assert "catalog" in line and "ready" in line and hashlib.sha256(qcow2).hexdigest() in line
-    assert f" {digest[:12]} " in line  # the digest, short
+    assert "catalog" in line and "ready" in line and line.endswith(f" {digest[:12]}")
+    assert cli.main(base + ["list", "--long"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    row = next(i for i, line in enumerate(listed) if line.startswith("tiny-linux"))
+    assert listed[row + 1] == f"  disk sha256 {hashlib.sha256(qcow2).hexdigest()}"
+    assert max(map(len, listed)) <= cli.WIDTH
     assert cli.main(base + ["fetch", "tiny-linux", "--force", "--mirror", server.url("/nowhere")]) == 1
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "--kvm-image tiny-linux=PATH" in err
