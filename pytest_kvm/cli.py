@@ -28,6 +28,9 @@ from .hosts.volumes import remove_guest_volumes, remove_snapshot_volumes
 from .cleanup.reaper import reap_domains, reap_run_dirs
 from .session.snapshots import SUMMARY_FIELDS, SnapshotStore, age
 
+#: tables fit a terminal this wide
+WIDTH = 100
+
 
 def _progress(message: str) -> None:
     print(f"pytest-kvm: {message}", file=sys.stderr, flush=True)
@@ -35,10 +38,6 @@ def _progress(message: str) -> None:
 
 def _cache_dir(args) -> Path:
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-
-
-#: tables fit a terminal this wide
-WIDTH = 100
 
 
 def _error(message: str) -> None:
@@ -57,8 +56,8 @@ def cmd_image_build(args) -> int:
     recipes = [name for name in args.names if name not in store.catalog]
     if args.mirror and recipes:
         _error(f"--mirror is where catalog images are downloaded from (as for `image fetch` and "
-               f"--kvm-mirror); {', '.join(recipes)} built from a recipe: for the Debian "
-               f"package mirror use --debian-mirror URL")
+               f"--kvm-mirror), and {', '.join(recipes)} is built from a recipe: for the "
+               f"Debian package mirror, use --debian-mirror URL")
         return 2
     for name in args.names:
         # a catalog name is downloaded rather than built
