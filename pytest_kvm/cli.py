@@ -1,5 +1,7 @@
 """The ``pytest-kvm`` command: build, fetch and list base images, check the host, reap leftovers,
-write an Ansible inventory of kept guests."""
+write an Ansible inventory of kept guests.
+
+Exit status: 0 done, 1 failed or not found (the reason on stderr), 2 a usage error."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from . import __version__
@@ -20,10 +23,14 @@ from .errors import KvmError
 from .hosts.uris import HostError, parse_host
 from .vm.hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
 from .images.store import ImageStore
+from .progress import Progress
 from .transport.integrations import IntegrationError, kept_hosts, write_host_inventory
 from .hosts.volumes import remove_guest_volumes, remove_snapshot_volumes
 from .cleanup.reaper import reap_domains, reap_run_dirs
 from .session.snapshots import SUMMARY_FIELDS, SnapshotStore, age
+
+#: tables fit a terminal this wide
+WIDTH = 100
 
 
 def _progress(message: str) -> None:
@@ -34,15 +41,25 @@ def _cache_dir(args) -> Path:
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 
 
+def _error(message: str) -> None:
+    print(f"pytest-kvm: error: {message}", file=sys.stderr, flush=True)
+
+
 def _store(args, mirror: str | None = None) -> ImageStore:
-    return ImageStore(_cache_dir(args), progress=_progress,
+    return ImageStore(_cache_dir(args), progress=Progress(_progress, sys.stderr),
                       mirror=mirror, catalogs=tuple(Path(p) for p in args.catalog or ()))
 
 
 def cmd_image_build(args) -> int:
-    if args.mirror:
-        os.environ["PYTEST_KVM_DEBIAN_MIRROR"] = args.mirror
-    store = _store(args)
+    if args.debian_mirror:
+        os.environ["PYTEST_KVM_DEBIAN_MIRROR"] = args.debian_mirror
+    store = _store(args, mirror=args.mirror)
+    recipes = [name for name in args.names if name not in store.catalog]
+    if args.mirror and recipes:
+        _error(f"--mirror is where catalog images are downloaded from (as for `image fetch` and "
+               f"--kvm-mirror), and {', '.join(recipes)} is built from a recipe: for the "
+               f"Debian package mirror, use --debian-mirror URL")
+        return 2
     for name in args.names:
         # a catalog name is downloaded rather than built
         image = store.ensure(name, force=args.force)
@@ -63,21 +80,24 @@ def cmd_image_list(args) -> int:
     cached = {c.name: c for c in store.list_cached()}
     recipes = set(store.known_names()) - set(store.catalog)
     print(f"cache: {store.images_dir}")
-    print(f"{'NAME':<24} {'KIND':<8} {'STATE':<11} {'SIZE':>9}  {'BUILT/FETCHED':<24}  "
-          f"{'DIGEST':<12}  SHA256 (disk)")
+    print(f"{'NAME':<24} {'KIND':<7} {'STATE':<11} {'SIZE':>6}  {'MADE (UTC)':<16}  DIGEST")
     old_layout = False
     for name in sorted(set(store.known_names()) | set(cached)):
         c = cached.get(name)
         kind = c.kind if c else "recipe" if name in recipes else "catalog"
         if c is None:
             state = "not built" if kind == "recipe" else "not fetched"
-            print(f"{name:<24} {kind:<8} {state:<11} {'-':>9}  {'-':<24}  {'-':<12}  -")
+            print(f"{name:<24} {kind:<7} {state:<11} {'-':>6}  {'-':<16}  -")
             continue
         state = "old layout" if c.old_layout else "stale" if c.stale else "ready"
         old_layout |= c.old_layout
-        older = f"  (+{c.older} older, in use)" if c.older else ""
-        print(f"{name:<24} {kind:<8} {state:<11} {c.size / 2**20:8.0f}M  {c.built_at:<24}  "
-              f"{c.digest[:12] or '-':<12}  {c.sha256 or '-'}{older}")
+        made = c.built_at.replace("T", " ")[:16]
+        print(f"{name:<24} {kind:<7} {state:<11} {c.size / 2**20:5.0f}M  {made:<16}  "
+              f"{c.digest[:12] or '-'}")
+        if args.long:
+            print(f"  disk sha256 {c.sha256 or '-'}")
+        if c.older:
+            print(f"  +{c.older} older digest(s) kept: a running session uses them")
     if old_layout:
         print("old layout: cached by an earlier pytest-kvm; built or downloaded again on next use "
               "(`pytest-kvm image rm NAME` frees the space now)")
@@ -90,7 +110,8 @@ def cmd_image_rm(args) -> int:
     for name in args.names:
         outcome = store.remove(name)
         if not outcome.removed and not outcome.left:
-            print(f"{name}: not cached")
+            print(f"{name}: not cached", file=sys.stderr)
+            status = 1
             continue
         if outcome.removed:
             print(f"{name}: removed " + ", ".join(
@@ -161,7 +182,7 @@ def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
     try:
         host = parse_host(text)
     except HostError as exc:
-        print(f"pytest-kvm: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     hv = Hypervisor.open_remote(host)
     try:
@@ -180,8 +201,12 @@ def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
 
 def cmd_inventory(args) -> int:
     cache = _cache_dir(args)
-    hosts = kept_hosts(cache / "runs", warn=_progress)
     path = Path(args.path) if args.path else cache / "inventory.yml"
+    if args.path and not path.parent.is_dir():
+        _error(f"cannot write the inventory {path}: the directory {path.parent} does not "
+               "exist (create it, or give a path in an existing directory)")
+        return 1
+    hosts = kept_hosts(cache / "runs", warn=_progress)
     try:
         write_host_inventory(path, hosts)
     except OSError as exc:
@@ -198,17 +223,33 @@ def _snapshots(args) -> SnapshotStore:
     return SnapshotStore(_cache_dir(args))
 
 
+def _short(name: str, value) -> str:
+    return f"{name}={str(value)[:12] if name == 'base' else value}"  # base: a sha256
+
+
 def cmd_snapshot_list(args) -> int:
     store = _snapshots(args)
     snapshots = store.list()
     print(f"snapshots: {store.root}")
-    print(f"{'NAME':<17} {'SIZE':>7} {'AGE':>5} {'USED':>5}  {'STATE':<10} KEY FIELDS")
-    for info in snapshots:
+    summaries = [[_short(k, info.fields[k]) for k in SUMMARY_FIELDS
+                  if info.fields.get(k) is not None] for info in snapshots]
+    # key fields every snapshot has alike (QEMU, libvirt, ...) once, above the table
+    described = [fields for fields in summaries if fields]  # an incomplete one may have none
+    common = [f for f in described[0] if all(f in other for other in described)] \
+        if len(described) > 1 else []
+    for line in textwrap.wrap(" ".join(common), WIDTH, initial_indent="all have: ",
+                              subsequent_indent="          "):
+        print(line)
+    print(f"{'NAME':<17} {'SIZE':>6} {'AGE':>5} {'USED':>5}  {'STATE':<10}  KEY FIELDS")
+    for info, fields in zip(snapshots, summaries):
         state = "in use" if info.in_use else "ready" if info.complete else "incomplete"
-        fields = info.fields
-        summary = " ".join(f"{k}={fields[k]}" for k in SUMMARY_FIELDS if fields.get(k) is not None)
-        print(f"{info.name:<17} {info.size / 2**20:6.0f}M {age(info.created):>5} {age(info.last_used):>5}  "
-              f"{state:<10} {summary}")
+        summary = [f for f in fields if f not in common]
+        head = (f"{info.name:<17} {info.size / 2**20:5.0f}M {age(info.created):>5} "
+                f"{age(info.last_used):>5}  {state:<10}  ")
+        lines = textwrap.wrap(" ".join(summary), WIDTH - len(head)) or [""]
+        print(head + lines[0])
+        for line in lines[1:]:
+            print(" " * len(head) + line)
     total = sum(i.size for i in snapshots)
     print(f"{len(snapshots)} snapshots, {total / 2**30:.2f} GiB")
     return 0
@@ -219,7 +260,7 @@ def cmd_snapshot_rm(args) -> int:
     status = 0
     for name in args.names:
         outcome = store.remove(name)
-        print(f"{name}: {outcome}")
+        print(f"{name}: {outcome}", file=sys.stdout if outcome == "removed" else sys.stderr)
         status |= outcome != "removed"
     return status
 
@@ -235,8 +276,10 @@ def cmd_snapshot_prune(args) -> int:
     return 0
 
 
-def _check(ok: bool, what: str, fix: str = "") -> bool:
-    print(f"[{'ok' if ok else 'FAIL'}] {what}" + ("" if ok or not fix else f"\n       fix: {fix}"))
+def _check(ok: bool, what: str, fix: str = "", *, required: bool = True) -> bool:
+    """Print one check: ``[ok]``, or ``[FAIL]`` (required) / ``[WARN]`` (optional) and the fix."""
+    mark = "ok" if ok else "FAIL" if required else "WARN"
+    print(f"[{mark}] {what}" + ("" if ok or not fix else f"\n       fix: {fix}"))
     return ok
 
 
@@ -251,8 +294,9 @@ def cmd_doctor(args) -> int:
     has_libvirt = importlib.util.find_spec("libvirt") is not None
     good &= _check(has_libvirt, "libvirt-python importable",
                    "pip install libvirt-python (needs apt install libvirt-dev pkg-config gcc)")
-    _check(bool(shutil.which("debootstrap")), "debootstrap (to build the Debian images)",
-           "apt install debootstrap")
+    warnings = 0
+    warnings += not _check(bool(shutil.which("debootstrap")), "debootstrap (to build the Debian "
+                           "images)", "apt install debootstrap", required=False)
     try:
         pwd.getpwnam("libvirt-qemu")
         has_user = True
@@ -261,16 +305,17 @@ def cmd_doctor(args) -> int:
     good &= _check(has_user, "user libvirt-qemu exists (libvirt's QEMU driver wants it)",
                    "useradd --system --no-create-home libvirt-qemu")
     accel = choose_accel("auto")
-    _check(accel.name == "kvm", f"acceleration: {accel.describe()}",
-           "guests will run under TCG (software emulation, several times slower); "
-           "for KVM enable VT-x/AMD-V and load kvm_intel or kvm_amd")
+    warnings += not _check(accel.name == "kvm", f"acceleration: {accel.describe()}",
+                           "guests will run under TCG (software emulation, several times "
+                           "slower); for KVM enable VT-x/AMD-V and load kvm_intel or kvm_amd",
+                           required=False)
     cache = _cache_dir(args)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         writable = os.access(cache, os.W_OK)
     except OSError:
         writable = False
-    good &= _check(writable, f"cache directory writable: {cache}", "pass --kvm-cache-dir DIR")
+    good &= _check(writable, f"cache directory writable: {cache}", "pass --cache-dir DIR (pytest: --kvm-cache-dir)")
     if has_libvirt:
         try:
             hv = Hypervisor.open(args.uri)
@@ -278,50 +323,89 @@ def cmd_doctor(args) -> int:
             hv.close()
         except KvmError as exc:
             good &= _check(False, f"libvirt connection: {exc}", "see the message above")
-    print("all required checks passed" if good else "some required checks failed")
+    verdict = "all required checks passed" if good else "some required checks failed"
+    print(verdict + (f"; {warnings} warning(s): see [WARN]" if warnings else ""))
     return 0 if good else 1
 
 
+def _size_gb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB") from None
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text} is not a size: give 0 or more GiB")
+    return value
+
+
+def _common(default) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name (*default*: None on the
+    top parser; SUPPRESS on a command's, so a value given before its name stays)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache-dir", default=default,
+                        help="cache directory (default: ~/.cache/pytest-kvm; pytest's "
+                             "--kvm-cache-dir)")
+    common.add_argument("--catalog", action="append", metavar="FILE", default=default,
+                        help="an image catalog file of yours, read after the built-in one "
+                             "(repeatable)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pytest-kvm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pytest-kvm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[_common(None)])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--cache-dir", help="cache directory (default: ~/.cache/pytest-kvm)")
-    parser.add_argument("--catalog", action="append", metavar="FILE",
-                        help="an image catalog file of yours, read after the built-in one (repeatable)")
+    common = [_common(argparse.SUPPRESS)]
     sub = parser.add_subparsers(dest="command", required=True)
     image = sub.add_parser("image", help="base images").add_subparsers(dest="image_command", required=True)
-    build = image.add_parser("build", help="build base images into the cache (needs root); "
-                                           "catalog images are downloaded")
+    mirror_help = ("fetch catalog images from URL/HOST/PATH instead of the vendor's address "
+                   "(pytest's --kvm-mirror)")
+    build = image.add_parser("build", parents=common,
+                             help="build base images into the cache (needs root); "
+                                  "catalog images are downloaded")
     build.add_argument("names", nargs="+", metavar="NAME")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
-    build.add_argument("--mirror", help="Debian mirror URL (default: the recipe's)")
+    build.add_argument("--mirror", metavar="URL", help=mirror_help)
+    build.add_argument("--debian-mirror", metavar="URL",
+                       help="the Debian package mirror debootstrap uses (default: the recipe's)")
     build.set_defaults(func=cmd_image_build)
-    fetch = image.add_parser("fetch", help="download catalog images into the cache, verified")
+    fetch = image.add_parser("fetch", parents=common,
+                             help="download catalog images into the cache, verified")
     fetch.add_argument("names", nargs="+", metavar="NAME")
     fetch.add_argument("--force", action="store_true", help="download again even if cached")
-    fetch.add_argument("--mirror", metavar="URL",
-                       help="fetch from URL/HOST/PATH instead of the vendor's address")
+    fetch.add_argument("--mirror", metavar="URL", help=mirror_help)
     fetch.set_defaults(func=cmd_image_fetch)
-    image.add_parser("list", help="known and cached images, sizes, digests, hashes").set_defaults(func=cmd_image_list)
-    rm = image.add_parser("rm", help="remove cached images (every digest no running session uses)")
+    listing = image.add_parser("list", parents=common,
+                               help="known and cached images: state, size, digest")
+    listing.add_argument("-l", "--long", action="store_true",
+                         help="also the sha256 of each cached disk")
+    listing.set_defaults(func=cmd_image_list)
+    rm = image.add_parser("rm", parents=common,
+                          help="remove cached images (every digest no running session uses)")
     rm.add_argument("names", nargs="+", metavar="NAME")
     rm.set_defaults(func=cmd_image_rm)
-    doctor = sub.add_parser("doctor", help="check QEMU, libvirt and /dev/kvm; say what to fix")
+    doctor = sub.add_parser("doctor", parents=common,
+                            help="check QEMU, libvirt and /dev/kvm; say what to fix")
     doctor.add_argument("--uri", help="libvirt URI to try")
     doctor.set_defaults(func=cmd_doctor)
     snapshot = sub.add_parser("snapshot", help="the snapshot cache (goldens kept across runs)") \
         .add_subparsers(dest="snapshot_command", required=True)
-    snapshot.add_parser("list", help="snapshots: size, age, last use, key fields") \
+    snapshot.add_parser("list", parents=common, help="snapshots: size, age, last use, key fields") \
         .set_defaults(func=cmd_snapshot_list)
-    snap_rm = snapshot.add_parser("rm", help="remove snapshots (not those a running session uses)")
+    snap_rm = snapshot.add_parser("rm", parents=common,
+                                  help="remove snapshots (not those a running session uses)")
     snap_rm.add_argument("names", nargs="+", metavar="NAME")
     snap_rm.set_defaults(func=cmd_snapshot_rm)
-    prune = snapshot.add_parser("prune", help="remove incomplete snapshots, then the least "
-                                              "recently used ones beyond --max-gb")
-    prune.add_argument("--max-gb", type=float, metavar="GB",
-                       help="size limit in GiB (default: only incomplete ones are removed)")
+    prune = snapshot.add_parser("prune", parents=common,
+                                help="remove incomplete snapshots, then the least recently used "
+                                     "ones beyond --max-gb")
+    prune.add_argument("--max-gb", type=_size_gb, metavar="GB",
+                       help="size limit in GiB, 0 or more (default: only incomplete ones are "
+                            "removed)")
     prune.set_defaults(func=cmd_snapshot_prune)
-    reap = sub.add_parser("reap", help="remove guests and files left by dead runs")
+    reap = sub.add_parser("reap", parents=common,
+                          help="remove guests and files left by dead runs")
     reap.add_argument("--kept", action="store_true", help="also remove guests kept with --kvm-keep")
     reap.add_argument("--uri", help="libvirt URI to sweep")
     reap.add_argument("--host", metavar="URI", help="a remote host (as for --kvm-host) to sweep: "
@@ -329,11 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "this machine's snapshot volumes no longer in its cache")
     reap.add_argument("--embed-slot", type=int, help=argparse.SUPPRESS)
     reap.set_defaults(func=cmd_reap)
-    inventory = sub.add_parser("inventory", help="write an Ansible inventory of the guests kept "
-                                                 "with --kvm-keep (WinRM passwords: host_vars/ "
-                                                 "beside it, mode 0600)")
+    inventory = sub.add_parser("inventory", parents=common,
+                               help="write an Ansible inventory of the guests kept with "
+                                    "--kvm-keep (WinRM passwords: host_vars/ beside it, mode 0600)")
     inventory.add_argument("path", nargs="?", metavar="PATH",
-                           help="the inventory file to write (default: CACHE/inventory.yml)")
+                           help="the inventory file to write, in an existing directory "
+                                "(default: CACHE/inventory.yml)")
     inventory.set_defaults(func=cmd_inventory)
     return parser
 
@@ -343,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KvmError as exc:
-        print(f"pytest-kvm: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 1
     except KeyboardInterrupt:
         return 130

@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from ..files import sha256_file
 from ..errors import ImageError
+from ..progress import Bar, Progress
 from .cache import utc_now
 from .recipes import Recipe
-
-Progress = Callable[[str], None]
 
 DISK = "base.qcow2"
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
+#: the output of the last build of a name, beside its digests (a dot file: the cache sweeps
+#: it before the next build and when the name is removed)
+BUILD_LOG = ".build.log"
 
 TOOLS = {"debootstrap": "debootstrap", "mkfs.ext4": "e2fsprogs", "qemu-img": "qemu-utils",
          "chroot": "coreutils"}
@@ -46,24 +50,38 @@ def _check_prerequisites(recipe: Recipe) -> None:
             f"{recipe.name}=PATH at an image you have")
 
 
-def _run(argv: list[str], progress: Progress, label: str, *, stream: bool = False) -> str:
-    """Run *argv*; stream its output to *progress* if asked; raise ImageError on failure."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace")
-    lines: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if stream and line.strip():
-            progress(f"{label}: {line.rstrip()}")
-    rc = proc.wait()
-    if rc != 0:
-        tail = "".join(lines[-25:])
-        raise ImageError(f"{label} failed (exit {rc}): {' '.join(argv)}\n{tail}")
-    return "".join(lines)
+class _Steps:
+    """A build's commands: their output goes to the build log (whole) and, a line at a
+    time, to the bar's description; a failure quotes the last lines and names the log."""
+
+    def __init__(self, log: TextIO, log_path: Path, bar: Bar) -> None:
+        self.log = log
+        self.log_path = log_path
+        self.bar = bar
+
+    def run(self, argv: list[str], label: str) -> str:
+        """Run *argv*; raise ImageError on failure."""
+        self.log.write(f"$ {shlex.join(argv)}\n")
+        self.log.flush()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace")
+        lines: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            self.log.write(line)
+            if line.strip():
+                self.bar.describe(f"{label}: {line.strip()}")
+        rc = proc.wait()
+        self.log.flush()
+        if rc != 0:
+            tail = "".join(lines[-25:])
+            raise ImageError(f"{label} failed (exit {rc}): {shlex.join(argv)}\n{tail}"
+                             f"(the whole output of the build: {self.log_path})")
+        return "".join(lines)
 
 
-def _configure_root(recipe: Recipe, root: Path, progress: Progress) -> None:
+def _configure_root(recipe: Recipe, root: Path, steps: _Steps) -> None:
     for rel, content in recipe.files.items():
         target = root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -76,8 +94,8 @@ def _configure_root(recipe: Recipe, root: Path, progress: Progress) -> None:
             link.unlink()
         link.symlink_to("/dev/null")
     if recipe.enable_units:
-        _run(["systemctl", f"--root={root}", "enable", *recipe.enable_units], progress,
-             "systemctl enable")
+        steps.run(["systemctl", f"--root={root}", "enable", *recipe.enable_units],
+                  "systemctl enable")
     for pattern in recipe.remove:
         for match in glob.glob(str(root / pattern)):
             path = Path(match)
@@ -88,8 +106,8 @@ def _configure_root(recipe: Recipe, root: Path, progress: Progress) -> None:
     for rel in recipe.truncate:
         (root / rel).write_text("")
     for argv in recipe.commands:
-        _run(["chroot", str(root), *argv], progress, " ".join(argv))
-    audit = _run(["chroot", str(root), "dpkg", "--audit"], progress, "dpkg --audit")
+        steps.run(["chroot", str(root), *argv], " ".join(argv))
+    audit = steps.run(["chroot", str(root), "dpkg", "--audit"], "dpkg --audit")
     if audit.strip():
         raise ImageError(f"recipe {recipe.name!r}: packages left unconfigured:\n{audit}")
 
@@ -101,32 +119,51 @@ def _newest(root: Path, pattern: str) -> Path:
     return found[-1]
 
 
-def build_image(recipe: Recipe, out: Path, progress: Progress) -> dict:
+#: the phases of a build, one step of its bar each
+PHASES = ("debootstrap", "configuring", "mkfs.ext4", "qemu-img convert")
+
+
+def build_image(recipe: Recipe, out: Path, progress: Progress | Callable[[str], None],
+                log: Path | None = None) -> dict:
     """Build *recipe* into *out*, an empty staging directory the image cache made (and
     renames into place once complete), and return the manifest. The work files (the root,
-    the raw disk) are kept in a temporary directory beside *out* and removed on every path."""
+    the raw disk) are kept in a temporary directory beside *out* and removed on every path.
+    *progress* gets a line per phase (and a bar on a terminal); the commands' output goes
+    to *log* (default: ``build.log`` in *out*'s parent), which a failure names."""
     _check_prerequisites(recipe)
+    progress = Progress.of(progress)
+    log = log or out.parent / BUILD_LOG
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=out.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=out.parent) as tmp, \
+            log.open("w") as log_file, \
+            progress.bar(f"building {recipe.name}", len(PHASES), unit="step") as bar:
+        steps = _Steps(log_file, log, bar)
+
+        def phase(index: int, text: str) -> None:
+            bar.update(index, len(PHASES))
+            progress(f"{PHASES[index]}: {text}")
+
         work = Path(tmp)
         root = work / "root"
         mirror = recipe.mirror_url()
-        progress(f"debootstrap {recipe.suite} from {mirror} (about a minute or two)")
-        _run(["debootstrap", f"--variant={recipe.variant}", f"--include={','.join(recipe.packages)}",
-              recipe.suite, str(root), mirror], progress, "debootstrap", stream=True)
-        progress("configuring the root file system")
-        _configure_root(recipe, root, progress)
+        phase(0, f"{recipe.suite} from {mirror} (about a minute or two; output in {log})")
+        steps.run(["debootstrap", f"--variant={recipe.variant}",
+                   f"--include={','.join(recipe.packages)}", recipe.suite, str(root), mirror],
+                  "debootstrap")
+        phase(1, "the root file system")
+        _configure_root(recipe, root, steps)
         shutil.copyfile(_newest(root, "vmlinuz-*"), out / KERNEL)
         shutil.copyfile(_newest(root, "initrd.img-*"), out / INITRD)
         kernel_version = _newest(root, "vmlinuz-*").name.removeprefix("vmlinuz-")
-        progress(f"making the ext4 file system ({recipe.disk_size})")
+        phase(2, f"the ext4 file system ({recipe.disk_size})")
         raw = work / "disk.raw"
-        _run(["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(root), str(raw), recipe.disk_size],
-             progress, "mkfs.ext4")
+        steps.run(["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(root), str(raw), recipe.disk_size],
+                  "mkfs.ext4")
         shutil.rmtree(root)
-        progress("converting to qcow2")
-        _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / DISK)], progress,
-             "qemu-img convert")
+        phase(3, "to qcow2")
+        steps.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / DISK)],
+                  "qemu-img convert")
+        bar.update(len(PHASES), len(PHASES))
     manifest = {
         "name": recipe.name,
         "source": "recipe",

@@ -370,37 +370,3 @@ def fetch(entry: CatalogEntry, dest: Path, *, mirror: str | None = None,
                 temp.unlink(missing_ok=True)
     return FetchResult(url=src.url, sha256=final_sha256, source_digest=(src.algorithm, got),
                        verified_by=src.verified_by())
-
-
-# -- progress -----------------------------------------------------------------------
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
-class ProgressLine:
-    """A progress callback for :func:`fetch` that emits one line (``label: 12.0 MiB of
-    480.3 MiB (2%), 5.1 MiB/s``) at most every *interval* seconds, and one at the end."""
-
-    def __init__(self, label: str, emit: Log, *, interval: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.label = label
-        self.emit = emit
-        self.interval = interval
-        self.clock = clock
-        self._start: float | None = None
-        self._last: float | None = None
-
-    def __call__(self, done: int, total: int | None) -> None:
-        now = self.clock()
-        if self._start is None:
-            self._start = now
-        finished = total is not None and done >= total
-        if self._last is not None and now - self._last < self.interval and not finished:
-            return
-        self._last = now
-        elapsed = now - self._start
-        rate = f", {_mib(done / elapsed)}/s" if elapsed > 0 else ""
-        if total:
-            self.emit(f"{self.label}: {_mib(done)} of {_mib(total)} ({100 * done // total}%){rate}")
-        else:
-            self.emit(f"{self.label}: {_mib(done)}{rate}")

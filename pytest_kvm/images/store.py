@@ -159,6 +159,9 @@ class ImageStore:
         if name in self._verified and not force:
             return self._verified[name]
         entry = self.catalog.get(name)
+        if entry is None and name in list_recipes(self.recipe_dir):
+            raise ImageError(f"{name} is built from a recipe, not downloaded: "
+                             f"`pytest-kvm image build {name}`")
         if entry is None:
             raise ImageError(f"no catalog entry named {name!r} "
                              f"(known: {', '.join(sorted(self.catalog)) or 'none'})")

@@ -3,23 +3,32 @@ described by its manifest: what :mod:`pytest_kvm.images.build` is for a recipe. 
 cache renames the directory into place once this returns."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ImageError
 from .cache import utc_now
 from .catalog import CatalogEntry
-from .download import ProgressLine, RetryPolicy, fetch
+from ..progress import Progress
+from .download import RetryPolicy, fetch
 from .qemu_img import inspect_image
 
 
 def download_image(entry: CatalogEntry, out: Path, *, mirror: str | None, policy: RetryPolicy,
-                   progress: Callable[[str], None]) -> dict:
+                   progress: Progress | Callable[[str], None]) -> dict:
     """Fetch *entry* into the empty directory *out*, check that it is the disk format the
-    entry says, and return its manifest."""
+    entry says, and return its manifest. *progress* shows a bar on a terminal, and a line
+    once the download is complete."""
+    progress = Progress.of(progress)
     disk = out / f"disk.{entry.format}"
-    result = fetch(entry, disk, mirror=mirror, policy=policy, log=progress,
-                   progress=ProgressLine(f"downloading {entry.name}", progress))
+    started = time.monotonic()
+    with progress.bar(f"downloading {entry.name}") as bar:
+        result = fetch(entry, disk, mirror=mirror, policy=policy, log=progress,
+                       progress=bar.update)
+    seconds = time.monotonic() - started
+    progress(f"downloaded {entry.name}: {bar.done / 2**20:.1f} MiB in {seconds:.0f} s, "
+             f"verified by {result.verified_by}")
     found = inspect_image(disk)
     if found != entry.format:
         raise ImageError(f"image catalog {entry.source}: entry {entry.name!r} says format "

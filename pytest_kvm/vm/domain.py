@@ -272,13 +272,15 @@ def user_nic(model: str, mac: str | None, host_port: int, guest_port: int,
                    mac=mac, restrict=network_mode == "isolated")
 
 
-def filesystem_xml(tag: str, source: Path) -> str:
+def filesystem_xml(tag: str, source: Path, binary: Path | None = None) -> str:
     """A virtiofs ``<filesystem>`` exporting host directory *source* under mount *tag*, to
     hot-plug into a running guest (QEMU 7.2 cannot save a guest with a vhost-user-fs device,
     so shares are never part of a golden: each clone gets its own after the restore).
-    libvirt starts and stops the virtiofsd process with the device."""
+    libvirt starts and stops the virtiofsd process with the device: *binary* if given (a
+    launcher, see :mod:`pytest_kvm.vm.virtiofsd`)."""
     return Filesystem(type="mount", accessmode="passthrough", driver_type="virtiofs",
-                      driver_queue="1024", source_dir=str(source), target_dir=tag).to_xml()
+                      driver_queue="1024", source_dir=str(source), target_dir=tag,
+                      binary_path=str(binary) if binary else None).to_xml()
 
 
 #: PCI slots of the root bus for private-network NICs (``networks=``), one per network of a

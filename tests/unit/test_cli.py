@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from pytest_kvm import cli as cli_module
 from pytest_kvm.vm.accel import choose_accel
 from pytest_kvm.cleanup.reaper import owner_alive
@@ -29,8 +31,50 @@ def test_image_build_unknown_name(tmp_path):
     assert "no recipe named 'plan9'" in done.stderr and "debian-12" in done.stderr
 
 
-def test_image_rm_not_cached(tmp_path):
-    assert "not cached" in cli("image", "rm", "debian-12", cache=tmp_path).stdout
+def test_removing_what_is_not_there_fails_alike(tmp_path, capsys):
+    cache = ["--cache-dir", str(tmp_path)]
+    assert cli_module.main([*cache, "image", "rm", "nosuch"]) == 1
+    assert cli_module.main([*cache, "snapshot", "rm", "nosuch"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == "nosuch: not cached\nnosuch: no such snapshot\n"
+
+
+def test_cache_dir_is_taken_after_the_command_too(tmp_path, capsys):
+    assert cli_module.main(["image", "list", "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"cache: {tmp_path / 'images'}\n")
+    assert cli_module.main(["--cache-dir", str(tmp_path), "snapshot", "list"]) == 0
+    assert capsys.readouterr().out.startswith(f"snapshots: {tmp_path / 'snapshots'}\n")
+
+
+def test_prune_refuses_a_negative_size(tmp_path, capsys):
+    for bad in ("-1", "nan", "lots"):
+        with pytest.raises(SystemExit) as info:
+            cli_module.main(["--cache-dir", str(tmp_path), "snapshot", "prune", "--max-gb", bad])
+        assert info.value.code == 2
+        assert "--max-gb" in capsys.readouterr().err
+    assert not (tmp_path / "snapshots").exists()
+    assert cli_module.main(["--cache-dir", str(tmp_path), "snapshot", "prune", "--max-gb", "0"]) == 0
+
+
+def test_fetch_of_a_recipe_points_to_build(tmp_path, capsys):
+    assert cli_module.main(["--cache-dir", str(tmp_path), "image", "fetch", "debian-12"]) == 1
+    assert "debian-12 is built from a recipe, not downloaded: `pytest-kvm image build " \
+           "debian-12`" in capsys.readouterr().err
+
+
+def test_mirror_means_the_catalog_mirror_in_build_too(tmp_path, capsys):
+    argv = ["--cache-dir", str(tmp_path), "image", "build", "debian-12", "--mirror", "http://m"]
+    assert cli_module.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--mirror is where catalog images are downloaded from" in err
+    assert "--debian-mirror URL" in err
+    assert not (tmp_path / "images").exists()  # refused before anything was built
+
+
+def test_image_list_fits_100_columns(tmp_path, capsys):
+    assert cli_module.main(["--cache-dir", str(tmp_path), "image", "list", "--long"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 3 and max(map(len, lines)) <= cli_module.WIDTH
 
 
 def test_names_cannot_leave_the_cache(tmp_path):
@@ -48,9 +92,9 @@ def test_names_cannot_leave_the_cache(tmp_path):
 
 
 def doctor_lines(stdout):
-    """``[ok] what`` / ``[FAIL] what`` lines -> {what: passed}."""
-    return {line.split("] ", 1)[1]: line.startswith("[ok]")
-            for line in stdout.splitlines() if line.startswith(("[ok] ", "[FAIL] "))}
+    """``[ok] what`` / ``[FAIL] what`` / ``[WARN] what`` lines -> {what: mark}."""
+    return {line.split("] ", 1)[1]: line[1:].split("]")[0]
+            for line in stdout.splitlines() if line.startswith(("[ok] ", "[FAIL] ", "[WARN] "))}
 
 
 def test_doctor_reports_each_check(tmp_path):
@@ -59,8 +103,9 @@ def test_doctor_reports_each_check(tmp_path):
     checks = doctor_lines(done.stdout)
 
     def outcome(prefix):
-        [passed] = [ok for what, ok in checks.items() if what.startswith(prefix)]
-        return passed
+        [mark] = [mark for what, mark in checks.items() if what.startswith(prefix)]
+        assert mark in ("ok", "FAIL" if prefix in required else "WARN"), (prefix, mark)
+        return mark == "ok"
 
     try:
         pwd.getpwnam("libvirt-qemu")
@@ -85,9 +130,20 @@ def test_doctor_reports_each_check(tmp_path):
         assert outcome("libvirt connection: ") is True, done.stdout
         required["libvirt connection: "] = True
     good = all(required.values())
-    assert done.stdout.strip().splitlines()[-1] == (
-        "all required checks passed" if good else "some required checks failed")
+    warnings = sum(not ok for ok in optional.values())
+    verdict = done.stdout.strip().splitlines()[-1]
+    assert verdict.startswith("all required checks passed" if good else "some required checks failed")
+    assert verdict.endswith(f"; {warnings} warning(s): see [WARN]" if warnings else "passed")
+    assert ("[FAIL]" in done.stdout) is (not good)  # the verdict matches the lines
     assert done.returncode == (0 if good else 1)
+    assert "--kvm-cache-dir DIR" not in done.stdout  # the hint names this command's flag
+
+
+def test_doctor_names_the_cli_flag_for_an_unwritable_cache(tmp_path):
+    (tmp_path / "file").write_text("")
+    done = cli("doctor", cache=tmp_path / "file" / "cache")
+    assert "[FAIL] cache directory writable" in done.stdout and done.returncode == 1
+    assert "fix: pass --cache-dir DIR (pytest: --kvm-cache-dir)" in done.stdout
 
 
 def test_reap_on_empty_cache(tmp_path, monkeypatch, capsys):

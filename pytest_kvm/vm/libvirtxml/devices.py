@@ -115,6 +115,7 @@ class Filesystem(XmlElement):
     driver_queue: str | None = child_attr("driver", "queue")
     source_dir: str | None = child_attr("source", "dir")
     target_dir: str | None = child_attr("target", "dir")  # the mount tag
+    binary_path: str | None = child_attr("binary", "path")  # virtiofsd (None: libvirt's pick)
 
 
 #: the device class of each ``<devices>`` child tag modelled here

@@ -7,7 +7,7 @@ import pytest
 
 from imageserver import ImageServer, closed_port
 from pytest_kvm.images.catalog import CatalogEntry
-from pytest_kvm.images.download import ProgressLine, RetryPolicy, fetch, parse_checksums
+from pytest_kvm.images.download import RetryPolicy, fetch, parse_checksums
 from pytest_kvm.errors import ImageError
 
 DATA = os.urandom(300_000)
@@ -235,16 +235,3 @@ def test_checksum_file_without_the_name():
 def test_bsd_line_of_another_algorithm_is_not_used():
     with pytest.raises(ImageError, match="no sha512 checksum"):
         parse_checksums(f"SHA256 (disk.img) = {H256}\n", "disk.img", "sha512")
-
-
-# -- progress ---------------------------------------------------------------------------
-def test_progress_line_prints_at_most_once_a_second():
-    now = [0.0]
-    lines = []
-    line = ProgressLine("downloading x", lines.append, interval=1.0, clock=lambda: now[0])
-    for t, done in ((0.0, 0), (0.3, 10), (0.6, 20), (1.1, 2**20), (1.5, 3 * 2**20), (1.6, 4 * 2**20)):
-        now[0] = t
-        line(done, 4 * 2**20)
-    assert len(lines) == 3  # first call, the one after 1 s, and the last
-    assert lines[1].startswith("downloading x: 1.0 MiB of 4.0 MiB (25%)")
-    assert "(100%)" in lines[-1] and "MiB/s" in lines[-1]

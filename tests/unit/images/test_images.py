@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import lzma
 import shutil
@@ -15,6 +16,7 @@ from pytest_kvm.errors import ImageError
 from pytest_kvm.images.cache import check_files
 from pytest_kvm.images.store import ImageStore
 from pytest_kvm.images.recipes import list_recipes, load_recipe
+from pytest_kvm.progress import Progress
 
 
 def fake_cached(cache, name="debian-12"):
@@ -262,8 +264,12 @@ def test_cli_fetch_and_list(tmp_path, server, qcow2, capsys):
     assert fetched.endswith(f"images/tiny-linux/{digest}/disk.qcow2") and len(digest) == 64
     assert cli.main(base + ["list"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny-linux"))
-    assert "catalog" in line and "ready" in line and hashlib.sha256(qcow2).hexdigest() in line
-    assert f" {digest[:12]} " in line  # the digest, short
+    assert "catalog" in line and "ready" in line and line.endswith(f" {digest[:12]}")
+    assert cli.main(base + ["list", "--long"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    row = next(i for i, line in enumerate(listed) if line.startswith("tiny-linux"))
+    assert listed[row + 1] == f"  disk sha256 {hashlib.sha256(qcow2).hexdigest()}"
+    assert max(map(len, listed)) <= cli.WIDTH
     assert cli.main(base + ["fetch", "tiny-linux", "--force", "--mirror", server.url("/nowhere")]) == 1
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "--kvm-image tiny-linux=PATH" in err
@@ -330,3 +336,26 @@ def test_a_new_download_never_touches_the_digest_a_session_uses(tmp_path, server
         assert any(f"old image {old.digest[:12]} removed" in m for m in messages)
     assert not old.disk.parent.exists() and not (top / f"{old.digest}.use").exists()
     assert sorted(p.name for p in top.iterdir()) == sorted([new.digest, f"{new.digest}.use", "current.json"])
+
+
+@needs_qemu_img
+def test_a_download_is_a_bar_on_a_terminal_and_one_line_otherwise(tmp_path, server, qcow2):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    serve_tiny(server, qcow2 + b"\0" * (3 << 20))  # a few chunks
+    catalog = tiny_catalog(tmp_path)
+    lines, screen = [], Terminal()
+    with ImageStore(tmp_path / "tty", progress=Progress(lines.append, screen),
+                    mirror=server.url("/mirror"), catalogs=(catalog,), retry=FAST) as store:
+        store.ensure_downloaded("tiny-linux")
+    assert "downloading tiny-linux" in screen.getvalue() and "100%" in screen.getvalue()
+    lines, pipe = [], io.StringIO()
+    with ImageStore(tmp_path / "pipe", progress=Progress(lines.append, pipe),
+                    mirror=server.url("/mirror"), catalogs=(catalog,), retry=FAST) as store:
+        store.ensure_downloaded("tiny-linux")
+    assert pipe.getvalue() == ""
+    [done] = [line for line in lines if "tiny-linux:" in line and "MiB" in line]
+    assert done.startswith("downloaded tiny-linux: ") and "verified by sha256" in done
+    assert len(lines) <= 4, lines  # announced, downloaded, cached: no line per chunk

@@ -163,3 +163,5 @@ def test_snapshot_list_names_a_remote_snapshots_host(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("k")}
     assert "host=ci@hv1_22" in rows["k2"] and "host=" not in rows["k3"]
+    assert "all have: os=debian-12 memory_mib=512" in done.stdout  # not repeated per row
+    assert "os=" not in rows["k3"] and max(map(len, done.stdout.splitlines())) <= 100

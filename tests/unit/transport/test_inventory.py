@@ -312,6 +312,7 @@ def test_cli_inventory_of_kept_guests(tmp_path):
     (broken / "KEPT").write_text("telnet somewhere\n")
 
     out = tmp_path / "out" / "kept.yml"
+    out.parent.mkdir()
     done = cli("inventory", str(out), cache=cache)
     assert done.returncode == 0, done.stderr
     assert "2 kept guests in" in done.stdout
@@ -347,3 +348,10 @@ def test_cli_inventory_unwritable_path(tmp_path):
     done = cli("inventory", str(tmp_path / "file" / "inv.yml"), cache=tmp_path)
     assert done.returncode == 1
     assert "cannot write the inventory" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_inventory_makes_no_directories(tmp_path):
+    path = tmp_path / "no" / "such" / "inv.yml"
+    done = cli("inventory", str(path), cache=tmp_path)
+    assert done.returncode == 1 and not (tmp_path / "no").exists()
+    assert f"the directory {path.parent} does not exist" in done.stderr
