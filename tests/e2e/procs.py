@@ -34,3 +34,26 @@ def qemu_processes(name: str, *, prefix: bool = False) -> list[str]:
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     needle = f"guest={name}" if prefix else f"guest={name},"
     return [line for line in ps.splitlines() if "qemu-system" in line and needle in line]
+
+
+def ended_output(proc: subprocess.Popen, grace: float = 60.0) -> str:
+    """The output of child *proc*, ended first if it still runs (SIGTERM, which the plugin
+    takes like Ctrl-C, then SIGKILL after *grace* seconds): a failed test leaves no child
+    pytest, and no guest of one, behind."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.communicate(timeout=grace)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.communicate()[0]
+
+
+def output_within(proc: subprocess.Popen, timeout: float) -> str:
+    """The output of child *proc* once it ended, within *timeout* seconds; else it is ended
+    (see :func:`ended_output`) and the test fails with what it printed."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the child pytest still ran after {timeout:g} s:\n"
+                             f"{ended_output(proc)}") from None

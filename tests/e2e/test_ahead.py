@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from procs import qemu_processes, start_pytest
+from procs import ended_output, output_within, qemu_processes, start_pytest
 
 
 def test_two_clones_at_once_have_their_own_identity(guest_factory, kvm):
@@ -48,13 +48,13 @@ def wait_for_ahead_clone(proc, name_file, prefix):
     while not (name_file.exists() and len(qemu_processes(prefix, prefix=True)) >= 2):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"no clone was made ahead:\n{proc.communicate()[0]}")
+            raise AssertionError(f"no clone was made ahead:\n{ended_output(proc)}")
         time.sleep(0.5)
 
 
 def test_clones_made_ahead_are_gone_after_the_session(pytester, kvm):
     proc, name_file, prefix = child(pytester, hang=False)
-    out = proc.communicate(timeout=900)[0]
+    out = output_within(proc, 900)
     assert proc.returncode == 0, out
     assert "made ahead" in out  # the second test got a clone that was ready
     assert qemu_processes(prefix, prefix=True) == []
@@ -71,7 +71,7 @@ def interrupted_child(pytester, sig):
 
 def test_clones_made_ahead_are_gone_after_ctrl_c(pytester, kvm):
     proc, prefix = interrupted_child(pytester, signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
+    out = output_within(proc, 120)
     assert proc.returncode == 2, out
     assert qemu_processes(prefix, prefix=True) == []
     assert not list((kvm.settings.cache_dir / "runs").glob(f"{proc.pid}-*"))

@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from procs import qemu_processes, start_pytest
+from procs import ended_output, output_within, qemu_processes, start_pytest
 
 CHILD = """
 import os, time
@@ -27,7 +27,7 @@ def start_child_with_guest(pytester):
     while not name_file.exists() or not name_file.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"the child pytest did not bring a guest up:\n{proc.communicate()[0]}")
+            raise AssertionError(f"the child pytest did not bring a guest up:\n{ended_output(proc)}")
         time.sleep(1)
     name = name_file.read_text()
     assert len(qemu_processes(name)) == 1
@@ -41,7 +41,7 @@ def run_dir_of(kvm, name):
 def test_sigint_during_a_test_cleans_up(pytester, kvm):
     proc, name = start_child_with_guest(pytester)
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
+    out = output_within(proc, 120)
     assert proc.returncode == 2, out  # pytest's "interrupted"
     assert "KeyboardInterrupt" in out
     assert qemu_processes(name) == []
@@ -52,7 +52,7 @@ def test_sigterm_during_a_test_cleans_up_like_ctrl_c(pytester, kvm):
     """What CI services send on a cancel: the session ends as for Ctrl-C."""
     proc, name = start_child_with_guest(pytester)
     proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0]
+    out = output_within(proc, 120)
     assert proc.returncode == 2, out  # pytest's "interrupted"
     assert "KeyboardInterrupt" in out and "SIGTERM" in out
     assert qemu_processes(name) == []
@@ -86,11 +86,11 @@ def test_sigint_during_boot_cleans_up(pytester, kvm):
     prefix = f"pytest-kvm-{proc.pid}-"
     deadline = time.monotonic() + 300
     while not qemu_processes(prefix, prefix=True) and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[0]
+        assert proc.poll() is None, ended_output(proc)
         time.sleep(0.2)
     time.sleep(2)  # booting: the kernel is up, SSH is not
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
+    out = output_within(proc, 120)
     assert proc.returncode == 2, out
     assert not qemu_processes(prefix, prefix=True)
     assert not list((kvm.settings.cache_dir / "runs").glob(f"{proc.pid}-*"))
@@ -120,12 +120,12 @@ def test_sigint_during_teardown_cleans_up(pytester, kvm):
                         env=env, cwd=pytester.path)
     deadline = time.monotonic() + 900
     while not marker.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        assert proc.poll() is None and time.monotonic() < deadline, ended_output(proc)
         time.sleep(0.5)
     name = name_file.read_text()
     assert len(qemu_processes(name)) == 1
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
+    out = output_within(proc, 120)
     assert proc.returncode == 2, out
     assert qemu_processes(name) == []
     assert not run_dir_of(kvm, name).exists()

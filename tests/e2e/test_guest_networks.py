@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from procs import qemu_processes, start_pytest
+from procs import ended_output, output_within, qemu_processes, start_pytest
 
 SERVE = ("mkdir -p /tmp/www && echo hello-from-server > /tmp/www/index.html && "
          "{ setsid python3 -m http.server --directory /tmp/www --bind :: 8000 "
@@ -111,7 +111,7 @@ def wait_until_ready(proc, ready):
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"the child never got its network up:\n{proc.communicate()[0]}")
+            raise AssertionError(f"the child never got its network up:\n{ended_output(proc)}")
         time.sleep(0.5)
     assert hub_processes(f"{proc.pid}-"), "no switch process while the network is in use"
 
@@ -129,7 +129,7 @@ def assert_nothing_left(proc, kvm, within: float):
 
 def test_nothing_of_a_network_is_left_after_the_session(pytester, kvm):
     proc, _ = networked_child(pytester, hang=False)
-    out = proc.communicate(timeout=900)[0]
+    out = output_within(proc, 900)
     assert proc.returncode == 0, out
     assert_nothing_left(proc, kvm, within=0)
 
@@ -139,5 +139,5 @@ def test_nothing_of_a_network_is_left_after_an_interrupt(pytester, kvm, sig):
     proc, ready = networked_child(pytester, hang=True)
     wait_until_ready(proc, ready)
     proc.send_signal(sig)
-    proc.communicate(timeout=120)
+    output_within(proc, 120)
     assert_nothing_left(proc, kvm, within=30)
