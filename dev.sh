@@ -74,7 +74,7 @@ case "$cmd" in
     images debian-12 debian-13
     say "running the test suite"
     exec "$VENV/bin/pytest" tests -v -p no:cacheprovider --kvm-os debian-12 --kvm-os debian-13 \
-      --timeout 1800 "$@" ;;
+      --timeout 1800 --durations 25 "$@" ;;
   *)
     sed -n '2,11p' "$0"; exit 2 ;;
 esac
