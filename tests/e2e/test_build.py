@@ -81,7 +81,7 @@ def test_tiny_recipe_is_built_into_the_cache(tmp_path):
     assert manifest["built_at"] and manifest["build_seconds"] > 0
     assert image.kernel.read_text() == STAND_IN_KERNEL
     assert image.cmdline == manifest["kernel_cmdline"]
-    assert any(line.startswith("debootstrap bookworm from ") for line in said), said
+    assert any(line.startswith("debootstrap: bookworm from ") for line in said), said
 
     # the file system: labelled as the kernel command line expects, with the recipe applied
     raw = tmp_path / "disk.raw"
