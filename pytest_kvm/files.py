@@ -23,35 +23,60 @@ def default_cache_dir() -> Path:
     return base / "pytest-kvm"
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether *fd* is the file at *path* now (not one unlinked, or replaced, meanwhile)."""
+    try:
+        now, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, *, on_wait=None) -> Iterator[None]:
     """An exclusive ``flock`` on *path*, held for the ``with`` block.
 
     Parallel workers (pytest-xdist) use it to do once-per-cache work, such as
     building an image, exactly once. *on_wait* is called once if the lock is
-    held by someone else, before blocking.
+    held by someone else, before blocking. A holder may unlink *path* (``snapshot rm``):
+    a lock taken on a file no longer at *path* is dropped and taken again on the one
+    there, so two processes never both hold "the" lock.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None and not waited:
+                    on_wait()
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(fd, path):
+            break
+        os.close(fd)
+    try:
         yield
     finally:
         os.close(fd)  # closing releases the lock
 
 
 def try_lock(path: Path) -> int | None:
-    """Take an exclusive lock without waiting; return the fd holding it, or None."""
+    """Take an exclusive lock without waiting; return the fd holding it, or None (also
+    if the file was unlinked by its holder meanwhile: see :func:`file_lock`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        os.close(fd)
+        return None
+    if not _same_file(fd, path):
         os.close(fd)
         return None
     return fd
