@@ -6,6 +6,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +132,26 @@ def hold_shared(use: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def refuse_untrusted(path: Path, what: str, *, follow: bool = True) -> os.stat_result:
+    """*path*'s stat if only this user can write it (owned by us, not group- or
+    world-writable; not a symlink unless *follow*), as ssh wants of a key file; else one
+    :class:`StorageError` that names the path and the fix. What such a directory holds
+    becomes a QEMU command line and a guest's memory: anyone else who could write it could
+    run code on this machine."""
+    st = os.stat(path) if follow else os.lstat(path)
+    problems = []
+    if not follow and stat.S_ISLNK(st.st_mode):
+        problems.append("a symbolic link")
+    if st.st_uid != os.geteuid():
+        problems.append(f"owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})")
+    if st.st_mode & 0o022:
+        problems.append(f"writable by its group or by everyone (mode {st.st_mode & 0o7777:04o})")
+    if problems:
+        raise StorageError(
+            f"{what}: {path} is {' and '.join(problems)}: pytest-kvm restores guests from what "
+            "it holds, so whoever else can write it could run code on this machine. Make it "
+            f"yours and private (`chown {os.geteuid()} {path}; chmod go-w {path}`), remove it, or "
+            "pass --kvm-cache-dir DIR (or --kvm-snapshots off).")
+    return st

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import file_lock, hold_shared, try_lock, writable
+from ..files import file_lock, hold_shared, refuse_untrusted, try_lock, writable
 from ..names import checked
 from ..guest.golden import Golden
 from ..workdir import META_FILE
@@ -88,6 +88,12 @@ class SnapshotStore:
         with writable(self.root.parent, "creating the snapshot cache"):
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
+    def _trusted_root(self) -> None:
+        """Refuse a cache directory or ``snapshots/`` that anyone else could write."""
+        self._mkroot()
+        refuse_untrusted(self.root.parent, "the cache directory")
+        refuse_untrusted(self.root, "the snapshot cache", follow=False)
+
     def generations(self, key: str) -> list[str]:
         """The names of KEY's snapshot directories, oldest generation first."""
         if not self.root.is_dir():
@@ -104,7 +110,7 @@ class SnapshotStore:
         """The newest generation of snapshot *key*: loaded when complete, else made by
         ``create(directory)`` (which boots and saves a golden there) under the snapshot's
         lock. Either way this process holds a shared use lock on it until :meth:`release`."""
-        self._mkroot()
+        self._trusted_root()
         with self._locked(key, what):
             golden = self._newest(key)
             if golden is None:
@@ -119,7 +125,7 @@ class SnapshotStore:
         """The first clone of snapshot directory *failed* failed this session (a stale cache
         never fails a test): remove it if no other session uses it, else leave it to them,
         and make a new generation (or take one another session made meanwhile)."""
-        self._mkroot()
+        self._trusted_root()
         with self._locked(key, what):
             names = self.generations(key)
             if names and names[-1] != failed.name:  # made anew by another session meanwhile
@@ -191,6 +197,7 @@ class SnapshotStore:
         directory = self.path(name)
         if not directory.exists():
             return None
+        refuse_untrusted(directory, f"snapshot {name}", follow=False)
         if not (directory / META_FILE).is_file():
             self.progress(f"snapshot {name} is incomplete (made by a run that did not finish); "
                           "booting the guest cold")
