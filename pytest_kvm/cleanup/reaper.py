@@ -18,7 +18,8 @@ from ..owner import cache_id, machine_identity, process_start_time
 from ..workdir import KEPT_MARKER
 from ..vm.hypervisor import Hypervisor
 
-OWNER_FILE = "owner"
+OWNER_FILE = "owner"  # "PID START", as older pytest-kvm reads it (so its reaper sees an owner)
+OWNER_RECORD = "owner.json"  # the whole record: read first
 # an owner-less run directory younger than this may be a run still setting up (or one made
 # by an older pytest-kvm that wrote its owner record later): never reaped
 YOUNG_SECONDS = 600.0
@@ -100,18 +101,14 @@ def _remove_guest_files(meta: dict[str, str], name: str) -> None:
 
 def read_owner(run_dir: Path) -> dict[str, str] | None:
     """The owner record of *run_dir* (as :func:`owner_alive` takes it), None if it has none
-    (or an unreadable one). Older pytest-kvm wrote "PID START"."""
-    try:
-        text = (run_dir / OWNER_FILE).read_text()
-    except OSError:
-        return None
-    with contextlib.suppress(ValueError):
-        record = json.loads(text)
+    (or an unreadable one). Older pytest-kvm wrote only ``owner``: "PID START"."""
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((run_dir / OWNER_RECORD).read_text())
         if isinstance(record, dict) and all(isinstance(v, str) for v in record.values()):
             return record
     try:
-        pid, start = text.split()
-    except ValueError:
+        pid, start = (run_dir / OWNER_FILE).read_text().split()
+    except (OSError, ValueError):
         return None
     return {"owner_pid": pid, "owner_start": start}
 
@@ -148,7 +145,8 @@ def write_owner(run_dir: Path) -> None:
     pid = os.getpid()
     record = {"owner_pid": str(pid), "owner_start": process_start_time(pid), **machine_identity(),
               "cache_id": cache_id(run_dir.parent.parent, create=True)}
-    (run_dir / OWNER_FILE).write_text(json.dumps(record) + "\n")
+    (run_dir / OWNER_RECORD).write_text(json.dumps(record) + "\n")
+    (run_dir / OWNER_FILE).write_text(f"{pid} {record['owner_start']}\n")
 
 
 def make_run_dir(run_dir: Path) -> Path:

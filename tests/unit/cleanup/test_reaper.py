@@ -48,6 +48,7 @@ def test_owner_less_dirs_are_reaped_only_when_old(tmp_path):
 def test_dead_owners_go_at_any_age_live_ones_stay(tmp_path):
     runs = tmp_path / "runs"
     dead, live = make_run_dir(runs / "dead"), make_run_dir(runs / "live")
+    (dead / "owner.json").unlink()  # a run of an older pytest-kvm: "PID START" only
     (dead / "owner").write_text(f"{DEAD['owner_pid']} {DEAD['owner_start']}\n")
     an_hour_ago = time.time() - 3600
     os.utime(live, (an_hour_ago, an_hour_ago))
@@ -131,7 +132,7 @@ def test_watchdog_logs_beside_the_run_dir_and_a_clean_stop_removes_the_log(tmp_p
     finally:
         dog.stop()
     assert not dog.log.exists()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["owner"]  # nothing of the watchdog's in it
+    assert sorted(p.name for p in run_dir.iterdir()) == ["owner", "owner.json"]  # nothing of the watchdog's
 
 
 def _record(**changes):
@@ -143,7 +144,7 @@ def _record(**changes):
 def _owned_run(runs, name, record):
     import json
     run_dir = make_run_dir(runs / name)
-    (run_dir / "owner").write_text(json.dumps(record))
+    (run_dir / "owner.json").write_text(json.dumps(record))
     return run_dir
 
 
