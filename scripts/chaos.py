@@ -89,10 +89,13 @@ def main() -> int:
     parser.add_argument("--os", default="debian-12")
     parser.add_argument("--kill-after", type=float, default=60.0, help="seconds before the SIGKILL")
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--cache", type=Path, help="a cache directory prepared beforehand (its "
+                        "base images in place); default: a new one linking the default cache's")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pytest-kvm-chaos-"))
-    cache = work / "cache"
-    link_images(default_cache_dir(), cache)
+    cache = args.cache.resolve() if args.cache else work / "cache"
+    if not args.cache:
+        link_images(default_cache_dir(), cache)
     (work / "test_chaos.py").write_text(TEST_FILE.format(tests=args.tests))
     env = {**os.environ, "PYTEST_KVM_CACHE_DIR": str(cache)}
     t0 = time.monotonic()
