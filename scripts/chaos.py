@@ -67,7 +67,7 @@ def session_argv(work: Path, os_name: str, xdist: int) -> list[str]:
 def janitor(cache: Path, stop_at: float) -> dict[str, int]:
     """``snapshot prune --max-gb 0`` and ``snapshot rm`` of every snapshot, in a loop."""
     cli = [sys.executable, "-m", "pytest_kvm.cli", "--cache-dir", str(cache), "snapshot"]
-    counts = {"prunes": 0, "rms": 0, "janitor_errors": 0}
+    counts = {"prunes": 0, "rms": 0, "rm_removed": 0, "rm_left_in_use": 0, "janitor_errors": 0}
     while time.monotonic() < stop_at:
         counts["prunes"] += 1
         if subprocess.run(cli + ["prune", "--max-gb", "0"], capture_output=True, timeout=120).returncode:
@@ -76,7 +76,10 @@ def janitor(cache: Path, stop_at: float) -> dict[str, int]:
         names = [p.name for p in snapshots.iterdir() if p.is_dir()] if snapshots.is_dir() else []
         if names:
             counts["rms"] += 1
-            if subprocess.run(cli + ["rm", *names], capture_output=True, timeout=120).returncode != 0:
+            done = subprocess.run(cli + ["rm", *names], capture_output=True, text=True, timeout=120)
+            counts["rm_removed"] += done.stdout.count(": removed")
+            counts["rm_left_in_use"] += done.stdout.count("left alone")
+            if done.returncode > 1:
                 counts["janitor_errors"] += 1
         time.sleep(1.0)
     return counts
@@ -116,13 +119,13 @@ def main() -> int:
     victim = random.choice(sorted(n for n in procs if n.startswith("session-")))
     killed = []
     stop_at = t0 + args.timeout
-    janitor_counts = {"prunes": 0, "rms": 0, "janitor_errors": 0}
+    janitor_counts: dict[str, int] = {}
     while any(p.poll() is None for p in procs.values()) and time.monotonic() < stop_at:
         if not killed and time.monotonic() - t0 > args.kill_after and procs[victim].poll() is None:
             os.killpg(procs[victim].pid, signal.SIGKILL)
             killed.append(victim)
         for key, value in janitor(cache, time.monotonic() + 5).items():
-            janitor_counts[key] += value
+            janitor_counts[key] = janitor_counts.get(key, 0) + value
     for name, proc in procs.items():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
