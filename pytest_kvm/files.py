@@ -6,6 +6,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,35 +24,60 @@ def default_cache_dir() -> Path:
     return base / "pytest-kvm"
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether *fd* is the file at *path* now (not one unlinked, or replaced, meanwhile)."""
+    try:
+        now, held = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, *, on_wait=None) -> Iterator[None]:
     """An exclusive ``flock`` on *path*, held for the ``with`` block.
 
     Parallel workers (pytest-xdist) use it to do once-per-cache work, such as
     building an image, exactly once. *on_wait* is called once if the lock is
-    held by someone else, before blocking.
+    held by someone else, before blocking. A holder may unlink *path* (``snapshot rm``):
+    a lock taken on a file no longer at *path* is dropped and taken again on the one
+    there, so two processes never both hold "the" lock.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None and not waited:
+                    on_wait()
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(fd, path):
+            break
+        os.close(fd)
+    try:
         yield
     finally:
         os.close(fd)  # closing releases the lock
 
 
 def try_lock(path: Path) -> int | None:
-    """Take an exclusive lock without waiting; return the fd holding it, or None."""
+    """Take an exclusive lock without waiting; return the fd holding it, or None (also
+    if the file was unlinked by its holder meanwhile: see :func:`file_lock`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        os.close(fd)
+        return None
+    if not _same_file(fd, path):
         os.close(fd)
         return None
     return fd
@@ -106,3 +132,26 @@ def hold_shared(use: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def refuse_untrusted(path: Path, what: str, *, follow: bool = True) -> os.stat_result:
+    """*path*'s stat if only this user can write it (owned by us, not group- or
+    world-writable; not a symlink unless *follow*), as ssh wants of a key file; else one
+    :class:`StorageError` that names the path and the fix. What such a directory holds
+    becomes a QEMU command line and a guest's memory: anyone else who could write it could
+    run code on this machine."""
+    st = os.stat(path) if follow else os.lstat(path)
+    problems = []
+    if not follow and stat.S_ISLNK(st.st_mode):
+        problems.append("a symbolic link")
+    if st.st_uid != os.geteuid():
+        problems.append(f"owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})")
+    if st.st_mode & 0o022:
+        problems.append(f"writable by its group or by everyone (mode {st.st_mode & 0o7777:04o})")
+    if problems:
+        raise StorageError(
+            f"{what}: {path} is {' and '.join(problems)}: pytest-kvm restores guests from what "
+            "it holds, so whoever else can write it could run code on this machine. Make it "
+            f"yours and private (`chown {os.geteuid()} {path}; chmod go-w {path}`), remove it, or "
+            "pass --kvm-cache-dir DIR (or --kvm-snapshots off).")
+    return st

@@ -2,9 +2,10 @@
 work directories. Domains the plugin did not create (no pytest-kvm metadata) are never touched."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -13,24 +14,42 @@ from pathlib import Path
 
 from ..vm.domain import NAME_PREFIX
 from ..errors import KvmError
-from ..owner import machine_identity, process_start_time
+from ..owner import cache_id, machine_identity, process_start_time
 from ..workdir import KEPT_MARKER
 from ..vm.hypervisor import Hypervisor
 
-OWNER_FILE = "owner"
+OWNER_FILE = "owner"  # "PID START", as older pytest-kvm reads it (so its reaper sees an owner)
+OWNER_RECORD = "owner.json"  # the whole record: read first
 # an owner-less run directory younger than this may be a run still setting up (or one made
 # by an older pytest-kvm that wrote its owner record later): never reaped
 YOUNG_SECONDS = 600.0
 
 
-def owner_alive(meta: dict[str, str]) -> bool:
-    """Whether the run that made a domain still runs. Another machine's run counts as alive
-    (libvirt destroys its domains when its connection closes: they start with autodestroy);
-    one of an earlier boot of this machine is dead."""
-    if meta.get("owner_machine", socket.gethostname()) != socket.gethostname():
-        return True
-    if meta.get("owner_boot") and meta["owner_boot"] != machine_identity()["owner_boot"]:
-        return False
+def owner_alive(meta: dict[str, str], *, cache: str = "") -> bool:
+    """Whether the run that made a domain or a run directory may still run: False only when
+    that is proven. Proof: the same kernel boot and PID namespace as ours, and its PID gone
+    or reused; or an earlier boot of this machine (same machine-id); or a record made
+    against another cache than *cache* (this cache's id) on another machine (the cache was
+    copied here). A run in another PID namespace (a container sharing the cache) or on
+    another machine counts as alive: its domains go with its libvirt connection (they start
+    with autodestroy), its directory with its session."""
+    here = machine_identity()
+    if "owner_machine_id" not in meta:  # a record of an older pytest-kvm: host name and boot
+        if meta.get("owner_machine", here["owner_machine"]) != here["owner_machine"]:
+            return True
+        if meta.get("owner_boot") and meta["owner_boot"] != here["owner_boot"]:
+            return False
+        return _process_alive(meta)
+    if meta.get("owner_boot") != here["owner_boot"]:  # another kernel: which machine?
+        if meta["owner_machine_id"] and meta["owner_machine_id"] == here["owner_machine_id"]:
+            return False  # this machine, rebooted since
+        return not (cache and meta.get("cache_id") and meta["cache_id"] != cache)
+    if meta.get("owner_pidns") != here["owner_pidns"]:
+        return True  # its PIDs are not ours to look up
+    return _process_alive(meta)
+
+
+def _process_alive(meta: dict[str, str]) -> bool:
     try:
         pid = int(meta.get("owner_pid", ""))
     except ValueError:
@@ -82,7 +101,11 @@ def _remove_guest_files(meta: dict[str, str], name: str) -> None:
 
 def read_owner(run_dir: Path) -> dict[str, str] | None:
     """The owner record of *run_dir* (as :func:`owner_alive` takes it), None if it has none
-    (or an unreadable one)."""
+    (or an unreadable one). Older pytest-kvm wrote only ``owner``: "PID START"."""
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((run_dir / OWNER_RECORD).read_text())
+        if isinstance(record, dict) and all(isinstance(v, str) for v in record.values()):
+            return record
     try:
         pid, start = (run_dir / OWNER_FILE).read_text().split()
     except (OSError, ValueError):
@@ -98,10 +121,11 @@ def reap_run_dirs(runs_dir: Path, *, include_kept: bool = False,
     removed: list[Path] = []
     if not runs_dir.is_dir():
         return removed
+    cache = cache_id(runs_dir.parent)
     for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         try:
             owner = read_owner(run_dir)
-            if owner is not None and owner_alive(owner):
+            if owner is not None and owner_alive(owner, cache=cache):
                 continue
             if owner is None and time.time() - run_dir.stat().st_mtime < young:
                 continue
@@ -116,8 +140,13 @@ def reap_run_dirs(runs_dir: Path, *, include_kept: bool = False,
 
 
 def write_owner(run_dir: Path) -> None:
+    """The owner record of a run directory in ``CACHE/runs/``: this process, its PID
+    namespace, boot and machine, and the cache's id."""
     pid = os.getpid()
-    (run_dir / OWNER_FILE).write_text(f"{pid} {process_start_time(pid)}\n")
+    record = {"owner_pid": str(pid), "owner_start": process_start_time(pid), **machine_identity(),
+              "cache_id": cache_id(run_dir.parent.parent, create=True)}
+    (run_dir / OWNER_RECORD).write_text(json.dumps(record) + "\n")
+    (run_dir / OWNER_FILE).write_text(f"{pid} {record['owner_start']}\n")
 
 
 def make_run_dir(run_dir: Path) -> Path:

@@ -302,17 +302,19 @@ class Guest:
             timeout=timeout or self._m.config.command_timeout))
 
     def get(self, remote_path: str, local_path: str | os.PathLike, *,
-            exclude: Sequence[str] = (), sudo: bool = False, timeout: float | None = None) -> None:
+            exclude: Sequence[str] = (), sudo: bool = False, timeout: float | None = None,
+            max_bytes: int | None = None) -> None:
         """Copy a file, or a directory tree, from the guest to *local_path*. A directory's
         contents are streamed as one tar archive and unpacked into *local_path* (made if
         missing); a member that would land outside it (``..``, an absolute path, a link
         pointing out) is refused with :class:`~pytest_kvm.transport.archive.UnsafeArchive`.
-        ``sudo=True`` reads as root (files the login user may not read)."""
+        ``sudo=True`` reads as root (files the login user may not read). *max_bytes*: stop
+        with :class:`~pytest_kvm.transport.archive.OverLimit` once more than that came."""
         local = Path(local_path)
         self._use(f"get {remote_path} -> {local}", lambda client: client.get(
             remote_path, local, exclude=exclude,
             timeout=timeout or self._m.config.command_timeout,
-            as_root=self._as_root if sudo else None))
+            as_root=self._as_root if sudo else None, max_bytes=max_bytes))
 
     def _as_root(self, command: str) -> str:
         fam = self._m.config.family

@@ -26,13 +26,18 @@ HUB_SOCKET = "hub.sock"
 MEMBER_SUFFIX = ".sock"
 FRAME_MAX = 65536
 CHECK_INTERVAL = 1.0  # seconds between checks that the directory still exists
+#: learned MACs at most (a guest sending from a million spoofed MACs would otherwise grow the
+#: table by ~77 bytes each); past it the least recently seen is forgotten, so its frames
+#: are flooded until it sends again, as a hardware switch's full table does
+MAX_MACS = 4096
 
 
 class Switch:
     """A learning switch over members named by their socket paths (pure logic)."""
 
-    def __init__(self) -> None:
-        self._owner: dict[bytes, str] = {}  # MAC -> member that sent from it
+    def __init__(self, max_macs: int = MAX_MACS) -> None:
+        self._owner: dict[bytes, str] = {}  # MAC -> member that sent from it, oldest first
+        self.max_macs = max_macs
 
     def destinations(self, frame: bytes, source: str, members: set[str]) -> list[str]:
         """Where *frame*, received from *source*, goes among *members*."""
@@ -40,12 +45,20 @@ class Switch:
             return []
         dst, src = frame[0:6], frame[6:12]
         if not src[0] & 1:  # a unicast source address: it lives behind *source*
+            self._owner.pop(src, None)  # re-inserted: the most recently seen
+            if len(self._owner) >= self.max_macs:
+                del self._owner[next(iter(self._owner))]
             self._owner[src] = source
         if not dst[0] & 1:
             owner = self._owner.get(dst)
             if owner is not None and owner in members:
                 return [] if owner == source else [owner]
         return sorted(m for m in members if m != source)
+
+    @property
+    def learned(self) -> int:
+        """How many MACs it knows the member of."""
+        return len(self._owner)
 
     def forget(self, member: str) -> None:
         for mac in [mac for mac, owner in self._owner.items() if owner == member]:

@@ -95,7 +95,8 @@ def _copy_path(guest: "Guest", path: str, files: Path, budget: _Budget) -> None:
                        f"({budget.bytes_left} of {MAX_BYTES_PER_GUEST} bytes)")
     local = files / remote.relative_to("/")
     local.parent.mkdir(parents=True, exist_ok=True)
-    guest.get(str(remote), local, sudo=True, timeout=budget.seconds())
+    # du counts a link to /dev/zero as a few bytes: the stream itself is bounded too
+    guest.get(str(remote), local, sudo=True, timeout=budget.seconds(), max_bytes=budget.bytes_left)
     budget.bytes_left -= int(size.stdout)
 
 

@@ -25,11 +25,13 @@ class AheadPool:
     ``prepare(key, guest, after)`` starts *guest* in a thread once *after* (the clone
     just handed out, still starting) is up, so that the two never compete; ``take(key)``
     hands over the oldest prepared clone of golden *key*, waiting for it if it is still
-    starting. A clone whose preparation failed is destroyed and not handed over.
+    starting. A clone whose preparation failed is destroyed and not handed over, with one
+    line to *progress* saying why.
     """
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, progress: Callable[[str], None] = lambda msg: None) -> None:
         self.depth = depth
+        self.progress = progress
         self._lock = threading.Lock()
         self._pending: dict[str, list[tuple[Guest, concurrent.futures.Future]]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(depth, 1),
@@ -67,7 +69,10 @@ class AheadPool:
             guest, future = queue.pop(0)
         try:
             future.result(HANDOVER_WAIT)
-        except BaseException:  # noqa: BLE001 - start() removed what it made; boot another
+        except BaseException as exc:  # noqa: BLE001 - start() removed what it made; boot another
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            self.progress(f"clone {guest.name} made ahead did not start ({type(exc).__name__}: "
+                          f"{first_line}); destroyed, making another")
             guest.destroy()
             return None
         self.handed_over += 1

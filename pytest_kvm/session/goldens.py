@@ -85,7 +85,7 @@ class Goldens:
         self.progress(f"booting {where} {key} ({config.os}) for warm clones")
         guest = self._boot(replace(config, name=self._next_name(), workdir=directory, shares=(),
                                    artifacts=(), networks=(), network_name=None,
-                                   volume_prefix=(self.host.snapshot_volume_prefix(key)
+                                   volume_prefix=(self.host.snapshot_volume_prefix(directory.name)
                                                   if snapshot else None)))
         self.guests.append(guest)
         try:
@@ -113,17 +113,18 @@ class Goldens:
 
     def _remake_snapshot(self, config: "GuestConfig", key: str, fields: Mapping[str, Any],
                          exc: BaseException, generation: int) -> None:
-        """The first clone of a cached snapshot failed: remove it, boot cold, save again,
-        and refresh the golden in place (once, if two clones failed on the same files)."""
+        """The first clone of a cached snapshot failed: boot cold and save it again (beside
+        the old one if other sessions use that), and refresh the golden in place (once, if
+        two clones failed on the same files)."""
         golden = self._goldens[key]
         with self._remake_lock:
             if golden.generation != generation:  # another clone already had it made anew
                 return
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            self.snapshots.discard(key, f"its clone did not come up ({first_line}); booting cold")
-            golden.refresh_from(self.snapshots.get_or_create(
-                key, lambda directory: self._boot_golden(config, key, directory, fields),
-                what=config.os))
+            golden.refresh_from(self.snapshots.replace(
+                key, golden.directory,
+                lambda directory: self._boot_golden(config, key, directory, fields),
+                why=f"its clone did not come up ({first_line}); booting cold", what=config.os))
 
     def fields(self, config: "GuestConfig") -> dict[str, Any]:
         """Everything that can make a saved state wrong for *config*: the snapshot key hashes

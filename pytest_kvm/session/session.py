@@ -70,7 +70,7 @@ class KvmSession:
         self.goldens = Goldens(settings, self.host, self.snapshots, self.run_dir, progress,
                                boot=self._golden_guest, clone=self.create_for, config=self._config,
                                next_name=self._next_name)
-        self._ahead = AheadPool(settings.prepare_ahead)
+        self._ahead = AheadPool(settings.prepare_ahead, progress)
         self._reclaimer = Reclaimer()
         self.networks = Networks(self.run_dir)  # guests' private networks (networks=)
         pid = os.getpid()

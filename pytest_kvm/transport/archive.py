@@ -271,3 +271,30 @@ def remote_unpack_command(path: str) -> str:
     mkdir = shlex.join(["mkdir", "-p", "--", path])
     untar = shlex.join(["tar", "-x", "-p", "--no-same-owner", "-f", "-", "-C", path])
     return f"{mkdir} && {untar}"
+
+
+class OverLimit(KvmError):
+    """A stream from the guest longer than the bytes it was allowed."""
+
+
+class LimitedReader:
+    """*stream* read through, counting: :class:`OverLimit` as soon as more than *limit*
+    bytes came (a guest file that never ends, such as a link to ``/dev/zero``, stops at
+    the limit instead of the timeout). Pair it with :func:`bounded_command`, which makes
+    the guest stop sending one byte past the limit."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self.stream, self.limit, self.count = stream, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise OverLimit(f"more than {self.limit} bytes: stopped at the size limit")
+        return data
+
+
+def bounded_command(command: str, limit: int) -> str:
+    """*command* whose output the guest cuts one byte past *limit* (then the reader knows it
+    was over, and the command ends instead of streaming on)."""
+    return f"{command} | head -c {int(limit) + 1}"

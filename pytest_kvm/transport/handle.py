@@ -40,9 +40,10 @@ class Handle(Protocol):
         """Copy a file, or a directory tree's contents, into the guest."""
 
     def get(self, remote: str, local: Path, *, exclude: Sequence[str] = (), timeout: float,
-            as_root: Callable[[str], str] | None = None) -> None:
+            as_root: Callable[[str], str] | None = None, max_bytes: int | None = None) -> None:
         """Copy a file, or a directory tree's contents, out of the guest; *as_root* wraps a
-        command to run with root rights (reading what the login user may not)."""
+        command to run with root rights (reading what the login user may not); *max_bytes*:
+        stop with :class:`~.archive.OverLimit` once more than that came."""
 
     def access(self) -> str:
         """How a person reaches the guest (printed for kept guests)."""

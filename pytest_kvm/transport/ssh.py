@@ -271,9 +271,10 @@ class SshClient:
                  input=lambda stream: archive.pack(local, stream, exclude=exclude))
 
     def get(self, remote: str, local: Path, *, exclude: Sequence[str] = (), timeout: float,
-            as_root: Callable[[str], str] | None = None) -> None:
-        """A file comes by SFTP (or ``cat`` as root); a directory's contents as one tar
-        stream unpacked into *local*, refusing members that would land outside it."""
+            as_root: Callable[[str], str] | None = None, max_bytes: int | None = None) -> None:
+        """A file comes by SFTP (or ``cat`` as root, or when bounded); a directory's contents
+        as one tar stream unpacked into *local*, refusing members that would land outside it.
+        *max_bytes*: :class:`~.archive.OverLimit` once more than that came."""
         quoted = shlex.quote(remote)
         is_dir = (self.run(as_root(f"test -d {quoted}"), timeout=timeout).ok if as_root
                   else self.is_dir(remote))
@@ -282,7 +283,7 @@ class SshClient:
 
             def reader(stream: BinaryIO) -> None:
                 archive.extract(stream, local, exclude=exclude)
-        elif as_root:
+        elif as_root or max_bytes is not None:
             command = f"cat -- {quoted}"
 
             def reader(stream: BinaryIO) -> None:
@@ -291,8 +292,14 @@ class SshClient:
         else:
             self._sftp_call(f"get {remote}", lambda: self.sftp().get(remote, os.fspath(local)))
             return
-        self.run(as_root(command) if as_root else command, timeout=timeout, check=True,
-                 stdout_reader=reader)
+        command = as_root(command) if as_root else command
+        if max_bytes is not None:
+            command = archive.bounded_command(command, max_bytes)
+            unbounded = reader
+
+            def reader(stream: BinaryIO) -> None:
+                unbounded(archive.LimitedReader(stream, max_bytes))
+        self.run(command, timeout=timeout, check=True, stdout_reader=reader)
 
     def run_ps(self, script: str, *, timeout: float, check: bool = False) -> CommandResult:
         raise KvmError(f"run_ps needs a Windows guest (WinRM); the guest on 127.0.0.1:{self.port} "

@@ -45,6 +45,7 @@ from ..files import write_owner_only
 from ..errors import CommandFailed, CommandTimeout, InfrastructureError, KvmError
 from ..output import LineLog
 from ..result import CommandResult
+from .archive import OverLimit
 from .ssh import HOST
 
 POLL_SECONDS = 5  # longest single Receive long-poll: a timeout is noticed this late at most
@@ -478,9 +479,11 @@ class WinRMClient:
                              f"the file has {digest.hexdigest()}")
 
     def get(self, remote_path: str, local: Path, *, exclude: Sequence[str] = (),
-            timeout: float | None = None, as_root: Callable[[str], str] | None = None) -> None:
+            timeout: float | None = None, as_root: Callable[[str], str] | None = None,
+            max_bytes: int | None = None) -> None:
         """Copy the file *remote_path* from the guest to *local*, verified by SHA-256 (the
-        login is an administrator: *as_root* changes nothing; a directory tree needs SSH)."""
+        login is an administrator: *as_root* changes nothing; a directory tree needs SSH);
+        *max_bytes*: :class:`~.archive.OverLimit` once more than that came."""
         local = Path(local)
         deadline = time.monotonic() + (timeout or self.transfer_timeout)
         digest = hashlib.sha256()
@@ -493,6 +496,9 @@ class WinRMClient:
                 stream.write(data)
                 digest.update(data)
                 offset += len(data)
+                if max_bytes is not None and offset > max_bytes:
+                    raise OverLimit(f"get {remote_path}: more than {max_bytes} bytes: stopped at "
+                                    "the size limit")
                 if len(data) < GET_CHUNK:
                     break
         remote_digest = self._ps_checked(hash_script(remote_path), deadline,

@@ -367,7 +367,10 @@ def retarget_domain(domain: Domain, clone: CloneIdentity) -> None:
 
 
 def retarget(xml: str, clone: CloneIdentity) -> str:
-    """A saved golden's domain *xml* made into *clone*'s (see :func:`retarget_domain`)."""
+    """A saved golden's domain *xml* made into *clone*'s (see :func:`retarget_domain`);
+    :class:`~.saved.ForeignDomain` if it holds what pytest-kvm did not put there."""
+    from .saved import refuse_foreign  # noqa: PLC0415
     domain = Domain.from_xml(xml)
+    refuse_foreign(domain)
     retarget_domain(domain, clone)
     return domain.to_xml()

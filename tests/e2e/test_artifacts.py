@@ -3,9 +3,10 @@ pytest run as users run it."""
 CHILD = '''
 import pytest
 
-@pytest.mark.guest(artifacts=["/etc/hostname", "/tmp/outdir", "/no/such/file"])
+@pytest.mark.guest(artifacts=["/etc/hostname", "/tmp/outdir", "/no/such/file", "/tmp/zero"])
 def test_fails(guest):
     guest.run("mkdir -p /tmp/outdir && echo result > /tmp/outdir/r.txt", check=True)
+    guest.run("ln -s /dev/zero /tmp/zero", check=True)  # du says a few bytes; it never ends
     guest.run("echo building step one; echo step two", check=True)
     assert False, "deliberate"
 
@@ -33,6 +34,7 @@ def test_failed_test_leaves_its_guests_artifacts(pytester):
     assert "sshd" in (guest_dir / "journal.txt").read_text()
     errors = (guest_dir / "errors.txt").read_text()
     assert "/no/such/file" in errors and "journal" not in errors
+    assert "/tmp/zero: OverLimit" in errors and "stopped at the size limit" in errors, errors
     out = result.stdout.str()
     # the report names the directory; the captured log has the command's lines
     assert "pytest-kvm artifacts" in out and str(artifacts / tests[0]) in out

@@ -1,5 +1,6 @@
 """Goldens kept across runs: a second session boots nothing, gets a fresh guest, and a
 changed configuration or a damaged snapshot falls back to a cold boot that saves anew."""
+import os
 import re
 import secrets
 import subprocess
@@ -62,15 +63,26 @@ def test_sessions_share_snapshots_and_fall_back_when_damaged(pytester, monkeypat
         made += keys
         assert other["created"] == 1 and keys and keys[0] != key
 
-        # damage the saved state (same size, so only the restore can tell): the clone
-        # fails, the snapshot is removed with one line, the guest booted cold and saved again
+        # damage the saved state that the cheap check misses (same size, mtime and inode:
+        # bit rot): the clone fails, the snapshot is removed with one line, the guest
+        # booted cold and saved again
         save = snapshot / "memory.save"
+        stamp = save.stat()
         with save.open("r+b") as fh:
-            fh.seek(save.stat().st_size // 2)
+            fh.seek(stamp.st_size // 2)
             fh.write(b"\xff" * (1 << 20))
+        os.utime(save, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
         fixed, keys, out = session(pytester, monkeypatch, token)
         assert f"snapshot {key} removed: its clone did not come up" in out, out
         assert fixed["boots"] == 1 and fixed["created"] == 1 and keys == [key]
+
+        # the same damage written plainly (a new mtime): its sha256 catches it before restoring
+        with save.open("r+b") as fh:
+            fh.seek(save.stat().st_size // 2)
+            fh.write(b"\xff" * (1 << 20))
+        hashed, keys, out = session(pytester, monkeypatch, token)
+        assert f"snapshot {key} is damaged (memory.save changed since it was saved" in out, out
+        assert hashed["created"] == 1 and keys == [key]
 
         # a truncated one is caught before restoring
         save.write_bytes(save.read_bytes()[:-4096])

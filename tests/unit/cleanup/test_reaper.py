@@ -48,6 +48,7 @@ def test_owner_less_dirs_are_reaped_only_when_old(tmp_path):
 def test_dead_owners_go_at_any_age_live_ones_stay(tmp_path):
     runs = tmp_path / "runs"
     dead, live = make_run_dir(runs / "dead"), make_run_dir(runs / "live")
+    (dead / "owner.json").unlink()  # a run of an older pytest-kvm: "PID START" only
     (dead / "owner").write_text(f"{DEAD['owner_pid']} {DEAD['owner_start']}\n")
     an_hour_ago = time.time() - 3600
     os.utime(live, (an_hour_ago, an_hour_ago))
@@ -131,4 +132,74 @@ def test_watchdog_logs_beside_the_run_dir_and_a_clean_stop_removes_the_log(tmp_p
     finally:
         dog.stop()
     assert not dog.log.exists()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["owner"]  # nothing of the watchdog's in it
+    assert sorted(p.name for p in run_dir.iterdir()) == ["owner", "owner.json"]  # nothing of the watchdog's
+
+
+def _record(**changes):
+    """An owner record of a dead process of this kernel boot and PID namespace, changed."""
+    from pytest_kvm.owner import machine_identity
+    return {**DEAD, **machine_identity(), "cache_id": "c1", **changes}
+
+
+def _owned_run(runs, name, record):
+    import json
+    run_dir = make_run_dir(runs / name)
+    (run_dir / "owner.json").write_text(json.dumps(record))
+    return run_dir
+
+
+def test_a_run_the_reaper_cannot_prove_dead_stays(tmp_path):
+    """Finding 4: a run in another PID namespace (a container sharing the cache) or on
+    another machine looks dead by its PID; only a provable death reaps it."""
+    runs = tmp_path / "runs"
+    (tmp_path / "cache-id").write_text("c1\n")
+    other_ns = _owned_run(runs, "other-ns", _record(owner_pidns="1"))
+    other_machine = _owned_run(runs, "other-machine", _record(owner_boot="b2", owner_machine_id="m2"))
+    dead_here = _owned_run(runs, "dead-here", _record())
+    rebooted = _owned_run(runs, "rebooted", _record(owner_boot="b0"))
+    copied = _owned_run(runs, "copied", _record(owner_boot="b2", owner_machine_id="m2", cache_id="c0"))
+    assert sorted(reap_run_dirs(runs)) == sorted([dead_here, rebooted, copied])
+    assert other_ns.is_dir() and other_machine.is_dir()
+
+
+def test_a_run_dir_records_its_namespace_machine_and_cache(tmp_path):
+    from pytest_kvm.owner import machine_identity
+    run_dir = make_run_dir(tmp_path / "runs" / "r")
+    record = read_owner(run_dir)
+    assert record["owner_pidns"] == machine_identity()["owner_pidns"] != ""
+    assert record["owner_boot"] and record["cache_id"] == (tmp_path / "cache-id").read_text().strip()
+    assert reaper.owner_alive(record, cache=record["cache_id"])
+
+
+UNSHARE_SESSION = """
+import sys, time
+from pathlib import Path
+from pytest_kvm.cleanup.reaper import make_run_dir
+make_run_dir(Path(sys.argv[1]))
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_session_in_another_pid_namespace_survives_one_starting_beside_it(tmp_path):
+    """A real PID namespace (``unshare --pid --fork --mount-proc``): its run directory
+    outlives a reap from this namespace while its process lives."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a PID namespace")
+    runs = tmp_path / "runs"
+    inside = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-c",
+                               UNSHARE_SESSION, str(runs / "contained")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert inside.stdout.readline().strip() == "ready"
+        assert read_owner(runs / "contained")["owner_pid"] == "1"  # PID 1 of its namespace
+        assert reap_run_dirs(runs) == []
+        assert (runs / "contained").is_dir()
+    finally:
+        inside.kill()
+        inside.wait(10)

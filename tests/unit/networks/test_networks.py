@@ -54,6 +54,20 @@ def test_switch_floods_again_when_the_owner_left():
     assert switch.destinations(frame(B, A), "a", {"a", "b", "c"}) == ["b", "c"]
 
 
+def test_switch_table_is_capped_against_spoofed_macs():
+    """Issue 23: a guest sending from ever new MACs fills no more than MAX_MACS entries; the
+    least recently seen go first, a member that keeps talking stays learned."""
+    from pytest_kvm.networks.switch import MAX_MACS
+    switch = Switch()
+    members = {"a", "b", "c"}
+    for n in range(3 * MAX_MACS):
+        if n % 1000 == 0:
+            switch.destinations(frame(BROADCAST, B), "b", members)
+        switch.destinations(frame(BROADCAST, b"\x02" + n.to_bytes(5, "big")), "c", members)
+    assert switch.learned == MAX_MACS
+    assert switch.destinations(frame(B, A), "a", members) == ["b"]
+
+
 def test_switch_drops_runts():
     assert Switch().destinations(b"\xff" * 10, "a", {"a", "b"}) == []
 

@@ -337,3 +337,23 @@ def test_gnu_tar_unpack_command_does_not_chown(tmp_path):
                           input=archive((info, data)).getvalue(), capture_output=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "dest" / "owned").stat().st_uid == os.geteuid()
+
+
+def test_a_stream_that_never_ends_stops_at_the_limit_and_so_does_its_command(tmp_path):
+    """Issue 23: an artifact that is a link to /dev/zero; the guest side cuts it one byte
+    past the limit (the command ends by itself), the reader says it was over."""
+    import io
+    import shutil
+    import subprocess
+
+    from pytest_kvm.transport.archive import LimitedReader, OverLimit, bounded_command
+
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    proc = subprocess.Popen(bounded_command(f"cat -- {tmp_path / 'zero'}", 100_000), shell=True,
+                            stdout=subprocess.PIPE)
+    with pytest.raises(OverLimit, match="more than 100000 bytes"):
+        shutil.copyfileobj(LimitedReader(proc.stdout, 100_000), io.BytesIO())
+    assert len(proc.stdout.read()) < 100_001  # what is left of the cut stream
+    assert proc.wait(10) == 0
+    small = LimitedReader(io.BytesIO(b"x" * 100), 100)
+    assert small.read() == b"x" * 100 and small.read() == b""

@@ -1,3 +1,4 @@
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -344,7 +345,7 @@ SAVED = (Path(__file__).parent / "libvirt_saved_domain.xml").read_text()
 
 def reordered(xml):
     """*xml* with its devices reversed (seed before system disk, console before serial) and
-    the NIC's arguments after others, as another libvirt might write it."""
+    the NIC's arguments in another order, as another libvirt might write it."""
     root = ET.fromstring(xml)
     devices = root.find("devices")
     reversed_devices = list(devices)[::-1]
@@ -355,8 +356,7 @@ def reordered(xml):
     nic_args = list(line)
     for arg in nic_args:
         line.remove(arg)
-    for value in ("-device", "virtio-rng-pci,id=x", "-device", nic_args[3].get("value"),
-                  "-netdev", nic_args[1].get("value")):
+    for value in ("-device", nic_args[3].get("value"), "-netdev", nic_args[1].get("value")):
         ET.SubElement(line, f"{{{QEMU_NS}}}arg", value=value)
     return ET.tostring(root, encoding="unicode")
 
@@ -407,3 +407,45 @@ def test_retarget_gives_owner_metadata_to_a_domain_saved_without():
     moved = retarget(saved, CloneIdentity(name="c", disk=Path("/c/d"), console_log=Path("/c/l"),
                                           ssh_port=1, metadata={"owner_pid": "5"}))
     assert read_metadata(saved) is None and read_metadata(moved) == {"owner_pid": "5"}
+
+
+def _planted(change):
+    root = ET.fromstring(SAVED)
+    change(root)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _add_arg(root, *values):
+    for value in values:
+        ET.SubElement(root.find(f"{{{QEMU_NS}}}commandline"), f"{{{QEMU_NS}}}arg", value=value)
+
+
+def _set_emulator(root, path):
+    root.find("devices/emulator").text = path
+
+
+def _add_device(root, xml):
+    root.find("devices").append(ET.fromstring(xml))
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda r: _add_arg(r, "-device", "virtio-rng-pci,id=x"), "QEMU arguments"),
+    (lambda r: _add_arg(r, "-chardev", "socket,id=c,path=/tmp/x"), "QEMU arguments"),
+    (lambda r: _set_emulator(r, "/tmp/evil"), "the emulator '/tmp/evil'"),
+    (lambda r: _add_device(r, "<filesystem type='mount'><source dir='/'/><target dir='r'/></filesystem>"),
+     "a <filesystem> device"),
+    (lambda r: _add_device(r, "<disk type='block' device='disk'><source dev='/dev/sda'/>"
+                              "<target dev='vdc'/><readonly/></disk>"), "a disk of type 'block'"),
+    (lambda r: _add_device(r, "<serial type='pipe'><source path='/tmp/p'/></serial>"),
+     "<serial type='pipe'>"),
+    (lambda r: _add_device(r, "<rng model='virtio'><backend model='random'>/etc/shadow</backend></rng>"),
+     "random number source '/etc/shadow'"),
+], ids=["device-arg", "chardev-arg", "emulator", "filesystem", "block-disk", "pipe-serial", "rng"])
+def test_retarget_refuses_a_saved_domain_with_what_the_plugin_did_not_put_there(change, named):
+    """Finding 3: a saved XML from the cache is a QEMU command line run by this user."""
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
+    from pytest_kvm.vm.saved import ForeignDomain
+    clone = CloneIdentity(name="c", disk=Path("/c/d"), console_log=Path("/c/l"), ssh_port=1)
+    retarget(SAVED, clone)  # the real one passes
+    with pytest.raises(ForeignDomain, match=re.escape(named)):
+        retarget(_planted(change), clone)
