@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pytest_kvm.hosts.placement import POOL_PATH
+from pytest_kvm.hosts.volumes import POOL_PATH
 from remotehost import FakeHost
 
 pytestmark = pytest.mark.skipif(
