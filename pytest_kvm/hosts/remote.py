@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from ..errors import HypervisorError, ImageError, KvmError
 from ..files import file_lock, sha256_file, writable
 from ..spec import SpecError
-from ..vm.accel import Accel, choose_remote_accel
+from ..vm.accel import Accel, choose_remote_accel, probe_domain_xml
 from ..vm.saveimage import HEADER, SaveImage
 from ..workdir import HEAD_FILE
 from .base import GuestFiles, Host
@@ -108,7 +108,11 @@ class RemoteHost(Host):
         return f"hosts {where}; accel {settings.accel}"
 
     def acceleration(self, requested: str, connect: Callable[[], "Hypervisor"]) -> Accel:
-        return choose_remote_accel(requested, connect().offers_kvm(), self.label)
+        """KVM if the host's libvirt offers it and its QEMU really starts with it (a probe
+        domain, once per session), else TCG saying why (``--kvm-accel kvm``: an error)."""
+        hv = connect()
+        return choose_remote_accel(requested, hv.offers_kvm(), self.label,
+                                   probe=lambda: hv.start_problem(probe_domain_xml()))
 
     def accel_before_connecting(self, requested: str) -> str:
         return requested  # known once connected

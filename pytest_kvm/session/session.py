@@ -82,7 +82,18 @@ class KvmSession:
     def acceleration(self) -> Accel:
         if self._accel is None:
             self._accel = self.host.acceleration(self.settings.accel, lambda: self.hypervisor)
+            if self.accel_note:
+                self.progress(self.accel_note)
         return self._accel
+
+    @property
+    def accel_note(self) -> str | None:
+        """``on HOST: tcg (kvm advertised but unusable: ...)`` when the host's QEMU could not
+        start with the KVM its libvirt advertises (the progress line and the summary say it)."""
+        if self._accel is None or not self._accel.fallback:
+            return None
+        return f"{self.host.where.strip() or 'on this machine'}: {self._accel.name} " \
+               f"({self._accel.reason})"
 
     @property
     def accel(self) -> str:

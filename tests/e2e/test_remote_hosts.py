@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -147,13 +148,28 @@ def ssh_transport_uri(fake):
     return f"{fake.uri}&known_hosts={fake.known_hosts}"
 
 
+def path_without_qemu(directory):
+    """A PATH like this one where no qemu-system-* is found: a controller that has no QEMU
+    (every other program of /usr/bin linked into *directory*)."""
+    directory.mkdir()
+    for program in os.listdir("/usr/bin"):
+        if not program.startswith("qemu-system"):
+            os.symlink(f"/usr/bin/{program}", directory / program)
+    path = [str(directory)] + [d for d in os.environ["PATH"].split(os.pathsep)
+                               if d and not Path(d, "qemu-system-x86_64").exists()]
+    assert not shutil.which("qemu-system-x86_64", path=os.pathsep.join(path))
+    return os.pathsep.join(path)
+
+
 @pytest.mark.parametrize("reset", ["boot", "clone"])
 def test_killing_the_controller_leaves_nothing_on_the_host(pytester, host, reset):
     """Through the qemu+ssh transport (OpenSSH): SIGKILL of pytest ends its SSH connection;
     a guest booted cold is destroyed by libvirt (autodestroy), a restored clone (a restore
     has no autodestroy) by the run's watchdog, which deletes the volumes of both; the base
-    images uploaded by the earlier tests are used, not uploaded again."""
+    images uploaded by the earlier tests are used, not uploaded again. The controller has
+    no QEMU of its own (none on its PATH): the watchdog reaps through the host's."""
     bases = sorted(v for v in volumes_on(host) if v.startswith("base-"))
+    env = {**os.environ, "PATH": path_without_qemu(pytester.path / "bin")}
     pytester.makepyfile("""
 import time
 def test_hang(guest):
@@ -164,7 +180,7 @@ def test_hang(guest):
                              "--kvm-accel", "tcg", "--kvm-reset", reset,
                              "--kvm-host", ssh_transport_uri(host)],
                             cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, env=env)
     lines = []
 
     def read():
@@ -239,3 +255,28 @@ def test_reap_host_removes_guest_volumes_without_a_domain(host):
     assert "pytest-kvm-deadrun-1.qcow2" not in volumes_on(host)
     assert [v for v in volumes_on(host) if v.startswith("base-")] == bases
     assert set(FOREIGN) <= set(volumes_on(host))  # another controller's snapshot stays
+
+
+def test_kvm_advertised_but_unusable_falls_back_to_tcg_loudly(pytester):
+    """A host whose libvirt advertises KVM but whose QEMU cannot open /dev/kvm: under the
+    default --kvm-accel auto a probe finds out before the first guest (and before a golden's
+    key, which holds the accel), the guest runs under TCG and the progress line and summary
+    say why; --kvm-accel kvm is one error naming the host, the cause and the fix."""
+    with FakeHost(kvm_usable=False) as fake:
+        pytester.makepyfile("def test_auto(guest, kvm):\n"
+                            "    assert guest.run('true').ok and kvm.accel == 'tcg'\n")
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-host",
+                                               fake.libssh_uri, timeout=900)
+        result.assert_outcomes(passed=1)
+        note = (f"on root@127.0.0.1:{fake.ssh_port}: tcg (kvm advertised but unusable: "
+                f"Could not access KVM kernel module: No such file or directory)")
+        out = result.stdout.str()
+        assert out.count(note) == 2, out  # the progress line and the summary
+        assert "(accel tcg, reset clone" in out
+        assert not [name for name in guests_on(fake)]  # the probe domain went too
+        strict = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-accel", "kvm",
+                                               "--kvm-host", fake.libssh_uri, timeout=300)
+        strict.assert_outcomes(errors=1)
+        strict.stdout.fnmatch_lines([f"*--kvm-accel kvm was requested but on host "
+                                     f"root@127.0.0.1:{fake.ssh_port} QEMU cannot start with KVM*"
+                                     f"Could not access KVM kernel module*--kvm-accel auto*"])
