@@ -128,6 +128,7 @@ class KvmSession:
         try:
             self._make_run_dir()
             self._watchdog = Watchdog(self.run_dir, self.host.uri, hv.embed_index)
+            self.host.claim_run(self.run_id, self._owner)
         except BaseException:
             self.host.close()
             raise
@@ -328,6 +329,11 @@ class KvmSession:
         self.goldens.forget(needed)
         self.snapshots.release()
         self.images.close()  # its base images' use locks; old digests nobody uses are removed
+        if self._hv is not None:
+            try:
+                self.host.release_run(self.run_id, kept=bool(self.kept))
+            except KvmError as exc:  # reported with the rest; reap --host sweeps it later
+                errors.append(exc)
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
