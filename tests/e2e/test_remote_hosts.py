@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvm.hosts.volumes import POOL_PATH
+from pytest_kvm.hosts.volumes import POOL_PATH, owner_record, owner_volume
+from pytest_kvm.owner import machine_identity, process_start_time
 from remotehost import FakeHost
 
 pytestmark = pytest.mark.skipif(
@@ -241,20 +242,39 @@ def test_a_kept_guest_outlives_the_session_until_reaped(pytester, host):
     assert not any(v.startswith(name) for v in volumes_on(host))
 
 
-def test_reap_host_removes_guest_volumes_without_a_domain(host):
-    """`pytest-kvm reap --host URI`: what a controller that died with its machine left."""
-    host.run("virsh -c qemu:///system pool-list --all | grep -q pytest-kvm || "
-             "virsh -c qemu:///system pool-create-as pytest-kvm dir --target /var/lib/libvirt/pytest-kvm")
-    host.run("virsh -c qemu:///system vol-create-as pytest-kvm pytest-kvm-deadrun-1.qcow2 1M "
-             "--format qcow2")
+def test_reap_host_removes_only_volumes_of_runs_that_are_over(host, tmp_path):
+    """`pytest-kvm reap --host URI`: what a controller that died with its machine left (no
+    owner record) and a dead run's volumes go; a live run's volumes whose domain is gone
+    (a guest shut down on purpose, a golden with snapshots off) stay, by its owner record."""
+    virsh = "virsh -c qemu:///system"
+    host.run(f"{virsh} pool-list --all | grep -q pytest-kvm || "
+             f"{virsh} pool-create-as pytest-kvm dir --target /var/lib/libvirt/pytest-kvm")
+    pid = os.getpid()
+    live = {"owner_pid": str(pid), "owner_start": process_start_time(pid), **machine_identity()}
+    for run, owner in (("liverun", live), ("deadrun2", {**live, "owner_pid": "1",
+                                                        "owner_start": "0"})):
+        record = tmp_path / run
+        record.write_bytes(owner_record(owner))
+        host.run(f"{virsh} vol-create-as pytest-kvm {owner_volume(run)} {record.stat().st_size} "
+                 f"--format raw && {virsh} vol-upload --pool pytest-kvm {owner_volume(run)} {record}")
+    for volume in ("pytest-kvm-deadrun-1.qcow2", "pytest-kvm-deadrun2-1.qcow2",
+                   "pytest-kvm-liverun-1.qcow2", "pytest-kvm-liverun-2.save"):
+        host.run(f"{virsh} vol-create-as pytest-kvm {volume} 1M --format qcow2")
     bases = [v for v in volumes_on(host) if v.startswith("base-")]
     done = subprocess.run([sys.executable, "-m", "pytest_kvm.cli", "reap", "--host", host.libssh_uri],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "removed pytest-kvm-deadrun-1.qcow2" in done.stdout
-    assert "pytest-kvm-deadrun-1.qcow2" not in volumes_on(host)
-    assert [v for v in volumes_on(host) if v.startswith("base-")] == bases
-    assert set(FOREIGN) <= set(volumes_on(host))  # another controller's snapshot stays
+    volumes = volumes_on(host)
+    for gone in ("pytest-kvm-deadrun-1.qcow2", "pytest-kvm-deadrun2-1.qcow2",
+                 owner_volume("deadrun2")):
+        assert f"removed {gone}" in done.stdout and gone not in volumes
+    assert {"pytest-kvm-liverun-1.qcow2", "pytest-kvm-liverun-2.save",
+            owner_volume("liverun")} <= set(volumes), done.stdout
+    assert [v for v in volumes if v.startswith("base-")] == bases
+    assert set(FOREIGN) <= set(volumes)  # another controller's snapshot stays
+    host.run(f"{virsh} pool-refresh pytest-kvm && for v in pytest-kvm-liverun-1.qcow2 "
+             f"pytest-kvm-liverun-2.save {owner_volume('liverun')}; do "
+             f"{virsh} vol-delete --pool pytest-kvm $v; done")
 
 
 def test_kvm_advertised_but_unusable_falls_back_to_tcg_loudly(pytester):
