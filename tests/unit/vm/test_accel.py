@@ -89,3 +89,12 @@ def test_the_probe_is_a_tiny_kvm_domain_of_its_own_name():
     assert root.get("type") == "kvm" and root.findtext("name").startswith("pytest-kvm-probe-")
     assert root.find("devices/disk") is None and int(root.findtext("memory")) <= 64
     assert ET.fromstring(probe_domain_xml()).findtext("name") != root.findtext("name")
+
+
+def test_this_machine_is_probed_the_same_way():
+    """/dev/kvm that looks usable but that QEMU cannot start with: TCG, saying so."""
+    from pytest_kvm.vm.accel import Accel, confirm_kvm
+    accel = confirm_kvm(Accel("kvm", "/dev/kvm usable"), "auto", "this machine", lambda: NO_KVM)
+    assert accel.fallback and accel.name == "tcg"
+    with pytest.raises(HypervisorError, match="on this machine QEMU cannot start with KVM"):
+        confirm_kvm(Accel("kvm", "/dev/kvm usable"), "kvm", "this machine", lambda: NO_KVM)
