@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument("--kept", action="store_true", help="also remove guests kept with --kvm-keep")
     reap.add_argument("--uri", help="libvirt URI to sweep")
     reap.add_argument("--host", metavar="URI", help="a remote host (as for --kvm-host) to sweep: "
-                      "domains of dead runs of this machine, guest volumes without a domain, "
+                      "domains of dead runs of this machine, guest volumes of runs that are over "
+                      "(by their owner records on the host), "
                       "this machine's snapshot volumes no longer in its cache")
     reap.add_argument("--embed-slot", type=int, help=argparse.SUPPRESS)
     reap.set_defaults(func=cmd_reap)

@@ -37,7 +37,7 @@ from ..workdir import HEAD_FILE
 from .base import GuestFiles, Host
 from .uris import HostUri
 from .volumes import OVERLAY_SUFFIX, POOL, POOL_PATH, SAVE_SUFFIX, SEED_SUFFIX, SUFFIXES, \
-    owner_record, owner_volume, snapshot_prefix
+    OWNER_SUFFIX, owner_record, owner_volume, snapshot_prefix
 
 if TYPE_CHECKING:
     from ..guest.golden import Golden, HostFiles
@@ -70,6 +70,7 @@ class RemoteHost(Host):
         self._consoles: dict[str, threading.Thread] = {}
         self._prefixes: dict[str, str] = {}  # guest -> its volumes' name prefix
         self._owner: dict[str, str] = {}  # this run's owner record (claim_run)
+        self._run_id = ""
 
     # -- the connection: libvirt's, and an SSH link of our own ---------------------------
     def open(self) -> "Hypervisor":
@@ -148,6 +149,7 @@ class RemoteHost(Host):
     def claim_run(self, run_id: str, owner: Mapping[str, str]) -> None:
         """The run's owner record as a volume on the host (see :mod:`.volumes`)."""
         self._owner = dict(owner)
+        self._run_id = run_id
         self.hv.upload_volume(POOL, owner_volume(run_id), owner_record(owner))
 
     def release_run(self, run_id: str, *, kept: bool) -> None:
@@ -189,13 +191,15 @@ class RemoteHost(Host):
 
     def _upload_into_place(self, local: Path, name: str, digest: str) -> str:
         """Upload *local* as volume *name*: first under a name of its own
-        (``NAME.part-RANDOM``), checked by sha256 on the host, then hard-linked to *name*
+        (``pytest-kvm-RUN-upload-RANDOM.part``: a run's volume, so ``reap --host`` removes
+        one a dead run left), checked by sha256 on the host, then hard-linked to *name*
         (``ln``: atomic, and never over an existing file) and the temporary name deleted.
         So *name* is either missing or complete: a controller on another machine that
         uploads the same base at the same moment either links first (ours then finds its
         complete copy) or finds ours; neither sees, hashes or deletes a half-written one,
         and no lock is left behind by a controller that died. Returns *name*'s host path."""
-        part = f"{name}.part-{secrets.token_hex(4)}"
+        part = f"{owner_volume(self._run_id).removesuffix(OWNER_SUFFIX)}-upload-" \
+               f"{secrets.token_hex(4)}.part"
         part_path = self.hv.upload_volume(POOL, part, local)
         final = str(Path(part_path).with_name(name))
         try:
