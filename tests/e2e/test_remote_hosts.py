@@ -300,3 +300,46 @@ def test_kvm_advertised_but_unusable_falls_back_to_tcg_loudly(pytester):
         strict.stdout.fnmatch_lines([f"*--kvm-accel kvm was requested but on host "
                                      f"root@127.0.0.1:{fake.ssh_port} QEMU cannot start with KVM*"
                                      f"Could not access KVM kernel module*--kvm-accel auto*"])
+
+
+def test_two_controllers_uploading_one_base_at_once_share_one_whole_copy(host, tmp_path):
+    """Two controllers (their own upload locks, as on two machines) upload the same base to
+    one host at the same moment: each uploads under a temporary name and links it into
+    place, so both end with the one complete copy and no temporary volume is left."""
+    from pytest_kvm.files import sha256_file
+    from pytest_kvm.hosts.remote import RemoteHost
+    from pytest_kvm.hosts.uris import parse_host
+    base = tmp_path / "race.qcow2"
+    base.write_bytes(os.urandom(32 << 20))
+    uri = parse_host(host.libssh_uri)
+    controllers = [RemoteHost(uri, (uri,), tmp_path / f"locks-{n}") for n in range(2)]
+    paths, errors = [], []
+    try:
+        for n, controller in enumerate(controllers):
+            controller.open()
+            controller.claim_run(f"race{n}-1-aa", {"owner_pid": "1", "owner_start": "x"})
+
+        def upload(controller):
+            try:
+                paths.append(controller._base(base))  # what prepare() does for each base file
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=upload, args=(c,)) for c in controllers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not errors and len(paths) == 2 and paths[0] == paths[1], (errors, paths)
+        digest = host.run(["sha256sum", str(paths[0])]).stdout.split()[0]
+        assert digest == sha256_file(base)
+        assert not [v for v in volumes_on(host) if v.endswith(".part")]
+    finally:
+        for n, controller in enumerate(controllers):
+            if controller._hv is not None:
+                controller.release_run(f"race{n}-1-aa", kept=False)
+        if paths:
+            controllers[0].hv.delete_volume("pytest-kvm", paths[0].name)
+        for controller in controllers:
+            controller.close()
+    assert paths[0].name not in volumes_on(host)
