@@ -18,15 +18,14 @@ from pathlib import Path
 from . import __version__
 from .vm.accel import choose_accel
 from .files import default_cache_dir
-from .vm.domain import NAME_PREFIX
 from .errors import KvmError
 from .hosts.uris import HostError, parse_host
 from .vm.hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
 from .images.store import ImageStore
 from .progress import Progress
 from .transport.integrations import IntegrationError, kept_hosts, write_host_inventory
-from .hosts.volumes import remove_guest_volumes, remove_snapshot_volumes
-from .cleanup.reaper import reap_domains, reap_run_dirs
+from .hosts.volumes import remove_dead_runs_volumes, remove_snapshot_volumes
+from .cleanup.reaper import owner_alive, reap_domains, reap_run_dirs
 from .session.snapshots import SUMMARY_FIELDS, SnapshotStore, age
 
 #: tables fit a terminal this wide
@@ -175,10 +174,10 @@ def cmd_reap(args) -> int:
 
 def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
     """``reap --host URI``: on a remote host, destroy domains of dead runs of this machine,
-    delete guest volumes whose domain is gone, and this machine's snapshot volumes whose
-    snapshot is no longer in its cache (base images stay). A run of another controller
-    between creating a guest's volumes and starting it would lose them: sweep when no run
-    uses the host, or accept that one test fails."""
+    delete the volumes of runs that are over (by the owner record each run keeps on the
+    host: a live run's guest that shut down, or its golden with snapshots off, keeps its
+    volumes; another machine's run counts as live), and this machine's snapshot volumes
+    whose snapshot is no longer in its cache (base images stay)."""
     try:
         host = parse_host(text)
     except HostError as exc:
@@ -187,7 +186,8 @@ def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
     hv = Hypervisor.open_remote(host)
     try:
         removed = reap_domains(hv, include_kept=include_kept)
-        removed += remove_guest_volumes(hv, NAME_PREFIX, keep=set(hv.our_domains()))
+        removed += remove_dead_runs_volumes(hv, owner_alive, running=set(hv.our_domains()),
+                                            include_kept=include_kept)
         snapshots = SnapshotStore(cache).root
         removed += remove_snapshot_volumes(hv, keep={
             p.name for p in snapshots.iterdir() if p.is_dir()} if snapshots.is_dir() else set())
@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     reap.add_argument("--kept", action="store_true", help="also remove guests kept with --kvm-keep")
     reap.add_argument("--uri", help="libvirt URI to sweep")
     reap.add_argument("--host", metavar="URI", help="a remote host (as for --kvm-host) to sweep: "
-                      "domains of dead runs of this machine, guest volumes without a domain, "
+                      "domains of dead runs of this machine, guest volumes of runs that are over "
+                      "(by their owner records on the host), "
                       "this machine's snapshot volumes no longer in its cache")
     reap.add_argument("--embed-slot", type=int, help=argparse.SUPPRESS)
     reap.set_defaults(func=cmd_reap)

@@ -108,9 +108,10 @@ def _reap(args) -> bool:
             removed = reap_domains(hv, failed=failed)
             print(f"watchdog: removed {removed}", file=sys.stderr)
             if args.uri and "+" in args.uri.split(":", 1)[0]:  # a remote host's volumes
-                from ..hosts.volumes import remove_guest_volumes  # noqa: PLC0415
+                from ..hosts.volumes import POOL, owner_volume, remove_guest_volumes  # noqa: PLC0415
                 print(f"watchdog: removed volumes {remove_guest_volumes(hv, prefix)}",
                       file=sys.stderr)
+                hv.delete_volume(POOL, owner_volume(Path(args.run_dir).name))  # its record
         except KvmError as exc:
             print(f"watchdog: reaping through libvirt failed: {exc}", file=sys.stderr)
         finally:

@@ -103,6 +103,13 @@ class Host(ABC):
     def check_user_goldens(self, what: str) -> None:
         """Raise if this host cannot keep user goldens (``freeze``, ``kvm.golden``)."""
 
+    def claim_run(self, run_id: str, owner: Mapping[str, str]) -> None:
+        """Record on the host that run *run_id* of *owner* (machine, boot, PID) uses it, before
+        it makes anything there (what a sweep of the host tells live runs by)."""
+
+    def release_run(self, run_id: str, *, kept: bool) -> None:
+        """Run *run_id* ended: remove its record, or (*kept*) mark it as keeping guests."""
+
     def reap_hint(self) -> str:
         """The command that removes kept guests."""
         return "pytest-kvm reap --kept"

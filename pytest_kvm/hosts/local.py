@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..workdir import DISK_FILE, SAVE_FILE, SEED_FILE
 from ..images.qemu_img import create_overlay
-from ..vm.accel import Accel, choose_accel
+from ..vm.accel import Accel, choose_accel, confirm_kvm, probe_domain_xml
 from .base import GuestFiles, Host
 
 if TYPE_CHECKING:
@@ -47,7 +47,13 @@ class LocalHost(Host):
         return f"accel {choose_accel(settings.accel).describe()}; uri {uri}"
 
     def acceleration(self, requested: str, connect: Callable[[], "Hypervisor"]) -> Accel:
-        return choose_accel(requested)
+        """KVM if ``/dev/kvm`` looks usable and QEMU really starts with it (a probe domain,
+        once per session), else TCG saying why (``--kvm-accel kvm``: an error)."""
+        accel = choose_accel(requested)
+        if accel.name != "kvm":
+            return accel
+        return confirm_kvm(accel, requested, "this machine",
+                           lambda: connect().start_problem(probe_domain_xml()))
 
     def accel_before_connecting(self, requested: str) -> str:
         return choose_accel(requested).name

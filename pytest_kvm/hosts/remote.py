@@ -21,6 +21,7 @@ watchdog or ``pytest-kvm reap --host`` destroys it (its metadata names its run).
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
@@ -30,13 +31,13 @@ from typing import TYPE_CHECKING
 from ..errors import HypervisorError, ImageError, KvmError
 from ..files import file_lock, sha256_file, writable
 from ..spec import SpecError
-from ..vm.accel import Accel, choose_remote_accel
+from ..vm.accel import Accel, choose_remote_accel, probe_domain_xml
 from ..vm.saveimage import HEADER, SaveImage
 from ..workdir import HEAD_FILE
 from .base import GuestFiles, Host
 from .uris import HostUri
 from .volumes import OVERLAY_SUFFIX, POOL, POOL_PATH, SAVE_SUFFIX, SEED_SUFFIX, SUFFIXES, \
-    snapshot_prefix
+    OWNER_SUFFIX, owner_record, owner_volume, snapshot_prefix
 
 if TYPE_CHECKING:
     from ..guest.golden import Golden, HostFiles
@@ -68,6 +69,8 @@ class RemoteHost(Host):
         self._bases_lock = threading.Lock()
         self._consoles: dict[str, threading.Thread] = {}
         self._prefixes: dict[str, str] = {}  # guest -> its volumes' name prefix
+        self._owner: dict[str, str] = {}  # this run's owner record (claim_run)
+        self._run_id = ""
 
     # -- the connection: libvirt's, and an SSH link of our own ---------------------------
     def open(self) -> "Hypervisor":
@@ -108,7 +111,11 @@ class RemoteHost(Host):
         return f"hosts {where}; accel {settings.accel}"
 
     def acceleration(self, requested: str, connect: Callable[[], "Hypervisor"]) -> Accel:
-        return choose_remote_accel(requested, connect().offers_kvm(), self.label)
+        """KVM if the host's libvirt offers it and its QEMU really starts with it (a probe
+        domain, once per session), else TCG saying why (``--kvm-accel kvm``: an error)."""
+        hv = connect()
+        return choose_remote_accel(requested, hv.offers_kvm(), self.label,
+                                   probe=lambda: hv.start_problem(probe_domain_xml()))
 
     def accel_before_connecting(self, requested: str) -> str:
         return requested  # known once connected
@@ -139,6 +146,17 @@ class RemoteHost(Host):
         raise KvmError(f"{what}: user goldens are not supported on remote hosts yet "
                        f"(--kvm-host {self.label})")
 
+    def claim_run(self, run_id: str, owner: Mapping[str, str]) -> None:
+        """The run's owner record as a volume on the host (see :mod:`.volumes`)."""
+        self._owner = dict(owner)
+        self._run_id = run_id
+        self.hv.upload_volume(POOL, owner_volume(run_id), owner_record(owner))
+
+    def release_run(self, run_id: str, *, kept: bool) -> None:
+        self.hv.delete_volume(POOL, owner_volume(run_id))
+        if kept:  # its kept guests' volumes stay until reap --kept --host
+            self.hv.upload_volume(POOL, owner_volume(run_id), owner_record(self._owner, kept=True))
+
     def reap_hint(self) -> str:
         return f"pytest-kvm reap --kept --host URI (the --kvm-host of {self.label})"
 
@@ -156,22 +174,51 @@ class RemoteHost(Host):
         name = f"base-{digest[:24]}{''.join(local.suffixes) or '.img'}"
         with writable(self._lock_dir.parent, "locking an upload"):
             self._lock_dir.mkdir(parents=True, exist_ok=True)
-        # workers of this run (and other runs on this machine) upload a base once
+        # workers of this run (and other runs on this machine) upload a base once; other
+        # machines' controllers may upload it at the same time: see _upload_into_place
         with file_lock(self._lock_dir / f"{name}.lock"):
             path = self.hv.volumes(POOL).get(name)
             if path is not None and self._host_sha256(path) != digest:
-                self.hv.delete_volume(POOL, name)  # an upload that was cut short
+                # only ever linked into place whole: a damaged copy, or an older pytest-kvm's
+                # upload that was cut short
+                self.hv.delete_volume(POOL, name)
                 path = None
             if path is None:
-                path = self.hv.upload_volume(POOL, name, local)
-                got = self._host_sha256(path)
-                if got != digest:
-                    self.hv.delete_volume(POOL, name)
-                    raise ImageError(f"uploading {local} to host {self.label}: the host's copy has "
-                                     f"sha256 {got}, the file {digest}; the upload was deleted")
+                path = self._upload_into_place(local, name, digest)
         with self._bases_lock:
             self._bases[local] = Path(path)
         return Path(path)
+
+    def _upload_into_place(self, local: Path, name: str, digest: str) -> str:
+        """Upload *local* as volume *name*: first under a name of its own
+        (``pytest-kvm-RUN-upload-RANDOM.part``: a run's volume, so ``reap --host`` removes
+        one a dead run left), checked by sha256 on the host, then hard-linked to *name*
+        (``ln``: atomic, and never over an existing file) and the temporary name deleted.
+        So *name* is either missing or complete: a controller on another machine that
+        uploads the same base at the same moment either links first (ours then finds its
+        complete copy) or finds ours; neither sees, hashes or deletes a half-written one,
+        and no lock is left behind by a controller that died. Returns *name*'s host path."""
+        part = f"{owner_volume(self._run_id).removesuffix(OWNER_SUFFIX)}-upload-" \
+               f"{secrets.token_hex(4)}.part"
+        part_path = self.hv.upload_volume(POOL, part, local)
+        final = str(Path(part_path).with_name(name))
+        try:
+            got = self._host_sha256(part_path)
+            if got != digest:
+                raise ImageError(f"uploading {local} to host {self.label}: the host's copy has "
+                                 f"sha256 {got}, the file {digest}; the upload was deleted")
+            try:
+                self.link.run(["ln", "--", part_path, final])
+                linked = None
+            except HypervisorError as exc:  # another controller's copy got there first?
+                linked = exc
+        finally:
+            self.hv.delete_volume(POOL, part)
+        path = self.hv.volumes(POOL).get(name)  # refreshed: libvirt knows the new name
+        if path is None:
+            raise ImageError(f"uploading {local} to host {self.label}: it could not be put in "
+                             f"place as {final}: {linked}") from linked
+        return path
 
     def _host_sha256(self, path: str) -> str:
         return self.link.run(["sha256sum", "--", path]).split(" ", 1)[0]

@@ -11,11 +11,18 @@ the ``ssh`` transport ignores it and uses OpenSSH's own files), else in
 ``~/.ssh/known_hosts`` of the user's passwd home, where OpenSSH looks. Our one
 parameter, ``slots=N`` (a weight, default 1), is taken off before libvirt sees
 the URI. Each pytest-xdist worker is given one host, by weighted round robin.
+
+The user, host name, port and paths end up in an OpenSSH command line, in a
+``ProxyCommand`` of a generated ssh_config and in inventories: they are checked here,
+where they enter (:func:`parse_host`), so that none holds a control character (a ``%0A``
+in a parameter would start a new ssh_config line), starts with ``-`` (an option to
+``ssh``) or holds ``%`` (an OpenSSH token in a ProxyCommand).
 """
 from __future__ import annotations
 
 import os
 import pwd
+import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,9 @@ DEFAULT_SSH_PORT = 22
 # is a --kvm-host (the plugin needs its own SSH link to it)
 LIBVIRT_TRANSPORTS = ("unix", "tcp", "tls", "ext", "ssh", "libssh", "libssh2")
 QEMU_PATHS = ("/system", "/session", "/embed")
+# what a user and a host name may be (a host: a name, an IPv4 or a bracketed IPv6 address)
+USER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+HOST_PATTERN = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9._:-]*")
 URI_FORM = "qemu[+TRANSPORT]://[HOST]/PATH[?PARAMS], e.g. qemu:///system or qemu:///session"
 
 
@@ -76,6 +86,7 @@ def parse_host(text: str) -> HostUri:
         raise HostError(f"--kvm-host {parts.hostname}: put no password in the URI; "
                         f"use an SSH key (keyfile=PATH)")
     params = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    _check_values(parts, params)
     slots_values = [value for name, value in params if name == "slots"]
     try:
         slots = int(slots_values[-1]) if slots_values else 1
@@ -96,6 +107,24 @@ def parse_host(text: str) -> HostUri:
                 hostname=parts.hostname, port=port,
                 key_file=Path(named["keyfile"]) if named.get("keyfile") else None,
                 known_hosts=Path(named.get("known_hosts") or home / ".ssh" / "known_hosts"))
+
+
+def _check_values(parts: urllib.parse.SplitResult, params: list[tuple[str, str]]) -> None:
+    """Raise :class:`HostError` for a value that would change the meaning of the ssh command
+    line, ssh_config or inventory it ends up in (see the module's docstring)."""
+    where = f"--kvm-host {parts.hostname!r}"
+    for what, value, pattern in (("user", parts.username, USER_PATTERN),
+                                 ("host name", parts.hostname, HOST_PATTERN)):
+        if value is not None and not pattern.fullmatch(value):
+            raise HostError(f"{where}: the {what} {value!r} holds characters that cannot reach "
+                            f"ssh safely (letters, digits, '.', '_', '-' only, not first '-')")
+    for name, value in params:
+        if any(ord(c) < 32 or ord(c) == 127 for c in name + value):
+            raise HostError(f"{where}: parameter {name!r} holds a control character (a newline "
+                            f"or NUL, maybe a %0A or %00 in the URI); remove it")
+        if name in ("keyfile", "known_hosts") and (value.startswith("-") or "%" in value):
+            raise HostError(f"{where}: {name}={value!r} cannot be passed to ssh (a path may not "
+                            f"start with '-' or hold '%'); give another path, e.g. an absolute one")
 
 
 def check_uri(text: str) -> str:

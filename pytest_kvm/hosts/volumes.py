@@ -1,9 +1,18 @@
 """The plugin's storage pool on a remote host and the names of its volumes: base images
 (``base-<sha256>``), guests' overlays, seeds and saved states (the guest's name), and
-snapshot goldens' (``snap-<key>-<machine>``, which outlive the run that made them)."""
+snapshot goldens' (``snap-<key>-<machine>``, which outlive the run that made them).
+
+Each run that uses a host keeps its owner record there, a small volume
+``pytest-kvm-<run id>.owner`` (JSON: the machine, boot, process and start time the
+reaper's ``owner_alive`` reads), from before its first guest volume until its end. A
+sweep (``reap --host``, :func:`remove_dead_runs_volumes`) tells a live run's volumes
+(a guest shut down on purpose, whose domain is gone; a golden with snapshots off)
+from a dead one's by that record, never by whether a domain still runs."""
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ..owner import machine_identity
@@ -19,6 +28,20 @@ SEED_SUFFIX = ".seed.img"
 SAVE_SUFFIX = ".save"
 SUFFIXES = (OVERLAY_SUFFIX, SEED_SUFFIX, SAVE_SUFFIX)
 SNAPSHOT_PREFIX = "snap-"  # snapshot goldens' volumes: they outlive the run that made them
+OWNER_SUFFIX = ".owner"  # a run's owner record on the host
+RUN_PREFIX = "pytest-kvm-"  # what a run's guests (NAME_PREFIX + run id + "-N") are named
+RECORD_SIZE = 4096  # an owner record is read up to this many bytes
+
+
+def owner_volume(run_id: str) -> str:
+    """The name of run *run_id*'s owner record on a host."""
+    return f"{RUN_PREFIX}{run_id}{OWNER_SUFFIX}"
+
+
+def owner_record(owner: Mapping[str, str], *, kept: bool = False) -> bytes:
+    """The owner record's content: *owner* (machine, boot, PID, start) and whether the run
+    ended keeping guests (their volumes stay until ``reap --kept --host``)."""
+    return json.dumps({**owner, **({"kept": "1"} if kept else {})}, sort_keys=True).encode()
 
 
 def snapshot_prefix(key: str) -> str:
@@ -49,6 +72,41 @@ def remove_snapshot_volumes(hv: Hypervisor, keep: set[str]) -> list[str]:
     for name in names:
         hv.delete_volume(POOL, name)
     return names
+
+
+def remove_dead_runs_volumes(hv: Hypervisor, alive: Callable[[dict[str, str]], bool], *,
+                             running: set[str] = frozenset(),
+                             include_kept: bool = False) -> list[str]:
+    """Delete the guest volumes of runs that are over: whose owner record says its owner is
+    dead (*alive*: the reaper's test; another machine's run counts as alive) or that have no
+    record (a run killed with its machine before it wrote one, an older pytest-kvm). A run
+    that ended keeping guests keeps its volumes unless *include_kept*; volumes of *running*
+    domains always stay. A dead run's record goes with its volumes."""
+    try:
+        names = list(hv.volumes(POOL))
+    except HypervisorError:
+        return []  # no pool: nothing was ever made there
+    live: list[str] = []  # name prefixes of the runs whose volumes stay
+    records_over: list[str] = []
+    for name in names:
+        if not (name.startswith(RUN_PREFIX) and name.endswith(OWNER_SUFFIX)):
+            continue
+        try:
+            record = json.loads(hv.read_volume(POOL, name, 0, RECORD_SIZE) or b"{}")
+            over = not alive(record) and (include_kept or not record.get("kept"))
+        except (HypervisorError, ValueError, TypeError, AttributeError):
+            over = False  # unreadable: never guessed dead
+        if over:
+            records_over.append(name)
+        else:
+            live.append(name[:-len(OWNER_SUFFIX)] + "-")
+    doomed = [name for name in names
+              if name.startswith(RUN_PREFIX) and not name.endswith(OWNER_SUFFIX)
+              and name.split(".", 1)[0] not in running
+              and not any(name.startswith(prefix) for prefix in live)] + records_over
+    for name in doomed:
+        hv.delete_volume(POOL, name)
+    return doomed
 
 
 def remove_guest_volumes(hv: Hypervisor, prefix: str, keep: set[str] = frozenset()) -> list[str]:

@@ -23,7 +23,7 @@ from ..spec import KEYWORDS, guest_marker
 from .reports import add_properties, add_records, shorten_start_error
 from .state import PluginState
 from .stash import CLOSE_ERRORS_KEY, GUESTS_KEY, OUTCOME_KEY, SIGTERM_KEY, STATE_KEY, \
-    WORKER_CLOSE_ERRORS_KEY, WORKER_COUNTS_KEY, WORKER_USAGE_ERRORS_KEY
+    WORKER_ACCEL_NOTES_KEY, WORKER_CLOSE_ERRORS_KEY, WORKER_COUNTS_KEY, WORKER_USAGE_ERRORS_KEY
 
 MARKER_DOC = (f"guest({KEYWORDS}): configure the guest booted for this test by the `guest` "
               "fixture (pytest-kvm); the keywords of kvm.boot, see its docstring.")
@@ -324,6 +324,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is not None:
         if state.made is not None:  # a worker that made no session has nothing to count
             workeroutput["pytest_kvm"] = state.made.counts()
+            workeroutput["pytest_kvm_accel_note"] = state.made.accel_note
         workeroutput["pytest_kvm_close_errors"] = errors
     if _close_problems(config) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -348,6 +349,9 @@ def pytest_testnodedown(node, error) -> None:
     problems = output.get("pytest_kvm_usage_errors")
     if problems:
         node.config.stash.setdefault(WORKER_USAGE_ERRORS_KEY, []).extend(problems)
+    note = output.get("pytest_kvm_accel_note")
+    if note:
+        node.config.stash.setdefault(WORKER_ACCEL_NOTES_KEY, {})[node.gateway.id] = note
     errors = output.get("pytest_kvm_close_errors")
     if errors:
         node.config.stash.setdefault(WORKER_CLOSE_ERRORS_KEY, {})[node.gateway.id] = list(errors)
@@ -382,6 +386,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     else:  # this process made the session (see above)
         terminalreporter.write_line(f"guests: {_counts_line(session.counts())}"
                                     f"{session.host.where} {how}")
+    notes = config.stash.get(WORKER_ACCEL_NOTES_KEY, {}).values() if workers else \
+        [session.accel_note] if session is not None and session.accel_note else []
+    for note in dict.fromkeys(notes):  # each host once, however many workers it had
+        terminalreporter.write_line(note, yellow=True, bold=True)
     kept = session.kept if session is not None else []  # an xdist controller makes none
     for g in kept:
         terminalreporter.write_line(f"kept {g.name} ({g.os}): {g.access()}")

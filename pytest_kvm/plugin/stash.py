@@ -15,6 +15,7 @@ OUTCOME_KEY = pytest.StashKey[dict[str, bool]]()  # phase ("setup"/"call") -> fa
 WORKER_COUNTS_KEY = pytest.StashKey[dict[str, dict[str, int]]]()  # xdist worker id -> guest counts
 CLOSE_ERRORS_KEY = pytest.StashKey[list[str]]()  # what the session end could not clean up
 WORKER_CLOSE_ERRORS_KEY = pytest.StashKey[dict[str, list[str]]]()  # xdist worker id -> the same
+WORKER_ACCEL_NOTES_KEY = pytest.StashKey[dict[str, str]]()  # xdist worker id -> its TCG fallback
 WORKER_USAGE_ERRORS_KEY = pytest.StashKey[list[str]]()  # bad guest markers xdist workers found
 SIGTERM_KEY = pytest.StashKey[tuple]()  # (SIGTERM handler before the session,)
 

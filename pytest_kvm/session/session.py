@@ -82,7 +82,18 @@ class KvmSession:
     def acceleration(self) -> Accel:
         if self._accel is None:
             self._accel = self.host.acceleration(self.settings.accel, lambda: self.hypervisor)
+            if self.accel_note:
+                self.progress(self.accel_note)
         return self._accel
+
+    @property
+    def accel_note(self) -> str | None:
+        """``on HOST: tcg (kvm advertised but unusable: ...)`` when the host's QEMU could not
+        start with the KVM its libvirt advertises (the progress line and the summary say it)."""
+        if self._accel is None or not self._accel.fallback:
+            return None
+        return f"{self.host.where.strip() or 'on this machine'}: {self._accel.name} " \
+               f"({self._accel.reason})"
 
     @property
     def accel(self) -> str:
@@ -117,6 +128,7 @@ class KvmSession:
         try:
             self._make_run_dir()
             self._watchdog = Watchdog(self.run_dir, self.host.uri, hv.embed_index)
+            self.host.claim_run(self.run_id, self._owner)
         except BaseException:
             self.host.close()
             raise
@@ -317,6 +329,11 @@ class KvmSession:
         self.goldens.forget(needed)
         self.snapshots.release()
         self.images.close()  # its base images' use locks; old digests nobody uses are removed
+        if self._hv is not None:
+            try:
+                self.host.release_run(self.run_id, kept=bool(self.kept))
+            except KvmError as exc:  # reported with the rest; reap --host sweeps it later
+                errors.append(exc)
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from ..errors import HypervisorError
 class Accel:
     name: str  # "kvm" or "tcg"
     reason: str
+    #: TCG although the host advertises KVM (its QEMU could not start with it): said loudly
+    fallback: bool = False
 
     @property
     def virt_type(self) -> str:
@@ -53,13 +57,60 @@ def choose_accel(requested: str = "auto", *, dev: Path = Path("/dev/kvm"),
     return Accel("tcg", problem)
 
 
-def choose_remote_accel(requested: str, host_offers_kvm: bool, host: str) -> Accel:
-    """The choice for a remote host (``--kvm-host``), from what its libvirt offers."""
+def choose_remote_accel(requested: str, host_offers_kvm: bool, host: str,
+                        probe: Callable[[], str | None] = lambda: None) -> Accel:
+    """The choice for a remote host (``--kvm-host``), from what its libvirt offers and, when
+    it offers KVM, whether QEMU there really starts with it (*probe*: see :func:`confirm_kvm`)."""
     if requested == "tcg":
         return Accel("tcg", "requested (--kvm-accel tcg)")
     if host_offers_kvm:
-        return Accel("kvm", f"{host} offers KVM")
+        return confirm_kvm(Accel("kvm", f"{host} offers KVM"), requested, f"host {host}", probe)
     if requested == "kvm":
         raise HypervisorError(f"--kvm-accel kvm was requested but host {host} offers no KVM "
                               f"(libvirt's capabilities list no kvm domain type for x86_64)")
     return Accel("tcg", f"{host} offers no KVM")
+
+
+# what QEMU says when it cannot use KVM it was given (/dev/kvm not openable by its user,
+# the module unloaded, nested virtualisation off): libvirt passes its stderr on
+KVM_INIT_ERRORS = ("could not access kvm kernel module", "failed to initialize kvm",
+                   "kvm is not supported", "/dev/kvm", "kvm_create_vm")
+PROBE_PREFIX = "pytest-kvm-probe-"
+
+
+def kvm_init_error(message: str) -> str | None:
+    """QEMU's line that says why it could not start with KVM, if *message* (libvirt's error
+    on starting a domain) is one of those; else None."""
+    lines = [line.strip() for line in message.replace("\\n", "\n").splitlines() if line.strip()]
+    for line in lines:
+        if any(marker in line.lower() for marker in KVM_INIT_ERRORS):
+            for prefix in ("closed the monitor: ", "qemu-system-x86_64: "):
+                line = line.rsplit(prefix, 1)[-1]
+            return line[:200]
+    return None
+
+
+def confirm_kvm(accel: Accel, requested: str, where: str,
+                probe: Callable[[], str | None]) -> Accel:
+    """*accel* (KVM, as the host advertises it) if QEMU really starts with it, else TCG
+    under ``auto`` or one error under ``kvm``. *probe* starts a tiny paused KVM domain and
+    returns libvirt's error, or None when it started (see :func:`probe_domain_xml`)."""
+    failure = probe()
+    cause = kvm_init_error(failure) if failure else None
+    if cause is None:
+        return accel  # it started, or failed for a reason of its own: guests will say it
+    if requested == "kvm":
+        raise HypervisorError(
+            f"--kvm-accel kvm was requested but on {where} QEMU cannot start with KVM, which "
+            f"its libvirt advertises: {cause}. Give QEMU's user access to /dev/kvm there (group "
+            f"kvm, or /dev/kvm mode 0666), load kvm_intel or kvm_amd, or enable nested "
+            f"virtualisation; or run with --kvm-accel auto (falls back to TCG) or tcg.")
+    return Accel("tcg", f"kvm advertised but unusable: {cause}", fallback=True)
+
+
+def probe_domain_xml(virt_type: str = "kvm") -> str:
+    """The smallest domain QEMU starts with *virt_type* (no disk, no network, 16 MiB),
+    started paused and destroyed at once: whether KVM really works there, for ~1 s."""
+    from .libvirtxml.domain import Domain, Os  # noqa: PLC0415 - only when a probe runs
+    return Domain(virt_type=virt_type, name=PROBE_PREFIX + secrets.token_hex(4), memory=16,
+                  memory_unit="MiB", vcpus=1, os=Os(type="hvm", arch="x86_64")).to_xml()

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import threading
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,6 +143,17 @@ def default_uri() -> str | None:
     return None
 
 
+def runs_qemu_here(uri: str | None) -> bool:
+    """Whether QEMU of *uri* runs on this machine (the embedded driver, a local daemon), so
+    that it must be installed here; a remote host's (``qemu+ssh://host/...``, what the
+    watchdog of a ``--kvm-host`` run opens) runs there."""
+    if uri is None:
+        return True
+    parts = urllib.parse.urlsplit(uri)
+    transport = parts.scheme.partition("+")[2]
+    return not parts.hostname or transport in ("unix", "")
+
+
 LOCAL_UNREACHABLE = ("Start libvirtd (libvirtd -d; virtlogd -d), or drop --kvm-uri to use the "
                      "embedded driver that needs no daemon.")
 
@@ -222,7 +234,7 @@ class Hypervisor:
     @classmethod
     def _open(cls, uri: str | None, embed: _EmbedSlot | None) -> "Hypervisor":
         libvirt = _libvirt()
-        if not shutil.which("qemu-system-x86_64"):
+        if runs_qemu_here(uri) and not shutil.which("qemu-system-x86_64"):
             raise HypervisorError("qemu-system-x86_64 not found: apt install qemu-system-x86")
         if embed is not None:
             uri = f"qemu:///embed?root={embed.root}"
@@ -251,6 +263,23 @@ class Hypervisor:
                  | (libvirt.VIR_DOMAIN_START_PAUSED if paused else 0))
         with translate("starting the guest", self.uri):
             return self._conn.createXML(xml, flags)
+
+    def start_problem(self, xml: str) -> str | None:
+        """Start the transient domain *xml* paused (and autodestroyed) and destroy it at
+        once: None if it started, else libvirt's message (see
+        :func:`~pytest_kvm.vm.accel.confirm_kvm`)."""
+        libvirt = _libvirt()
+        try:
+            dom = self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED
+                                       | libvirt.VIR_DOMAIN_START_AUTODESTROY)
+        except libvirt.libvirtError as exc:
+            if _unreachable(libvirt, exc):
+                with translate("probing KVM", self.uri):
+                    raise
+            return exc.get_error_message() or str(exc)
+        with contextlib.suppress(libvirt.libvirtError):  # gone anyway with our connection
+            dom.destroy()
+        return None
 
     def resume(self, dom) -> None:
         with translate(f"resuming {dom.name()}", self.uri):

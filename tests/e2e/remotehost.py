@@ -105,6 +105,13 @@ dynamic_ownership = 0
 stdio_handler = "file"
 """
 
+# libvirt's default device list without /dev/kvm: QEMU's private /dev (and its cgroup) lack it
+_NO_KVM = """\
+# no /dev/kvm for QEMU (FakeHost(kvm_usable=False)): KVM advertised, unusable
+cgroup_device_acl = ["/dev/null", "/dev/full", "/dev/zero", "/dev/random", "/dev/urandom",
+                     "/dev/ptmx", "/dev/rtc", "/dev/hpet"]
+"""
+
 _SSHD_CONFIG = """\
 # written by tests/e2e/remotehost.py: run as `sshd -i` inside a FakeHost's namespaces
 HostKey {dir}/host_ed25519
@@ -170,8 +177,13 @@ class FakeHost:
     """A libvirt host reachable only over SSH at 127.0.0.1:``ssh_port``; see the module's
     docstring. Use as a context manager (or :meth:`start` / :meth:`close`)."""
 
-    def __init__(self, *, user: str = "root", start_timeout: float = 60.0) -> None:
+    def __init__(self, *, user: str = "root", start_timeout: float = 60.0,
+                 kvm_usable: bool = True) -> None:
+        """*kvm_usable* False: its libvirt advertises KVM (it probes ``/dev/kvm`` itself)
+        but its QEMU cannot open ``/dev/kvm`` (left out of the devices QEMU is given), as
+        on a host whose QEMU user lacks access or whose nested virtualisation is off."""
         self.user = user
+        self.kvm_usable = kvm_usable
         #: the host's own name (its UTS namespace), what ``getHostname()`` answers
         self.hostname = f"fakehost-{secrets.token_hex(4)}"
         self.start_timeout = start_timeout
@@ -318,7 +330,7 @@ class FakeHost:
         shutil.copy(self.dir / "client_ed25519.pub", self.dir / "authorized_keys")
         (self.dir / "sshd_config").write_text(_SSHD_CONFIG.format(dir=self.dir))
         (self.dir / "libvirtd.conf").write_text(_LIBVIRTD_CONF)
-        (self.dir / "qemu.conf").write_text(_QEMU_CONF)
+        (self.dir / "qemu.conf").write_text(_QEMU_CONF + ("" if self.kvm_usable else _NO_KVM))
 
     def _start_namespaces(self) -> None:
         own = _netns(os.getpid())

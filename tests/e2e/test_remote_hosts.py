@@ -11,10 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from pytest_kvm.hosts.volumes import POOL_PATH
+from pytest_kvm.hosts.volumes import POOL_PATH, owner_record, owner_volume
+from pytest_kvm.owner import machine_identity, process_start_time
 from remotehost import FakeHost
 
 pytestmark = pytest.mark.skipif(
@@ -147,13 +149,28 @@ def ssh_transport_uri(fake):
     return f"{fake.uri}&known_hosts={fake.known_hosts}"
 
 
+def path_without_qemu(directory):
+    """A PATH like this one where no qemu-system-* is found: a controller that has no QEMU
+    (every other program of /usr/bin linked into *directory*)."""
+    directory.mkdir()
+    for program in os.listdir("/usr/bin"):
+        if not program.startswith("qemu-system"):
+            os.symlink(f"/usr/bin/{program}", directory / program)
+    path = [str(directory)] + [d for d in os.environ["PATH"].split(os.pathsep)
+                               if d and not Path(d, "qemu-system-x86_64").exists()]
+    assert not shutil.which("qemu-system-x86_64", path=os.pathsep.join(path))
+    return os.pathsep.join(path)
+
+
 @pytest.mark.parametrize("reset", ["boot", "clone"])
 def test_killing_the_controller_leaves_nothing_on_the_host(pytester, host, reset):
     """Through the qemu+ssh transport (OpenSSH): SIGKILL of pytest ends its SSH connection;
     a guest booted cold is destroyed by libvirt (autodestroy), a restored clone (a restore
     has no autodestroy) by the run's watchdog, which deletes the volumes of both; the base
-    images uploaded by the earlier tests are used, not uploaded again."""
+    images uploaded by the earlier tests are used, not uploaded again. The controller has
+    no QEMU of its own (none on its PATH): the watchdog reaps through the host's."""
     bases = sorted(v for v in volumes_on(host) if v.startswith("base-"))
+    env = {**os.environ, "PATH": path_without_qemu(pytester.path / "bin")}
     pytester.makepyfile("""
 import time
 def test_hang(guest):
@@ -164,7 +181,7 @@ def test_hang(guest):
                              "--kvm-accel", "tcg", "--kvm-reset", reset,
                              "--kvm-host", ssh_transport_uri(host)],
                             cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, env=env)
     lines = []
 
     def read():
@@ -225,17 +242,104 @@ def test_a_kept_guest_outlives_the_session_until_reaped(pytester, host):
     assert not any(v.startswith(name) for v in volumes_on(host))
 
 
-def test_reap_host_removes_guest_volumes_without_a_domain(host):
-    """`pytest-kvm reap --host URI`: what a controller that died with its machine left."""
-    host.run("virsh -c qemu:///system pool-list --all | grep -q pytest-kvm || "
-             "virsh -c qemu:///system pool-create-as pytest-kvm dir --target /var/lib/libvirt/pytest-kvm")
-    host.run("virsh -c qemu:///system vol-create-as pytest-kvm pytest-kvm-deadrun-1.qcow2 1M "
-             "--format qcow2")
+def test_reap_host_removes_only_volumes_of_runs_that_are_over(host, tmp_path):
+    """`pytest-kvm reap --host URI`: what a controller that died with its machine left (no
+    owner record) and a dead run's volumes go; a live run's volumes whose domain is gone
+    (a guest shut down on purpose, a golden with snapshots off) stay, by its owner record."""
+    virsh = "virsh -c qemu:///system"
+    host.run(f"{virsh} pool-list --all | grep -q pytest-kvm || "
+             f"{virsh} pool-create-as pytest-kvm dir --target /var/lib/libvirt/pytest-kvm")
+    pid = os.getpid()
+    live = {"owner_pid": str(pid), "owner_start": process_start_time(pid), **machine_identity()}
+    for run, owner in (("liverun", live), ("deadrun2", {**live, "owner_pid": "1",
+                                                        "owner_start": "0"})):
+        record = tmp_path / run
+        record.write_bytes(owner_record(owner))
+        host.run(f"{virsh} vol-create-as pytest-kvm {owner_volume(run)} {record.stat().st_size} "
+                 f"--format raw && {virsh} vol-upload --pool pytest-kvm {owner_volume(run)} {record}")
+    for volume in ("pytest-kvm-deadrun-1.qcow2", "pytest-kvm-deadrun2-1.qcow2",
+                   "pytest-kvm-liverun-1.qcow2", "pytest-kvm-liverun-2.save"):
+        host.run(f"{virsh} vol-create-as pytest-kvm {volume} 1M --format qcow2")
     bases = [v for v in volumes_on(host) if v.startswith("base-")]
     done = subprocess.run([sys.executable, "-m", "pytest_kvm.cli", "reap", "--host", host.libssh_uri],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "removed pytest-kvm-deadrun-1.qcow2" in done.stdout
-    assert "pytest-kvm-deadrun-1.qcow2" not in volumes_on(host)
-    assert [v for v in volumes_on(host) if v.startswith("base-")] == bases
-    assert set(FOREIGN) <= set(volumes_on(host))  # another controller's snapshot stays
+    volumes = volumes_on(host)
+    for gone in ("pytest-kvm-deadrun-1.qcow2", "pytest-kvm-deadrun2-1.qcow2",
+                 owner_volume("deadrun2")):
+        assert f"removed {gone}" in done.stdout and gone not in volumes
+    assert {"pytest-kvm-liverun-1.qcow2", "pytest-kvm-liverun-2.save",
+            owner_volume("liverun")} <= set(volumes), done.stdout
+    assert [v for v in volumes if v.startswith("base-")] == bases
+    assert set(FOREIGN) <= set(volumes)  # another controller's snapshot stays
+    host.run(f"{virsh} pool-refresh pytest-kvm && for v in pytest-kvm-liverun-1.qcow2 "
+             f"pytest-kvm-liverun-2.save {owner_volume('liverun')}; do "
+             f"{virsh} vol-delete --pool pytest-kvm $v; done")
+
+
+def test_kvm_advertised_but_unusable_falls_back_to_tcg_loudly(pytester):
+    """A host whose libvirt advertises KVM but whose QEMU cannot open /dev/kvm: under the
+    default --kvm-accel auto a probe finds out before the first guest (and before a golden's
+    key, which holds the accel), the guest runs under TCG and the progress line and summary
+    say why; --kvm-accel kvm is one error naming the host, the cause and the fix."""
+    with FakeHost(kvm_usable=False) as fake:
+        pytester.makepyfile("def test_auto(guest, kvm):\n"
+                            "    assert guest.run('true').ok and kvm.accel == 'tcg'\n")
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-host",
+                                               fake.libssh_uri, timeout=900)
+        result.assert_outcomes(passed=1)
+        note = (f"on root@127.0.0.1:{fake.ssh_port}: tcg (kvm advertised but unusable: "
+                f"Could not access KVM kernel module: No such file or directory)")
+        out = result.stdout.str()
+        assert out.count(note) == 2, out  # the progress line and the summary
+        assert "(accel tcg, reset clone" in out
+        assert not [name for name in guests_on(fake)]  # the probe domain went too
+        strict = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-accel", "kvm",
+                                               "--kvm-host", fake.libssh_uri, timeout=300)
+        strict.assert_outcomes(errors=1)
+        strict.stdout.fnmatch_lines([f"*--kvm-accel kvm was requested but on host "
+                                     f"root@127.0.0.1:{fake.ssh_port} QEMU cannot start with KVM*"
+                                     f"Could not access KVM kernel module*--kvm-accel auto*"])
+
+
+def test_two_controllers_uploading_one_base_at_once_share_one_whole_copy(host, tmp_path):
+    """Two controllers (their own upload locks, as on two machines) upload the same base to
+    one host at the same moment: each uploads under a temporary name and links it into
+    place, so both end with the one complete copy and no temporary volume is left."""
+    from pytest_kvm.files import sha256_file
+    from pytest_kvm.hosts.remote import RemoteHost
+    from pytest_kvm.hosts.uris import parse_host
+    base = tmp_path / "race.qcow2"
+    base.write_bytes(os.urandom(32 << 20))
+    uri = parse_host(host.libssh_uri)
+    controllers = [RemoteHost(uri, (uri,), tmp_path / f"locks-{n}") for n in range(2)]
+    paths, errors = [], []
+    try:
+        for n, controller in enumerate(controllers):
+            controller.open()
+            controller.claim_run(f"race{n}-1-aa", {"owner_pid": "1", "owner_start": "x"})
+
+        def upload(controller):
+            try:
+                paths.append(controller._base(base))  # what prepare() does for each base file
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=upload, args=(c,)) for c in controllers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not errors and len(paths) == 2 and paths[0] == paths[1], (errors, paths)
+        digest = host.run(["sha256sum", str(paths[0])]).stdout.split()[0]
+        assert digest == sha256_file(base)
+        assert not [v for v in volumes_on(host) if v.endswith(".part")]
+    finally:
+        for n, controller in enumerate(controllers):
+            if controller._hv is not None:
+                controller.release_run(f"race{n}-1-aa", kept=False)
+        if paths:
+            controllers[0].hv.delete_volume("pytest-kvm", paths[0].name)
+        for controller in controllers:
+            controller.close()
+    assert paths[0].name not in volumes_on(host)

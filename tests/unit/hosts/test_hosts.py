@@ -39,6 +39,29 @@ def test_unusable_values_say_why(text, why):
     assert "hunter2" not in str(info.value)
 
 
+@pytest.mark.parametrize("text, why", [
+    ("qemu+ssh://ci@hv1/system?keyfile=/k/id%0AProxyCommand%20touch%20/tmp/x", "control"),
+    ("qemu+ssh://ci@hv1/system?known_hosts=/k/kh%0D", "control"),
+    ("qemu+ssh://ci@hv1/system?no_tty=1%00", "control"),
+    ("qemu+ssh://ci@hv1/system?keyfile=-oProxyCommand=x", "start with '-'"),
+    ("qemu+ssh://ci@hv1/system?known_hosts=/k/%25h", "hold '%'"),
+    ("qemu+ssh://-oProxyCommand=x@hv1/system", "the user"),
+    ("qemu+ssh://ci%0A@hv1/system", "the user"),
+    ("qemu+ssh://ci@-hv1/system", "the host name"),
+    ("qemu+ssh://ci@hv%0A1/system", "the host name"),
+])
+def test_values_that_would_reach_ssh_config_unsafely_are_refused(text, why):
+    """A %0A in a parameter once injected lines into the generated ssh_config's
+    ProxyCommand; a leading '-' would be an option to ssh."""
+    with pytest.raises(HostError, match=why):
+        parse_host(text)
+
+
+def test_ipv6_hosts_and_plain_names_pass_the_check():
+    assert parse_host("qemu+ssh://ci@[::1]:2222/system").hostname == "::1"
+    assert parse_host("qemu+ssh://ci_2.x-y@hv-1.example.org/system").user == "ci_2.x-y"
+
+
 def test_workers_spread_by_weight_smoothly():
     a = parse_host("qemu+ssh://ci@a/system?slots=2")
     b = parse_host("qemu+ssh://ci@b/system")

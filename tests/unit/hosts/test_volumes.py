@@ -6,7 +6,8 @@ from pathlib import Path
 from pytest_kvm.hosts.link import HostLink
 from pytest_kvm.hosts.uris import parse_host
 from pytest_kvm.vm.hypervisor import pool_xml, volume_xml
-from pytest_kvm.hosts.volumes import POOL, remove_guest_volumes
+from pytest_kvm.hosts.volumes import POOL, owner_record, owner_volume, remove_dead_runs_volumes, \
+    remove_guest_volumes
 from pytest_kvm.transport.ssh import SshClient
 
 
@@ -27,8 +28,14 @@ def test_the_pool_is_a_directory():
 
 
 class Volumes:
-    def __init__(self, names):
+    def __init__(self, names, records=None):
         self.names = list(names)
+        self.records = dict(records or {})  # owner record volumes: name -> content
+        self.names += list(self.records)
+
+    def read_volume(self, pool, name, offset, length):
+        assert pool == POOL and offset == 0
+        return self.records[name][:length]
 
     def volumes(self, pool):
         assert pool == POOL
@@ -76,3 +83,43 @@ def test_reap_deletes_this_machines_snapshot_volumes_no_cache_names():
     assert sorted(gone) == sorted(ours_gone + s for s in (".save", ".qcow2", ".seed.img"))
     assert sorted(hv.names) == sorted(["base-abc.qcow2", other + ".save", "pytest-kvm-1-aa-1.qcow2"]
                                       + [ours_kept + s for s in (".save", ".qcow2", ".seed.img")])
+
+
+LIVE = {"owner_pid": "1", "owner_start": "live"}
+DEAD = {"owner_pid": "2", "owner_start": "dead"}
+
+
+def alive(record):
+    return record.get("owner_start") == "live"
+
+
+def test_a_sweep_of_the_host_keeps_a_live_runs_volumes_without_a_domain():
+    """A guest shut down on purpose (its domain gone) and a golden with snapshots off belong
+    to a live run: the owner record on the host says so, not the missing domain."""
+    hv = Volumes(["base-abc.qcow2", "snap-k-0badf00d.qcow2",
+                  "pytest-kvm-1-aa-1.qcow2", "pytest-kvm-1-aa-1.save",  # live run, shut down
+                  "pytest-kvm-2-bb-1.qcow2", "pytest-kvm-2-bb-1.seed.img",  # dead run
+                  "pytest-kvm-3-cc-1.qcow2",  # no record: a run killed with its machine
+                  "pytest-kvm-4-dd-1.qcow2", "pytest-kvm-4-dd-2.qcow2"],  # dead, 2 runs
+                 {owner_volume("1-aa"): owner_record(LIVE), owner_volume("2-bb"): owner_record(DEAD),
+                  owner_volume("4-dd"): owner_record(DEAD)})
+    gone = remove_dead_runs_volumes(hv, alive, running={"pytest-kvm-4-dd-2"})
+    assert sorted(gone) == ["pytest-kvm-2-bb-1.qcow2", "pytest-kvm-2-bb-1.seed.img",
+                            "pytest-kvm-2-bb.owner", "pytest-kvm-3-cc-1.qcow2",
+                            "pytest-kvm-4-dd-1.qcow2", "pytest-kvm-4-dd.owner"]
+    assert sorted(hv.names) == ["base-abc.qcow2", "pytest-kvm-1-aa-1.qcow2", "pytest-kvm-1-aa-1.save",
+                                "pytest-kvm-1-aa.owner", "pytest-kvm-4-dd-2.qcow2",
+                                "snap-k-0badf00d.qcow2"]
+
+
+def test_a_run_that_kept_guests_keeps_its_volumes_until_reap_kept():
+    records = {owner_volume("1-aa"): owner_record(DEAD, kept=True)}
+    hv = Volumes(["pytest-kvm-1-aa-1.qcow2"], records)
+    assert remove_dead_runs_volumes(hv, alive) == []
+    assert sorted(remove_dead_runs_volumes(hv, alive, include_kept=True)) == [
+        "pytest-kvm-1-aa-1.qcow2", "pytest-kvm-1-aa.owner"]
+
+
+def test_an_unreadable_record_is_never_taken_for_a_dead_run():
+    hv = Volumes(["pytest-kvm-1-aa-1.qcow2"], {owner_volume("1-aa"): b"\x00garbage"})
+    assert remove_dead_runs_volumes(hv, alive) == []
