@@ -284,7 +284,9 @@ class SshClient:
             def reader(stream: BinaryIO) -> None:
                 archive.extract(stream, local, exclude=exclude)
         elif as_root or max_bytes is not None:
-            command = f"cat -- {quoted}"
+            # bounded: head reads the file itself (a pipe into head would hide cat's failure)
+            command = (f"head -c {int(max_bytes) + 1} -- {quoted}" if max_bytes is not None
+                       else f"cat -- {quoted}")
 
             def reader(stream: BinaryIO) -> None:
                 with open(local, "wb") as out:
@@ -294,7 +296,8 @@ class SshClient:
             return
         command = as_root(command) if as_root else command
         if max_bytes is not None:
-            command = archive.bounded_command(command, max_bytes)
+            if is_dir:
+                command = archive.bounded_command(command, max_bytes)
             unbounded = reader
 
             def reader(stream: BinaryIO) -> None:
