@@ -84,7 +84,8 @@ def kvm_init_error(message: str) -> str | None:
     lines = [line.strip() for line in message.replace("\\n", "\n").splitlines() if line.strip()]
     for line in lines:
         if any(marker in line.lower() for marker in KVM_INIT_ERRORS):
-            for prefix in ("closed the monitor: ", "qemu-system-x86_64: "):
+            for prefix in ("closed the monitor: ", "connecting to monitor: ",
+                           "qemu-system-x86_64: "):
                 line = line.rsplit(prefix, 1)[-1]
             return line[:200]
     return None

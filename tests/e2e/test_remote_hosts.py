@@ -291,7 +291,7 @@ def test_kvm_advertised_but_unusable_falls_back_to_tcg_loudly(pytester):
         note = (f"on root@127.0.0.1:{fake.ssh_port}: tcg (kvm advertised but unusable: "
                 f"Could not access KVM kernel module: No such file or directory)")
         out = result.stdout.str()
-        assert out.count(note) == 2, out  # the progress line and the summary
+        assert out.count(note) == 2, out  # the progress line and the summary (QEMU's words only)
         assert "(accel tcg, reset clone" in out
         assert not [name for name in guests_on(fake)]  # the probe domain went too
         strict = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-accel", "kvm",

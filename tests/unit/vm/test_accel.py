@@ -81,6 +81,10 @@ def test_kvm_init_errors_are_told_from_others():
     assert kvm_init_error("qemu-system-x86_64: failed to initialize kvm: No such file or "
                           "directory") == "failed to initialize kvm: No such file or directory"
     assert kvm_init_error("Cannot allocate memory") is None
+    # libvirt's words in front, as a start that failed under load says it: QEMU's words only
+    assert kvm_init_error("internal error: process exited while connecting to monitor: "
+                          "Could not access KVM kernel module: No such file or directory") \
+        == "Could not access KVM kernel module: No such file or directory"
 
 
 def test_the_probe_is_a_tiny_kvm_domain_of_its_own_name():
