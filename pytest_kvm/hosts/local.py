@@ -27,6 +27,14 @@ class LocalHost(Host):
     def __init__(self, uri: str | None) -> None:
         super().__init__()
         self._uri = uri
+        self._sysfs: dict[str, Accel] = {}  # --kvm-accel -> what /dev/kvm and sysfs say
+
+    def _choose(self, requested: str) -> Accel:
+        """:func:`choose_accel` once per requested value (configure, the header, the
+        session and the summary all ask)."""
+        if requested not in self._sysfs:
+            self._sysfs[requested] = choose_accel(requested)
+        return self._sysfs[requested]
 
     def open(self) -> "Hypervisor":
         from ..vm.hypervisor import Hypervisor  # noqa: PLC0415 - libvirt only when guests are needed
@@ -39,24 +47,24 @@ class LocalHost(Host):
         return self._uri
 
     def check_setup(self, accel: str) -> None:
-        choose_accel(accel)  # cheap sysfs check: --kvm-accel kvm without KVM fails here
+        self._choose(accel)  # cheap sysfs check: --kvm-accel kvm without KVM fails here
 
     def describe(self, settings: Any) -> str:
         from ..vm.hypervisor import default_uri  # noqa: PLC0415 - no libvirt import in it
         uri = self._uri or default_uri() or "qemu:///embed (embedded driver, no daemon)"
-        return f"accel {choose_accel(settings.accel).describe()}; uri {uri}"
+        return f"accel {self._choose(settings.accel).describe()}; uri {uri}"
 
     def acceleration(self, requested: str, connect: Callable[[], "Hypervisor"]) -> Accel:
         """KVM if ``/dev/kvm`` looks usable and QEMU really starts with it (a probe domain,
         once per session), else TCG saying why (``--kvm-accel kvm``: an error)."""
-        accel = choose_accel(requested)
+        accel = self._choose(requested)
         if accel.name != "kvm":
             return accel
         return confirm_kvm(accel, requested, "this machine",
                            lambda: connect().start_problem(probe_domain_xml()))
 
     def accel_before_connecting(self, requested: str) -> str:
-        return choose_accel(requested).name
+        return self._choose(requested).name
 
     def cpu_model(self) -> str:
         from ..vm.domain import host_cpu  # noqa: PLC0415

@@ -233,7 +233,6 @@ class KvmSession:
     # -- guests -------------------------------------------------------------------------------
     def _guest(self, config: GuestConfig, golden: Golden | None = None) -> Guest:
         from ..guest.facade import Guest  # noqa: PLC0415 - paramiko & co. once a guest is made
-        self.hypervisor  # noqa: B018 - the host is open before a guest uses it
         return Guest(self.host, config, golden=golden, freezer=self.goldens.freeze,
                      networks=self.networks)
 
@@ -258,7 +257,8 @@ class KvmSession:
     def _config(self, os_name: str, request) -> GuestConfig:
         from ..guest.config import GuestConfig  # noqa: PLC0415
         accel = self.acceleration  # first: an unreachable remote host fails before a build
-        self.hypervisor  # noqa: B018 - and so does a local libvirt that cannot be opened
+        self.hypervisor  # noqa: B018 - and so does a local libvirt that cannot be opened (every
+        # guest's config is made here: the host is open before any guest uses it)
         base = self.images.resolve(os_name, request.image)
         fam = family(request.family or base.family)
         memory = request.memory_mib or max(self.settings.memory_mib, base.min_memory_mib or 0)
@@ -272,15 +272,11 @@ class KvmSession:
             command_timeout=self.settings.command_timeout,
             workdir=self.run_dir / name, login_key_file=key_file, login_key=self._login_key,
             user_data=request.user_data, family=fam, seed_format=request.seed, unique=request.unique,
-            tpm=request.tpm, machine_type=self.host_machine(fam.machine),
+            tpm=request.tpm, machine_type=self.host.canonical_machine(fam.machine),
             shares=request.share, artifacts=request.artifacts,
             networks=request.networks, network_name=request.name,
             network_mode=self.settings.network,
             metadata={**self._owner, "created": str(int(time.time()))})
-
-    def host_machine(self, alias: str) -> str:
-        self.hypervisor  # noqa: B018 - opened (and the run set up) on first use
-        return self.host.canonical_machine(alias)
 
     def _next_name(self) -> str:
         self._counter += 1
