@@ -7,6 +7,7 @@ does not reset it), Python then installs no KeyboardInterrupt handler, and a tes
 SIGINT would do nothing."""
 import subprocess
 import sys
+import time
 
 # Runs first in the child's process (same PID): sets SIGINT to the disposition named in
 # argv[1] and SIGTERM to its default, then becomes ``python argv[2:]``.
@@ -57,3 +58,15 @@ def output_within(proc: subprocess.Popen, timeout: float) -> str:
     except subprocess.TimeoutExpired:
         raise AssertionError(f"the child pytest still ran after {timeout:g} s:\n"
                              f"{ended_output(proc)}") from None
+
+
+def wait_for(proc: subprocess.Popen, ready, timeout: float, failure: str,
+             interval: float = 0.5) -> None:
+    """Poll ``ready()`` until it is true while child *proc* runs; if the child ends first or
+    *timeout* seconds pass, it is ended (see :func:`ended_output`) and the test fails with
+    *failure* and what the child printed."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{failure}:\n{ended_output(proc)}")
+        time.sleep(interval)

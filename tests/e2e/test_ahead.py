@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from procs import ended_output, output_within, qemu_processes, start_pytest
+from procs import output_within, qemu_processes, start_pytest, wait_for
 
 
 def test_two_clones_at_once_have_their_own_identity(guest_factory, kvm):
@@ -44,12 +44,8 @@ def child(pytester, hang):
 
 def wait_for_ahead_clone(proc, name_file, prefix):
     """Until the second test runs and the clone made ahead for a third is up beside it."""
-    deadline = time.monotonic() + 900
-    while not (name_file.exists() and len(qemu_processes(prefix, prefix=True)) >= 2):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"no clone was made ahead:\n{ended_output(proc)}")
-        time.sleep(0.5)
+    wait_for(proc, lambda: name_file.exists() and len(qemu_processes(prefix, prefix=True)) >= 2,
+             900, "no clone was made ahead")
 
 
 def test_clones_made_ahead_are_gone_after_the_session(pytester, kvm):

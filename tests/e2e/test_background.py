@@ -4,11 +4,9 @@ interrupt a child pytest still interrupt it, the run says that Ctrl-C cannot rea
 SIGTERM still ends it cleanly."""
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
-from procs import qemu_processes, start_pytest
+from procs import output_within, qemu_processes, start_pytest, wait_for
 
 NOTE = "pytest-kvm: SIGINT is ignored (started in the background)"
 
@@ -43,22 +41,13 @@ def test_ctrl_c_reaches_a_child_pytest(tmp_path):
 """
 
 
-def finish(proc, timeout: float) -> str:
-    """The child's output once it ended; killed (and its output shown) after *timeout*."""
-    try:
-        return proc.communicate(timeout=timeout)[0]
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError(f"still running after {timeout:.0f} s:\n{proc.communicate()[0]}") from None
-
-
 def test_a_run_started_in_the_background_passes(pytester):
     pytester.makepyfile(CHILD)
     here = str(Path(__file__).parent)  # for procs
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     proc = start_pytest("-p", "no:cacheprovider", str(pytester.path), cwd=pytester.path,
                         env={**os.environ, "PYTHONPATH": path}, background=True)
-    out = finish(proc, 900)
+    out = output_within(proc, 900)
     assert proc.returncode == 0, out
     assert "2 passed" in out
     assert out.count(NOTE) == 1
@@ -80,16 +69,12 @@ def test_sigterm_ends_a_run_started_in_the_background(pytester, kvm):
     name_file = pytester.path / "name"
     proc = start_pytest("-p", "no:cacheprovider", str(pytester.path), cwd=pytester.path,
                         env={**os.environ, "GUEST_NAME_FILE": str(name_file)}, background=True)
-    deadline = time.monotonic() + 900
-    while not name_file.exists() or not name_file.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"the child pytest did not bring a guest up:\n{proc.communicate()[0]}")
-        time.sleep(0.5)
+    wait_for(proc, lambda: name_file.exists() and name_file.read_text(), 900,
+             "the child pytest did not bring a guest up")
     name = name_file.read_text()
     assert len(qemu_processes(name)) == 1
     proc.send_signal(signal.SIGTERM)
-    out = finish(proc, 120)
+    out = output_within(proc, 120)
     assert proc.returncode == 2, out
     assert NOTE in out and "SIGTERM" in out
     assert qemu_processes(name) == []

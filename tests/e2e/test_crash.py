@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from procs import ended_output, output_within, qemu_processes, start_pytest
+from procs import ended_output, output_within, qemu_processes, start_pytest, wait_for
 
 CHILD = """
 import os, time
@@ -23,12 +23,8 @@ def start_child_with_guest(pytester):
     env = {**os.environ, "GUEST_NAME_FILE": str(name_file)}
     proc = start_pytest("-p", "no:cacheprovider", "--kvm-reset", "boot", str(pytester.path),
                         env=env, cwd=pytester.path)
-    deadline = time.monotonic() + 900
-    while not name_file.exists() or not name_file.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"the child pytest did not bring a guest up:\n{ended_output(proc)}")
-        time.sleep(1)
+    wait_for(proc, lambda: name_file.exists() and name_file.read_text(), 900,
+             "the child pytest did not bring a guest up", interval=1)
     name = name_file.read_text()
     assert len(qemu_processes(name)) == 1
     return proc, name

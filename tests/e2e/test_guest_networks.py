@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from procs import ended_output, output_within, qemu_processes, start_pytest
+from procs import output_within, qemu_processes, start_pytest, wait_for
 
 SERVE = ("mkdir -p /tmp/www && echo hello-from-server > /tmp/www/index.html && "
          "{ setsid python3 -m http.server --directory /tmp/www --bind :: 8000 "
@@ -107,12 +107,7 @@ def networked_child(pytester, hang: bool):
 
 
 def wait_until_ready(proc, ready):
-    deadline = time.monotonic() + 900
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"the child never got its network up:\n{ended_output(proc)}")
-        time.sleep(0.5)
+    wait_for(proc, ready.exists, 900, "the child never got its network up")
     assert hub_processes(f"{proc.pid}-"), "no switch process while the network is in use"
 
 
