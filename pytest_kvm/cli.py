@@ -5,6 +5,7 @@ Exit status: 0 done, 1 failed or not found (the reason on stderr), 2 a usage err
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import pwd
@@ -24,8 +25,9 @@ from .vm.hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state
 from .images.store import ImageStore
 from .progress import Progress
 from .transport.integrations import IntegrationError, kept_hosts, write_host_inventory
-from .hosts.volumes import remove_dead_runs_volumes, remove_snapshot_volumes
+from .hosts.volumes import controller_tag, remove_dead_runs_volumes, remove_snapshot_volumes
 from .cleanup.reaper import owner_alive, reap_domains, reap_run_dirs
+from .owner import cache_id
 from .session.snapshots import SUMMARY_FIELDS, SnapshotStore, age
 
 #: tables fit a terminal this wide
@@ -184,13 +186,16 @@ def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
         _error(str(exc))
         return 2
     hv = Hypervisor.open_remote(host)
+    ours = cache_id(cache)  # a run recorded with another cache is another controller's
     try:
-        removed = reap_domains(hv, include_kept=include_kept)
-        removed += remove_dead_runs_volumes(hv, owner_alive, running=set(hv.our_domains()),
+        removed = reap_domains(hv, include_kept=include_kept, cache=ours)
+        removed += remove_dead_runs_volumes(hv, functools.partial(owner_alive, cache=ours),
+                                            running=set(hv.our_domains()),
                                             include_kept=include_kept)
         snapshots = SnapshotStore(cache).root
         removed += remove_snapshot_volumes(hv, keep={
-            p.name for p in snapshots.iterdir() if p.is_dir()} if snapshots.is_dir() else set())
+            p.name for p in snapshots.iterdir() if p.is_dir()} if snapshots.is_dir() else set(),
+            tag=controller_tag(cache))
     finally:
         hv.close()
     for item in removed:

@@ -28,11 +28,12 @@ YOUNG_SECONDS = 600.0
 def owner_alive(meta: dict[str, str], *, cache: str = "") -> bool:
     """Whether the run that made a domain or a run directory may still run: False only when
     that is proven. Proof: the same kernel boot and PID namespace as ours, and its PID gone
-    or reused; or an earlier boot of this machine (same machine-id); or a record made
-    against another cache than *cache* (this cache's id) on another machine (the cache was
-    copied here). A run in another PID namespace (a container sharing the cache) or on
-    another machine counts as alive: its domains go with its libvirt connection (they start
-    with autodestroy), its directory with its session."""
+    or reused; or an earlier boot of this machine (same machine-id, and the same cache
+    *cache* where both are known: two clones of one VM image share a machine-id, not a
+    cache); or a record made against another cache than *cache* (this cache's id) on
+    another machine (the cache was copied here). A run in another PID namespace (a
+    container sharing the cache) or on another machine counts as alive: its domains go with
+    its libvirt connection (they start with autodestroy), its directory with its session."""
     here = machine_identity()
     if "owner_machine_id" not in meta:  # a record of an older pytest-kvm: host name and boot
         if meta.get("owner_machine", here["owner_machine"]) != here["owner_machine"]:
@@ -42,7 +43,9 @@ def owner_alive(meta: dict[str, str], *, cache: str = "") -> bool:
         return _process_alive(meta)
     if meta.get("owner_boot") != here["owner_boot"]:  # another kernel: which machine?
         if meta["owner_machine_id"] and meta["owner_machine_id"] == here["owner_machine_id"]:
-            return False  # this machine, rebooted since
+            # this machine, rebooted since, unless another cache made it: a machine cloned
+            # from the same image (one machine-id) whose controller shares a host with us
+            return bool(cache and meta.get("cache_id") and meta["cache_id"] != cache)
         return not (cache and meta.get("cache_id") and meta["cache_id"] != cache)
     if meta.get("owner_pidns") != here["owner_pidns"]:
         return True  # its PIDs are not ours to look up
@@ -66,15 +69,16 @@ def _warn_stderr(name: str, exc: KvmError) -> None:
     print(f"pytest-kvm: could not destroy {name}, its files are kept: {exc}", file=sys.stderr)
 
 
-def reap_domains(hv: Hypervisor, *, include_kept: bool = False,
+def reap_domains(hv: Hypervisor, *, include_kept: bool = False, cache: str = "",
                  failed: Callable[[str, KvmError], None] = _warn_stderr) -> list[str]:
     """Destroy our domains whose owner is dead (and kept ones if asked); remove their files.
     A domain that could not be destroyed keeps its files (its QEMU may still use them) and
     is passed to *failed* with the error (default: a line on stderr); the others are still
-    reaped. Returns the names of the domains removed."""
+    reaped. *cache*: this controller's cache id (see :func:`owner_alive`). Returns the
+    names of the domains removed."""
     removed = []
     for name, meta in hv.our_domains().items():
-        if owner_alive(meta):
+        if owner_alive(meta, cache=cache):
             continue
         if is_kept(meta, name) and not include_kept:
             continue

@@ -15,7 +15,7 @@ def host_for(settings: "Settings", worker_id: str = "") -> "Host":
     if settings.hosts:
         from .remote import RemoteHost  # noqa: PLC0415 - paramiko only for remote hosts
         host = host_for_worker(settings.hosts, worker_index(worker_id))
-        return RemoteHost(host, settings.hosts, settings.cache_dir / "hosts" / host.key,
+        return RemoteHost(host, settings.hosts, settings.cache_dir,
                           autodestroy=settings.keep == "none")
     from .local import LocalHost  # noqa: PLC0415
     return LocalHost(settings.uri)

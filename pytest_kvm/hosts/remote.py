@@ -37,7 +37,7 @@ from ..workdir import HEAD_FILE
 from .base import GuestFiles, Host
 from .uris import HostUri
 from .volumes import OVERLAY_SUFFIX, POOL, POOL_PATH, SAVE_SUFFIX, SEED_SUFFIX, SUFFIXES, \
-    OWNER_SUFFIX, owner_record, owner_volume, snapshot_prefix
+    OWNER_SUFFIX, controller_tag, owner_record, owner_volume, snapshot_prefix
 
 if TYPE_CHECKING:
     from ..guest.golden import Golden, HostFiles
@@ -51,10 +51,11 @@ if TYPE_CHECKING:
 class RemoteHost(Host):
     """Guests on a remote libvirt host reached over SSH (``--kvm-host``)."""
 
-    def __init__(self, host: HostUri, all_hosts: tuple[HostUri, ...], lock_dir: Path, *,
+    def __init__(self, host: HostUri, all_hosts: tuple[HostUri, ...], cache_dir: Path, *,
                  autodestroy: bool = True) -> None:
         """*host*: the one this session uses (of *all_hosts*, the header names them all);
-        *lock_dir*: this machine's upload locks for it; *autodestroy*: cold-booted domains
+        *cache_dir*: this controller's cache (its upload locks for the host, and its id in
+        snapshot volumes' names); *autodestroy*: cold-booted domains
         end with our connection (off when guests may be kept past the session:
         ``--kvm-keep``; the watchdog still ends a crashed run's)."""
         super().__init__()
@@ -64,7 +65,8 @@ class RemoteHost(Host):
         self.link: HostLink | None = None
         self._autodestroy = autodestroy
         self.label = host.label
-        self._lock_dir = lock_dir
+        self._lock_dir = cache_dir / "hosts" / host.key
+        self._cache_dir = cache_dir
         self._bases: dict[Path, Path] = {}  # local file -> its verified volume on the host
         self._bases_lock = threading.Lock()
         self._consoles: dict[str, threading.Thread] = {}
@@ -127,7 +129,7 @@ class RemoteHost(Host):
         return {"host": self.host.key}  # a golden lives on its host (HostFiles)
 
     def snapshot_volume_prefix(self, key: str) -> str | None:
-        return snapshot_prefix(key)  # they outlive this run
+        return snapshot_prefix(key, controller_tag(self._cache_dir))  # they outlive this run
 
     def refuse_unsupported(self, request, config) -> None:
         """What a guest on a remote host cannot have yet, refused by name."""

@@ -1,6 +1,9 @@
 """The plugin's storage pool on a remote host and the names of its volumes: base images
-(``base-<sha256>``), guests' overlays, seeds and saved states (the guest's name), and
-snapshot goldens' (``snap-<key>-<machine>``, which outlive the run that made them).
+(``base-<sha256>``), guests' overlays, seeds and saved states (the guest's name, which holds
+its run's id: see :class:`~pytest_kvm.session.session.KvmSession`), and snapshot goldens'
+(``snap-<key>-<controller>``, which outlive the run that made them; the controller is this
+machine's machine-id and the random id of its cache, so two controllers never share a name,
+whatever their host names).
 
 Each run that uses a host keeps its owner record there, a small volume
 ``pytest-kvm-<run id>.owner`` (JSON: the machine, boot, process and start time the
@@ -13,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..owner import machine_identity
 from ..errors import HypervisorError
+from ..owner import cache_id, machine_identity
 
 if TYPE_CHECKING:
     from ..vm.hypervisor import Hypervisor
@@ -44,21 +48,28 @@ def owner_record(owner: Mapping[str, str], *, kept: bool = False) -> bytes:
     return json.dumps({**owner, **({"kept": "1"} if kept else {})}, sort_keys=True).encode()
 
 
-def snapshot_prefix(key: str) -> str:
-    """The volumes' name prefix of snapshot *key* made by this machine: two controllers
-    sharing a host never use (or remove) each other's."""
-    return f"{SNAPSHOT_PREFIX}{key}-{_machine_tag()}"
+def controller_tag(cache_dir: Path) -> str:
+    """Which controller made a snapshot volume: this machine (its machine-id, else its host
+    name) and its cache *cache_dir* (the cache's random id, made if missing). Two machines
+    with one host name, two clones of one VM image (one machine-id) or two caches on one
+    machine get different tags."""
+    here = machine_identity()
+    who = f"{here['owner_machine_id'] or here['owner_machine']}:{cache_id(cache_dir, create=True)}"
+    return hashlib.sha256(who.encode()).hexdigest()[:8]
 
 
-def _machine_tag() -> str:
-    return hashlib.sha256(machine_identity()["owner_machine"].encode()).hexdigest()[:8]
+def snapshot_prefix(key: str, tag: str) -> str:
+    """The volumes' name prefix of snapshot *key* made by the controller *tag*
+    (:func:`controller_tag`): two controllers sharing a host never use (or remove) each
+    other's."""
+    return f"{SNAPSHOT_PREFIX}{key}-{tag}"
 
 
-def remove_snapshot_volumes(hv: Hypervisor, keep: set[str]) -> list[str]:
-    """Delete this machine's snapshot volumes on *hv*'s host whose key is not in *keep* (the
-    snapshots in this machine's cache): what ``snapshot rm``, pruning or a lost cache left
-    there. Other machines' snapshots stay."""
-    tag = f"-{_machine_tag()}"
+def remove_snapshot_volumes(hv: Hypervisor, keep: set[str], tag: str) -> list[str]:
+    """Delete controller *tag*'s snapshot volumes on *hv*'s host whose key is not in *keep*
+    (the snapshots in its cache): what ``snapshot rm``, pruning or a lost cache left there.
+    Other controllers' snapshots stay."""
+    tag = f"-{tag}"
     try:
         volumes = hv.volumes(POOL)
     except HypervisorError:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cleanup.reaper import make_run_dir
-from ..owner import machine_identity, process_start_time
+from ..owner import cache_id, machine_identity, process_start_time
 from ..workdir import KEPT_MARKER
 from ..config import Settings
 from ..errors import KvmError
@@ -58,7 +58,11 @@ class KvmSession:
         #: where this session (or xdist worker) runs its guests: this machine or a remote host
         self.host = host_for(settings, worker_id)
         tag = f"{worker_id}-" if worker_id and worker_id != "master" else ""
-        self.run_id = f"{tag}{os.getpid()}-{secrets.token_hex(2)}"
+        #: names this run's guests, files and volumes: its worker, PID, and the first hex
+        #: digits of its cache's random id and of a random number (two controllers sharing
+        #: a host never make the same names, whatever their host names and PIDs)
+        self.cache_id = cache_id(settings.cache_dir, create=True)
+        self.run_id = f"{tag}{os.getpid()}-{self.cache_id[:4]}{secrets.token_hex(3)}"
         self.run_dir = settings.cache_dir / "runs" / self.run_id
         self._login_key: KeyPair | None = None
         self._counter = 0
@@ -75,7 +79,8 @@ class KvmSession:
         self.networks = Networks(self.run_dir)  # guests' private networks (networks=)
         pid = os.getpid()
         self._owner = {"owner_pid": str(pid), "owner_start": process_start_time(pid),
-                       **machine_identity(), "run_id": self.run_id, "run_dir": str(self.run_dir)}
+                       **machine_identity(), "cache_id": self.cache_id, "run_id": self.run_id,
+                       "run_dir": str(self.run_dir)}
 
     # -- lazily opened pieces ---------------------------------------------------------
     @property
@@ -133,7 +138,7 @@ class KvmSession:
             self.host.close()
             raise
         self._hv = hv
-        leftovers = reap_domains(hv, failed=lambda name, exc: self.progress(
+        leftovers = reap_domains(hv, cache=self.cache_id, failed=lambda name, exc: self.progress(
             f"could not destroy {name}, a leftover of a dead run (its files are kept): {exc}"))
         leftovers += [p.name for p in reap_run_dirs(self.settings.cache_dir / "runs")]
         if leftovers:

@@ -162,6 +162,18 @@ def test_a_run_the_reaper_cannot_prove_dead_stays(tmp_path):
     assert other_ns.is_dir() and other_machine.is_dir()
 
 
+def test_a_clone_of_this_machine_with_another_cache_is_never_judged_dead():
+    """Two VMs cloned from one image share a machine-id (not a boot, not a cache): a run
+    recorded by the other one, sharing a remote host with us, stays alive to our reaper;
+    our own run from before a reboot (same cache) is over."""
+    from pytest_kvm.owner import machine_identity
+    here = machine_identity()
+    record = {**here, "owner_boot": "another-boot", "owner_pid": "1", "owner_start": "1"}
+    assert reaper.owner_alive({**record, "cache_id": "theirs"}, cache="ours")
+    assert not reaper.owner_alive({**record, "cache_id": "ours"}, cache="ours")
+    assert not reaper.owner_alive(record, cache="ours")  # no cache recorded: an older run here
+
+
 def test_a_run_dir_records_its_namespace_machine_and_cache(tmp_path):
     from pytest_kvm.owner import machine_identity
     run_dir = make_run_dir(tmp_path / "runs" / "r")

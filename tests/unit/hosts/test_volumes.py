@@ -69,17 +69,18 @@ def test_ssh_command_goes_through_the_host_with_its_key_and_pinned_host_key(tmp_
                    SshClient(41022, "pytest", Path("/k"), Path("/kh")).ssh_command())
 
 
-def test_reap_deletes_this_machines_snapshot_volumes_no_cache_names():
-    """Snapshot volumes carry the machine that made them: `reap --host` deletes this
-    machine's whose snapshot is gone from its cache, never another machine's or a base."""
-    from pytest_kvm.hosts.volumes import remove_snapshot_volumes, snapshot_prefix
+def test_reap_deletes_this_machines_snapshot_volumes_no_cache_names(tmp_path):
+    """Snapshot volumes carry the controller that made them: `reap --host` deletes this
+    controller's whose snapshot is gone from its cache, never another's or a base."""
+    from pytest_kvm.hosts.volumes import controller_tag, remove_snapshot_volumes, snapshot_prefix
 
-    ours_kept, ours_gone = snapshot_prefix("aaaa1111"), snapshot_prefix("bbbb2222")
-    assert ours_kept.startswith("snap-aaaa1111-") and ours_kept != snapshot_prefix("bbbb2222")
-    other = "snap-bbbb2222-00000000"  # the same key, made by another machine
+    tag = controller_tag(tmp_path)
+    ours_kept, ours_gone = snapshot_prefix("aaaa1111", tag), snapshot_prefix("bbbb2222", tag)
+    assert ours_kept.startswith("snap-aaaa1111-") and ours_kept != ours_gone
+    other = "snap-bbbb2222-00000000"  # the same key, made by another controller
     hv = Volumes(["base-abc.qcow2", other + ".save", "pytest-kvm-1-aa-1.qcow2"]
                  + [p + s for p in (ours_kept, ours_gone) for s in (".save", ".qcow2", ".seed.img")])
-    gone = remove_snapshot_volumes(hv, keep={"aaaa1111"})
+    gone = remove_snapshot_volumes(hv, keep={"aaaa1111"}, tag=tag)
     assert sorted(gone) == sorted(ours_gone + s for s in (".save", ".qcow2", ".seed.img"))
     assert sorted(hv.names) == sorted(["base-abc.qcow2", other + ".save", "pytest-kvm-1-aa-1.qcow2"]
                                       + [ours_kept + s for s in (".save", ".qcow2", ".seed.img")])
@@ -123,3 +124,15 @@ def test_a_run_that_kept_guests_keeps_its_volumes_until_reap_kept():
 def test_an_unreadable_record_is_never_taken_for_a_dead_run():
     hv = Volumes(["pytest-kvm-1-aa-1.qcow2"], {owner_volume("1-aa"): b"\x00garbage"})
     assert remove_dead_runs_volumes(hv, alive) == []
+
+
+def test_two_caches_on_one_machine_are_two_controllers(tmp_path):
+    """The controller tag is this machine's and its cache's: stable for one cache, another
+    for a second cache (or a machine with the same host name), so neither removes the
+    other's snapshot volumes."""
+    from pytest_kvm.hosts.volumes import controller_tag
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert controller_tag(first) == controller_tag(first)
+    assert controller_tag(first) != controller_tag(second)
+    assert (first / "cache-id").read_text().strip()  # made once, kept in the cache
