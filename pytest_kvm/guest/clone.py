@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
 import shutil
 import time
 from dataclasses import replace
@@ -13,11 +12,10 @@ from pathlib import Path
 
 from ..errors import HypervisorError, KvmError
 from ..files import writable
-from ..images.qemu_img import flatten_onto
+from ..hosts.base import GuestFiles
 from ..vm.domain import NVRAM_FILE, CloneIdentity, retarget
-from ..vm.saveimage import SaveImage
 from ..waiting import Timeline
-from ..workdir import CONSOLE_FILE, DISK_FILE, SAVE_FILE, SEED_FILE
+from ..workdir import CONSOLE_FILE
 from .golden import Golden
 from .machine import Machine
 from .ready import log_in_again
@@ -65,6 +63,8 @@ def _restore(m: Machine, golden: Golden) -> None:
                              seed=golden.seed, metadata=dict(cfg.metadata),
                              network_mode=cfg.network_mode)
     m.mac = identity.mac
+    # what freeze() reads: the clone's disk, and its golden's seed (the clone has none)
+    m.files = GuestFiles(disk=disk, seed=golden.seed, kernel=None, initrd=None, console="")
     m.timeline.add("prepare", time.monotonic() - t0)
     t0 = time.monotonic()
     # the same domain booted cold again after a shutdown (its disk: this clone's overlay)
@@ -137,10 +137,11 @@ def save_as_golden(m: Machine, key: str) -> Golden:
     return golden
 
 
-def freeze_into(m: Machine, key: str, directory: Path) -> Golden:
-    """Save *m*'s guest as a golden in *directory*, independent of the guest's own files (a
-    clone's disk is flattened onto the base image: it no longer needs its golden). The
-    caller removes the guest afterwards."""
+def freeze_into(m: Machine, key: str, directory: Path, volume_prefix: str | None = None) -> Golden:
+    """Save *m*'s guest as a golden in *directory* (on a remote host its big files are
+    volumes named *volume_prefix*: see :meth:`Host.freeze`), independent of the guest's own
+    files (a clone's disk is flattened onto the base image: it no longer needs its golden).
+    The caller removes the guest afterwards."""
     t0 = time.monotonic()
     m.check_running("freeze")
     cfg = m.config
@@ -151,30 +152,23 @@ def freeze_into(m: Machine, key: str, directory: Path) -> Golden:
         raise KvmError(f"cannot freeze guest {m.name}: it is on networks (their NICs are "
                        f"plugged into its QEMU only); give the clones networks= instead")
     m.close_handle()
-    m.host.save(m.name, directory / SAVE_FILE)
+    parent = m.golden
+    image, host_files = m.host.freeze(m.name, m.files, cfg.image, parent, directory, volume_prefix)
     m.dom = None
     m.host.remove_qemu_log(m.name)
-    disk = directory / DISK_FILE
-    parent = m.golden
-    overlay, seed = cfg.workdir / DISK_FILE, cfg.workdir / SEED_FILE
     console = b""
     if parent is not None:
-        flatten_onto(overlay, cfg.image.disk, cfg.image.format, disk)
-        shutil.copyfile(parent.seed, directory / SEED_FILE)
         with contextlib.suppress(OSError):
             console = parent.console_log.read_bytes()
-    else:
-        os.replace(overlay, disk)
-        disk.chmod(0o400)
-        os.replace(seed, directory / SEED_FILE)
     with contextlib.suppress(OSError):
         console += m.console.read_bytes()
     (directory / CONSOLE_FILE).write_bytes(console)
     nvram = cfg.workdir / NVRAM_FILE
     if nvram.exists():
         shutil.copyfile(nvram, directory / NVRAM_FILE)
-    golden = Golden(key=key, directory=directory, image=SaveImage.read(directory / SAVE_FILE),
+    golden = Golden(key=key, directory=directory, image=image,
                     login_key=parent.login_key if parent else cfg.login_key,
-                    host_public=m.host_public, hostname=m.hostname, credentials=m.credentials)
+                    host_public=m.host_public, hostname=m.hostname, credentials=m.credentials,
+                    host_files=host_files)
     m.timeline.add("freeze", time.monotonic() - t0)
     return golden

@@ -401,11 +401,12 @@ class Guest:
             key = _caller_source(inspect.currentframe().f_back)
         return self._freezer(self, key)
 
-    def freeze_into(self, key: str, directory: Path) -> "Golden":
-        """Save this guest as a golden in *directory*, independent of the guest's own files
-        (a clone's disk is flattened onto the base image: it no longer needs its golden),
-        then remove the guest. Used by :meth:`freeze`."""
-        golden = clone.freeze_into(self._m, key, directory)
+    def freeze_into(self, key: str, directory: Path, volume_prefix: str | None = None) -> "Golden":
+        """Save this guest as a golden in *directory* (on a remote host its big files are
+        volumes named *volume_prefix*), independent of the guest's own files (a clone's disk
+        is flattened onto the base image: it no longer needs its golden), then remove the
+        guest. Used by :meth:`freeze`."""
+        golden = clone.freeze_into(self._m, key, directory, volume_prefix)
         self.destroy()
         return golden
 

@@ -100,9 +100,6 @@ class Host(ABC):
     def refuse_unsupported(self, request: Any, config: Any) -> None:
         """Raise :class:`~pytest_kvm.spec.SpecError` naming what this host cannot give a guest."""
 
-    def check_user_goldens(self, what: str) -> None:
-        """Raise if this host cannot keep user goldens (``freeze``, ``kvm.golden``)."""
-
     def claim_run(self, run_id: str, owner: Mapping[str, str]) -> None:
         """Record on the host that run *run_id* of *owner* (machine, boot, PID) uses it, before
         it makes anything there (what a sweep of the host tells live runs by)."""
@@ -128,6 +125,15 @@ class Host(ABC):
     def save_golden(self, name: str, files: GuestFiles,
                     workdir: Path) -> "tuple[SaveImage, HostFiles | None]":
         """Save the running guest *name* as a golden and freeze its disk."""
+
+    @abstractmethod
+    def freeze(self, name: str, files: GuestFiles, image: "BaseImage", parent: "Golden | None",
+               directory: Path, volume_prefix: str | None) -> "tuple[SaveImage, HostFiles | None]":
+        """Save the running guest *name* as a user golden (``freeze``, ``kvm.golden``) whose
+        files do not depend on the guest's: its disk flattened onto *image* (a clone's no
+        longer needs its golden *parent*), its seed its own or *parent*'s. Small files go to
+        *directory*; a host that keeps the big ones names them *volume_prefix* (a snapshot's,
+        which outlives the run; None: the run's own, removed at its end)."""
 
     @abstractmethod
     def clone_disk(self, name: str, golden: "Golden", workdir: Path) -> Path:

@@ -2,12 +2,14 @@
 acceleration read from ``/dev/kvm`` and sysfs before anything is opened."""
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..workdir import DISK_FILE, SAVE_FILE, SEED_FILE
-from ..images.qemu_img import create_overlay
+from ..images.qemu_img import create_overlay, flatten_onto
 from ..vm.accel import Accel, choose_accel, confirm_kvm, probe_domain_xml
 from .base import GuestFiles, Host
 
@@ -87,6 +89,22 @@ class LocalHost(Host):
         self.hv.save(name, save_file)
         files.disk.chmod(0o400)  # frozen: clones only read it, through their own overlays
         return SaveImage.read(save_file), None
+
+    def freeze(self, name: str, files: GuestFiles, image: "BaseImage", parent: "Golden | None",
+               directory: Path, volume_prefix: str | None) -> "tuple[SaveImage, None]":
+        """Everything in *directory*: the saved state, the disk (a clone's flattened onto the
+        base image; a cold-booted guest's overlay moved), the seed."""
+        from ..vm.saveimage import SaveImage  # noqa: PLC0415
+        self.hv.save(name, directory / SAVE_FILE)
+        disk = directory / DISK_FILE
+        if parent is not None:
+            flatten_onto(files.disk, image.disk, image.format, disk)
+            shutil.copyfile(parent.seed, directory / SEED_FILE)
+        else:
+            os.replace(files.disk, disk)
+            disk.chmod(0o400)
+            os.replace(files.seed, directory / SEED_FILE)
+        return SaveImage.read(directory / SAVE_FILE), None
 
     def clone_disk(self, name: str, golden: "Golden", workdir: Path) -> Path:
         """A clone's overlay over its golden's frozen disk."""

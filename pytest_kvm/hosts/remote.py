@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import HypervisorError, ImageError, KvmError
+from ..errors import HypervisorError, ImageError
 from ..files import file_lock, sha256_file, writable
 from ..spec import SpecError
 from ..vm.accel import Accel, choose_remote_accel, probe_domain_xml
@@ -73,6 +73,7 @@ class RemoteHost(Host):
         self._prefixes: dict[str, str] = {}  # guest -> its volumes' name prefix
         self._owner: dict[str, str] = {}  # this run's owner record (claim_run)
         self._run_id = ""
+        self._frozen: list[str] = []  # volume prefixes of this run's user goldens (snapshots off)
 
     # -- the connection: libvirt's, and an SSH link of our own ---------------------------
     def open(self) -> "Hypervisor":
@@ -136,17 +137,12 @@ class RemoteHost(Host):
         missing = [what for what, asked in (
             ("share= (virtiofs runs beside QEMU, on the host)", request.share),
             ("networks= (the switch runs on this machine)", request.networks),
-            ("golden= (user goldens are saved images on this machine)", request.golden),
             (f"family {config.family.name} (WinRM and UEFI guests)",
              config.family.transport != "ssh" or config.family.firmware != "bios"),
         ) if asked]
         if missing:
             raise SpecError(f"on remote host {self.label}: not supported yet: "
                             f"{'; '.join(missing)}; run such tests without --kvm-host")
-
-    def check_user_goldens(self, what: str) -> None:
-        raise KvmError(f"{what}: user goldens are not supported on remote hosts yet "
-                       f"(--kvm-host {self.label})")
 
     def claim_run(self, run_id: str, owner: Mapping[str, str]) -> None:
         """The run's owner record as a volume on the host (see :mod:`.volumes`)."""
@@ -155,6 +151,11 @@ class RemoteHost(Host):
         self.hv.upload_volume(POOL, owner_volume(run_id), owner_record(owner))
 
     def release_run(self, run_id: str, *, kept: bool) -> None:
+        """The run's record goes, and its user goldens' volumes unless it keeps guests (a
+        kept clone reads its golden's disk)."""
+        if not kept:
+            for prefix in self._frozen:
+                self._remove_volumes(prefix)
         self.hv.delete_volume(POOL, owner_volume(run_id))
         if kept:  # its kept guests' volumes stay until reap --kept --host
             self.hv.upload_volume(POOL, owner_volume(run_id), owner_record(self._owner, kept=True))
@@ -262,6 +263,32 @@ class RemoteHost(Host):
         prefix = self._prefixes.get(name, name)
         save_path = str(Path(files.disk).parent / (prefix + SAVE_SUFFIX))
         self.hv.save(name, save_path)
+        return self._golden_files(prefix, save_path, files.disk, files.seed, workdir)
+
+    def freeze(self, name: str, files: GuestFiles, image: BaseImage, parent: Golden | None,
+               directory: Path, volume_prefix: str | None) -> tuple[SaveImage, HostFiles]:
+        """A user golden saved on the host, as the plugin's are: its saved state, its disk
+        flattened onto the host's copy of the base image (``qemu-img convert -B`` on the
+        host) and a copy of its seed, as volumes named *volume_prefix* (a snapshot's), else
+        ``<guest name>-frozen`` (the run's: removed at its end, by its watchdog, or by
+        ``reap --host`` once the run is over)."""
+        prefix = volume_prefix or f"{name}-frozen"
+        self._remove_volumes(prefix)  # a snapshot's name: a killed earlier run may have left them
+        if volume_prefix is None:
+            self._frozen.append(prefix)
+        pool_dir = Path(files.disk).parent
+        save_path, disk = str(pool_dir / (prefix + SAVE_SUFFIX)), str(pool_dir / (prefix + OVERLAY_SUFFIX))
+        self.hv.save(name, save_path)
+        base = self._base(image.disk, dict(image.files_sha256).get(image.disk.name))
+        self.link.run(["qemu-img", "convert", "-O", "qcow2", "-B", str(base), "-F", image.format,
+                       "--", str(files.disk), disk])
+        own_seed = (parent.host_files.prefix if parent else self._prefixes.get(name, name)) + SEED_SUFFIX
+        seed = self.hv.copy_volume(POOL, own_seed, prefix + SEED_SUFFIX)
+        return self._golden_files(prefix, save_path, disk, seed, directory)
+
+    def _golden_files(self, prefix: str, save_path: str, disk: Path | str, seed: Path | str,
+                      directory: Path) -> tuple[SaveImage, HostFiles]:
+        """A golden's volumes *prefix*.*; the save image's head read back into *directory*."""
         save_name = prefix + SAVE_SUFFIX
         first = self.hv.read_volume(POOL, save_name, 0, HEADER.size)
         size = self.hv.volume_capacity(POOL, save_name)
@@ -269,9 +296,9 @@ class RemoteHost(Host):
                                            SaveImage.data_length(first, save_path, size))
         from ..guest.golden import HostFiles  # noqa: PLC0415
         image = SaveImage.parse(head, save_path, size)
-        (workdir / HEAD_FILE).write_bytes(head)
+        (directory / HEAD_FILE).write_bytes(head)
         return image, HostFiles(host=self.host.key, prefix=prefix, save=save_path,
-                                disk=str(files.disk), seed=str(files.seed),
+                                disk=str(disk), seed=str(seed),
                                 capacity=self.hv.volume_capacity(POOL, prefix + OVERLAY_SUFFIX))
 
     def clone_disk(self, name: str, golden: Golden, workdir: Path) -> Path:

@@ -184,7 +184,6 @@ class Goldens:
 
     def made_by(self, key: str, prepare: Callable[["Guest"], Any], request: "GuestRequest") -> Golden:
         """``kvm.golden(key, prepare, ...)``: see :meth:`KvmSession.golden`."""
-        self.host.check_user_goldens("kvm.golden()")
         parent = self.for_config(self._config(request.os or self.settings.default_os, request))
         user_key = _user_key(parent.key, key)
         if user_key in self._goldens:
@@ -201,7 +200,6 @@ class Goldens:
     def freeze(self, guest: "Guest", key: str) -> Golden:
         """``guest.freeze(key)``: the guest becomes a golden (or, if this parent and key were
         frozen before and kept as a snapshot, that one is used and the guest removed)."""
-        self.host.check_user_goldens("guest.freeze()")
         if guest.golden is not None:
             parent_key, parent_fields = guest.golden.key, guest.golden.fields
         else:
@@ -227,7 +225,9 @@ class Goldens:
 
     def _save_user_golden(self, guest: "Guest", user_key: str, directory: Path,
                           parent_fields: Mapping[str, Any], key: str) -> Golden:
-        golden = guest.freeze_into(user_key, directory)
+        snapshot = self.settings.snapshots == "on"  # its volumes on a host outlive the run
+        golden = guest.freeze_into(user_key, directory, self.host.snapshot_volume_prefix(
+            directory.name) if snapshot else None)
         golden.write_meta({**parent_fields, "user_key": key}, time.time())
         self.progress(f"user golden {user_key} saved ({key})")
         return golden

@@ -117,6 +117,60 @@ def test_a_guest_on_a_remote_host(pytester, host):
     assert volumes_on(host) == volumes  # nothing made, nothing removed
 
 
+USER_GOLDENS = """
+import pytest
+
+@pytest.fixture(scope="session")
+def made(kvm):  # kvm.golden: the setup runs once, then the snapshot on the host is reused
+    return kvm.golden(KEY, lambda g: g.run("echo made | sudo tee /opt/made", check=True)
+                      and open(COUNTER, "a").write("ran\\n"))
+
+@pytest.fixture(scope="session")
+def frozen(kvm, made):  # guest.freeze() of a clone of a user golden: its disk flattened
+    with kvm.boot(golden=made) as g:
+        g.run("echo frozen | sudo tee /opt/frozen", check=True)
+        return g.freeze(key=KEY + "-frozen")
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_clones(guest_factory, made, frozen, n):
+    a, b = guest_factory(golden=made), guest_factory(golden=frozen)
+    assert a.run("cat /opt/made").stdout == "made\\n"
+    assert b.run("cat /opt/made /opt/frozen").stdout == "made\\nfrozen\\n"
+    a.run("sudo touch /opt/only-a", check=True)
+    assert b.run("test -e /opt/only-a").failed  # two guests, each its own disk
+"""
+
+
+@pytest.mark.parametrize("snapshots", ["on", "off"])
+def test_user_goldens_on_a_remote_host(pytester, host, tmp_path, snapshots):
+    """kvm.golden() and guest.freeze() on --kvm-host: saved on the host like the plugin's
+    goldens, cloned there; with snapshots on a second session reuses them without running
+    the setup; with snapshots off nothing of them is left on the host after the run."""
+    counter, key = tmp_path / "counter", f"remote-{snapshots}-{time.time_ns()}"
+    pytester.makepyfile(USER_GOLDENS.replace("KEY", repr(key)).replace("COUNTER", repr(str(counter))))
+    before = set(volumes_on(host))
+
+    def session():
+        result = pytester.runpytest_subprocess(
+            "--kvm-accel", "tcg", "-p", "no:cacheprovider", "--kvm-host", host.libssh_uri,
+            "--kvm-snapshots", snapshots, timeout=1200)
+        result.assert_outcomes(passed=2)
+        return result.stdout.str()
+
+    session()
+    assert counter.read_text() == "ran\n"
+    made = sorted(set(volumes_on(host)) - before)
+    if snapshots == "off":  # the run's own volumes (its goldens' too) went with it
+        assert all(name.startswith("base-") for name in made), made
+        return
+    # two user goldens (saved state, flattened disk, seed each) kept on the host as snapshots
+    assert len([name for name in made if name.startswith("snap-")]) >= 6, made
+    second = session()
+    assert counter.read_text() == "ran\n"  # the setup did not run again
+    assert "0 cold boots" in second and ", 0 created" in second, second
+    assert set(volumes_on(host)) - before == set(made)  # nothing made, nothing removed
+
+
 def test_two_workers_on_two_hosts(pytester, host):
     """-n 2 with two hosts: each worker boots its guest on its own host."""
     pytest.importorskip("xdist")
