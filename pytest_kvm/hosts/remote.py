@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from ..errors import HypervisorError, ImageError
 from ..files import file_lock, sha256_file, writable
 from ..spec import SpecError
-from ..vm.accel import Accel, choose_remote_accel, probe_domain_xml
+from ..vm.accel import KVM_MODULES, Accel, choose_remote_accel, probe_domain_xml
 from ..vm.saveimage import HEADER, SaveImage
 from ..workdir import HEAD_FILE
 from .base import GuestFiles, Host
@@ -118,7 +118,13 @@ class RemoteHost(Host):
         domain, once per session), else TCG saying why (``--kvm-accel kvm``: an error)."""
         hv = connect()
         return choose_remote_accel(requested, hv.offers_kvm(), self.label,
-                                   probe=lambda: hv.start_problem(probe_domain_xml()))
+                                   probe=lambda: hv.start_problem(probe_domain_xml()),
+                                   modules=self._kvm_modules)
+
+    def _kvm_modules(self) -> set[str]:
+        """The KVM modules loaded on the host (``/sys/module``, read over the link)."""
+        listing = self.link.run(["ls", "-1", "/sys/module"], timeout=60)
+        return set(listing.split()) & set(KVM_MODULES)
 
     def accel_before_connecting(self, requested: str) -> str:
         return requested  # known once connected

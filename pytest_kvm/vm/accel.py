@@ -33,8 +33,17 @@ def _kvm_problem(dev: Path, sys_module: Path) -> str | None:
         return "/dev/kvm missing"
     if not os.access(dev, os.R_OK | os.W_OK):
         return "/dev/kvm not accessible (add your user to group 'kvm')"
-    vendors = [m for m in ("kvm_intel", "kvm_amd") if (sys_module / m).exists()]
-    if not vendors and (sys_module / "kvm_pvm").exists():
+    return module_problem(m for m in KVM_MODULES if (sys_module / m).exists())
+
+
+KVM_MODULES = ("kvm_intel", "kvm_amd", "kvm_pvm")
+
+
+def module_problem(loaded) -> str | None:
+    """Why the KVM that the loaded modules *loaded* (names of :data:`KVM_MODULES`) give
+    cannot run guests, or None."""
+    loaded = set(loaded)
+    if "kvm_pvm" in loaded and not loaded & {"kvm_intel", "kvm_amd"}:
         # kvm_pvm is a software nested hypervisor: real guests fail or crawl on it.
         return "kvm unusable (PVM)"
     return None
@@ -58,13 +67,25 @@ def choose_accel(requested: str = "auto", *, dev: Path = Path("/dev/kvm"),
 
 
 def choose_remote_accel(requested: str, host_offers_kvm: bool, host: str,
-                        probe: Callable[[], str | None] = lambda: None) -> Accel:
+                        probe: Callable[[], str | None] = lambda: None,
+                        modules: Callable[[], set[str]] = set) -> Accel:
     """The choice for a remote host (``--kvm-host``), from what its libvirt offers and, when
-    it offers KVM, whether QEMU there really starts with it (*probe*: see :func:`confirm_kvm`)."""
+    it offers KVM, the host's KVM modules (*modules*: those of :data:`KVM_MODULES` loaded
+    there; PVM alone cannot run guests, though QEMU starts on it) and whether QEMU there
+    really starts with it (*probe*: see :func:`confirm_kvm`)."""
     if requested == "tcg":
         return Accel("tcg", "requested (--kvm-accel tcg)")
     if host_offers_kvm:
-        return confirm_kvm(Accel("kvm", f"{host} offers KVM"), requested, f"host {host}", probe)
+        accel = confirm_kvm(Accel("kvm", f"{host} offers KVM"), requested, f"host {host}", probe)
+        problem = module_problem(modules()) if accel.name == "kvm" else None
+        if problem is None:
+            return accel
+        if requested == "kvm":
+            raise HypervisorError(
+                f"--kvm-accel kvm was requested but host {host} cannot run KVM guests: "
+                f"{problem} (its only KVM module is kvm_pvm, a software nested hypervisor); "
+                f"load kvm_intel or kvm_amd there, or run with --kvm-accel auto or tcg.")
+        return Accel("tcg", f"kvm advertised but unusable: {problem}", fallback=True)
     if requested == "kvm":
         raise HypervisorError(f"--kvm-accel kvm was requested but host {host} offers no KVM "
                               f"(libvirt's capabilities list no kvm domain type for x86_64)")

@@ -102,3 +102,16 @@ def test_this_machine_is_probed_the_same_way():
     assert accel.fallback and accel.name == "tcg"
     with pytest.raises(HypervisorError, match="on this machine QEMU cannot start with KVM"):
         confirm_kvm(Accel("kvm", "/dev/kvm usable"), "kvm", "this machine", lambda: NO_KVM)
+
+
+def test_a_host_whose_only_kvm_is_pvm_runs_tcg_under_auto_and_refuses_kvm():
+    """QEMU starts on kvm_pvm (the probe passes) but real guests fail on it: the host's
+    modules decide first."""
+    pvm = lambda: {"kvm_pvm"}  # noqa: E731
+    accel = choose_remote_accel("auto", True, "ci@hv1", probe=lambda: None, modules=pvm)
+    assert (accel.name, accel.fallback) == ("tcg", True)
+    assert accel.reason == "kvm advertised but unusable: kvm unusable (PVM)"
+    with pytest.raises(HypervisorError, match="host ci@hv1 cannot run KVM guests.*kvm_intel"):
+        choose_remote_accel("kvm", True, "ci@hv1", probe=lambda: None, modules=pvm)
+    both = lambda: {"kvm_pvm", "kvm_intel"}  # noqa: E731
+    assert choose_remote_accel("auto", True, "ci@hv1", probe=lambda: None, modules=both).name == "kvm"
