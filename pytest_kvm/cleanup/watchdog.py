@@ -111,6 +111,9 @@ def _reap(args) -> bool:
                 from ..hosts.volumes import POOL, owner_volume, remove_guest_volumes  # noqa: PLC0415
                 print(f"watchdog: removed volumes {remove_guest_volumes(hv, prefix)}",
                       file=sys.stderr)
+                from ..hosts.shares import remove_run_shares  # noqa: PLC0415
+                print(f"watchdog: removed share copies {remove_run_shares(args.uri, prefix)}",
+                      file=sys.stderr)
                 hv.delete_volume(POOL, owner_volume(Path(args.run_dir).name))  # its record
         except KvmError as exc:
             print(f"watchdog: reaping through libvirt failed: {exc}", file=sys.stderr)
