@@ -26,6 +26,7 @@ owner records on the host tell a live run's copies from a dead one's, as for vol
 """
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import os
 import shutil
@@ -104,15 +105,19 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+def _unchanged(source: Path, target: Path) -> bool:
+    """Whether regular file *target* already is *source*: size, mtime (tar keeps seconds)
+    and mode, then the bytes (a same-size write within the same second)."""
+    a, b = source.lstat(), target.lstat()
     return (stat.S_ISREG(a.st_mode) and stat.S_ISREG(b.st_mode) and a.st_size == b.st_size
-            and int(a.st_mtime) == int(b.st_mtime) and stat.S_IMODE(a.st_mode) == stat.S_IMODE(b.st_mode))
+            and int(a.st_mtime) == int(b.st_mtime)
+            and stat.S_IMODE(a.st_mode) == stat.S_IMODE(b.st_mode)
+            and filecmp.cmp(source, target, shallow=False))
 
 
 def apply_copy(copy: Path, dest: Path, before: set[str]) -> set[str]:
     """Make *dest* mirror *copy* (a tree that came back from the host, consumed): what is in
-    *copy* is moved into *dest* (a file whose size, mtime and mode are unchanged is left as
-    it is; a file where a directory was, or the reverse, replaces it), and of *before* (the
+    *copy* is moved into *dest* (an unchanged file is left as it is; a file where a directory was, or the reverse, replaces it), and of *before* (the
     paths sent, or found at the last sync) those no longer in *copy* are deleted from
     *dest*. Paths in *dest* that are in neither stay. Returns the paths of *copy*."""
     now = tree_paths(copy)
@@ -129,7 +134,7 @@ def apply_copy(copy: Path, dest: Path, before: set[str]) -> set[str]:
             dirs.append(rel)
             continue
         if os.path.lexists(target):
-            if not target.is_symlink() and _same_file(source.lstat(), target.lstat()):
+            if _unchanged(source, target):
                 continue
             _remove(target)
         shutil.move(source, target)  # a rename if on the same file system

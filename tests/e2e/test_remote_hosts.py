@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_kvm.hosts.shares import SHARES_PATH
 from pytest_kvm.hosts.volumes import POOL_PATH, owner_record, owner_volume
 from pytest_kvm.owner import machine_identity, process_start_time
 from remotehost import FakeHost
@@ -343,3 +344,53 @@ def test_two_controllers_uploading_one_base_at_once_share_one_whole_copy(host, t
         for controller in controllers:
             controller.close()
     assert paths[0].name not in volumes_on(host)
+
+
+SHARES_CHILD = """
+import pathlib
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+
+@pytest.mark.guest(share={"/mnt/ro": str(HERE / "ro"),
+                          "/mnt/rw": {"path": str(HERE / "rw"), "writable": True}})
+def test_shares(guest):
+    assert guest.run("cat /mnt/ro/hello.txt", check=True).stdout == "read only\\n"
+    assert guest.run("cat /mnt/rw/sub/old.txt", check=True).stdout == "old\\n"
+    assert not guest.run("touch /mnt/ro/new").ok
+    # read-only on the host too (the launcher's bind mount): guest root cannot remount it
+    assert not guest.run("mount -o remount,rw /mnt/ro && touch /mnt/ro/new", sudo=True).ok
+    guest.run("echo from the guest > /mnt/rw/new.txt && rm /mnt/rw/gone.txt && "
+              "mkdir /mnt/rw/made && echo deep > /mnt/rw/made/f", check=True)
+    guest.sync_shares()  # now, not only at the end
+    assert (HERE / "rw" / "new.txt").read_text() == "from the guest\\n"
+    assert (HERE / "rw" / "made" / "f").read_text() == "deep\\n"
+    assert not (HERE / "rw" / "gone.txt").exists()
+    guest.run("echo at the end > /mnt/rw/last.txt && rm -r /mnt/rw/made", check=True)
+    print("GUEST", guest.name)
+"""
+
+
+def test_shares_on_a_remote_host(pytester, host):
+    """share= on a remote host: each share is copied to the host and exported there by
+    virtiofs; a read-only share stays read-only (even for guest root); what the guest wrote
+    to a writable one comes back (guest.sync_shares(), and when the test ends), owned by the
+    user running pytest, with the files the guest deleted deleted; no copy is left there."""
+    (pytester.path / "ro").mkdir()
+    (pytester.path / "ro" / "hello.txt").write_text("read only\n")
+    rw = pytester.path / "rw"
+    (rw / "sub").mkdir(parents=True)
+    (rw / "sub" / "old.txt").write_text("old\n")
+    (rw / "gone.txt").write_text("the guest deletes this\n")
+    pytester.makepyfile(SHARES_CHILD)
+    result = pytester.runpytest_subprocess("--kvm-accel", "tcg", "-s", "-p", "no:cacheprovider",
+                                           "--kvm-host", host.libssh_uri, timeout=900)
+    result.assert_outcomes(passed=1)
+    assert (rw / "last.txt").read_text() == "at the end\n"  # came back as the test ended
+    assert not (rw / "made").exists() and not (rw / "gone.txt").exists()
+    assert sorted(p.name for p in rw.iterdir()) == ["last.txt", "new.txt", "sub"]
+    assert all(p.stat().st_uid == os.getuid() for p in rw.rglob("*"))
+    assert sorted(os.listdir(pytester.path / "ro")) == ["hello.txt"]
+    assert not [p for p in pytester.path.iterdir() if p.name.startswith(".pytest-kvm-share-")]
+    left = os.listdir(host.path(SHARES_PATH))
+    assert all(name.startswith(".virtiofsd-") for name in left), left  # the launcher's code
