@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pytest_kvm.choices import ACCEL_CHOICES
 from pytest_kvm.config import Settings
 from pytest_kvm.hosts.uris import parse_host
 from pytest_kvm.session.session import KvmSession
@@ -68,6 +69,7 @@ def main() -> int:
     parser.add_argument("--megabytes", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--kvm-host", metavar="URI", help="run the guest on this remote host")
+    parser.add_argument("--kvm-accel", default="auto", choices=ACCEL_CHOICES)
     args = parser.parse_args()
     remote = args.kvm_host is not None
     for tool in () if remote else ("scp", "rsync"):
@@ -81,7 +83,7 @@ def main() -> int:
         writable = Path(tmp) / "writable"
         shutil.copytree(tree, writable)
         hosts = (parse_host(args.kvm_host),) if remote else ()
-        session = KvmSession(Settings(os_names=(args.os,), hosts=hosts),
+        session = KvmSession(Settings(os_names=(args.os,), hosts=hosts, accel=args.kvm_accel),
                              progress=lambda m: print(m, file=sys.stderr))
         try:
             guest = session.boot(share={"/mnt/tree": tree,

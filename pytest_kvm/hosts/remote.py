@@ -314,7 +314,8 @@ class RemoteHost(Host):
         return self._shares.export(name, index, share, guest_ids)
 
     def sync_shares(self, name: str, *, last: bool = False) -> None:
-        self._shares.sync(name, last=last)
+        if self._shares is not None:  # else never opened: no share was copied
+            self._shares.sync(name, last=last)
 
     def remove(self, name: str) -> None:
         """Its writable shares' copies back here, then its volumes and copies removed."""

@@ -82,6 +82,12 @@ def volumes_on(fake):
     return sorted(os.listdir(pool)) if pool.is_dir() else []
 
 
+def share_copies_on(fake):
+    """What is in the host's directory of share copies."""
+    directory = fake.path(SHARES_PATH)
+    return sorted(os.listdir(directory)) if directory.is_dir() else []
+
+
 def run_child(pytester, *args, timeout=900):
     pytester.makepyfile(CHILD)
     return pytester.runpytest_subprocess("--kvm-accel", "tcg", "-s", "-p", "no:cacheprovider",
@@ -167,13 +173,18 @@ def path_without_qemu(directory):
 def test_killing_the_controller_leaves_nothing_on_the_host(pytester, host, reset):
     """Through the qemu+ssh transport (OpenSSH): SIGKILL of pytest ends its SSH connection;
     a guest booted cold is destroyed by libvirt (autodestroy), a restored clone (a restore
-    has no autodestroy) by the run's watchdog, which deletes the volumes of both; the base
-    images uploaded by the earlier tests are used, not uploaded again. The controller has
-    no QEMU of its own (none on its PATH): the watchdog reaps through the host's."""
+    has no autodestroy) by the run's watchdog, which deletes the volumes of both and the
+    copy of the guest's share; the base images uploaded by the earlier tests are used, not
+    uploaded again. The controller has no QEMU of its own (none on its PATH): the watchdog
+    reaps through the host's."""
     bases = sorted(v for v in volumes_on(host) if v.startswith("base-"))
     env = {**os.environ, "PATH": path_without_qemu(pytester.path / "bin")}
+    (pytester.path / "shared").mkdir()
     pytester.makepyfile("""
 import time
+import pytest
+
+@pytest.mark.guest(share={"/mnt/shared": "shared"})
 def test_hang(guest):
     print("READY", guest.name, flush=True)
     time.sleep(600)
@@ -211,6 +222,7 @@ def test_hang(guest):
         time.sleep(0.5)
     assert name not in guests_on(host)  # autodestroy (our connection closed) or the watchdog
     assert not any(v.startswith(name) for v in volumes_on(host))  # the watchdog's reap
+    assert not any(c.startswith(name) for c in share_copies_on(host))
 
 
 def test_a_kept_guest_outlives_the_session_until_reaped(pytester, host):
@@ -261,6 +273,12 @@ def test_reap_host_removes_only_volumes_of_runs_that_are_over(host, tmp_path):
     for volume in ("pytest-kvm-deadrun-1.qcow2", "pytest-kvm-deadrun2-1.qcow2",
                    "pytest-kvm-liverun-1.qcow2", "pytest-kvm-liverun-2.save"):
         host.run(f"{virsh} vol-create-as pytest-kvm {volume} 1M --format qcow2")
+    copies = ("pytest-kvm-deadrun-1-0", "pytest-kvm-deadrun-1-0.virtiofsd",
+              "pytest-kvm-liverun-1-0", "pytest-kvm-liverun-2-1.virtiofsd")
+    host.run(["mkdir", "-p", f"{SHARES_PATH}/pytest-kvm-deadrun-1-0/sub",
+              f"{SHARES_PATH}/pytest-kvm-liverun-1-0"])
+    host.run(["touch", f"{SHARES_PATH}/pytest-kvm-deadrun-1-0.virtiofsd",
+              f"{SHARES_PATH}/pytest-kvm-liverun-2-1.virtiofsd"])
     bases = [v for v in volumes_on(host) if v.startswith("base-")]
     done = subprocess.run([sys.executable, "-m", "pytest_kvm.cli", "reap", "--host", host.libssh_uri],
                           capture_output=True, text=True, timeout=120)
@@ -273,6 +291,11 @@ def test_reap_host_removes_only_volumes_of_runs_that_are_over(host, tmp_path):
             owner_volume("liverun")} <= set(volumes), done.stdout
     assert [v for v in volumes if v.startswith("base-")] == bases
     assert set(FOREIGN) <= set(volumes)  # another controller's snapshot stays
+    # share copies (share=) the same way: the dead run's go, the live run's stay
+    left = share_copies_on(host)
+    assert not set(copies[:2]) & set(left) and set(copies[2:]) <= set(left), left
+    assert "removed pytest-kvm-deadrun-1-0" in done.stdout
+    host.run(["rm", "-rf", *[f"{SHARES_PATH}/{c}" for c in copies[2:]]])
     host.run(f"{virsh} pool-refresh pytest-kvm && for v in pytest-kvm-liverun-1.qcow2 "
              f"pytest-kvm-liverun-2.save {owner_volume('liverun')}; do "
              f"{virsh} vol-delete --pool pytest-kvm $v; done")
@@ -392,5 +415,5 @@ def test_shares_on_a_remote_host(pytester, host):
     assert all(p.stat().st_uid == os.getuid() for p in rw.rglob("*"))
     assert sorted(os.listdir(pytester.path / "ro")) == ["hello.txt"]
     assert not [p for p in pytester.path.iterdir() if p.name.startswith(".pytest-kvm-share-")]
-    left = os.listdir(host.path(SHARES_PATH))
-    assert all(name.startswith(".virtiofsd-") for name in left), left  # the launcher's code
+    left = share_copies_on(host)
+    assert left and all(name.startswith(".virtiofsd-") for name in left), left  # launcher code
