@@ -3,7 +3,8 @@
 libvirt's remote protocol carries the API calls; this connection carries what
 libvirt has no API for: tunnels to the guests' forwarded ports (which listen on
 the host's 127.0.0.1 only), short commands on the host (hashing an uploaded
-image) and tar streams to and from a command there (shares' copies, see :mod:`.shares`). It logs in like libvirt's ``qemu+ssh`` transport does, with the URI's
+image) and tar streams to and from a command there (the copies of shares, see
+:mod:`.shares`). It logs in like libvirt's ``qemu+ssh`` transport does, with the URI's
 user, port, ``keyfile`` and ``known_hosts``, and trusts only a host key already
 in that known_hosts file. paramiko's errors become ours here.
 """
@@ -173,4 +174,3 @@ class HostLink:
         if self._client is not None:
             self._client.close()
             self._client = None
-
