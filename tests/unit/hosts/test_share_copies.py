@@ -3,10 +3,17 @@ came back is applied to the directory here, the launcher as it runs there."""
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
+
+import pytest
+
+from pytest_kvm.hosts.remote import RemoteHost
 
 from pytest_kvm.hosts.shares import LAUNCHER_SUFFIX, apply_copy, copy_name, doomed_entries, \
     guest_of, tree_paths
+from pytest_kvm.hosts.uris import parse_host
 from pytest_kvm.hosts.volumes import live_run_prefixes, owner_record, owner_volume
+from pytest_kvm.spec import SpecError
 from pytest_kvm.vm import virtiofsd
 from pytest_kvm.vm.virtiofsd import launcher_argv
 
@@ -102,3 +109,14 @@ def test_the_launcher_code_says_which_virtiofsd_the_host_declares():
     missing = subprocess.run([sys.executable, "-I", virtiofsd.__file__, "--source", "/x"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "--uid and --gid are required" in missing.stderr
+
+
+def test_a_remote_host_takes_shares(tmp_path):
+    uri = parse_host("qemu+ssh://ci@hv1/system")
+    host = RemoteHost(uri, (uri,), tmp_path)
+    config = SimpleNamespace(family=SimpleNamespace(name="debian", transport="ssh", firmware="bios"))
+    request = SimpleNamespace(share=({"/mnt": tmp_path},), networks=(), golden=None)
+    host.refuse_unsupported(request, config)
+    assert host.copies_shares
+    with pytest.raises(SpecError, match="networks="):
+        host.refuse_unsupported(SimpleNamespace(share=(), networks=("lan",), golden=None), config)
