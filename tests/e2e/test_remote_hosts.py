@@ -217,7 +217,8 @@ def test_hang(guest):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     deadline = time.monotonic() + 60
-    while (name in guests_on(host) or any(v.startswith(name) for v in volumes_on(host))) \
+    while (name in guests_on(host) or any(v.startswith(name) for v in volumes_on(host))
+           or any(c.startswith(name) for c in share_copies_on(host))) \
             and time.monotonic() < deadline:
         time.sleep(0.5)
     assert name not in guests_on(host)  # autodestroy (our connection closed) or the watchdog
