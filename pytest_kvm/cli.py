@@ -19,13 +19,14 @@ from pathlib import Path
 from . import __version__
 from .vm.accel import choose_accel
 from .files import default_cache_dir
-from .errors import KvmError
+from .errors import HypervisorError, KvmError
 from .hosts.uris import HostError, parse_host
 from .vm.hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
 from .images.store import ImageStore
 from .progress import Progress
 from .transport.integrations import IntegrationError, kept_hosts, write_host_inventory
-from .hosts.volumes import controller_tag, remove_dead_runs_volumes, remove_snapshot_volumes
+from .hosts.volumes import controller_tag, live_run_prefixes, remove_dead_runs_volumes, \
+    remove_snapshot_volumes
 from .cleanup.reaper import owner_alive, reap_domains, reap_run_dirs
 from .owner import cache_id
 from .session.snapshots import SUMMARY_FIELDS, SnapshotStore, age
@@ -188,10 +189,12 @@ def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
     hv = Hypervisor.open_remote(host)
     ours = cache_id(cache)  # a run recorded with another cache is another controller's
     try:
+        alive = functools.partial(owner_alive, cache=ours)
         removed = reap_domains(hv, include_kept=include_kept, cache=ours)
-        removed += remove_dead_runs_volumes(hv, functools.partial(owner_alive, cache=ours),
-                                            running=set(hv.our_domains()),
+        running = set(hv.our_domains())
+        removed += remove_dead_runs_volumes(hv, alive, running=running,
                                             include_kept=include_kept)
+        removed += _reap_host_shares(hv, host, running, alive, include_kept=include_kept)
         snapshots = SnapshotStore(cache).root
         removed += remove_snapshot_volumes(hv, keep={
             p.name for p in snapshots.iterdir() if p.is_dir()} if snapshots.is_dir() else set(),
@@ -202,6 +205,23 @@ def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
         print(f"removed {item}")
     print(f"{len(removed)} removed from {host.label}")
     return 0
+
+
+def _reap_host_shares(hv, host, running: set[str], alive, *, include_kept: bool) -> list[str]:
+    """The share copies (``share=``) on *host* of runs that are over, by the same owner
+    records as their volumes (see :mod:`pytest_kvm.hosts.shares`)."""
+    from .hosts.link import HostLink  # noqa: PLC0415 - paramiko only here
+    from .hosts.shares import doomed_entries, list_entries, remove_entries  # noqa: PLC0415
+    live, _over = live_run_prefixes(hv, alive, include_kept=include_kept)
+    try:
+        link = HostLink(host).connect()
+    except HypervisorError as exc:
+        _progress(f"share copies on {host.label} not checked: {exc}")
+        return []
+    try:
+        return remove_entries(link, doomed_entries(list_entries(link), live, running))
+    finally:
+        link.close()
 
 
 def cmd_inventory(args) -> int:

@@ -4,8 +4,14 @@ one guest with ``guest.put``/``guest.get`` (one tar stream over SSH), next to ``
 ``rsync -a -e ssh`` to the same guest in the same run; and the same tree read through a
 virtiofs share. Prints a table and JSON. Not a test; run it with nothing else booting.
 
+With ``--kvm-host URI`` the guest runs on that remote host: the share is then a copy made on
+the host when it is mounted (its time is the "hot-plug and mount" row), ``put`` goes through
+the host link, a writable share's copy comes back with ``guest.sync_shares()``, and scp and
+rsync are left out.
+
     .venv/bin/python scripts/benchmark_transfer.py            # 3 runs each
     .venv/bin/python scripts/benchmark_transfer.py --files 500 --megabytes 5 --runs 1
+    .venv/bin/python scripts/benchmark_transfer.py --runs 1 --kvm-host qemu+ssh://root@hv/system
 """
 from __future__ import annotations
 
@@ -20,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from pytest_kvm.choices import ACCEL_CHOICES
 from pytest_kvm.config import Settings
+from pytest_kvm.hosts.uris import parse_host
 from pytest_kvm.session.session import KvmSession
 
 
@@ -60,8 +68,11 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--megabytes", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--kvm-host", metavar="URI", help="run the guest on this remote host")
+    parser.add_argument("--kvm-accel", default="auto", choices=ACCEL_CHOICES)
     args = parser.parse_args()
-    for tool in ("scp", "rsync"):
+    remote = args.kvm_host is not None
+    for tool in () if remote else ("scp", "rsync"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed on this host (apt install openssh-client rsync)")
 
@@ -69,12 +80,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pytest-kvm-transfer-") as tmp:
         tree = Path(tmp) / "tree"
         make_tree(tree, args.files, args.megabytes * 2**20)
-        session = KvmSession(Settings(os_names=(args.os,)), progress=lambda m: print(m, file=sys.stderr))
+        writable = Path(tmp) / "writable"
+        shutil.copytree(tree, writable)
+        hosts = (parse_host(args.kvm_host),) if remote else ()
+        session = KvmSession(Settings(os_names=(args.os,), hosts=hosts, accel=args.kvm_accel),
+                             progress=lambda m: print(m, file=sys.stderr))
         try:
-            guest = session.boot(share={"/mnt/tree": tree})
-            results["share: hot-plug and mount (once, at start)"] = [
+            guest = session.boot(share={"/mnt/tree": tree,
+                                        "/mnt/rw": {"path": writable, "writable": True}})
+            results["share: hot-plug and mount of both shares (once, at start"
+                    + ("; copies to the host" if remote else "") + ")"] = [
                 seconds for phase, seconds in guest.timeline.entries if phase == "shares"]
-            if guest.run("command -v rsync").failed:
+            if not remote and guest.run("command -v rsync").failed:
                 sys.exit(f"{args.os} has no rsync (rebuild the image: pytest-kvm image build --force)")
             target = f"{guest.user}@127.0.0.1"
             ssh = " ".join(["ssh", "-p", str(guest.port), *ssh_options(guest)])
@@ -94,6 +111,11 @@ def main() -> int:
                 "read through a virtiofs share (cat every file)": lambda: guest.run(
                     "find /mnt/tree -type f -exec cat {} + > /dev/null", check=True, timeout=1200),
             }
+            if remote:
+                commands = {what: action for what, action in commands.items()
+                            if not what.startswith(("scp", "rsync"))}
+                commands["sync_shares() of the writable share (copy back, unchanged)"] = \
+                    guest.sync_shares
             for run in range(args.runs):
                 for what, action in commands.items():
                     guest.run("rm -rf /tmp/put /tmp/scp /tmp/rsync && sync", check=True)

@@ -111,6 +111,7 @@ def _reap(args) -> bool:
                 from ..hosts.volumes import POOL, owner_volume, remove_guest_volumes  # noqa: PLC0415
                 print(f"watchdog: removed volumes {remove_guest_volumes(hv, prefix)}",
                       file=sys.stderr)
+                _remove_share_copies(args.uri, prefix)
                 hv.delete_volume(POOL, owner_volume(Path(args.run_dir).name))  # its record
         except KvmError as exc:
             print(f"watchdog: reaping through libvirt failed: {exc}", file=sys.stderr)
@@ -130,6 +131,18 @@ def _reap(args) -> bool:
         return False
     shutil.rmtree(args.run_dir, ignore_errors=True)
     return True
+
+
+def _remove_share_copies(uri: str, prefix: str) -> None:
+    """The dead run's share copies on its remote host (over an SSH link of our own); if
+    that fails, ``reap --host`` removes them later (the run's owner record says it is dead)."""
+    from ..errors import KvmError  # noqa: PLC0415
+    from ..hosts.shares import remove_run_shares  # noqa: PLC0415
+    try:
+        print(f"watchdog: removed share copies {remove_run_shares(uri, prefix)}", file=sys.stderr)
+    except (KvmError, OSError) as exc:
+        print(f"watchdog: share copies not removed ({exc}); `pytest-kvm reap --host` will",
+              file=sys.stderr)
 
 
 def kill_orphans(prefix: str) -> list[int]:

@@ -4,16 +4,13 @@ hosts file of every guest on them). The object is the guest's member record on i
 networks (see :mod:`pytest_kvm.networks.segments`)."""
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import KvmError
 from ..vm.domain import filesystem_xml, private_nic_commands
-from ..vm.virtiofsd import find_virtiofsd, launcher_argv, write_launcher
 from .machine import Machine
 
 if TYPE_CHECKING:
@@ -59,32 +56,33 @@ class Attachments:
         self.mount_shares()
         self.join_networks()
 
-    def _launchers(self) -> list[Path | None]:
-        """Per share, the virtiofsd launcher that maps the guest's login user to the host
-        user (see :mod:`pytest_kvm.vm.virtiofsd`); None: libvirt's plain virtiofsd (pytest
-        not run as root, or no virtiofsd declared where libvirt looks)."""
-        cfg = self.m.config
-        virtiofsd = find_virtiofsd() if os.geteuid() == 0 else None
-        if virtiofsd is None:
-            return [None] * len(cfg.shares)
+    def _guest_ids(self) -> tuple[int, int]:
+        """The guest's login uid and gid (what a virtiofsd launcher maps to the host user)."""
         ids = self._run("id -u && id -g", check=True, timeout=60).stdout.split()
-        uid, gid = int(ids[0]), int(ids[1])
-        return [write_launcher(cfg.workdir / f"virtiofsd-{index}",
-                               launcher_argv(virtiofsd, share.source, uid, gid,
-                                             writable=share.writable))
-                for index, share in enumerate(cfg.shares)]
+        return int(ids[0]), int(ids[1])
 
     def mount_shares(self) -> None:
-        """Hot-plug a virtiofs device per share and mount it (read-only unless writable)."""
+        """Hot-plug a virtiofs device per share and mount it (read-only unless writable);
+        the host says what the device exports (the directory, or its copy on a remote
+        host) and through which virtiofsd launcher."""
         cfg = self.m.config
         if self.shares_mounted or not cfg.shares:
             return
         t0 = time.monotonic()
         template = cfg.family.share_mount_command
         assert template is not None  # the session refuses shares for such families
-        for index, (share, launcher) in enumerate(zip(cfg.shares, self._launchers())):
+        ids: list[tuple[int, int]] = []
+
+        def guest_ids() -> tuple[int, int]:
+            if not ids:
+                ids.append(self._guest_ids())
+            return ids[0]
+
+        for index, share in enumerate(cfg.shares):
+            source, launcher = self.m.host.export_share(self.m.name, index, share, cfg.workdir,
+                                                        guest_ids)
             tag = f"pytest-kvm-{index}"
-            self.m.host.attach(self.m.dom, filesystem_xml(tag, share.source, launcher),
+            self.m.host.attach(self.m.dom, filesystem_xml(tag, source, launcher),
                                f"share {share.source} ({share.mount_point})")
             self._run(template.format(tag=shlex.quote(tag), mount_point=shlex.quote(share.mount_point),
                                       mode="rw" if share.writable else "ro"),

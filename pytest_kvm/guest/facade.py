@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConnectionLost, HypervisorError, KvmError
+from ..errors import CommandError, ConnectionLost, HypervisorError, KvmError
 from ..output import LineLog, guest_logger
 from ..result import CommandResult
 from .. import commands
@@ -315,6 +315,24 @@ class Guest:
             remote_path, local, exclude=exclude,
             timeout=timeout or self._m.config.command_timeout,
             as_root=self._as_root if sudo else None, max_bytes=max_bytes))
+
+    def sync_shares(self, *, last: bool = False) -> None:
+        """Bring what the guest wrote to its writable shares back to their directories now.
+        On this machine a share *is* the directory: nothing to do. On a remote host
+        (``--kvm-host``) the guest writes to a copy on the host, which comes back by itself
+        when the test ends and when the guest is destroyed; call this to see the guest's
+        writes earlier (its file systems are synced first). Files it deleted are deleted
+        here too (see :mod:`pytest_kvm.hosts.shares`). *last*: the session's, as the test
+        ends: nothing more comes back when the guest is destroyed."""
+        m = self._m
+        if not (m.host.copies_shares and any(s.writable for s in m.config.shares)):
+            return
+        if m.running and self._attachments.shares_mounted:
+            try:  # virtiofs writes reach the host as they are made; this flushes mmap'ed ones
+                self.run("sync", timeout=120)
+            except (ConnectionLost, CommandError) as exc:  # a guest its test broke: what is there
+                m.log("sync in the guest before copying its shares back failed: %s", exc)
+        m.host.sync_shares(m.name, last=last)
 
     def _as_root(self, command: str) -> str:
         fam = self._m.config.family

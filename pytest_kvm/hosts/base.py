@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..guest.golden import Golden, HostFiles
     from ..images.store import BaseImage
     from ..seed.iso import Seed
+    from ..spec import Share
     from ..transport.ssh import Dial
     from ..vm.accel import Accel
     from ..vm.hypervisor import Hypervisor
@@ -153,7 +154,24 @@ class Host(ABC):
 
     @abstractmethod
     def remove(self, name: str) -> None:
-        """Remove what the host keeps of guest *name* beyond its local work directory."""
+        """Remove what the host keeps of guest *name* beyond its local work directory (its
+        writable shares' copies first come back, see :meth:`sync_shares`)."""
+
+    # -- shares -----------------------------------------------------------------------------
+    #: whether a share is a copy on the host (what the guest writes comes back on
+    #: :meth:`sync_shares`), not the directory itself
+    copies_shares: bool = False
+
+    @abstractmethod
+    def export_share(self, name: str, index: int, share: "Share", workdir: Path,
+                     guest_ids: Callable[[], tuple[int, int]]) -> tuple[Path, Path | None]:
+        """What guest *name*'s virtiofs device for its share *index* exports (a path on the
+        host) and the virtiofsd launcher libvirt starts for it (None: libvirt's plain
+        virtiofsd); *guest_ids*: the guest's login uid and gid, asked only if needed."""
+
+    def sync_shares(self, name: str, *, last: bool = False) -> None:
+        """Bring what guest *name* wrote to its writable shares back to their directories
+        (*last*: nothing more comes back when it is removed). Here: nothing to do."""
 
     # -- a running domain (the same on every host: through libvirt) ----------------------
     def destroy(self, name: str) -> bool:

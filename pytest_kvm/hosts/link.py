@@ -2,21 +2,25 @@
 
 libvirt's remote protocol carries the API calls; this connection carries what
 libvirt has no API for: tunnels to the guests' forwarded ports (which listen on
-the host's 127.0.0.1 only) and short commands on the host (hashing an uploaded
-image). It logs in like libvirt's ``qemu+ssh`` transport does, with the URI's
+the host's 127.0.0.1 only), short commands on the host (hashing an uploaded
+image) and tar streams to and from a command there (the copies of shares, see
+:mod:`.shares`). It logs in like libvirt's ``qemu+ssh`` transport does, with the URI's
 user, port, ``keyfile`` and ``known_hosts``, and trusts only a host key already
 in that known_hosts file. paramiko's errors become ours here.
 """
 from __future__ import annotations
 
+import contextlib
 import shlex
 import threading
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import paramiko
 
 from ..errors import HypervisorError
 from .uris import HostUri
-from ..transport.ssh import HOST, PARAMIKO_LOG
+from ..transport.ssh import HOST, PARAMIKO_LOG, ChannelWriter
 
 CONNECT_TIMEOUT = 30.0
 
@@ -95,6 +99,67 @@ class HostLink:
             raise HypervisorError(f"{command!r} on host {self.host.label} exited {code}: "
                                   f"{stderr.decode('utf-8', 'replace').strip()}")
         return stdout.decode("utf-8", "replace")
+
+    def stream(self, argv: list[str], *, send: Callable[[Any], Any] | None = None,
+               receive: Callable[[BinaryIO], Any] | None = None, timeout: float = 3600.0) -> None:
+        """Run *argv* on the host with *send* writing its stdin (a file object with
+        ``write``) or *receive* reading its stdout; stdin is closed after *send* (or at
+        once). stderr is drained meanwhile (a command filling it never blocks) and is what
+        the :class:`HypervisorError` of a failed command says; what *send* or *receive*
+        raise is raised here."""
+        command = shlex.join(argv)
+        errors: list[bytes] = []
+        failures: list[BaseException] = []
+        try:
+            channel = self._transport().open_session(timeout=30)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HypervisorError(f"running {command!r} on host {self.host.label}: {exc}") from exc
+
+        def drain_stderr() -> None:
+            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                while data := channel.recv_stderr(65536):
+                    errors.append(data)
+
+        def feed() -> None:
+            try:
+                if send is not None:
+                    send(ChannelWriter(channel))
+                channel.shutdown_write()
+            except (paramiko.SSHException, OSError, EOFError):
+                pass  # the command quit without reading it all: its exit status says why
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                failures.append(exc)
+                channel.close()
+
+        threads = [threading.Thread(target=drain_stderr, daemon=True),
+                   threading.Thread(target=feed, daemon=True)]
+        for thread in threads:
+            thread.start()
+        try:
+            with channel.makefile("rb") as out:
+                if receive is not None:
+                    try:
+                        receive(out)
+                    except BaseException as exc:  # noqa: BLE001 - after the exit status
+                        failures.append(exc)
+                with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                    while out.read(65536):  # the rest, so the command ends
+                        pass
+            for thread in threads:
+                thread.join(timeout)
+            code = channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HypervisorError(f"running {command!r} on host {self.host.label}: {exc}") from exc
+        finally:
+            channel.close()
+        if code != 0:
+            raise HypervisorError(f"{command!r} on host {self.host.label} exited {code}: "
+                                  f"{b''.join(errors).decode('utf-8', 'replace').strip()}") \
+                from (failures[0] if failures else None)
+        if failures:
+            raise failures[0]
 
     def proxy_command(self) -> list[str]:
         """An OpenSSH argv for ``ProxyCommand`` reaching the host's 127.0.0.1:%p (``-W``)."""

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 from ..workdir import DISK_FILE, SAVE_FILE, SEED_FILE
 from ..images.qemu_img import create_overlay, flatten_onto
 from ..vm.accel import Accel, choose_accel, confirm_kvm, probe_domain_xml
+from ..vm.virtiofsd import find_virtiofsd, launcher_argv, write_launcher
 from .base import GuestFiles, Host
 
 if TYPE_CHECKING:
     from ..guest.golden import Golden
     from ..images.store import BaseImage
     from ..seed.iso import Seed
+    from ..spec import Share
     from ..transport.ssh import Dial
     from ..vm.hypervisor import Hypervisor
     from ..vm.saveimage import SaveImage
@@ -30,6 +32,7 @@ class LocalHost(Host):
         super().__init__()
         self._uri = uri
         self._sysfs: dict[str, Accel] = {}  # --kvm-accel -> what /dev/kvm and sysfs say
+        self._virtiofsd: list[Path | None] = []  # found once
 
     def _choose(self, requested: str) -> Accel:
         """:func:`choose_accel` once per requested value (configure, the header, the
@@ -129,3 +132,18 @@ class LocalHost(Host):
 
     def remove(self, name: str) -> None:
         """Nothing beyond the work directory, which the guest removes itself."""
+
+    def export_share(self, name: str, index: int, share: "Share", workdir: Path,
+                     guest_ids: Callable[[], tuple[int, int]]) -> tuple[Path, Path | None]:
+        """The directory itself, through a launcher that maps the guest's login user to
+        the user running pytest (see :mod:`pytest_kvm.vm.virtiofsd`); no launcher (libvirt's
+        plain virtiofsd) if pytest does not run as root or no virtiofsd is declared where
+        libvirt looks."""
+        if not self._virtiofsd:
+            self._virtiofsd.append(find_virtiofsd() if os.geteuid() == 0 else None)
+        virtiofsd = self._virtiofsd[0]
+        if virtiofsd is None:
+            return share.source, None
+        uid, gid = guest_ids()
+        return share.source, write_launcher(workdir / f"virtiofsd-{index}", launcher_argv(
+            virtiofsd, share.source, uid, gid, writable=share.writable))

@@ -17,6 +17,9 @@ XML (a volume upload at offset 0; see :mod:`pytest_kvm.vm.saveimage`), restored 
 until its console is read, and deleted once QEMU has read it. libvirt has no
 autodestroy flag for a restore: a clone outlives a dead controller until the run's
 watchdog or ``pytest-kvm reap --host`` destroys it (its metadata names its run).
+
+Shares (``share=``): each is a copy of the directory on the host, exported there by
+virtiofs; a writable one's copy comes back (see :mod:`.shares`).
 """
 from __future__ import annotations
 
@@ -43,13 +46,17 @@ if TYPE_CHECKING:
     from ..guest.golden import Golden, HostFiles
     from ..images.store import BaseImage
     from ..seed.iso import Seed
+    from ..spec import Share
     from ..transport.ssh import Dial
     from ..vm.hypervisor import Hypervisor
     from .link import HostLink
+    from .shares import RemoteShares
 
 
 class RemoteHost(Host):
     """Guests on a remote libvirt host reached over SSH (``--kvm-host``)."""
+
+    copies_shares = True
 
     def __init__(self, host: HostUri, all_hosts: tuple[HostUri, ...], cache_dir: Path, *,
                  autodestroy: bool = True) -> None:
@@ -63,6 +70,7 @@ class RemoteHost(Host):
         self.where = f" on {host.label}"
         self._all = all_hosts
         self.link: HostLink | None = None
+        self._shares: RemoteShares | None = None
         self._autodestroy = autodestroy
         self.label = host.label
         self._lock_dir = cache_dir / "hosts" / host.key
@@ -81,9 +89,11 @@ class RemoteHost(Host):
             return self._hv
         from ..vm.hypervisor import Hypervisor  # noqa: PLC0415 - libvirt once a guest is needed
         from .link import HostLink  # noqa: PLC0415 - paramiko likewise
+        from .shares import RemoteShares  # noqa: PLC0415
         hv = Hypervisor.open_remote(self.host)
         try:
             self.link = HostLink(self.host).connect()
+            self._shares = RemoteShares(self.link)
             hv.ensure_pool(POOL, POOL_PATH)
         except BaseException:
             if self.link is not None:
@@ -141,7 +151,6 @@ class RemoteHost(Host):
     def refuse_unsupported(self, request, config) -> None:
         """What a guest on a remote host cannot have yet, refused by name."""
         missing = [what for what, asked in (
-            ("share= (virtiofs runs beside QEMU, on the host)", request.share),
             ("networks= (the switch runs on this machine)", request.networks),
             (f"family {config.family.name} (WinRM and UEFI guests)",
              config.family.transport != "ssh" or config.family.firmware != "bios"),
@@ -334,8 +343,24 @@ class RemoteHost(Host):
     def proxy_command(self) -> list[str] | None:
         return self.link.proxy_command()
 
+    def export_share(self, name: str, index: int, share: Share, workdir: Path,
+                     guest_ids: Callable[[], tuple[int, int]]) -> tuple[Path, Path | None]:
+        """A copy of the share's directory on the host (see :mod:`.shares`)."""
+        return self._shares.export(name, index, share, guest_ids)
+
+    def sync_shares(self, name: str, *, last: bool = False) -> None:
+        if self._shares is not None:  # else never opened: no share was copied
+            self._shares.sync(name, last=last)
+
     def remove(self, name: str) -> None:
-        errors = self._remove_volumes(self._prefixes.pop(name, name))
+        """Its writable shares' copies back here, then its volumes and copies removed."""
+        errors: list[BaseException] = []
+        if self._shares is not None:
+            try:
+                self._shares.remove(name)
+            except (HypervisorError, OSError) as exc:
+                errors.append(exc)
+        errors += self._remove_volumes(self._prefixes.pop(name, name))
         console = self._consoles.pop(name, None)
         if console is not None:
             console.join(timeout=5)

@@ -85,19 +85,16 @@ def remove_snapshot_volumes(hv: Hypervisor, keep: set[str], tag: str) -> list[st
     return names
 
 
-def remove_dead_runs_volumes(hv: Hypervisor, alive: Callable[[dict[str, str]], bool], *,
-                             running: set[str] = frozenset(),
-                             include_kept: bool = False) -> list[str]:
-    """Delete the guest volumes of runs that are over: whose owner record says its owner is
-    dead (*alive*: the reaper's test; another machine's run counts as alive) or that have no
-    record (a run killed with its machine before it wrote one, an older pytest-kvm). A run
-    that ended keeping guests keeps its volumes unless *include_kept*; volumes of *running*
-    domains always stay. A dead run's record goes with its volumes."""
+def live_run_prefixes(hv: Hypervisor, alive: Callable[[dict[str, str]], bool], *,
+                      include_kept: bool = False) -> tuple[list[str], list[str]]:
+    """The name prefixes (``pytest-kvm-<run id>-``) of the runs on *hv*'s host whose things
+    stay, by their owner records (see :func:`remove_dead_runs_volumes`), and the records of
+    the runs that are over."""
     try:
         names = list(hv.volumes(POOL))
     except HypervisorError:
-        return []  # no pool: nothing was ever made there
-    live: list[str] = []  # name prefixes of the runs whose volumes stay
+        return [], []  # no pool: nothing was ever made there
+    live: list[str] = []
     records_over: list[str] = []
     for name in names:
         if not (name.startswith(RUN_PREFIX) and name.endswith(OWNER_SUFFIX)):
@@ -111,6 +108,22 @@ def remove_dead_runs_volumes(hv: Hypervisor, alive: Callable[[dict[str, str]], b
             records_over.append(name)
         else:
             live.append(name[:-len(OWNER_SUFFIX)] + "-")
+    return live, records_over
+
+
+def remove_dead_runs_volumes(hv: Hypervisor, alive: Callable[[dict[str, str]], bool], *,
+                             running: set[str] = frozenset(),
+                             include_kept: bool = False) -> list[str]:
+    """Delete the guest volumes of runs that are over: whose owner record says its owner is
+    dead (*alive*: the reaper's test; another machine's run counts as alive) or that have no
+    record (a run killed with its machine before it wrote one, an older pytest-kvm). A run
+    that ended keeping guests keeps its volumes unless *include_kept*; volumes of *running*
+    domains always stay. A dead run's record goes with its volumes."""
+    try:
+        names = list(hv.volumes(POOL))
+    except HypervisorError:
+        return []  # no pool: nothing was ever made there
+    live, records_over = live_run_prefixes(hv, alive, include_kept=include_kept)
     doomed = [name for name in names
               if name.startswith(RUN_PREFIX) and not name.endswith(OWNER_SUFFIX)
               and name.split(".", 1)[0] not in running

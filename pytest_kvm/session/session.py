@@ -288,8 +288,13 @@ class KvmSession:
         return f"{NAME_PREFIX}{self.run_id}-{self._counter}"
 
     def release(self, guest: Guest) -> None:
-        """Destroy *guest* in the background (the session end waits for it)."""
-        self._reclaimer.destroy(guest.destroy)
+        """Destroy *guest* in the background (the session end waits for it); what it wrote
+        to writable shares copied to a remote host comes back first (by the end of its test,
+        as it is there on this machine)."""
+        try:
+            guest.sync_shares(last=True)
+        finally:
+            self._reclaimer.destroy(guest.destroy)
 
     def inventory(self, path: str | os.PathLike) -> Path:
         """Write an Ansible inventory (YAML) of the running guests this session handed out

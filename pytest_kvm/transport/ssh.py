@@ -55,7 +55,7 @@ def read_banner(port: int, timeout: float, dial: Dial = dial_local) -> bytes:
         return data
 
 
-class _ChannelWriter:
+class ChannelWriter:
     """A write-only file object over a channel's stdin (what tarfile's stream mode needs)."""
 
     def __init__(self, channel: paramiko.Channel) -> None:
@@ -174,7 +174,7 @@ class SshClient:
         def feed() -> None:
             try:
                 if callable(input):
-                    input(_ChannelWriter(channel))
+                    input(ChannelWriter(channel))
                 elif input:
                     channel.sendall(input)
                 channel.shutdown_write()

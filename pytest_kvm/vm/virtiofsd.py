@@ -20,6 +20,8 @@ Only root may map several ids (without the setuid ``newuidmap``); another user g
 virtiofsd (libvirt 9.0 refuses virtiofs to unprivileged users anyway).
 
 This file runs as a script (``python -I FILE``, libvirt clears the environment): stdlib only.
+On a remote host (``--kvm-host``) the plugin uploads it and asks it there which virtiofsd the
+host's QEMU declares (``--find-virtiofsd``); see :mod:`pytest_kvm.hosts.shares`.
 """
 from __future__ import annotations
 
@@ -70,20 +72,30 @@ def find_virtiofsd(dirs: tuple[Path, ...] = VHOST_USER_DIRS) -> Path | None:
     return None
 
 
-def launcher_argv(virtiofsd: Path, source: Path, guest_uid: int, guest_gid: int, *,
-                  writable: bool, python: str = sys.executable) -> list[str]:
-    """The command the launcher script execs, libvirt's arguments appended."""
-    argv = [python, "-I", str(Path(__file__).resolve()), "--source", str(source),
-            "--uid", f"{guest_uid}:{os.getuid()}", "--gid", f"{guest_gid}:{os.getgid()}"]
+def launcher_argv(virtiofsd: Path | str, source: Path | str, guest_uid: int, guest_gid: int, *,
+                  writable: bool, python: str = sys.executable, script: str | None = None,
+                  host_ids: tuple[int, int] | None = None) -> list[str]:
+    """The command the launcher script execs, libvirt's arguments appended. *script*: this
+    file where it runs (default: here); *host_ids*: the host uid and gid the guest's login
+    user maps to (default: this process's). Both differ on a remote host
+    (:mod:`pytest_kvm.hosts.shares` uploads this file there)."""
+    host_uid, host_gid = host_ids if host_ids is not None else (os.getuid(), os.getgid())
+    argv = [python, "-I", script or str(Path(__file__).resolve()), "--source", str(source),
+            "--uid", f"{guest_uid}:{host_uid}", "--gid", f"{guest_gid}:{host_gid}"]
     if not writable:
         argv.append("--read-only")
     return [*argv, "--", str(virtiofsd)]
 
 
+def launcher_text(argv: list[str]) -> str:
+    """A ``sh`` script running *argv* with the arguments it is given."""
+    return f"#!/bin/sh\nexec {shlex.join(argv)} \"$@\"\n"
+
+
 def write_launcher(path: Path, argv: list[str]) -> Path:
     """An executable script at *path* (for ``<binary path>``) running *argv* with the
     arguments it is given."""
-    path.write_text(f"#!/bin/sh\nexec {shlex.join(argv)} \"$@\"\n")
+    path.write_text(launcher_text(argv))
     path.chmod(0o700)
     return path
 
@@ -151,12 +163,20 @@ def _bind_source(source: str, read_only: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="virtiofsd in a user namespace (pytest-kvm)")
-    parser.add_argument("--source", required=True)
-    parser.add_argument("--uid", type=_pair, required=True, metavar="GUEST:HOST")
-    parser.add_argument("--gid", type=_pair, required=True, metavar="GUEST:HOST")
+    parser.add_argument("--find-virtiofsd", action="store_true",
+                        help="print the virtiofsd QEMU's packages declare (nothing if none), exit")
+    parser.add_argument("--source")
+    parser.add_argument("--uid", type=_pair, metavar="GUEST:HOST")
+    parser.add_argument("--gid", type=_pair, metavar="GUEST:HOST")
     parser.add_argument("--read-only", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.find_virtiofsd:  # asked on a remote host, where this file is uploaded
+        found = find_virtiofsd()
+        print(found or "")
+        return 0
+    if args.source is None or args.uid is None or args.gid is None:
+        parser.error("--source, --uid and --gid are required")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
         _enter_namespaces(args.uid, args.gid)

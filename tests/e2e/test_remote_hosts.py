@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_kvm.hosts.shares import SHARES_PATH
 from pytest_kvm.hosts.volumes import POOL_PATH, owner_record, owner_volume
 from pytest_kvm.owner import machine_identity, process_start_time
 from remotehost import FakeHost
@@ -79,6 +80,12 @@ def volumes_on(fake):
     defined the pool, and what was there before it did."""
     pool = fake.path(POOL_PATH)
     return sorted(os.listdir(pool)) if pool.is_dir() else []
+
+
+def share_copies_on(fake):
+    """What is in the host's directory of share copies."""
+    directory = fake.path(SHARES_PATH)
+    return sorted(os.listdir(directory)) if directory.is_dir() else []
 
 
 def run_child(pytester, *args, timeout=900):
@@ -220,13 +227,18 @@ def path_without_qemu(directory):
 def test_killing_the_controller_leaves_nothing_on_the_host(pytester, host, reset):
     """Through the qemu+ssh transport (OpenSSH): SIGKILL of pytest ends its SSH connection;
     a guest booted cold is destroyed by libvirt (autodestroy), a restored clone (a restore
-    has no autodestroy) by the run's watchdog, which deletes the volumes of both; the base
-    images uploaded by the earlier tests are used, not uploaded again. The controller has
-    no QEMU of its own (none on its PATH): the watchdog reaps through the host's."""
+    has no autodestroy) by the run's watchdog, which deletes the volumes of both and the
+    copy of the guest's share; the base images uploaded by the earlier tests are used, not
+    uploaded again. The controller has no QEMU of its own (none on its PATH): the watchdog
+    reaps through the host's."""
     bases = sorted(v for v in volumes_on(host) if v.startswith("base-"))
     env = {**os.environ, "PATH": path_without_qemu(pytester.path / "bin")}
+    (pytester.path / "shared").mkdir()
     pytester.makepyfile("""
 import time
+import pytest
+
+@pytest.mark.guest(share={"/mnt/shared": "shared"})
 def test_hang(guest):
     print("READY", guest.name, flush=True)
     time.sleep(600)
@@ -259,11 +271,13 @@ def test_hang(guest):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     deadline = time.monotonic() + 60
-    while (name in guests_on(host) or any(v.startswith(name) for v in volumes_on(host))) \
+    while (name in guests_on(host) or any(v.startswith(name) for v in volumes_on(host))
+           or any(c.startswith(name) for c in share_copies_on(host))) \
             and time.monotonic() < deadline:
         time.sleep(0.5)
     assert name not in guests_on(host)  # autodestroy (our connection closed) or the watchdog
     assert not any(v.startswith(name) for v in volumes_on(host))  # the watchdog's reap
+    assert not any(c.startswith(name) for c in share_copies_on(host))
 
 
 def test_a_kept_guest_outlives_the_session_until_reaped(pytester, host):
@@ -314,6 +328,12 @@ def test_reap_host_removes_only_volumes_of_runs_that_are_over(host, tmp_path):
     for volume in ("pytest-kvm-deadrun-1.qcow2", "pytest-kvm-deadrun2-1.qcow2",
                    "pytest-kvm-liverun-1.qcow2", "pytest-kvm-liverun-2.save"):
         host.run(f"{virsh} vol-create-as pytest-kvm {volume} 1M --format qcow2")
+    copies = ("pytest-kvm-deadrun-1-0", "pytest-kvm-deadrun-1-0.virtiofsd",
+              "pytest-kvm-liverun-1-0", "pytest-kvm-liverun-2-1.virtiofsd")
+    host.run(["mkdir", "-p", f"{SHARES_PATH}/pytest-kvm-deadrun-1-0/sub",
+              f"{SHARES_PATH}/pytest-kvm-liverun-1-0"])
+    host.run(["touch", f"{SHARES_PATH}/pytest-kvm-deadrun-1-0.virtiofsd",
+              f"{SHARES_PATH}/pytest-kvm-liverun-2-1.virtiofsd"])
     bases = [v for v in volumes_on(host) if v.startswith("base-")]
     done = subprocess.run([sys.executable, "-m", "pytest_kvm.cli", "reap", "--host", host.libssh_uri],
                           capture_output=True, text=True, timeout=120)
@@ -326,6 +346,11 @@ def test_reap_host_removes_only_volumes_of_runs_that_are_over(host, tmp_path):
             owner_volume("liverun")} <= set(volumes), done.stdout
     assert [v for v in volumes if v.startswith("base-")] == bases
     assert set(FOREIGN) <= set(volumes)  # another controller's snapshot stays
+    # share copies (share=) the same way: the dead run's go, the live run's stay
+    left = share_copies_on(host)
+    assert not set(copies[:2]) & set(left) and set(copies[2:]) <= set(left), left
+    assert "removed pytest-kvm-deadrun-1-0" in done.stdout
+    host.run(["rm", "-rf", *[f"{SHARES_PATH}/{c}" for c in copies[2:]]])
     host.run(f"{virsh} pool-refresh pytest-kvm && for v in pytest-kvm-liverun-1.qcow2 "
              f"pytest-kvm-liverun-2.save {owner_volume('liverun')}; do "
              f"{virsh} vol-delete --pool pytest-kvm $v; done")
@@ -397,3 +422,53 @@ def test_two_controllers_uploading_one_base_at_once_share_one_whole_copy(host, t
         for controller in controllers:
             controller.close()
     assert paths[0].name not in volumes_on(host)
+
+
+SHARES_CHILD = """
+import pathlib
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+
+@pytest.mark.guest(share={"/mnt/ro": str(HERE / "ro"),
+                          "/mnt/rw": {"path": str(HERE / "rw"), "writable": True}})
+def test_shares(guest):
+    assert guest.run("cat /mnt/ro/hello.txt", check=True).stdout == "read only\\n"
+    assert guest.run("cat /mnt/rw/sub/old.txt", check=True).stdout == "old\\n"
+    assert not guest.run("touch /mnt/ro/new").ok
+    # read-only on the host too (the launcher's bind mount): guest root cannot remount it
+    assert not guest.run("mount -o remount,rw /mnt/ro && touch /mnt/ro/new", sudo=True).ok
+    guest.run("echo from the guest > /mnt/rw/new.txt && rm /mnt/rw/gone.txt && "
+              "mkdir /mnt/rw/made && echo deep > /mnt/rw/made/f", check=True)
+    guest.sync_shares()  # now, not only at the end
+    assert (HERE / "rw" / "new.txt").read_text() == "from the guest\\n"
+    assert (HERE / "rw" / "made" / "f").read_text() == "deep\\n"
+    assert not (HERE / "rw" / "gone.txt").exists()
+    guest.run("echo at the end > /mnt/rw/last.txt && rm -r /mnt/rw/made", check=True)
+    print("GUEST", guest.name)
+"""
+
+
+def test_shares_on_a_remote_host(pytester, host):
+    """share= on a remote host: each share is copied to the host and exported there by
+    virtiofs; a read-only share stays read-only (even for guest root); what the guest wrote
+    to a writable one comes back (guest.sync_shares(), and when the test ends), owned by the
+    user running pytest, with the files the guest deleted deleted; no copy is left there."""
+    (pytester.path / "ro").mkdir()
+    (pytester.path / "ro" / "hello.txt").write_text("read only\n")
+    rw = pytester.path / "rw"
+    (rw / "sub").mkdir(parents=True)
+    (rw / "sub" / "old.txt").write_text("old\n")
+    (rw / "gone.txt").write_text("the guest deletes this\n")
+    pytester.makepyfile(SHARES_CHILD)
+    result = pytester.runpytest_subprocess("--kvm-accel", "tcg", "-s", "-p", "no:cacheprovider",
+                                           "--kvm-host", host.libssh_uri, timeout=900)
+    result.assert_outcomes(passed=1)
+    assert (rw / "last.txt").read_text() == "at the end\n"  # came back as the test ended
+    assert not (rw / "made").exists() and not (rw / "gone.txt").exists()
+    assert sorted(p.name for p in rw.iterdir()) == ["last.txt", "new.txt", "sub"]
+    assert all(p.stat().st_uid == os.getuid() for p in rw.rglob("*"))
+    assert sorted(os.listdir(pytester.path / "ro")) == ["hello.txt"]
+    assert not [p for p in pytester.path.iterdir() if p.name.startswith(".pytest-kvm-share-")]
+    left = share_copies_on(host)
+    assert left and all(name.startswith(".virtiofsd-") for name in left), left  # launcher code
