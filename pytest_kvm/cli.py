@@ -191,6 +191,13 @@ def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
         snapshots = SnapshotStore(cache).root
         removed += remove_snapshot_volumes(hv, keep={
             p.name for p in snapshots.iterdir() if p.is_dir()} if snapshots.is_dir() else set())
+        from .hosts.link import HostLink  # noqa: PLC0415 - paramiko only for a host
+        from .hosts.netsite import remove_dead_runs_networks  # noqa: PLC0415
+        link = HostLink(host).connect()
+        try:  # the networks (networks=) of runs whose records went
+            removed += remove_dead_runs_networks(link, hv)
+        finally:
+            link.close()
     finally:
         hv.close()
     for item in removed:

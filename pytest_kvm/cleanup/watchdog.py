@@ -112,6 +112,8 @@ def _reap(args) -> bool:
                 print(f"watchdog: removed volumes {remove_guest_volumes(hv, prefix)}",
                       file=sys.stderr)
                 hv.delete_volume(POOL, owner_volume(Path(args.run_dir).name))  # its record
+                from ..hosts.netsite import remove_run_networks  # noqa: PLC0415
+                remove_run_networks(args.uri, Path(args.run_dir).name)  # networks=
         except KvmError as exc:
             print(f"watchdog: reaping through libvirt failed: {exc}", file=sys.stderr)
         finally:

@@ -42,6 +42,7 @@ from .volumes import OVERLAY_SUFFIX, POOL, POOL_PATH, SAVE_SUFFIX, SEED_SUFFIX, 
 if TYPE_CHECKING:
     from ..guest.golden import Golden, HostFiles
     from ..images.store import BaseImage
+    from ..networks.segments import Site
     from ..seed.iso import Seed
     from ..transport.ssh import Dial
     from ..vm.hypervisor import Hypervisor
@@ -133,7 +134,6 @@ class RemoteHost(Host):
         """What a guest on a remote host cannot have yet, refused by name."""
         missing = [what for what, asked in (
             ("share= (virtiofs runs beside QEMU, on the host)", request.share),
-            ("networks= (the switch runs on this machine)", request.networks),
             ("golden= (user goldens are saved images on this machine)", request.golden),
             (f"family {config.family.name} (WinRM and UEFI guests)",
              config.family.transport != "ssh" or config.family.firmware != "bios"),
@@ -156,6 +156,11 @@ class RemoteHost(Host):
         self.hv.delete_volume(POOL, owner_volume(run_id))
         if kept:  # its kept guests' volumes stay until reap --kept --host
             self.hv.upload_volume(POOL, owner_volume(run_id), owner_record(self._owner, kept=True))
+
+    def network_site(self, run_id: str, run_dir: Path) -> "Site":
+        """The run's networks on the host, their switches started over its SSH link."""
+        from .netsite import RemoteSite  # noqa: PLC0415
+        return RemoteSite(lambda: self.link, run_id, self.label)
 
     def reap_hint(self) -> str:
         return f"pytest-kvm reap --kept --host URI (the --kvm-host of {self.label})"

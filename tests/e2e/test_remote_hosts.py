@@ -343,3 +343,48 @@ def test_two_controllers_uploading_one_base_at_once_share_one_whole_copy(host, t
         for controller in controllers:
             controller.close()
     assert paths[0].name not in volumes_on(host)
+
+
+NETWORKED = """
+import subprocess
+
+SERVE = ("{ setsid python3 -c 'import socket; s = socket.create_server((\\\\"::\\\\", 7000), "
+         "family=socket.AF_INET6, dualstack_ipv6=True); c, _ = s.accept(); "
+         "c.sendall(c.recv(100).upper())' >/dev/null 2>&1 </dev/null & }")
+ASK = ("python3 -c 'import socket, time\\\\nfor _ in range(100):\\\\n    try:\\\\n"
+       "        s = socket.create_connection((\\\\"server\\\\", 7000)); break\\\\n"
+       "    except OSError:\\\\n        time.sleep(0.2)\\\\n"
+       "s.sendall(b\\\\"round trip\\\\"); print(s.recv(100).decode())'")
+
+
+def test_networked(guest_factory):
+    server = guest_factory("debian-12", networks=("lan",), name="server")
+    client = guest_factory("debian-12", networks=("lan",), name="client")
+    assert client.run("ping -c1 -W5 server", check=True).ok
+    assert server.run("ping -c1 -W5 client.lan", check=True).ok
+    server.run(SERVE, check=True)
+    assert client.run(ASK, check=True, timeout=120).stdout.strip() == "ROUND TRIP"
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    switches = [line for line in ps.splitlines() if "--stdin-lifeline" in line]
+    print("SWITCHES", *switches, sep="\\n")
+"""
+
+
+def test_guests_on_a_remote_host_share_a_private_network(pytester, host):
+    """networks= on a remote host: the network's sockets and its switch are on the host
+    (the switch piped to the host's python3 over the plugin's SSH connection); two guests
+    reach each other by name, ping and TCP; after the session no switch process and no
+    network directory is left on the host."""
+    pytester.makepyfile(NETWORKED)
+    result = pytester.runpytest_subprocess("--kvm-accel", "tcg", "-s", "-p", "no:cacheprovider",
+                                           "--kvm-host", host.libssh_uri, timeout=1200)
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    switches = [line for line in out.splitlines() if "--stdin-lifeline" in line]
+    assert len(switches) == 1, out  # one network, its switch on the host (in its namespace)
+    directory = switches[0].split()[-1]  # /tmp/pytest-kvm-net-<run id>/1
+    assert directory.startswith("/tmp/pytest-kvm-net-"), switches
+    inside = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in host.processes()
+              if Path(f"/proc/{pid}/cmdline").exists()]
+    assert not [c for c in inside if b"--stdin-lifeline" in c]
+    assert not host.path(directory).parent.exists()
