@@ -345,16 +345,23 @@ def test_two_controllers_uploading_one_base_at_once_share_one_whole_copy(host, t
     assert paths[0].name not in volumes_on(host)
 
 
-NETWORKED = """
-import subprocess
+NETWORKED = r'''
+import shlex, subprocess
 
-SERVE = ("{ setsid python3 -c 'import socket; s = socket.create_server((\\\\"::\\\\", 7000), "
-         "family=socket.AF_INET6, dualstack_ipv6=True); c, _ = s.accept(); "
-         "c.sendall(c.recv(100).upper())' >/dev/null 2>&1 </dev/null & }")
-ASK = ("python3 -c 'import socket, time\\\\nfor _ in range(100):\\\\n    try:\\\\n"
-       "        s = socket.create_connection((\\\\"server\\\\", 7000)); break\\\\n"
-       "    except OSError:\\\\n        time.sleep(0.2)\\\\n"
-       "s.sendall(b\\\\"round trip\\\\"); print(s.recv(100).decode())'")
+# one TCP round trip: the server upper-cases what it gets (python3: every Debian image has it)
+SERVER = ("import socket; s = socket.create_server(('::', 7000), family=socket.AF_INET6, "
+          "dualstack_ipv6=True); c, _ = s.accept(); c.sendall(c.recv(100).upper())")
+CLIENT = """
+import socket, time
+for _ in range(100):
+    try:
+        s = socket.create_connection(("server", 7000))
+        break
+    except OSError:
+        time.sleep(0.2)
+s.sendall(b"round trip")
+print(s.recv(100).decode())
+"""
 
 
 def test_networked(guest_factory):
@@ -362,12 +369,15 @@ def test_networked(guest_factory):
     client = guest_factory("debian-12", networks=("lan",), name="client")
     assert client.run("ping -c1 -W5 server", check=True).ok
     assert server.run("ping -c1 -W5 client.lan", check=True).ok
-    server.run(SERVE, check=True)
-    assert client.run(ASK, check=True, timeout=120).stdout.strip() == "ROUND TRIP"
+    server.run(f"{{ setsid python3 -c {shlex.quote(SERVER)} >/dev/null 2>&1 </dev/null & }}",
+               check=True)
+    out = client.run(f"python3 -c {shlex.quote(CLIENT)}", check=True, timeout=120).stdout
+    assert out.strip() == "ROUND TRIP"
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
-    switches = [line for line in ps.splitlines() if "--stdin-lifeline" in line]
-    print("SWITCHES", *switches, sep="\\n")
-"""
+    run = server.name.rsplit("-", 1)[0].removeprefix("pytest-kvm-")
+    mine = f"--stdin-lifeline /tmp/pytest-kvm-net-{run}/"
+    print("SWITCHES", *[l for l in ps.splitlines() if mine in l], sep="\n")
+'''
 
 
 def test_guests_on_a_remote_host_share_a_private_network(pytester, host):
