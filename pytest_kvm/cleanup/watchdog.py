@@ -112,12 +112,17 @@ def _reap(args) -> bool:
                 print(f"watchdog: removed volumes {remove_guest_volumes(hv, prefix)}",
                       file=sys.stderr)
                 hv.delete_volume(POOL, owner_volume(Path(args.run_dir).name))  # its record
-                from ..hosts.netsite import remove_run_networks  # noqa: PLC0415
-                remove_run_networks(args.uri, Path(args.run_dir).name)  # networks=
         except KvmError as exc:
             print(f"watchdog: reaping through libvirt failed: {exc}", file=sys.stderr)
         finally:
             hv.close()
+    if args.uri and "+" in args.uri.split(":", 1)[0]:  # its networks= on the host
+        from ..hosts.netsite import remove_run_networks  # noqa: PLC0415
+        try:
+            remove_run_networks(args.uri, Path(args.run_dir).name)
+        except (KvmError, ValueError) as exc:
+            print(f"watchdog: removing the run's networks on the host failed: {exc}",
+                  file=sys.stderr)
     # a QEMU the dead owner was still starting may be unknown to libvirt: end it by name
     killed = kill_orphans(prefix)
     if killed:

@@ -63,6 +63,7 @@ class RemoteSite(Site):
         self.root = network_root(run_id)
         self._link = link
         self._label = label
+        self._made = False  # whether a network directory was made (else nothing to remove)
 
     def link(self) -> HostLink:
         link = self._link()
@@ -74,6 +75,7 @@ class RemoteSite(Site):
         link = self.link()
         source = Path(switch.__file__).read_bytes()
         try:
+            self._made = True
             link.run(["mkdir", "-p", "-m", "0711", "--", str(self.root)])
             link.run(["mkdir", "-m", "2733", "--", str(directory)])
         except HypervisorError as exc:
@@ -99,7 +101,7 @@ class RemoteSite(Site):
         """Remove the run's networks directory: the switches ended with their channels (a
         kept guest's network too: it ends with the session on a remote host)."""
         link = self._link()
-        if link is not None:
+        if link is not None and self._made:
             link.run(["rm", "-rf", "--", str(self.root)])
 
 
