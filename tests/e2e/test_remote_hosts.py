@@ -398,3 +398,56 @@ def test_guests_on_a_remote_host_share_a_private_network(pytester, host):
               if Path(f"/proc/{pid}/cmdline").exists()]
     assert not [c for c in inside if b"--stdin-lifeline" in c]
     assert not host.path(directory).parent.exists()
+
+
+def lifeline_switches(fake):
+    """The command lines of switch processes running in *fake*'s namespaces."""
+    found = []
+    for pid in fake.processes():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--stdin-lifeline" in argv:
+            found.append([a.decode() for a in argv if a])
+    return found
+
+
+def test_a_killed_controllers_network_ends_on_the_host(pytester, host):
+    """SIGKILL of pytest while its guest is on a network of the host: the switch, which runs
+    in the host's namespaces, sees its SSH channel close and exits, its directory goes."""
+    pytester.makepyfile("""
+import time
+def test_hang(guest_factory):
+    guest = guest_factory("debian-12", networks=("lan",))
+    print("READY", guest.name, flush=True)
+    time.sleep(600)
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider",
+                             "--kvm-accel", "tcg", "--kvm-host", host.libssh_uri],
+                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 900
+        while not any(l.startswith("READY") for l in lines) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert any(l.startswith("READY") for l in lines), "".join(lines)
+        run = next(l for l in lines if l.startswith("READY")).split()[1].rsplit("-", 1)[0]
+        directory = f"/tmp/pytest-kvm-net-{run.removeprefix('pytest-kvm-')}"
+        switches = lifeline_switches(host)
+        assert [s[-1] for s in switches if s[-1].startswith(directory + "/")] \
+            == [f"{directory}/1"], switches
+        assert host.path(directory + "/1/hub.sock").exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while (any(s[-1].startswith(directory + "/") for s in lifeline_switches(host))
+           or host.path(directory).exists()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [s for s in lifeline_switches(host) if s[-1].startswith(directory + "/")]
+    assert not host.path(directory).exists()
