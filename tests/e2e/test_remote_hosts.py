@@ -394,9 +394,7 @@ def test_guests_on_a_remote_host_share_a_private_network(pytester, host):
     assert len(switches) == 1, out  # one network, its switch on the host (in its namespace)
     directory = switches[0].split()[-1]  # /tmp/pytest-kvm-net-<run id>/1
     assert directory.startswith("/tmp/pytest-kvm-net-"), switches
-    inside = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in host.processes()
-              if Path(f"/proc/{pid}/cmdline").exists()]
-    assert not [c for c in inside if b"--stdin-lifeline" in c]
+    assert not [s for s in lifeline_switches(host) if s[-1] == directory]
     assert not host.path(directory).parent.exists()
 
 
