@@ -3,7 +3,10 @@
 Every guest that names a network gets a second NIC on it: a private Ethernet segment
 that only the guests on it share. No root, no bridge, no tap: each NIC is a QEMU
 ``dgram`` netdev on a Unix socket in the run's directory, and a small switch process
-(:mod:`pytest_kvm.networks.switch`, one per network) forwards frames between them. Networks belong
+(:mod:`pytest_kvm.networks.switch`, one per network) forwards frames between them. Both
+must be on the machine QEMU runs on: a :class:`Site` the host gives says where
+(:class:`LocalSite` here; a remote host's is :mod:`pytest_kvm.hosts.netsite`), so this
+module never asks which host it is. Networks belong
 to the session (one pytest process, or one xdist worker), so runs, workers and sessions
 never share a segment. The default NIC (user networking, the SSH forward) is unchanged.
 
