@@ -104,15 +104,17 @@ class HostLink:
         stays open (its standard input too) until :meth:`RemoteProcess.stop`, or until this
         connection closes, whatever ends this process: the command can take its standard
         input's end of file as the sign to exit."""
-        command = shlex.join(argv)
+        channel = None
         try:
             channel = self._transport().open_session(timeout=30)
-            channel.exec_command(command)
+            channel.exec_command(shlex.join(argv))
             if stdin:
                 channel.sendall(stdin)
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            if channel is not None:
+                channel.close()
             raise HypervisorError(f"starting {argv[0]!r} on host {self.host.label}: {exc}") from exc
-        return RemoteProcess(channel, self.host.label)
+        return RemoteProcess(channel)
 
     def proxy_command(self) -> list[str]:
         """An OpenSSH argv for ``ProxyCommand`` reaching the host's 127.0.0.1:%p (``-W``)."""
@@ -132,9 +134,8 @@ class HostLink:
 class RemoteProcess:
     """A command running on a host over its own SSH channel (:meth:`HostLink.start`)."""
 
-    def __init__(self, channel: paramiko.Channel, label: str) -> None:
+    def __init__(self, channel: paramiko.Channel) -> None:
         self._channel = channel
-        self._label = label
         self._out = b""
 
     def wait_for_line(self, expected: str, timeout: float) -> bool:
@@ -148,10 +149,8 @@ class RemoteProcess:
             self._channel.settimeout(left)
             try:
                 chunk = self._channel.recv(4096)
-            except (TimeoutError, socket.timeout):
-                return False
-            except (paramiko.SSHException, OSError, EOFError):
-                return False
+            except (socket.timeout, paramiko.SSHException, OSError, EOFError):
+                return False  # the time is up, or the connection broke
             if not chunk:
                 return False  # it exited (or the channel closed)
             self._out += chunk
