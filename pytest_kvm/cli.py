@@ -199,6 +199,16 @@ def _reap_host(text: str, cache: Path, *, include_kept: bool = False) -> int:
         removed += remove_snapshot_volumes(hv, keep={
             p.name for p in snapshots.iterdir() if p.is_dir()} if snapshots.is_dir() else set(),
             tag=controller_tag(cache))
+        from .hosts.link import HostLink  # noqa: PLC0415 - paramiko only for a host
+        from .hosts.netsite import remove_dead_runs_networks  # noqa: PLC0415
+        try:  # the networks (networks=) of runs whose records went
+            link = HostLink(host).connect()
+            try:
+                removed += remove_dead_runs_networks(link, hv)
+            finally:
+                link.close()
+        except KvmError as exc:
+            _error(f"the network directories on {host.label} were not swept: {exc}")
     finally:
         hv.close()
     for item in removed:

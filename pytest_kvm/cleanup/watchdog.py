@@ -117,6 +117,13 @@ def _reap(args) -> bool:
             print(f"watchdog: reaping through libvirt failed: {exc}", file=sys.stderr)
         finally:
             hv.close()
+    if args.uri and "+" in args.uri.split(":", 1)[0]:  # its networks= on the host
+        from ..hosts.netsite import remove_run_networks  # noqa: PLC0415
+        try:
+            remove_run_networks(args.uri, Path(args.run_dir).name)
+        except (KvmError, ValueError) as exc:
+            print(f"watchdog: removing the run's networks on the host failed: {exc}",
+                  file=sys.stderr)
     # a QEMU the dead owner was still starting may be unknown to libvirt: end it by name
     killed = kill_orphans(prefix)
     if killed:

@@ -34,6 +34,11 @@ class Attachments:
         return self.m.name
 
     @property
+    def host(self) -> Any:
+        """The host the guest runs on (its networks must be there)."""
+        return self.m.host
+
+    @property
     def network_names(self) -> tuple[str, ...]:
         """The names the other guests on its networks know it by: ``name=`` (if given) and
         its own name, each also as ``NAME.NETWORK``."""

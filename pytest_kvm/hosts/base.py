@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..guest.golden import Golden, HostFiles
     from ..images.store import BaseImage
+    from ..networks.segments import Site
     from ..seed.iso import Seed
     from ..spec import Share
     from ..transport.ssh import Dial
@@ -107,6 +108,12 @@ class Host(ABC):
 
     def release_run(self, run_id: str, *, kept: bool) -> None:
         """Run *run_id* ended: remove its record, or (*kept*) mark it as keeping guests."""
+
+    def network_site(self, run_id: str, run_dir: Path) -> "Site":
+        """Where run *run_id*'s private networks (``networks=``) live: their sockets and
+        switches must be on the machine QEMU runs on. Here: in the run's directory."""
+        from ..networks.segments import LocalSite  # noqa: PLC0415
+        return LocalSite(run_dir / "networks")
 
     def reap_hint(self) -> str:
         """The command that removes kept guests."""

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -161,6 +163,23 @@ class HostLink:
         if failures:
             raise failures[0]
 
+    def start(self, argv: list[str], stdin: bytes = b"") -> "RemoteProcess":
+        """Start the long-running *argv* on the host, *stdin* written to it; the channel
+        stays open (its standard input too) until :meth:`RemoteProcess.stop`, or until this
+        connection closes, whatever ends this process: the command can take its standard
+        input's end of file as the sign to exit."""
+        channel = None
+        try:
+            channel = self._transport().open_session(timeout=30)
+            channel.exec_command(shlex.join(argv))
+            if stdin:
+                channel.sendall(stdin)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if channel is not None:
+                channel.close()
+            raise HypervisorError(f"starting {argv[0]!r} on host {self.host.label}: {exc}") from exc
+        return RemoteProcess(channel)
+
     def proxy_command(self) -> list[str]:
         """An OpenSSH argv for ``ProxyCommand`` reaching the host's 127.0.0.1:%p (``-W``)."""
         host = self.host
@@ -174,3 +193,53 @@ class HostLink:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class RemoteProcess:
+    """A command running on a host over its own SSH channel (:meth:`HostLink.start`)."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._channel = channel
+        self._out = b""
+
+    def wait_for_line(self, expected: str, timeout: float) -> bool:
+        """Whether the command printed the line *expected* within *timeout* seconds (False
+        once it exited or the time is up)."""
+        deadline = time.monotonic() + timeout
+        while (expected + "\n").encode() not in self._out:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._channel.settimeout(left)
+            try:
+                chunk = self._channel.recv(4096)
+            except (socket.timeout, paramiko.SSHException, OSError, EOFError):
+                return False  # the time is up, or the connection broke
+            if not chunk:
+                return False  # it exited (or the channel closed)
+            self._out += chunk
+        return True
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """End its standard input (its sign to exit), wait up to *timeout* seconds for its
+        exit status, and close the channel; its status, None if it did not say in time."""
+        status = None
+        with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+            self._channel.shutdown_write()
+            deadline = time.monotonic() + timeout
+            while not self._channel.exit_status_ready() and time.monotonic() < deadline \
+                    and not self._channel.closed:
+                time.sleep(0.02)
+            if self._channel.exit_status_ready():
+                status = self._channel.recv_exit_status()
+        self._channel.close()
+        return status
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        """What the command wrote to its standard error and nobody read yet (its last
+        *limit* characters)."""
+        data = b""
+        with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+            while self._channel.recv_stderr_ready():
+                data += self._channel.recv_stderr(4096)
+        return data.decode("utf-8", "replace").strip()[-limit:]

@@ -45,6 +45,7 @@ from .volumes import OVERLAY_SUFFIX, POOL, POOL_PATH, SAVE_SUFFIX, SEED_SUFFIX, 
 if TYPE_CHECKING:
     from ..guest.golden import Golden, HostFiles
     from ..images.store import BaseImage
+    from ..networks.segments import Site
     from ..seed.iso import Seed
     from ..spec import Share
     from ..transport.ssh import Dial
@@ -150,14 +151,11 @@ class RemoteHost(Host):
 
     def refuse_unsupported(self, request, config) -> None:
         """What a guest on a remote host cannot have yet, refused by name."""
-        missing = [what for what, asked in (
-            ("networks= (the switch runs on this machine)", request.networks),
-            (f"family {config.family.name} (WinRM and UEFI guests)",
-             config.family.transport != "ssh" or config.family.firmware != "bios"),
-        ) if asked]
-        if missing:
-            raise SpecError(f"on remote host {self.label}: not supported yet: "
-                            f"{'; '.join(missing)}; run such tests without --kvm-host")
+        family = config.family
+        if family.transport != "ssh" or family.firmware != "bios":
+            raise SpecError(f"on remote host {self.label}: not supported yet: family "
+                            f"{family.name} (WinRM and UEFI guests); run such tests without "
+                            f"--kvm-host")
 
     def claim_run(self, run_id: str, owner: Mapping[str, str]) -> None:
         """The run's owner record as a volume on the host (see :mod:`.volumes`)."""
@@ -174,6 +172,11 @@ class RemoteHost(Host):
         self.hv.delete_volume(POOL, owner_volume(run_id))
         if kept:  # its kept guests' volumes stay until reap --kept --host
             self.hv.upload_volume(POOL, owner_volume(run_id), owner_record(self._owner, kept=True))
+
+    def network_site(self, run_id: str, run_dir: Path) -> "Site":
+        """The run's networks on the host, their switches started over its SSH link."""
+        from .netsite import RemoteSite  # noqa: PLC0415
+        return RemoteSite(lambda: self.link, run_id, self.label)
 
     def reap_hint(self) -> str:
         return f"pytest-kvm reap --kept --host URI (the --kvm-host of {self.label})"

@@ -3,7 +3,10 @@
 Every guest that names a network gets a second NIC on it: a private Ethernet segment
 that only the guests on it share. No root, no bridge, no tap: each NIC is a QEMU
 ``dgram`` netdev on a Unix socket in the run's directory, and a small switch process
-(:mod:`pytest_kvm.networks.switch`, one per network) forwards frames between them. Networks belong
+(:mod:`pytest_kvm.networks.switch`, one per network) forwards frames between them. Both
+must be on the machine QEMU runs on: a :class:`Site` the host gives says where
+(:class:`LocalSite` here; a remote host's is :mod:`pytest_kvm.hosts.netsite`), so this
+module never asks which host it is. Networks belong
 to the session (one pytest process, or one xdist worker), so runs, workers and sessions
 never share a segment. The default NIC (user networking, the SSH forward) is unchanged.
 
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,56 +75,114 @@ class Attachment:
     mtu: int = MTU
 
 
+class SwitchHandle(ABC):
+    """A running switch process."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """End it (and wait for it); nothing if it has ended."""
+
+
+class Site(ABC):
+    """Where a session's networks live: the machine QEMU runs on, which holds each network's
+    directory (the sockets) and its switch process. :class:`LocalSite` is this machine; a
+    remote host gives its own (see :meth:`pytest_kvm.hosts.base.Host.network_site`)."""
+
+    #: the directory holding the session's network directories (a path where QEMU runs)
+    root: Path
+    #: what to do when the socket paths under :attr:`root` are too long
+    shorter = "set PYTEST_KVM_CACHE_DIR to a shorter directory"
+
+    @abstractmethod
+    def start_switch(self, network: str, directory: Path) -> SwitchHandle:
+        """Make *directory* and start network *network*'s switch there; return once it
+        listens (a :class:`NetworkError` with its log if it does not in time)."""
+
+    @abstractmethod
+    def remove_member(self, socket: Path) -> None:
+        """Remove a member's socket file (it is off the network for the switch)."""
+
+    def close(self, kept: bool) -> None:
+        """The session ended (*kept*: some network stays for a kept guest)."""
+
+
+class LocalSwitch(SwitchHandle):
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class LocalSite(Site):
+    """Networks on this machine: directories under *root* (in the run's directory), switches
+    as child processes that outlive pytest if a kept guest needs them (``--kvm-keep``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def start_switch(self, network: str, directory: Path) -> SwitchHandle:
+        # inside the run's directory, which exists (with its owner record) once a guest does
+        directory.parent.mkdir(mode=0o700, exist_ok=True)
+        directory.mkdir(mode=0o700)
+        with open(directory / "hub.log", "ab") as log:
+            switch = LocalSwitch(subprocess.Popen(
+                [sys.executable, "-m", "pytest_kvm.networks.switch", str(directory)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True))  # a kept network outlives pytest (--kvm-keep)
+        deadline = time.monotonic() + HUB_START
+        while not (directory / HUB_SOCKET).exists():
+            if switch.proc.poll() is not None or time.monotonic() > deadline:
+                switch.stop()
+                log_text = (directory / "hub.log").read_text(errors="replace")[-2000:]
+                raise NetworkError(f"network {network}: its switch process did not start "
+                                   f"(log: {log_text.strip() or 'empty'})")
+            time.sleep(0.02)
+        return switch
+
+    def remove_member(self, socket: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            socket.unlink()
+
+
 class Network:
     """One segment: its switch process, its members and their addresses."""
 
-    def __init__(self, name: str, number: int, directory: Path, ula: ipaddress.IPv6Network) -> None:
+    def __init__(self, name: str, number: int, directory: Path, ula: ipaddress.IPv6Network,
+                 site: "Site | None" = None) -> None:
         self.name = name
         self.directory = directory
+        self.site = site or LocalSite(directory.parent)
         self.subnet4 = ipaddress.IPv4Network((int(LINK_LOCAL.network_address) + (number << 8), 24))
         self.ula = ula
         self.subnet6 = ipaddress.IPv6Network((int(ula.network_address) + (number << 64), 64))
         self.members: dict[str, tuple[Any, Attachment]] = {}  # guest name -> (guest, its NIC)
         self._last_host = HOSTS[0] - 1
-        self._hub: subprocess.Popen | None = None
+        self._hub: SwitchHandle | None = None
 
     @property
     def hub_socket(self) -> Path:
         return self.directory / HUB_SOCKET
 
     def start(self) -> None:
-        """Start the switch process and wait until it listens."""
+        """Start the switch process (where the site says) and wait until it listens."""
         socket_path = self.directory / ("0" * 12 + MEMBER_SUFFIX)
         if len(os.fsencode(socket_path)) > SOCKET_PATH_MAX:
             raise NetworkError(
                 f"network {self.name}: the socket paths under {self.directory} are too long for "
                 f"a Unix socket ({len(os.fsencode(socket_path))} > {SOCKET_PATH_MAX} bytes); "
-                f"set PYTEST_KVM_CACHE_DIR to a shorter directory")
-        # inside the run's directory, which exists (with its owner record) once a guest does
-        self.directory.parent.mkdir(mode=0o700, exist_ok=True)
-        self.directory.mkdir(mode=0o700)
-        with open(self.directory / "hub.log", "ab") as log:
-            self._hub = subprocess.Popen(
-                [sys.executable, "-m", "pytest_kvm.networks.switch", str(self.directory)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True)  # a kept network outlives pytest (--kvm-keep)
-        deadline = time.monotonic() + HUB_START
-        while not self.hub_socket.exists():
-            if self._hub.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                log_text = (self.directory / "hub.log").read_text(errors="replace")[-2000:]
-                raise NetworkError(f"network {self.name}: its switch process did not start "
-                                   f"(log: {log_text.strip() or 'empty'})")
-            time.sleep(0.02)
+                f"{self.site.shorter}")
+        self._hub = self.site.start_switch(self.name, self.directory)
 
     def stop(self) -> None:
-        if self._hub is not None and self._hub.poll() is None:
-            self._hub.terminate()
-            try:
-                self._hub.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._hub.kill()
-                self._hub.wait()
+        if self._hub is not None:
+            self._hub.stop()
 
     def _next_host(self) -> int:
         taken = {int(ipaddress.IPv4Address(a.ipv4)) - int(self.subnet4.network_address)
@@ -151,8 +213,7 @@ class Network:
     def detach(self, guest_name: str) -> None:
         entry = self.members.pop(guest_name, None)
         if entry is not None:
-            with contextlib.suppress(FileNotFoundError):
-                entry[1].socket.unlink()  # off the network for the switch
+            self.site.remove_member(entry[1].socket)  # off the network for the switch
 
 
 def hosts_lines(network: Network) -> list[str]:
@@ -168,8 +229,11 @@ def hosts_lines(network: Network) -> list[str]:
 class Networks:
     """The session's networks, made on first use and ended with the session."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self._directory = run_dir / "networks"
+    def __init__(self, site: Site, host: Any = None) -> None:
+        """*site*: where the networks live; *host*: the one host of the session's guests
+        (a guest on another host cannot join: its QEMU could not reach the sockets)."""
+        self._site = site
+        self._host = host
         self._networks: dict[str, Network] = {}
         self._lock = threading.RLock()
         self._ula = ipaddress.IPv6Network((int.from_bytes(b"\xfd" + secrets.token_bytes(5), "big")
@@ -182,7 +246,8 @@ class Networks:
             if len(self._networks) >= len(numbers):
                 raise NetworkError(f"at most {MAX_NETWORKS} networks per session")
             number = numbers[len(self._networks)]
-            network = Network(name, number, self._directory / str(number), self._ula)
+            network = Network(name, number, self._site.root / str(number), self._ula,
+                              self._site)
             network.start()
             self._networks[name] = network
         return network
@@ -190,6 +255,12 @@ class Networks:
     def join(self, guest: Any, names: tuple[str, ...]) -> list[Attachment]:
         """Put *guest* on the networks *names* (starting their switches if needed): its
         MACs and addresses, one :class:`Attachment` per network."""
+        host = getattr(guest, "host", None)
+        if self._host is not None and host is not None and host is not self._host:
+            raise NetworkError(
+                f"guest {guest.name} runs{host.where or ' on this machine'} but the session's "
+                f"networks are{self._host.where or ' on this machine'}: the guests of one "
+                f"network must run on one host (boot them from one session)")
         if len(names) > len(PRIVATE_NIC_SLOTS):
             raise NetworkError(f"guest {guest.name}: at most {len(PRIVATE_NIC_SLOTS)} networks "
                                f"per guest, not {len(names)}")
@@ -234,6 +305,10 @@ class Networks:
     def close(self, keep: set[str] = frozenset()) -> None:
         """Stop every switch but those of networks a kept guest (by name) is on."""
         with self._lock:
+            kept = False
             for network in self._networks.values():
-                if not keep & set(network.members):
+                if keep & set(network.members):
+                    kept = True
+                else:
                     network.stop()
+            self._site.close(kept)

@@ -12,11 +12,19 @@ or of another run. A full receive queue drops the frame, as a switch does.
 
 Run as ``python -m pytest_kvm.networks.switch DIRECTORY``; it exits on SIGTERM or once its directory
 is gone (the session, the watchdog or the reaper removed the run's files).
+
+On a remote host (``--kvm-host``) the module's source is piped to the host's ``python3``
+(which has no pytest-kvm: this module uses the standard library only) and run as
+``... --stdin-lifeline DIRECTORY`` over the plugin's SSH connection: it also exits once its
+standard input reaches end of file (the SSH channel closed: the session ended, or the
+controller died), says ``listening`` on its standard output once its socket is bound, and
+removes its directory (and the run's, once empty) when it exits.
 """
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -30,6 +38,8 @@ CHECK_INTERVAL = 1.0  # seconds between checks that the directory still exists
 #: table by ~77 bytes each); past it the least recently seen is forgotten, so its frames
 #: are flooded until it sends again, as a hardware switch's full table does
 MAX_MACS = 4096
+LIFELINE = "--stdin-lifeline"
+READY = "listening"  # what a lifeline switch prints once its socket is bound
 
 
 class Switch:
@@ -74,24 +84,35 @@ def members(directory: Path) -> set[str]:
     return {str(directory / n) for n in names if n.endswith(MEMBER_SUFFIX) and n != HUB_SOCKET}
 
 
-def serve(directory: Path) -> None:
+def serve(directory: Path, lifeline: bool = False) -> None:
+    """Forward frames until the directory is gone (or, with *lifeline*, standard input
+    reached end of file)."""
     hub_path = directory / HUB_SOCKET
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(hub_path))
+    # QEMU may run as another user than the switch (a remote host's QEMU user): it may send
+    # here; the directory's own mode keeps everyone else out of it
+    os.chmod(hub_path, 0o666)
     sock.setblocking(False)
+    watched = [sock]
+    if lifeline:
+        watched.append(sys.stdin.fileno())
+        print(READY, flush=True)
     switch = Switch()
     known: set[str] = set()
     seen_mtime = -1
     try:
         while True:
-            ready, _, _ = select.select([sock], [], [], CHECK_INTERVAL)
+            ready, _, _ = select.select(watched, [], [], CHECK_INTERVAL)
+            if lifeline and sys.stdin.fileno() in ready and not os.read(sys.stdin.fileno(), 4096):
+                return  # the controller's channel closed
             try:
                 mtime = directory.stat().st_mtime_ns
             except OSError:
                 return  # the run's files were removed: the network is over
             if mtime != seen_mtime:
                 seen_mtime, known = mtime, members(directory)
-            if not ready:
+            if sock not in ready:
                 continue
             while True:
                 try:
@@ -113,13 +134,31 @@ def serve(directory: Path) -> None:
             pass
 
 
+def remove_directory(directory: Path) -> None:
+    """A lifeline switch's last step: its network's directory, and the run's if empty."""
+    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        directory.parent.rmdir()
+    except OSError:  # another network of the run is still there
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    lifeline = bool(args) and args[0] == LIFELINE
+    if lifeline:
+        args = args[1:]
     if len(args) != 1:
-        print("usage: python -m pytest_kvm.networks.switch DIRECTORY", file=sys.stderr)
+        print(f"usage: python -m pytest_kvm.networks.switch [{LIFELINE}] DIRECTORY",
+              file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    serve(Path(args[0]))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
+    try:
+        serve(Path(args[0]), lifeline)
+    finally:
+        if lifeline:
+            remove_directory(Path(args[0]))
     return 0
 
 

@@ -76,7 +76,8 @@ class KvmSession:
                                next_name=self._next_name)
         self._ahead = AheadPool(settings.prepare_ahead, progress)
         self._reclaimer = Reclaimer()
-        self.networks = Networks(self.run_dir)  # guests' private networks (networks=)
+        # guests' private networks (networks=), where the host runs its guests
+        self.networks = Networks(self.host.network_site(self.run_id, self.run_dir), self.host)
         pid = os.getpid()
         self._owner = {"owner_pid": str(pid), "owner_start": process_start_time(pid),
                        **machine_identity(), "cache_id": self.cache_id, "run_id": self.run_id,

@@ -472,3 +472,110 @@ def test_shares_on_a_remote_host(pytester, host):
     assert not [p for p in pytester.path.iterdir() if p.name.startswith(".pytest-kvm-share-")]
     left = share_copies_on(host)
     assert left and all(name.startswith(".virtiofsd-") for name in left), left  # launcher code
+
+
+NETWORKED = r'''
+import shlex, subprocess
+
+# one TCP round trip: the server upper-cases what it gets (python3: every Debian image has it)
+SERVER = ("import socket; s = socket.create_server(('::', 7000), family=socket.AF_INET6, "
+          "dualstack_ipv6=True); c, _ = s.accept(); c.sendall(c.recv(100).upper())")
+CLIENT = """
+import socket, time
+for _ in range(100):
+    try:
+        s = socket.create_connection(("server", 7000))
+        break
+    except OSError:
+        time.sleep(0.2)
+s.sendall(b"round trip")
+print(s.recv(100).decode())
+"""
+
+
+def test_networked(guest_factory):
+    server = guest_factory("debian-12", networks=("lan",), name="server")
+    client = guest_factory("debian-12", networks=("lan",), name="client")
+    assert client.run("ping -c1 -W5 server", check=True).ok
+    assert server.run("ping -c1 -W5 client.lan", check=True).ok
+    server.run(f"{{ setsid python3 -c {shlex.quote(SERVER)} >/dev/null 2>&1 </dev/null & }}",
+               check=True)
+    out = client.run(f"python3 -c {shlex.quote(CLIENT)}", check=True, timeout=120).stdout
+    assert out.strip() == "ROUND TRIP"
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    run = server.name.rsplit("-", 1)[0].removeprefix("pytest-kvm-")
+    mine = f"--stdin-lifeline /tmp/pytest-kvm-net-{run}/"
+    print("SWITCHES", *[l for l in ps.splitlines() if mine in l], sep="\n")
+'''
+
+
+def test_guests_on_a_remote_host_share_a_private_network(pytester, host):
+    """networks= on a remote host: the network's sockets and its switch are on the host
+    (the switch piped to the host's python3 over the plugin's SSH connection); two guests
+    reach each other by name, ping and TCP; after the session no switch process and no
+    network directory is left on the host."""
+    pytester.makepyfile(NETWORKED)
+    result = pytester.runpytest_subprocess("--kvm-accel", "tcg", "-s", "-p", "no:cacheprovider",
+                                           "--kvm-host", host.libssh_uri, timeout=1200)
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    switches = [line for line in out.splitlines() if "--stdin-lifeline" in line]
+    assert len(switches) == 1, out  # one network, its switch on the host (in its namespace)
+    directory = switches[0].split()[-1]  # /tmp/pytest-kvm-net-<run id>/1
+    assert directory.startswith("/tmp/pytest-kvm-net-"), switches
+    assert not [s for s in lifeline_switches(host) if s[-1] == directory]
+    assert not host.path(directory).parent.exists()
+
+
+def lifeline_switches(fake):
+    """The command lines of switch processes running in *fake*'s namespaces."""
+    found = []
+    for pid in fake.processes():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--stdin-lifeline" in argv:
+            found.append([a.decode() for a in argv if a])
+    return found
+
+
+def test_a_killed_controllers_network_ends_on_the_host(pytester, host):
+    """SIGKILL of pytest while its guest is on a network of the host: the switch, which runs
+    in the host's namespaces, sees its SSH channel close and exits, its directory goes."""
+    pytester.makepyfile("""
+import time
+def test_hang(guest_factory):
+    guest = guest_factory("debian-12", networks=("lan",))
+    print("READY", guest.name, flush=True)
+    time.sleep(600)
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider",
+                             "--kvm-accel", "tcg", "--kvm-host", host.libssh_uri],
+                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 900
+        while not any("READY" in l for l in lines) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert any("READY" in l for l in lines), "".join(lines)
+        run = next(l for l in lines if "READY" in l).split("READY", 1)[1].split()[0] \
+            .rsplit("-", 1)[0]
+        directory = f"/tmp/pytest-kvm-net-{run.removeprefix('pytest-kvm-')}"
+        switches = lifeline_switches(host)
+        assert [s[-1] for s in switches if s[-1].startswith(directory + "/")] \
+            == [f"{directory}/1"], switches
+        assert host.path(directory + "/1/hub.sock").exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while (any(s[-1].startswith(directory + "/") for s in lifeline_switches(host))
+           or host.path(directory).exists()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [s for s in lifeline_switches(host) if s[-1].startswith(directory + "/")]
+    assert not host.path(directory).exists()

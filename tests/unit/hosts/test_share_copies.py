@@ -111,12 +111,14 @@ def test_the_launcher_code_says_which_virtiofsd_the_host_declares():
     assert missing.returncode == 2 and "--uid and --gid are required" in missing.stderr
 
 
-def test_a_remote_host_takes_shares(tmp_path):
+def test_a_remote_host_takes_shares_networks_and_goldens_but_not_winrm_or_uefi(tmp_path):
     uri = parse_host("qemu+ssh://ci@hv1/system")
     host = RemoteHost(uri, (uri,), tmp_path)
     config = SimpleNamespace(family=SimpleNamespace(name="debian", transport="ssh", firmware="bios"))
-    request = SimpleNamespace(share=({"/mnt": tmp_path},), networks=(), golden=None)
+    request = SimpleNamespace(share=({"/mnt": tmp_path},), networks=("lan",), golden=object())
     host.refuse_unsupported(request, config)
     assert host.copies_shares
-    with pytest.raises(SpecError, match="networks="):
-        host.refuse_unsupported(SimpleNamespace(share=(), networks=("lan",), golden=None), config)
+    windows = SimpleNamespace(family=SimpleNamespace(name="windows", transport="winrm",
+                                                     firmware="uefi"))
+    with pytest.raises(SpecError, match="on remote host ci@hv1: not supported yet: family windows"):
+        host.refuse_unsupported(request, windows)

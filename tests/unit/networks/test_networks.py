@@ -13,7 +13,7 @@ import pytest
 from pytest_kvm.vm.domain import PRIVATE_NIC_SLOTS, private_nic_commands
 from pytest_kvm.families import family
 from pytest_kvm.networks.switch import HUB_SOCKET, Switch
-from pytest_kvm.networks.segments import Network, NetworkError, Networks, hosts_lines
+from pytest_kvm.networks.segments import LocalSite, Network, NetworkError, Networks, hosts_lines
 from pytest_kvm.spec import SpecError, guest_request
 
 A, B, C = (bytes.fromhex(h) for h in ("525400000001", "525400000002", "525400000003"))
@@ -175,7 +175,7 @@ def test_hosts_lines_name_every_member_with_and_without_the_network(tmp_path):
 
 def test_networks_number_subnets_apart_and_refuse_a_taken_name(tmp_path, monkeypatch):
     monkeypatch.setattr(Network, "start", lambda self: None)  # no switch process needed here
-    nets = Networks(tmp_path)
+    nets = Networks(LocalSite(tmp_path / "networks"))
     a, b = FakeGuest("g1", alias="a"), FakeGuest("g2", alias="b")
     first, second = nets.join(a, ("lan", "db"))
     assert (first.index, second.index) == (0, 1)
@@ -250,17 +250,17 @@ def test_networks_keyword_takes_names_or_one_name():
 
 
 def test_session_end_stops_switches_but_those_of_kept_guests(tmp_path):
-    nets = Networks(tmp_path)
+    nets = Networks(LocalSite(tmp_path / "networks"))
     kept, gone = FakeGuest("kept"), FakeGuest("gone")
     nets.join(kept, ("lan",))
     nets.join(gone, ("other",))
     lan, other = nets._networks["lan"], nets._networks["other"]
     try:
         nets.close(keep={"kept"})  # --kvm-keep kept "kept"
-        assert other._hub.poll() is not None and not other.hub_socket.exists()
-        assert lan._hub.poll() is None and lan.hub_socket.exists()
+        assert other._hub.proc.poll() is not None and not other.hub_socket.exists()
+        assert lan._hub.proc.poll() is None and lan.hub_socket.exists()
         shutil.rmtree(tmp_path / "networks")  # what reaping the kept guest's run does
-        assert lan._hub.wait(timeout=10) == 0
+        assert lan._hub.proc.wait(timeout=10) == 0
     finally:
         lan.stop()
         other.stop()
