@@ -18,6 +18,7 @@ import pytest
 from pytest_kvm.hosts.shares import SHARES_PATH
 from pytest_kvm.hosts.volumes import POOL_PATH, owner_record, owner_volume
 from pytest_kvm.owner import machine_identity, process_start_time
+from pytest_kvm.vm.accel import KVM_MODULES, module_problem
 from remotehost import FakeHost
 
 pytestmark = pytest.mark.skipif(
@@ -475,7 +476,10 @@ def test_shares_on_a_remote_host(pytester, host):
 
 
 NETWORKED = r'''
-import shlex, subprocess
+import pathlib, shlex, subprocess
+import pytest
+
+HERE = pathlib.Path(__file__).parent
 
 # one TCP round trip: the server upper-cases what it gets (python3: every Debian image has it)
 SERVER = ("import socket; s = socket.create_server(('::', 7000), family=socket.AF_INET6, "
@@ -493,9 +497,20 @@ print(s.recv(100).decode())
 """
 
 
-def test_networked(guest_factory):
-    server = guest_factory("debian-12", networks=("lan",), name="server")
-    client = guest_factory("debian-12", networks=("lan",), name="client")
+@pytest.fixture(scope="session")
+def prepared(kvm):  # a user golden, saved on the host
+    return kvm.golden("networked", lambda g: g.run("echo prepared | sudo tee /opt/prepared",
+                                                   check=True))
+
+
+def test_networked(guest_factory, prepared, kvm):
+    server = guest_factory(golden=prepared, networks=("lan",), name="server",
+                           share={"/mnt/in": str(HERE / "in")})
+    client = guest_factory(golden=prepared, networks=("lan",), name="client",
+                           share={"/mnt/out": {"path": str(HERE / "out"), "writable": True}})
+    assert server.run("cat /opt/prepared /mnt/in/x.txt").stdout == "prepared\nfrom here\n"
+    client.run("cat /opt/prepared > /mnt/out/result.txt", check=True)
+    print("ACCEL", kvm.accel)
     assert client.run("ping -c1 -W5 server", check=True).ok
     assert server.run("ping -c1 -W5 client.lan", check=True).ok
     server.run(f"{{ setsid python3 -c {shlex.quote(SERVER)} >/dev/null 2>&1 </dev/null & }}",
@@ -509,16 +524,27 @@ def test_networked(guest_factory):
 '''
 
 
-def test_guests_on_a_remote_host_share_a_private_network(pytester, host):
-    """networks= on a remote host: the network's sockets and its switch are on the host
-    (the switch piped to the host's python3 over the plugin's SSH connection); two guests
-    reach each other by name, ping and TCP; after the session no switch process and no
-    network directory is left on the host."""
+def test_a_module_with_shares_networks_and_a_user_golden_on_a_remote_host(pytester, host):
+    """What runs locally runs unchanged with --kvm-host and --kvm-accel left at auto: two
+    clones of a user golden (saved on the host) with a share each (read-only in, writable
+    out) on one private network whose sockets and switch are on the host (the switch piped
+    to the host's python3 over the plugin's SSH connection); they reach each other by name,
+    ping and TCP. On this machine the host's libvirt advertises KVM whose only module is
+    kvm_pvm: the guests run under TCG and the summary says why. After the session no switch
+    process and no network directory is left on the host."""
     pytester.makepyfile(NETWORKED)
-    result = pytester.runpytest_subprocess("--kvm-accel", "tcg", "-s", "-p", "no:cacheprovider",
+    (pytester.path / "in").mkdir()
+    (pytester.path / "in" / "x.txt").write_text("from here\n")
+    (pytester.path / "out").mkdir()
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider",
                                            "--kvm-host", host.libssh_uri, timeout=1200)
     result.assert_outcomes(passed=1)
     out = result.stdout.str()
+    assert (pytester.path / "out" / "result.txt").read_text() == "prepared\n"
+    if module_problem(m for m in KVM_MODULES if Path("/sys/module", m).exists()):
+        assert "ACCEL tcg" in out
+        assert f"on root@127.0.0.1:{host.ssh_port}: tcg (kvm advertised but unusable: " \
+            "kvm unusable (PVM))" in out, out
     switches = [line for line in out.splitlines() if "--stdin-lifeline" in line]
     assert len(switches) == 1, out  # one network, its switch on the host (in its namespace)
     directory = switches[0].split()[-1]  # /tmp/pytest-kvm-net-<run id>/1
