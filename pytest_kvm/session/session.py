@@ -275,7 +275,7 @@ class KvmSession:
             tpm=request.tpm, machine_type=self.host.canonical_machine(fam.machine),
             shares=request.share, artifacts=request.artifacts,
             networks=request.networks, network_name=request.name,
-            network_mode=self.settings.network,
+            network_mode=self.settings.network, tb_cache_mib=self.settings.tb_cache_mib,
             metadata={**self._owner, "created": str(int(time.time()))})
 
     def _next_name(self) -> str:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .libvirtxml.devices import (Channel, Console, Controller, Disk, Filesystem, MemBalloon, Rng,
                                  Serial, Tpm)
 from .libvirtxml.domain import (META_NS, Boot, Clock, Cpu, Domain, Features,  # noqa: F401
-                                MemoryBacking, Metadata, Os, run_metadata)
+                                MemoryBacking, Metadata, Os, Tcg, run_metadata)
 from .libvirtxml.elements import XmlElement
 from .libvirtxml.qemu import QEMU_NS, QemuCommandline, UserNic  # noqa: F401
 from ..choices import NETWORK_MODES
@@ -82,6 +82,9 @@ class DomainSpec:
     #: "file": QEMU appends the serial console to ``console_log``; "pty": it is read through
     #: libvirt's console stream (a remote host: see pytest_kvm.hosts.remote)
     console: str = "file"
+    #: TCG's translation cache in MiB (``<features><tcg><tb-cache>``); None: QEMU's default
+    #: (1 GiB). Written only under TCG: KVM runs guest code natively and has none
+    tb_cache_mib: int | None = None
 
     def __post_init__(self) -> None:
         checks = (("machine", ("pc", "q35")), ("firmware", ("bios", "uefi")),
@@ -248,7 +251,9 @@ def build_domain(spec: DomainSpec) -> Domain:
         if spec.shared_memory else None,
         vcpus=spec.cpus, os=_os(spec),
         # OVMF's Secure Boot build refuses to run without SMM
-        features=Features(acpi=True, smm="on" if spec.secure_boot else None),
+        features=Features(acpi=True, smm="on" if spec.secure_boot else None,
+                          tcg=Tcg(tb_cache=spec.tb_cache_mib, tb_cache_unit="MiB")
+                          if tcg and spec.tb_cache_mib else None),
         # under TCG a named model: a saved state only restores onto the CPU it was saved on
         cpu=Cpu(mode="custom", match="exact", check="none", model=TCG_CPU_MODEL,
                 model_fallback="forbid") if tcg else Cpu(mode="host-passthrough"),

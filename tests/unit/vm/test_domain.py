@@ -70,6 +70,14 @@ def test_kvm_uses_host_cpu_tcg_a_named_model():
     assert cpu.get("mode") == "custom" and cpu.findtext("model") == "qemu64"
 
 
+def test_tcg_bounds_its_translation_cache_kvm_has_none():
+    cache = parse(spec(tb_cache_mib=128)).find("features/tcg/tb-cache")
+    assert cache.text == "128" and cache.get("unit") == "MiB"
+    assert parse(spec(virt_type="kvm", tb_cache_mib=128)).find("features/tcg") is None
+    assert parse(spec()).find("features/tcg") is None  # None: QEMU's default
+    assert parse(spec()).find("features/acpi") is not None
+
+
 def test_machine_type_is_pinned_when_given():
     assert parse(spec()).find("os/type").get("machine") == "pc"
     assert parse(spec(machine_type="pc-i440fx-7.2")).find("os/type").get("machine") == "pc-i440fx-7.2"
