@@ -63,7 +63,7 @@ def _restore(m: Machine, golden: Golden) -> None:
     identity = CloneIdentity(name=m.name, disk=disk, console_log=m.console,
                              ssh_port=0, guest_port=cfg.family.guest_port, nvram=nvram,
                              seed=golden.seed, metadata=dict(cfg.metadata),
-                             network_mode=cfg.network_mode)
+                             network_mode=cfg.network_mode, shared_memory=bool(cfg.shares))
     m.mac = identity.mac
     m.timeline.add("prepare", time.monotonic() - t0)
     t0 = time.monotonic()
