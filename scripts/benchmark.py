@@ -3,11 +3,15 @@
 at once, the first test of a second session (snapshots on vs off), 20-test modules (the
 new way: snapshots, clones made ahead, teardown in the background; today's way:
 per-session goldens, serial clones, teardown in line), a module whose tests keep the
-host's CPUs busy (clones made ahead on vs off), and memory. Each next to its baseline,
-in the same run. Prints a table and JSON. Not a test; run it with nothing else booting.
+host's CPUs busy (clones made ahead on vs off), and memory: six clones alive at once
+(private RAM vs the golden's memfd) and TCG translation cache sizes (each: cold boot,
+idle QEMU RSS/PSS, clone to first command, six clones' RSS/PSS). Each next to its
+baseline, in the same run. Prints a table and JSON. Not a test; run it with nothing else
+booting.
 
     .venv/bin/python scripts/benchmark.py                  # 3 runs, 20-test modules
     .venv/bin/python scripts/benchmark.py --runs 5 --cold-os debian-12 debian-13
+    .venv/bin/python scripts/benchmark.py --memory-only --tb-sizes 0 256 128 64
 """
 from __future__ import annotations
 
@@ -255,6 +259,64 @@ def tb_cache_rows(os_name: str, memory: int, sizes: list[int], runs: int, clones
             for size, row in rows.items()}
 
 
+def memfd_clones():
+    """Clones restored into the golden's memfd RAM, as before private RAM (the baseline)."""
+    from unittest import mock  # noqa: PLC0415
+    from pytest_kvm.guest import clone as clone_module  # noqa: PLC0415
+    real = clone_module.CloneIdentity
+    return mock.patch.object(clone_module, "CloneIdentity",
+                             lambda **kw: real(**{**kw, "shared_memory": None}))
+
+
+#: the ways clones' RAM is compared: (restored into the golden's memfd, huge pages)
+CLONE_RAM_WAYS = {"private, no huge pages (now)": (False, False),
+                  "private, huge pages": (False, True),
+                  "memfd, huge pages (before)": (True, True)}
+
+
+def clone_ram_rows(os_name: str, memory: int, runs: int, clones: int, settle: float, log) -> dict:
+    """*clones* clones alive at once, restored each way of :data:`CLONE_RAM_WAYS`, in
+    turns: each clone to its first command, and its QEMU's RSS/PSS once all idle."""
+    import contextlib  # noqa: PLC0415
+    from pytest_kvm.vm.hugepages import set_huge_pages  # noqa: PLC0415
+    rows = {way: {"clone_cmd_s": [], "rss": [], "pss": []} for way in CLONE_RAM_WAYS}
+    session = KvmSession(Settings.build(prepare_ahead=0), progress=log)
+    try:
+        session.boot(os_name, memory_mib=memory, reset="clone").destroy()  # the golden
+        for i in range(runs):
+            for way, row in rows.items():
+                alive = []
+                memfd, huge = CLONE_RAM_WAYS[way]
+                set_huge_pages(huge)
+                with memfd_clones() if memfd else contextlib.nullcontext():
+                    try:
+                        for _ in range(clones):
+                            t0 = time.monotonic()
+                            alive.append(session.boot(os_name, memory_mib=memory, reset="clone"))
+                            alive[-1].run("true", check=True)
+                            row["clone_cmd_s"].append(time.monotonic() - t0)
+                        mems = idle_memory(alive, settle)
+                    finally:
+                        for guest in alive:
+                            guest.destroy()
+                        set_huge_pages(False)
+                if any(("memory-backend-memfd" in m["cmdline"]) != memfd for m in mems):
+                    raise RuntimeError(f"a clone's RAM is not what the {way} row measures")
+                row["rss"] += [m["rss"] for m in mems]
+                row["pss"] += [m["pss"] for m in mems]
+                log(f"{clones} clones, {way} RAM, run {i + 1}: PSS {[round(m['pss']) for m in mems]} MiB")
+    finally:
+        session.close()
+    return {way: {name: summary(values) for name, values in row.items()} for way, row in rows.items()}
+
+
+def print_clone_ram(ram: dict, clones: int) -> None:
+    print(f"\n{f'{clones} clones alive at once, RAM':<36} {'to 1st cmd':>10} {'RSS':>7} {'PSS':>7}  (medians)")
+    for way, row in ram.items():
+        print(f"{way:<36} {row['clone_cmd_s']['median']:>9.2f}s {row['rss']['median']:>6.0f}M "
+              f"{row['pss']['median']:>6.0f}M")
+
+
 def print_tb_cache(tb: dict, clones: int) -> None:
     print(f"\n{'TCG translation cache (MiB)':<28} {'cold ready':>10} {'idle RSS':>9} {'idle PSS':>9} "
           f"{'clone->cmd':>10} {f'{clones} clones RSS':>14} {f'{clones} clones PSS':>14}  (medians)")
@@ -284,10 +346,12 @@ def main() -> int:
                         help="only the rows of memory and TCG translation cache sizes")
     args = parser.parse_args()
     log = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    ram = clone_ram_rows(args.os, args.memory, args.runs, args.clones, args.settle, log)
+    print_clone_ram(ram, args.clones)
     tb = tb_cache_rows(args.os, args.memory, args.tb_sizes, args.runs, args.clones, args.settle, log)
     print_tb_cache(tb, args.clones)
     if args.memory_only:
-        print(json.dumps({"tb_cache": tb}, indent=2))
+        print(json.dumps({"clone_ram": ram, "tb_cache": tb}, indent=2))
         return 0
     session = KvmSession(Settings.build(reset="boot", prepare_ahead=0), progress=log)
     results: dict[str, object] = {"os": args.os, "accel": session.acceleration.describe(),
@@ -391,8 +455,9 @@ def main() -> int:
           f"{b['ahead_1']} s with a clone made ahead vs {b['ahead_0']} s without")
     print(f"cold boots while cloning: {results['cold_boots_during_clones']}")
     print(f"idle guest QEMU RSS: {results.get('guest_qemu_rss_mib')} MiB; plugin RSS: {results.get('plugin_rss_mib')} MiB")
+    print_clone_ram(ram, args.clones)
     print_tb_cache(tb, args.clones)
-    print(json.dumps({**results, "tb_cache": tb}, indent=2))
+    print(json.dumps({**results, "clone_ram": ram, "tb_cache": tb}, indent=2))
     return 0
 
 

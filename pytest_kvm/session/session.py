@@ -29,6 +29,7 @@ from ..keys import KeyPair
 from ..networks.segments import Networks
 from ..spec import GuestRequest, SpecError, check_arguments, guest_request
 from ..vm.domain import NAME_PREFIX
+from ..vm.hugepages import set_huge_pages
 from .background import AheadPool, Reclaimer
 from .goldens import Goldens
 from .snapshots import SnapshotStore
@@ -133,6 +134,8 @@ class KvmSession:
             self.host.close()
             raise
         self._hv = hv
+        if hv.embed_index is not None:  # QEMU is forked from this process: no huge pages
+            set_huge_pages(False)
         leftovers = reap_domains(hv, failed=lambda name, exc: self.progress(
             f"could not destroy {name}, a leftover of a dead run (its files are kept): {exc}"))
         leftovers += [p.name for p in reap_run_dirs(self.settings.cache_dir / "runs")]
