@@ -268,10 +268,12 @@ def memfd_clones():
                              lambda **kw: real(**{**kw, "shared_memory": None}))
 
 
-#: the ways clones' RAM is compared: (restored into the golden's memfd, huge pages)
-CLONE_RAM_WAYS = {"private, no huge pages (now)": (False, False),
-                  "private, huge pages": (False, True),
-                  "memfd, huge pages (before)": (True, True)}
+#: the ways clones' RAM is compared: (restored into the golden's memfd, huge pages, the
+#: golden's free memory zeroed before its save)
+CLONE_RAM_WAYS = {"private, no huge pages, zeroed (now)": (False, False, True),
+                  "private, no huge pages": (False, False, False),
+                  "private, huge pages": (False, True, False),
+                  "memfd, huge pages (before)": (True, True, False)}
 
 
 def clone_ram_rows(os_name: str, memory: int, runs: int, clones: int, settle: float, log) -> dict:
@@ -279,14 +281,22 @@ def clone_ram_rows(os_name: str, memory: int, runs: int, clones: int, settle: fl
     turns: each clone to its first command, and its QEMU's RSS/PSS once all idle."""
     import contextlib  # noqa: PLC0415
     from pytest_kvm.vm.hugepages import set_huge_pages  # noqa: PLC0415
-    rows = {way: {"clone_cmd_s": [], "rss": [], "pss": []} for way in CLONE_RAM_WAYS}
-    session = KvmSession(Settings.build(prepare_ahead=0), progress=log)
+    from unittest import mock  # noqa: PLC0415
+    from pytest_kvm.guest import clone as clone_module  # noqa: PLC0415
+    rows = {way: {"clone_cmd_s": [], "rss": [], "pss": [], "save_mib": []} for way in CLONE_RAM_WAYS}
+    # a golden of each session's own (snapshots off): one zeroed before its save, one not
+    sessions = {zeroed: KvmSession(Settings.build(prepare_ahead=0, snapshots="off"), progress=log)
+                for zeroed in (True, False)}
     try:
-        session.boot(os_name, memory_mib=memory, reset="clone").destroy()  # the golden
+        for zeroed, session in sessions.items():
+            with contextlib.nullcontext() if zeroed else mock.patch.object(
+                    clone_module, "zero_free_memory", lambda m: None):
+                session.boot(os_name, memory_mib=memory, reset="clone").destroy()
         for i in range(runs):
             for way, row in rows.items():
                 alive = []
-                memfd, huge = CLONE_RAM_WAYS[way]
+                memfd, huge, zeroed = CLONE_RAM_WAYS[way]
+                session = sessions[zeroed]
                 set_huge_pages(huge)
                 with memfd_clones() if memfd else contextlib.nullcontext():
                     try:
@@ -296,6 +306,7 @@ def clone_ram_rows(os_name: str, memory: int, runs: int, clones: int, settle: fl
                             alive[-1].run("true", check=True)
                             row["clone_cmd_s"].append(time.monotonic() - t0)
                         mems = idle_memory(alive, settle)
+                        row["save_mib"].append(alive[0].golden.image.path.stat().st_size / 2**20)
                     finally:
                         for guest in alive:
                             guest.destroy()
@@ -306,15 +317,17 @@ def clone_ram_rows(os_name: str, memory: int, runs: int, clones: int, settle: fl
                 row["pss"] += [m["pss"] for m in mems]
                 log(f"{clones} clones, {way} RAM, run {i + 1}: PSS {[round(m['pss']) for m in mems]} MiB")
     finally:
-        session.close()
+        for session in sessions.values():
+            session.close()
     return {way: {name: summary(values) for name, values in row.items()} for way, row in rows.items()}
 
 
 def print_clone_ram(ram: dict, clones: int) -> None:
-    print(f"\n{f'{clones} clones alive at once, RAM':<36} {'to 1st cmd':>10} {'RSS':>7} {'PSS':>7}  (medians)")
+    print(f"\n{f'{clones} clones alive at once, RAM':<40} {'to 1st cmd':>10} {'RSS':>7} {'PSS':>7} "
+          f"{'save image':>10}  (medians)")
     for way, row in ram.items():
-        print(f"{way:<36} {row['clone_cmd_s']['median']:>9.2f}s {row['rss']['median']:>6.0f}M "
-              f"{row['pss']['median']:>6.0f}M")
+        print(f"{way:<40} {row['clone_cmd_s']['median']:>9.2f}s {row['rss']['median']:>6.0f}M "
+              f"{row['pss']['median']:>6.0f}M {row['save_mib']['median']:>9.0f}M")
 
 
 def print_tb_cache(tb: dict, clones: int) -> None:
