@@ -207,14 +207,21 @@ def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
+#: a guest workload of much different code (the translation cache's worst case): Python
+#: byte-compiling its standard library, then compressing a tree
+WORKLOAD = ("cd /usr/lib/python3.11 && python3 -m compileall -q -f -b email asyncio xml json"
+            " >/dev/null 2>&1; tar czf /tmp/w.tgz /usr/share/doc 2>/dev/null; rm -f /tmp/w.tgz")
+
+
 def tb_cache_rows(os_name: str, memory: int, sizes: list[int], runs: int, clones: int,
                   settle: float, log) -> dict:
     """For each TCG translation cache size (0: QEMU's default, 1 GiB), in turns so that the
     machine's load hits every size alike: a cold boot to ready and its idle QEMU's RSS/PSS,
     a warm clone to its first command, and *clones* clones alive at once, their RSS/PSS.
     Each size has its own golden (the domain XML is part of the snapshot key)."""
-    rows = {size: {"cold_ready_s": [], "cold_rss": [], "cold_pss": [], "clone_cmd_s": [],
-                   "clones_rss": [], "clones_pss": []} for size in sizes}
+    rows = {size: {"cold_ready_s": [], "cold_rss": [], "cold_pss": [], "workload_s": [],
+                   "workload_rss": [], "clone_cmd_s": [], "clones_rss": [], "clones_pss": []}
+            for size in sizes}
     sessions = {size: KvmSession(Settings.build(tb_cache_mib=size, prepare_ahead=0), progress=log)
                 for size in sizes}
     try:
@@ -229,6 +236,10 @@ def tb_cache_rows(os_name: str, memory: int, sizes: list[int], runs: int, clones
                 (mem,) = idle_memory([guest], settle)
                 row["cold_rss"].append(mem["rss"])
                 row["cold_pss"].append(mem["pss"])
+                t0 = time.monotonic()
+                guest.run(WORKLOAD, timeout=1800, sudo=True)
+                row["workload_s"].append(time.monotonic() - t0)
+                row["workload_rss"].append(idle_memory([guest], 0)[0]["rss"])
                 guest.destroy()
                 t0 = time.monotonic()
                 guest = session.boot(os_name, memory_mib=memory, reset="clone")
@@ -249,7 +260,8 @@ def tb_cache_rows(os_name: str, memory: int, sizes: list[int], runs: int, clones
                 row["clones_rss"] += [m["rss"] for m in mems]
                 row["clones_pss"] += [m["pss"] for m in mems]
                 log(f"tb-cache {size or 'default'} run {i + 1}: cold ready {row['cold_ready_s'][-1]:.1f} s, "
-                    f"idle RSS {row['cold_rss'][-1]:.0f} / PSS {row['cold_pss'][-1]:.0f} MiB; clone to "
+                    f"idle RSS {row['cold_rss'][-1]:.0f} / PSS {row['cold_pss'][-1]:.0f} MiB; workload "
+                    f"{row['workload_s'][-1]:.1f} s, then RSS {row['workload_rss'][-1]:.0f} MiB; clone to "
                     f"first command {row['clone_cmd_s'][-1]:.2f} s; {clones} clones: PSS "
                     f"{[round(m['pss']) for m in mems]} MiB")
     finally:
@@ -332,11 +344,13 @@ def print_clone_ram(ram: dict, clones: int) -> None:
 
 def print_tb_cache(tb: dict, clones: int) -> None:
     print(f"\n{'TCG translation cache (MiB)':<28} {'cold ready':>10} {'idle RSS':>9} {'idle PSS':>9} "
-          f"{'clone->cmd':>10} {f'{clones} clones RSS':>14} {f'{clones} clones PSS':>14}  (medians)")
+          f"{'workload':>9} {'then RSS':>9} {'clone->cmd':>10} {f'{clones} clones RSS':>14} "
+          f"{f'{clones} clones PSS':>14}  (medians)")
     for size, row in tb.items():
         print(f"{'QEMU default (1024)' if size == '0' else size:<28} "
               f"{row['cold_ready_s']['median']:>9.1f}s {row['cold_rss']['median']:>8.0f}M "
-              f"{row['cold_pss']['median']:>8.0f}M {row['clone_cmd_s']['median']:>9.2f}s "
+              f"{row['cold_pss']['median']:>8.0f}M {row['workload_s']['median']:>8.1f}s "
+              f"{row['workload_rss']['median']:>8.0f}M {row['clone_cmd_s']['median']:>9.2f}s "
               f"{row['clones_rss']['median']:>13.0f}M {row['clones_pss']['median']:>13.0f}M")
 
 
