@@ -295,7 +295,8 @@ def clone_ram_rows(os_name: str, memory: int, runs: int, clones: int, settle: fl
     from pytest_kvm.vm.hugepages import set_huge_pages  # noqa: PLC0415
     from unittest import mock  # noqa: PLC0415
     from pytest_kvm.guest import clone as clone_module  # noqa: PLC0415
-    rows = {way: {"clone_cmd_s": [], "rss": [], "pss": [], "save_mib": []} for way in CLONE_RAM_WAYS}
+    rows = {way: {"clone_cmd_s": [], "rss": [], "pss": [], "save_mib": [], "workload_s": []}
+            for way in CLONE_RAM_WAYS}
     # a golden of each session's own (snapshots off): one zeroed before its save, one not
     sessions = {zeroed: KvmSession(Settings.build(prepare_ahead=0, snapshots="off"), progress=log)
                 for zeroed in (True, False)}
@@ -319,6 +320,9 @@ def clone_ram_rows(os_name: str, memory: int, runs: int, clones: int, settle: fl
                             row["clone_cmd_s"].append(time.monotonic() - t0)
                         mems = idle_memory(alive, settle)
                         row["save_mib"].append(alive[0].golden.image.path.stat().st_size / 2**20)
+                        t0 = time.monotonic()  # the others idle
+                        alive[0].run(WORKLOAD, timeout=1800, sudo=True)
+                        row["workload_s"].append(time.monotonic() - t0)
                     finally:
                         for guest in alive:
                             guest.destroy()
@@ -336,10 +340,11 @@ def clone_ram_rows(os_name: str, memory: int, runs: int, clones: int, settle: fl
 
 def print_clone_ram(ram: dict, clones: int) -> None:
     print(f"\n{f'{clones} clones alive at once, RAM':<40} {'to 1st cmd':>10} {'RSS':>7} {'PSS':>7} "
-          f"{'save image':>10}  (medians)")
+          f"{'save image':>10} {'workload':>9}  (medians)")
     for way, row in ram.items():
         print(f"{way:<40} {row['clone_cmd_s']['median']:>9.2f}s {row['rss']['median']:>6.0f}M "
-              f"{row['pss']['median']:>6.0f}M {row['save_mib']['median']:>9.0f}M")
+              f"{row['pss']['median']:>6.0f}M {row['save_mib']['median']:>9.0f}M "
+              f"{row['workload_s']['median']:>8.1f}s")
 
 
 def print_tb_cache(tb: dict, clones: int) -> None:

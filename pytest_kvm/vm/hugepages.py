@@ -4,9 +4,8 @@ QEMU 7.2 asks for transparent huge pages (``MADV_HUGEPAGE``) on a guest's RAM. A
 clone's restore writes the golden's non-zero pages, scattered over its RAM: each write
 into a fresh 2 MiB region makes the host kernel find (under ``defrag=madvise``: compact)
 and zero a whole huge page. Measured on the development machine (TCG, 2 cores, 512 MiB
-guests, six idle clones at once): with huge pages ~335 MiB PSS per QEMU and 2-4 s from
-restore to the first command; without, ~255-300 MiB and ~1 s (see
-``docs/design/benchmarks.md``).
+guests, six idle clones at once): with huge pages 337 MiB PSS per QEMU and 3.0 s from
+start to the first command; without, 306 MiB and 2.1 s (see ``docs/design/benchmarks.md``).
 
 ``prctl(PR_SET_THP_DISABLE)`` is a property of this process (not of the host) that its
 children inherit across ``fork`` and ``exec``: the embedded libvirt driver forks QEMU from
