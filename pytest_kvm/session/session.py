@@ -211,8 +211,9 @@ class KvmSession:
                                 f"get a new identity; use reset='boot'")
             golden = request.golden or self.goldens.for_config(config)
             self.clones += 1
-            # a unique clone gets its identity while it starts: never one made ahead
-            guest = None if request.unique else self._ahead.take(golden.key)
+            # a unique clone gets its identity while it starts, and a clone with shares its
+            # RAM in a memfd (those made ahead have private RAM): never one made ahead
+            guest = None if request.unique or request.share else self._ahead.take(golden.key)
             if guest is None:
                 guest = self._clone(golden, config)
             else:  # made ahead for whoever came next: this request's shares are mounted now

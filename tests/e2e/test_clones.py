@@ -28,9 +28,10 @@ def test_clone_is_fresh_and_on_time(guest_factory):
 def lean_qemu(guest):
     """A clone's QEMU (local): TCG's translation cache bounded, private RAM (no shares), no
     transparent huge pages (see docs/guide/goldens-and-snapshots.md, memory per guest)."""
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    pid, args = next(line.strip().split(" ", 1) for line in ps.splitlines()
-                     if "qemu-system" in line and f"guest={guest.name}," in line)
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    pid = next(line.split()[0] for line in ps.splitlines()
+               if "qemu-system" in line and f"guest={guest.name}," in line)
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     if guest.config.virt_type == "qemu":
         assert f"tb-size={DEFAULT_TB_CACHE_MIB}" in args
     assert "memory-backend-memfd" not in args
