@@ -20,6 +20,9 @@ DEFAULT_CLOUD_INIT_TIMEOUT = 60.0  # authenticated -> cloud-init done
 TCG_TIMEOUT_FACTOR = 4.0  # software emulation is several times slower
 DEFAULT_COMMAND_TIMEOUT = 600.0
 DEFAULT_PREPARE_AHEAD = 1  # clones of the last golden used made ready before a test asks
+#: TCG's translation cache per guest in MiB (QEMU's own default is 1 GiB, most of an idle
+#: guest's resident memory); 0: QEMU's default. See docs/design/benchmarks.md
+DEFAULT_TB_CACHE_MIB = 128
 
 
 class SettingsError(ValueError):
@@ -46,6 +49,7 @@ class Settings:
     snapshots: str = "on"  # goldens kept across runs in CACHE/snapshots ("off": per session)
     snapshot_max_bytes: int | None = None  # least recently used snapshots go beyond it
     prepare_ahead: int = DEFAULT_PREPARE_AHEAD
+    tb_cache_mib: int = DEFAULT_TB_CACHE_MIB  # under TCG; 0: QEMU's default
     artifacts_dir: Path | None = None  # where guests' logs and files go for failed tests
     artifacts_when: str = "failed"
     network: str = "user"  # the user-mode NIC's reach: "user" (host and outside) or "isolated"
@@ -88,6 +92,7 @@ class Settings:
             snapshots=opt.kvm_snapshots or config.getini("kvm_snapshots") or "on",
             snapshot_max_gb=config.getini("kvm_snapshot_max_gb"),
             prepare_ahead=config.getini("kvm_prepare_ahead"),
+            tb_cache_mib=config.getini("kvm_tb_cache_mib"),
             artifacts_dir=_relative_to(opt.kvm_artifacts, config.invocation_params.dir)
             or _relative_to(config.getini("kvm_artifacts"), config.rootpath),
             artifacts_when=opt.kvm_artifacts_when or "failed",
@@ -99,7 +104,7 @@ class Settings:
               cache_dir=None, boot_timeout=None, ssh_timeout=None, cloud_init_timeout=None,
               memory_mib=None, cpus=None, command_timeout=None,
               reset="clone", mirror=None, catalogs=(), snapshots="on", snapshot_max_gb=None,
-              prepare_ahead=None, artifacts_dir=None, artifacts_when="failed",
+              prepare_ahead=None, tb_cache_mib=None, artifacts_dir=None, artifacts_when="failed",
               network="user", hosts=()) -> "Settings":
         if accel not in ACCEL_CHOICES:
             raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
@@ -151,6 +156,7 @@ class Settings:
             snapshot_max_bytes=(None if snapshot_max_gb in (None, "") else
                                 int(_not_negative("kvm_snapshot_max_gb", snapshot_max_gb) * 2**30)),
             prepare_ahead=_count("kvm_prepare_ahead", prepare_ahead, DEFAULT_PREPARE_AHEAD),
+            tb_cache_mib=_count("kvm_tb_cache_mib", tb_cache_mib, DEFAULT_TB_CACHE_MIB),
             artifacts_dir=Path(artifacts_dir).expanduser() if artifacts_dir else None,
             artifacts_when=artifacts_when,
             network=network,

@@ -3,11 +3,15 @@
 at once, the first test of a second session (snapshots on vs off), 20-test modules (the
 new way: snapshots, clones made ahead, teardown in the background; today's way:
 per-session goldens, serial clones, teardown in line), a module whose tests keep the
-host's CPUs busy (clones made ahead on vs off), and memory. Each next to its baseline,
-in the same run. Prints a table and JSON. Not a test; run it with nothing else booting.
+host's CPUs busy (clones made ahead on vs off), and memory: six clones alive at once
+(private RAM vs the golden's memfd) and TCG translation cache sizes (each: cold boot,
+idle QEMU RSS/PSS, clone to first command, six clones' RSS/PSS). Each next to its
+baseline, in the same run. Prints a table and JSON. Not a test; run it with nothing else
+booting.
 
     .venv/bin/python scripts/benchmark.py                  # 3 runs, 20-test modules
     .venv/bin/python scripts/benchmark.py --runs 5 --cold-os debian-12 debian-13
+    .venv/bin/python scripts/benchmark.py --memory-only --tb-sizes 0 256 128 64
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from pathlib import Path
 from pytest_kvm.seed import cloudinit
 
 from pytest_kvm.seed import iso as seed
-from pytest_kvm.config import Settings
+from pytest_kvm.config import DEFAULT_TB_CACHE_MIB, Settings
 from pytest_kvm.families import family
 from pytest_kvm.guest.machine import free_port
 from pytest_kvm.keys import KeyPair, write_known_hosts
@@ -36,6 +40,14 @@ from pytest_kvm.images.qemu_img import create_overlay
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size: each page shared with other processes counted by its share."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -180,6 +192,173 @@ def summary(values: list[float]) -> dict:
             "max": round(max(values), 2), "runs": len(values)}
 
 
+def idle_memory(guests: list, settle: float) -> list[dict]:
+    """Each running guest's QEMU RSS and PSS (MiB) once all have been idle *settle* seconds."""
+    time.sleep(settle)
+    rows = []
+    for guest in guests:
+        pid = qemu_pid(guest.name)
+        if pid is not None:
+            rows.append({"rss": rss_mib(pid), "pss": pss_mib(pid), "cmdline": _cmdline(pid)})
+    return rows
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+#: a guest workload of much different code (the translation cache's worst case): Python
+#: byte-compiling its standard library, then compressing a tree
+WORKLOAD = ("cd /usr/lib/python3.11 && python3 -m compileall -q -f -b email asyncio xml json"
+            " >/dev/null 2>&1; tar czf /tmp/w.tgz /usr/share/doc 2>/dev/null; rm -f /tmp/w.tgz")
+
+
+def tb_cache_rows(os_name: str, memory: int, sizes: list[int], runs: int, clones: int,
+                  settle: float, log) -> dict:
+    """For each TCG translation cache size (0: QEMU's default, 1 GiB), in turns so that the
+    machine's load hits every size alike: a cold boot to ready and its idle QEMU's RSS/PSS,
+    a warm clone to its first command, and *clones* clones alive at once, their RSS/PSS.
+    Each size has its own golden (the domain XML is part of the snapshot key)."""
+    rows = {size: {"cold_ready_s": [], "cold_rss": [], "cold_pss": [], "workload_s": [],
+                   "workload_rss": [], "clone_cmd_s": [], "clones_rss": [], "clones_pss": []}
+            for size in sizes}
+    sessions = {size: KvmSession(Settings.build(tb_cache_mib=size, prepare_ahead=0), progress=log)
+                for size in sizes}
+    try:
+        for size in sizes:  # the goldens first: not part of any figure
+            sessions[size].boot(os_name, memory_mib=memory, reset="clone").destroy()
+        for i in range(runs):
+            for size in sizes:
+                session, row = sessions[size], rows[size]
+                t0 = time.monotonic()
+                guest = session.boot(os_name, memory_mib=memory, reset="boot")
+                row["cold_ready_s"].append(time.monotonic() - t0)
+                (mem,) = idle_memory([guest], settle)
+                row["cold_rss"].append(mem["rss"])
+                row["cold_pss"].append(mem["pss"])
+                t0 = time.monotonic()
+                guest.run(WORKLOAD, timeout=1800, sudo=True)
+                row["workload_s"].append(time.monotonic() - t0)
+                row["workload_rss"].append(idle_memory([guest], 0)[0]["rss"])
+                guest.destroy()
+                t0 = time.monotonic()
+                guest = session.boot(os_name, memory_mib=memory, reset="clone")
+                guest.run("true", check=True)
+                row["clone_cmd_s"].append(time.monotonic() - t0)
+                guest.destroy()
+                alive = []
+                try:
+                    for _ in range(clones):
+                        alive.append(session.boot(os_name, memory_mib=memory, reset="clone"))
+                        alive[-1].run("true", check=True)
+                    mems = idle_memory(alive, settle)
+                    if size and not all(f"tb-size={size}" in m["cmdline"] for m in mems):
+                        raise RuntimeError(f"a clone's QEMU runs without tb-size={size}")
+                finally:
+                    for guest in alive:
+                        guest.destroy()
+                row["clones_rss"] += [m["rss"] for m in mems]
+                row["clones_pss"] += [m["pss"] for m in mems]
+                log(f"tb-cache {size or 'default'} run {i + 1}: cold ready {row['cold_ready_s'][-1]:.1f} s, "
+                    f"idle RSS {row['cold_rss'][-1]:.0f} / PSS {row['cold_pss'][-1]:.0f} MiB; workload "
+                    f"{row['workload_s'][-1]:.1f} s, then RSS {row['workload_rss'][-1]:.0f} MiB; clone to "
+                    f"first command {row['clone_cmd_s'][-1]:.2f} s; {clones} clones: PSS "
+                    f"{[round(m['pss']) for m in mems]} MiB")
+    finally:
+        for session in sessions.values():
+            session.close()
+    return {str(size): {name: summary(values) for name, values in row.items()}
+            for size, row in rows.items()}
+
+
+def memfd_clones():
+    """Clones restored into the golden's memfd RAM, as before private RAM (the baseline)."""
+    from unittest import mock  # noqa: PLC0415
+    from pytest_kvm.guest import clone as clone_module  # noqa: PLC0415
+    real = clone_module.CloneIdentity
+    return mock.patch.object(clone_module, "CloneIdentity",
+                             lambda **kw: real(**{**kw, "shared_memory": None}))
+
+
+#: the ways clones' RAM is compared: (restored into the golden's memfd, huge pages, the
+#: golden's free memory zeroed before its save)
+CLONE_RAM_WAYS = {"private, no huge pages, zeroed (now)": (False, False, True),
+                  "private, no huge pages": (False, False, False),
+                  "private, huge pages": (False, True, False),
+                  "memfd, huge pages (before)": (True, True, False)}
+
+
+def clone_ram_rows(os_name: str, memory: int, runs: int, clones: int, settle: float, log) -> dict:
+    """*clones* clones alive at once, restored each way of :data:`CLONE_RAM_WAYS`, in
+    turns: each clone to its first command, and its QEMU's RSS/PSS once all idle."""
+    import contextlib  # noqa: PLC0415
+    from pytest_kvm.vm.hugepages import set_huge_pages  # noqa: PLC0415
+    from unittest import mock  # noqa: PLC0415
+    from pytest_kvm.guest import clone as clone_module  # noqa: PLC0415
+    rows = {way: {"clone_cmd_s": [], "rss": [], "pss": [], "save_mib": [], "workload_s": []}
+            for way in CLONE_RAM_WAYS}
+    # a golden of each session's own (snapshots off): one zeroed before its save, one not
+    sessions = {zeroed: KvmSession(Settings.build(prepare_ahead=0, snapshots="off"), progress=log)
+                for zeroed in (True, False)}
+    try:
+        for zeroed, session in sessions.items():
+            with contextlib.nullcontext() if zeroed else mock.patch.object(
+                    clone_module, "zero_free_memory", lambda m: None):
+                session.boot(os_name, memory_mib=memory, reset="clone").destroy()
+        for i in range(runs):
+            for way, row in rows.items():
+                alive = []
+                memfd, huge, zeroed = CLONE_RAM_WAYS[way]
+                session = sessions[zeroed]
+                set_huge_pages(huge)
+                with memfd_clones() if memfd else contextlib.nullcontext():
+                    try:
+                        for _ in range(clones):
+                            t0 = time.monotonic()
+                            alive.append(session.boot(os_name, memory_mib=memory, reset="clone"))
+                            alive[-1].run("true", check=True)
+                            row["clone_cmd_s"].append(time.monotonic() - t0)
+                        mems = idle_memory(alive, settle)
+                        row["save_mib"].append(alive[0].golden.image.path.stat().st_size / 2**20)
+                        t0 = time.monotonic()  # the others idle
+                        alive[0].run(WORKLOAD, timeout=1800, sudo=True)
+                        row["workload_s"].append(time.monotonic() - t0)
+                    finally:
+                        for guest in alive:
+                            guest.destroy()
+                        set_huge_pages(False)
+                if any(("memory-backend-memfd" in m["cmdline"]) != memfd for m in mems):
+                    raise RuntimeError(f"a clone's RAM is not what the {way} row measures")
+                row["rss"] += [m["rss"] for m in mems]
+                row["pss"] += [m["pss"] for m in mems]
+                log(f"{clones} clones, {way} RAM, run {i + 1}: PSS {[round(m['pss']) for m in mems]} MiB")
+    finally:
+        for session in sessions.values():
+            session.close()
+    return {way: {name: summary(values) for name, values in row.items()} for way, row in rows.items()}
+
+
+def print_clone_ram(ram: dict, clones: int) -> None:
+    print(f"\n{f'{clones} clones alive at once, RAM':<40} {'to 1st cmd':>10} {'RSS':>7} {'PSS':>7} "
+          f"{'save image':>10} {'workload':>9}  (medians)")
+    for way, row in ram.items():
+        print(f"{way:<40} {row['clone_cmd_s']['median']:>9.2f}s {row['rss']['median']:>6.0f}M "
+              f"{row['pss']['median']:>6.0f}M {row['save_mib']['median']:>9.0f}M "
+              f"{row['workload_s']['median']:>8.1f}s")
+
+
+def print_tb_cache(tb: dict, clones: int) -> None:
+    print(f"\n{'TCG translation cache (MiB)':<28} {'cold ready':>10} {'idle RSS':>9} {'idle PSS':>9} "
+          f"{'workload':>9} {'then RSS':>9} {'clone->cmd':>10} {f'{clones} clones RSS':>14} "
+          f"{f'{clones} clones PSS':>14}  (medians)")
+    for size, row in tb.items():
+        print(f"{'QEMU default (1024)' if size == '0' else size:<28} "
+              f"{row['cold_ready_s']['median']:>9.1f}s {row['cold_rss']['median']:>8.0f}M "
+              f"{row['cold_pss']['median']:>8.0f}M {row['workload_s']['median']:>8.1f}s "
+              f"{row['workload_rss']['median']:>8.0f}M {row['clone_cmd_s']['median']:>9.2f}s "
+              f"{row['clones_rss']['median']:>13.0f}M {row['clones_pss']['median']:>13.0f}M")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--os", default="debian-12")
@@ -190,8 +369,22 @@ def main() -> int:
     parser.add_argument("--module-tests", type=int, default=20)
     parser.add_argument("--busy-tests", type=int, default=8)
     parser.add_argument("--busy-seconds", type=float, default=2.0)
+    parser.add_argument("--tb-sizes", type=int, nargs="+", default=[0, DEFAULT_TB_CACHE_MIB],
+                        help="TCG translation cache sizes in MiB compared (0: QEMU's default, 1 GiB)")
+    parser.add_argument("--clones", type=int, default=6, help="clones alive at once, for memory")
+    parser.add_argument("--settle", type=float, default=10.0,
+                        help="seconds a guest idles before its memory is read")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the rows of memory and TCG translation cache sizes")
     args = parser.parse_args()
     log = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    ram = clone_ram_rows(args.os, args.memory, args.runs, args.clones, args.settle, log)
+    print_clone_ram(ram, args.clones)
+    tb = tb_cache_rows(args.os, args.memory, args.tb_sizes, args.runs, args.clones, args.settle, log)
+    print_tb_cache(tb, args.clones)
+    if args.memory_only:
+        print(json.dumps({"clone_ram": ram, "tb_cache": tb}, indent=2))
+        return 0
     session = KvmSession(Settings.build(reset="boot", prepare_ahead=0), progress=log)
     results: dict[str, object] = {"os": args.os, "accel": session.acceleration.describe(),
                                   "cpus": session.settings.cpus, "memory_mib": args.memory}
@@ -294,7 +487,9 @@ def main() -> int:
           f"{b['ahead_1']} s with a clone made ahead vs {b['ahead_0']} s without")
     print(f"cold boots while cloning: {results['cold_boots_during_clones']}")
     print(f"idle guest QEMU RSS: {results.get('guest_qemu_rss_mib')} MiB; plugin RSS: {results.get('plugin_rss_mib')} MiB")
-    print(json.dumps(results, indent=2))
+    print_clone_ram(ram, args.clones)
+    print_tb_cache(tb, args.clones)
+    print(json.dumps({**results, "clone_ram": ram, "tb_cache": tb}, indent=2))
     return 0
 
 

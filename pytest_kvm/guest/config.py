@@ -48,6 +48,7 @@ class GuestConfig:
     network_mode: str = "user"  # the user-mode NIC's reach (--kvm-network): "user" or "isolated"
     # its volumes' names on a remote host (default: its name); a snapshot golden's outlive the run
     volume_prefix: str | None = None
+    tb_cache_mib: int = 0  # TCG's translation cache (see Settings.tb_cache_mib); 0: QEMU's default
 
     @property
     def user(self) -> str:
@@ -70,4 +71,5 @@ def domain_spec(cfg: GuestConfig, port: int, mac: str | None = None,
         kernel=files.kernel if direct else None, initrd=files.initrd if direct else None,
         cmdline=cfg.image.cmdline if direct else "", metadata=dict(cfg.metadata),
         machine_type=cfg.machine_type, mac=mac, network_mode=cfg.network_mode,
+        tb_cache_mib=cfg.tb_cache_mib or None,
         **family_fields(cfg.family, workdir, firmware=cfg.image.firmware, tpm=cfg.tpm))

@@ -15,7 +15,7 @@ import pytest
 from ..choices import (ACCEL_CHOICES, ARTIFACTS_WHEN_CHOICES, KEEP_CHOICES, NETWORK_MODES,
                        RESET_CHOICES, SNAPSHOT_CHOICES)
 from ..config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
-    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, TCG_TIMEOUT_FACTOR, Settings, \
+    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, DEFAULT_TB_CACHE_MIB, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
 from ..errors import KvmError
 from ..hosts.choose import where_worker_ran
@@ -106,6 +106,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   "recently used snapshots are removed beyond it; default no limit", default="")
     parser.addini("kvm_prepare_ahead", f"clones of the golden the last test used made ready "
                   f"while tests run (0: off); default {DEFAULT_PREPARE_AHEAD}", default="")
+    parser.addini("kvm_tb_cache_mib", f"TCG's translation cache per guest in MiB, under TCG "
+                  f"only (0: QEMU's default, 1 GiB); default {DEFAULT_TB_CACHE_MIB}", default="")
     parser.addini("kvm_command_timeout", f"default timeout of guest.run() in seconds; default "
                   f"{DEFAULT_COMMAND_TIMEOUT:g}", default="")
 

@@ -55,7 +55,8 @@ class Goldens:
         """The golden clones of *config* are restored from, booted the first time."""
         # the full key builds a seed and hashes firmware: once per kind of guest and session
         kind = digest([config.os, str(config.image.disk), config.memory_mib, config.cpus,
-                       config.user_data, config.family.name, config.seed_format, config.tpm])
+                       config.user_data, config.family.name, config.seed_format, config.tpm,
+                       config.tb_cache_mib])
         if kind not in self._fields:
             self._fields[kind] = self.fields(config)
         fields = self._fields[kind]

@@ -29,6 +29,7 @@ from ..keys import KeyPair
 from ..networks.segments import Networks
 from ..spec import GuestRequest, SpecError, check_arguments, guest_request
 from ..vm.domain import NAME_PREFIX
+from ..vm.hugepages import set_huge_pages
 from .background import AheadPool, Reclaimer
 from .goldens import Goldens
 from .snapshots import SnapshotStore
@@ -139,6 +140,8 @@ class KvmSession:
             self.host.close()
             raise
         self._hv = hv
+        if hv.embed_index is not None:  # QEMU is forked from this process: no huge pages
+            set_huge_pages(False)
         leftovers = reap_domains(hv, cache=self.cache_id, failed=lambda name, exc: self.progress(
             f"could not destroy {name}, a leftover of a dead run (its files are kept): {exc}"))
         leftovers += [p.name for p in reap_run_dirs(self.settings.cache_dir / "runs")]
@@ -214,8 +217,9 @@ class KvmSession:
                                 f"get a new identity; use reset='boot'")
             golden = request.golden or self.goldens.for_config(config)
             self.clones += 1
-            # a unique clone gets its identity while it starts: never one made ahead
-            guest = None if request.unique else self._ahead.take(golden.key)
+            # a unique clone gets its identity while it starts, and a clone with shares its
+            # RAM in a memfd (those made ahead have private RAM): never one made ahead
+            guest = None if request.unique or request.share else self._ahead.take(golden.key)
             if guest is None:
                 guest = self._clone(golden, config)
             else:  # made ahead for whoever came next: this request's shares are mounted now
@@ -281,7 +285,7 @@ class KvmSession:
             tpm=request.tpm, machine_type=self.host.canonical_machine(fam.machine),
             shares=request.share, artifacts=request.artifacts,
             networks=request.networks, network_name=request.name,
-            network_mode=self.settings.network,
+            network_mode=self.settings.network, tb_cache_mib=self.settings.tb_cache_mib,
             metadata={**self._owner, "created": str(int(time.time()))})
 
     def _next_name(self) -> str:

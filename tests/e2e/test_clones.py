@@ -1,7 +1,11 @@
 """Warm clones: fresh, isolated, correctly configured guests restored from a golden."""
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
+
+from pytest_kvm.config import DEFAULT_TB_CACHE_MIB
 
 
 def test_clone_is_fresh_and_on_time(guest_factory):
@@ -18,6 +22,21 @@ def test_clone_is_fresh_and_on_time(guest_factory):
     phases = [p for p, _ in second.timeline.entries]
     assert phases[:4] == ["prepare", "restore", "ssh-auth", "clock"]
     assert second.run("cloud-init status").stdout.strip().endswith("done")
+    lean_qemu(second)
+
+
+def lean_qemu(guest):
+    """A clone's QEMU (local): TCG's translation cache bounded, private RAM (no shares), no
+    transparent huge pages (see docs/guide/goldens-and-snapshots.md, memory per guest)."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    pid = next(line.split()[0] for line in ps.splitlines()
+               if "qemu-system" in line and f"guest={guest.name}," in line)
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    if guest.config.virt_type == "qemu":
+        assert f"tb-size={DEFAULT_TB_CACHE_MIB}" in args
+    assert "memory-backend-memfd" not in args
+    if "/embed-" in args:  # forked by this process (libvirt's embedded driver)
+        assert "THP_enabled:\t0" in Path(f"/proc/{pid}/status").read_text()
 
 
 @pytest.mark.guest(os="debian-12", user_data={"write_files": [{"path": "/etc/clone-mark", "content": "x\n"}]})

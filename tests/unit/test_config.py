@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_kvm.config import TCG_TIMEOUT_FACTOR, Settings, SettingsError
+from pytest_kvm.config import DEFAULT_TB_CACHE_MIB, TCG_TIMEOUT_FACTOR, Settings, SettingsError
 
 
 def test_defaults(monkeypatch, tmp_path):
@@ -62,6 +62,14 @@ def test_snapshot_and_ahead_settings():
     assert Settings.build(snapshot_max_gb="0").snapshot_max_bytes == 0  # keep none but those in use
     with pytest.raises(SettingsError, match="kvm_snapshot_max_gb must be 0 or more"):
         Settings.build(snapshot_max_gb="-1")
+
+
+def test_tb_cache_setting():
+    assert Settings.build().tb_cache_mib == DEFAULT_TB_CACHE_MIB > 0
+    assert Settings.build(tb_cache_mib="0").tb_cache_mib == 0  # QEMU's default
+    assert Settings.build(tb_cache_mib="256").tb_cache_mib == 256
+    with pytest.raises(SettingsError, match="kvm_tb_cache_mib must be a whole number"):
+        Settings.build(tb_cache_mib="64M")
 
 
 def test_network_mode():

@@ -117,3 +117,11 @@ def test_identity_commands_fill_in_the_hostname():
     for bad in ("a b", "x;reboot", "-h", ""):
         with pytest.raises(ValueError, match="not a host name"):
             family("linux").identity_command_for(bad)
+
+
+def test_linux_goldens_zero_their_free_memory_with_a_valid_shell_command():
+    import subprocess
+    command = family("linux").zero_free_memory_command
+    assert "/proc/meminfo" in command and "/dev/zero" in command
+    assert subprocess.run(["sh", "-n", "-c", command]).returncode == 0
+    assert family("windows").zero_free_memory_command is None

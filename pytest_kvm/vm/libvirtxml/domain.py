@@ -77,12 +77,24 @@ class Os(XmlElement):
 
 
 @dataclass
+class Tcg(XmlElement):
+    """``<tcg>`` (libvirt >= 8.0): TCG's translation cache size, *tb_cache* in
+    *tb_cache_unit* (QEMU's ``-accel tcg,tb-size=``; libvirt writes it back in KiB)."""
+
+    tag = "tcg"
+    tb_cache: int | None = child_text("tb-cache", type=int)
+    tb_cache_unit: str | None = child_attr("tb-cache", "unit")
+
+
+@dataclass
 class Features(XmlElement):
-    """``<features>``: ACPI, and SMM (which OVMF's Secure Boot build needs)."""
+    """``<features>``: ACPI, SMM (which OVMF's Secure Boot build needs), and TCG's
+    translation cache size (:class:`Tcg`)."""
 
     tag = "features"
     acpi: bool = flag()
     smm: str | None = child_attr("smm", "state")  # "on"
+    tcg: Tcg | None = child(Tcg)
 
 
 @dataclass

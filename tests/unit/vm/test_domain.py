@@ -1,6 +1,9 @@
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from pytest_kvm.vm.domain import META_NS, QEMU_NS, DomainSpec, domain_xml, run_metadata
 
@@ -68,6 +71,14 @@ def test_kvm_uses_host_cpu_tcg_a_named_model():
     assert parse(spec(virt_type="kvm")).find("cpu").get("mode") == "host-passthrough"
     cpu = parse(spec()).find("cpu")
     assert cpu.get("mode") == "custom" and cpu.findtext("model") == "qemu64"
+
+
+def test_tcg_bounds_its_translation_cache_kvm_has_none():
+    cache = parse(spec(tb_cache_mib=128)).find("features/tcg/tb-cache")
+    assert cache.text == "128" and cache.get("unit") == "MiB"
+    assert parse(spec(virt_type="kvm", tb_cache_mib=128)).find("features/tcg") is None
+    assert parse(spec()).find("features/tcg") is None  # None: QEMU's default
+    assert parse(spec()).find("features/acpi") is not None
 
 
 def test_machine_type_is_pinned_when_given():
@@ -146,6 +157,23 @@ def test_retarget_gives_a_clone_its_own_identity_files_and_forward():
     assert moved.findtext("memory") == original.findtext("memory")
 
 
+@pytest.mark.parametrize("saved_shared", [True, False])
+def test_retarget_gives_a_clone_shared_ram_only_with_shares(saved_shared):
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
+    saved = saved_form(domain_xml(spec(shared_memory=saved_shared, tb_cache_mib=64)))
+    clone = CloneIdentity(name="c", disk=Path("/c/clone.qcow2"), console_log=Path("/c/log"),
+                          ssh_port=41000)
+    as_saved = ET.fromstring(retarget(saved, clone))
+    assert (as_saved.find("memoryBacking") is not None) is saved_shared
+    private = ET.fromstring(retarget(saved, replace(clone, shared_memory=False)))
+    assert private.find("memoryBacking") is None
+    shared = ET.fromstring(retarget(saved, replace(clone, shared_memory=True)))
+    assert shared.find("memoryBacking/source").get("type") == "memfd"
+    assert shared.find("memoryBacking/access").get("mode") == "shared"
+    for moved in (as_saved, private, shared):  # the translation cache stays as saved
+        assert moved.find("features/tcg/tb-cache").text == "64"
+
+
 def test_two_clone_identities_differ():
     from pytest_kvm.vm.domain import CloneIdentity
     a, b = (CloneIdentity(name=n, disk=Path("/d"), console_log=Path("/c"), ssh_port=1) for n in "ab")
@@ -162,7 +190,6 @@ def test_retarget_moves_the_seed_when_asked():
 
 
 # -- families: firmware, TPM, buses, NIC, seed device ---------------------------------------
-import pytest  # noqa: E402
 
 from pytest_kvm.vm import domain  # noqa: E402
 from pytest_kvm.families import FAMILIES, family  # noqa: E402

@@ -5,7 +5,7 @@ from pathlib import Path
 from pytest_kvm.vm.libvirtxml.devices import (Channel, Console, Controller, Disk, Filesystem,
                                               MemBalloon, Rng, Serial, Tpm)
 from pytest_kvm.vm.libvirtxml.domain import (META_NS, Boot, Clock, Cpu, Domain, Features,
-                                             MemoryBacking, Metadata, Os, run_metadata)
+                                             MemoryBacking, Metadata, Os, Tcg, run_metadata)
 from pytest_kvm.vm.libvirtxml.elements import OtherElement
 from pytest_kvm.vm.libvirtxml.qemu import QEMU_NS, QemuCommandline
 
@@ -29,7 +29,8 @@ def a_domain():
         vcpus=2, os=Os(type="hvm", arch="x86_64", machine="q35", loader="/l", loader_readonly="yes",
                        loader_type="pflash", loader_secure="yes", nvram="/v", nvram_template="/t",
                        boot=[Boot(dev="hd"), Boot(dev="cdrom")]),
-        features=Features(acpi=True, smm="on"), cpu=Cpu(mode="host-passthrough"),
+        features=Features(acpi=True, smm="on", tcg=Tcg(tb_cache=131072, tb_cache_unit="KiB")),
+        cpu=Cpu(mode="host-passthrough"),
         clock=Clock(offset="utc"), on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
         devices=[Disk(type="file", device="disk", driver_name="qemu", driver_type="qcow2",
                       source_file="/d", target_dev="sda", target_bus="sata"),
