@@ -17,7 +17,8 @@ import pytest
 
 from pytest_kvm.hosts.shares import SHARES_PATH
 from pytest_kvm.hosts.volumes import POOL_PATH, owner_record, owner_volume
-from pytest_kvm.owner import machine_identity, process_start_time
+from pytest_kvm.files import default_cache_dir
+from pytest_kvm.owner import cache_id, machine_identity, process_start_time
 from pytest_kvm.vm.accel import KVM_MODULES, module_problem
 from remotehost import FakeHost
 
@@ -320,14 +321,20 @@ def test_reap_host_removes_only_volumes_of_runs_that_are_over(host, tmp_path):
              f"{virsh} pool-create-as pytest-kvm dir --target /var/lib/libvirt/pytest-kvm")
     pid = os.getpid()
     live = {"owner_pid": str(pid), "owner_start": process_start_time(pid), **machine_identity()}
+    ours = cache_id(default_cache_dir(), create=True)
+    # a controller on a VM cloned from this machine's image (our machine-id, its own boot
+    # and cache) is alive to us; our own cache's run from an earlier boot is over
+    twin = {**live, "owner_boot": "another-boot", "cache_id": "another-cache"}
     for run, owner in (("liverun", live), ("deadrun2", {**live, "owner_pid": "1",
-                                                        "owner_start": "0"})):
+                                                        "owner_start": "0"}),
+                       ("twinrun", twin), ("rebootrun", {**twin, "cache_id": ours})):
         record = tmp_path / run
         record.write_bytes(owner_record(owner))
         host.run(f"{virsh} vol-create-as pytest-kvm {owner_volume(run)} {record.stat().st_size} "
                  f"--format raw && {virsh} vol-upload --pool pytest-kvm {owner_volume(run)} {record}")
     for volume in ("pytest-kvm-deadrun-1.qcow2", "pytest-kvm-deadrun2-1.qcow2",
-                   "pytest-kvm-liverun-1.qcow2", "pytest-kvm-liverun-2.save"):
+                   "pytest-kvm-liverun-1.qcow2", "pytest-kvm-liverun-2.save",
+                   "pytest-kvm-twinrun-1.qcow2", "pytest-kvm-rebootrun-1.qcow2"):
         host.run(f"{virsh} vol-create-as pytest-kvm {volume} 1M --format qcow2")
     copies = ("pytest-kvm-deadrun-1-0", "pytest-kvm-deadrun-1-0.virtiofsd",
               "pytest-kvm-liverun-1-0", "pytest-kvm-liverun-2-1.virtiofsd")
@@ -341,10 +348,11 @@ def test_reap_host_removes_only_volumes_of_runs_that_are_over(host, tmp_path):
     assert done.returncode == 0, done.stderr
     volumes = volumes_on(host)
     for gone in ("pytest-kvm-deadrun-1.qcow2", "pytest-kvm-deadrun2-1.qcow2",
-                 owner_volume("deadrun2")):
+                 owner_volume("deadrun2"), "pytest-kvm-rebootrun-1.qcow2",
+                 owner_volume("rebootrun")):
         assert f"removed {gone}" in done.stdout and gone not in volumes
-    assert {"pytest-kvm-liverun-1.qcow2", "pytest-kvm-liverun-2.save",
-            owner_volume("liverun")} <= set(volumes), done.stdout
+    assert {"pytest-kvm-liverun-1.qcow2", "pytest-kvm-liverun-2.save", owner_volume("liverun"),
+            "pytest-kvm-twinrun-1.qcow2", owner_volume("twinrun")} <= set(volumes), done.stdout
     assert [v for v in volumes if v.startswith("base-")] == bases
     assert set(FOREIGN) <= set(volumes)  # another controller's snapshot stays
     # share copies (share=) the same way: the dead run's go, the live run's stay
@@ -353,7 +361,8 @@ def test_reap_host_removes_only_volumes_of_runs_that_are_over(host, tmp_path):
     assert "removed pytest-kvm-deadrun-1-0" in done.stdout
     host.run(["rm", "-rf", *[f"{SHARES_PATH}/{c}" for c in copies[2:]]])
     host.run(f"{virsh} pool-refresh pytest-kvm && for v in pytest-kvm-liverun-1.qcow2 "
-             f"pytest-kvm-liverun-2.save {owner_volume('liverun')}; do "
+             f"pytest-kvm-liverun-2.save {owner_volume('liverun')} pytest-kvm-twinrun-1.qcow2 "
+             f"{owner_volume('twinrun')}; do "
              f"{virsh} vol-delete --pool pytest-kvm $v; done")
 
 
@@ -525,8 +534,8 @@ def test_networked(guest_factory, prepared, kvm):
 
 
 def test_a_module_with_shares_networks_and_a_user_golden_on_a_remote_host(pytester, host):
-    """What runs locally runs unchanged with --kvm-host and --kvm-accel left at auto: two
-    clones of a user golden (saved on the host) with a share each (read-only in, writable
+    """What runs locally runs unchanged with --kvm-host qemu+ssh://... and --kvm-accel left
+    at auto: two clones of a user golden (saved on the host) with a share each (read-only in, writable
     out) on one private network whose sockets and switch are on the host (the switch piped
     to the host's python3 over the plugin's SSH connection); they reach each other by name,
     ping and TCP. On this machine the host's libvirt advertises KVM whose only module is
@@ -537,7 +546,7 @@ def test_a_module_with_shares_networks_and_a_user_golden_on_a_remote_host(pytest
     (pytester.path / "in" / "x.txt").write_text("from here\n")
     (pytester.path / "out").mkdir()
     result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider",
-                                           "--kvm-host", host.libssh_uri, timeout=1200)
+                                           "--kvm-host", ssh_transport_uri(host), timeout=1200)
     result.assert_outcomes(passed=1)
     out = result.stdout.str()
     assert (pytester.path / "out" / "result.txt").read_text() == "prepared\n"
