@@ -61,9 +61,12 @@ class KvmSession:
         tag = f"{worker_id}-" if worker_id and worker_id != "master" else ""
         #: names this run's guests, files and volumes: its worker, PID, and the first hex
         #: digits of its cache's random id and of a random number (two controllers sharing
-        #: a host never make the same names, whatever their host names and PIDs)
-        self.cache_id = cache_id(settings.cache_dir, create=True)
-        self.run_id = f"{tag}{os.getpid()}-{self.cache_id[:4]}{secrets.token_hex(3)}"
+        #: a host never make the same names, whatever their host names and PIDs). Nothing is
+        #: written here: a cache without an id yet (made with the first run directory, in
+        #: start(), where an unwritable cache is one clear error) gives random digits.
+        self.cache_id = cache_id(settings.cache_dir)
+        self.run_id = f"{tag}{os.getpid()}-{(self.cache_id or secrets.token_hex(2))[:4]}" \
+                      f"{secrets.token_hex(3)}"
         self.run_dir = settings.cache_dir / "runs" / self.run_id
         self._login_key: KeyPair | None = None
         self._counter = 0
@@ -134,6 +137,7 @@ class KvmSession:
             raise
         try:
             self._make_run_dir()
+            self.cache_id = self._owner["cache_id"] = cache_id(self.settings.cache_dir)
             self._watchdog = Watchdog(self.run_dir, self.host.uri, hv.embed_index)
             self.host.claim_run(self.run_id, self._owner)
         except BaseException:
