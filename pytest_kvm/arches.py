@@ -1,0 +1,116 @@
+"""CPU architectures as data: what differs between an amd64, arm64, riscv64, s390x and
+ppc64el guest, for the image builder, the domain and the plugin's ids.
+
+Like :mod:`pytest_kvm.families`, the rest of the plugin reads these fields and never asks
+which architecture it is: a new architecture is a new table entry. Two spellings name
+each one: Debian's (``arm64``, the plugin's ids and image names) and the kernel's
+(``aarch64``, what ``uname -m`` prints and ``guest.arch`` is); both are accepted wherever
+a user names one. What each architecture does not support yet is in ``SUPPORT``.
+"""
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .errors import KvmError
+
+
+@dataclass(frozen=True)
+class Arch:
+    #: Debian's name (``dpkg --print-architecture``): image names, ids, ``--kvm-arch``
+    debian: str
+    #: the kernel's name (``uname -m``): ``guest.arch``, libvirt's ``<os><type arch>``
+    kernel: str
+    #: QEMU's system emulator (``qemu-system-<x>``) and the Debian package that has it
+    emulator: str
+    emulator_package: str
+    #: QEMU's user-mode emulator in ``qemu-user-static`` (the image builder runs the
+    #: foreign root's maintainer scripts with it, through proot: no binfmt_misc)
+    user_emulator: str
+    #: the machine type and, under TCG, the named CPU model (a saved state restores only
+    #: onto the CPU it was saved on; aarch64 TCG refuses host-model)
+    machine: str
+    tcg_cpu: str
+    #: Debian's kernel package for a virtual machine, and the serial console it prints on
+    kernel_package: str
+    console: str
+    #: the PCI root bus the user NIC goes on (slot 0x1e), as QEMU names it
+    pci_root: str
+    #: the Debian suites whose images the builder makes for it
+    suites: tuple[str, ...]
+
+
+ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
+    Arch(debian="amd64", kernel="x86_64", emulator="qemu-system-x86_64",
+         emulator_package="qemu-system-x86", user_emulator="qemu-x86_64-static",
+         machine="pc", tcg_cpu="qemu64", kernel_package="linux-image-cloud-amd64",
+         console="ttyS0", pci_root="pci.0", suites=("bookworm", "trixie")),
+    Arch(debian="arm64", kernel="aarch64", emulator="qemu-system-aarch64",
+         emulator_package="qemu-system-arm", user_emulator="qemu-aarch64-static",
+         machine="virt", tcg_cpu="cortex-a57", kernel_package="linux-image-cloud-arm64",
+         console="ttyAMA0", pci_root="pcie.0", suites=("bookworm", "trixie")),
+    Arch(debian="riscv64", kernel="riscv64", emulator="qemu-system-riscv64",
+         emulator_package="qemu-system-misc", user_emulator="qemu-riscv64-static",
+         machine="virt", tcg_cpu="rv64", kernel_package="linux-image-riscv64",
+         console="ttyS0", pci_root="pcie.0", suites=("trixie",)),
+    Arch(debian="s390x", kernel="s390x", emulator="qemu-system-s390x",
+         emulator_package="qemu-system-misc", user_emulator="qemu-s390x-static",
+         machine="s390-ccw-virtio", tcg_cpu="qemu", kernel_package="linux-image-s390x",
+         console="ttysclp0", pci_root="", suites=("bookworm", "trixie")),
+    Arch(debian="ppc64el", kernel="ppc64le", emulator="qemu-system-ppc64",
+         emulator_package="qemu-system-ppc", user_emulator="qemu-ppc64le-static",
+         machine="pseries", tcg_cpu="power9", kernel_package="linux-image-powerpc64le",
+         console="hvc0", pci_root="pci.0", suites=("bookworm", "trixie")),
+)})
+
+#: the architectures whose guests the plugin boots today; the others are described above
+#: (the builder's data) but refused with :data:`NOT_YET` until their domain is done
+BOOTABLE = ("amd64", "arm64", "riscv64")
+NOT_YET = ("their domain (no PCI root for the user NIC on s390x; pseries' console and "
+           "SLOF boot on ppc64el) is not done yet")
+
+
+class UnknownArch(KvmError):
+    """An architecture name that is in neither spelling of :data:`ARCHES`."""
+
+
+def arch_of(name: str) -> Arch:
+    """The architecture called *name* in Debian's or the kernel's spelling (``arm64`` or
+    ``aarch64``; ``amd64`` or ``x86_64``; ``ppc64el`` or ``ppc64le``)."""
+    wanted = name.strip().lower()
+    for arch in ARCHES.values():
+        if wanted in (arch.debian, arch.kernel):
+            return arch
+    known = ", ".join(f"{a.debian} ({a.kernel})" for a in ARCHES.values())
+    raise UnknownArch(f"unknown architecture {name!r}: known are {known}")
+
+
+def host_arch() -> Arch:
+    """This machine's architecture: the default, and the only one KVM can run."""
+    return arch_of(platform.machine())
+
+
+def bootable(arch: Arch) -> Arch:
+    """*arch* if the plugin boots its guests; else one clear error."""
+    if arch.debian not in BOOTABLE:
+        raise UnknownArch(f"{arch.debian} ({arch.kernel}) guests are not supported yet: "
+                          f"{NOT_YET}; supported: {', '.join(BOOTABLE)}")
+    return arch
+
+
+def image_name(os: str, arch: Arch) -> str:
+    """The image cache's name for *os* on *arch*: *os* itself on amd64 (the names every
+    cache and ``--kvm-image`` already use), ``<os>-<debian arch>`` otherwise
+    (``debian-12-arm64``: also the test id's suffix)."""
+    return os if arch.debian == "amd64" else f"{os}-{arch.debian}"
+
+
+def split_image_name(name: str) -> tuple[str, Arch]:
+    """The inverse of :func:`image_name`: ``debian-12-arm64`` -> (``debian-12``, arm64);
+    a name without an architecture suffix is amd64's."""
+    for arch in ARCHES.values():
+        if arch.debian != "amd64" and name.endswith(f"-{arch.debian}"):
+            return name.removesuffix(f"-{arch.debian}"), arch
+    return name, ARCHES["amd64"]
