@@ -6,9 +6,11 @@ from pathlib import Path
 
 from .choices import (ACCEL_CHOICES, ARTIFACTS_WHEN_CHOICES, KEEP_CHOICES, NETWORK_MODES,
                       RESET_CHOICES, SNAPSHOT_CHOICES)
+from .arches import UnknownArch, arch_of, bootable, host_arch, image_name, split_image_name
 from .files import default_cache_dir
 from .hosts.uris import HostError, HostUri, check_uri, parse_host
 from .names import NAME_PATTERN, NAME_RULE
+from .spec import SpecError
 from .waiting import Limit
 
 DEFAULT_OS = "debian-12"
@@ -54,10 +56,24 @@ class Settings:
     artifacts_when: str = "failed"
     network: str = "user"  # the user-mode NIC's reach: "user" (host and outside) or "isolated"
     hosts: tuple[HostUri, ...] = ()  # remote hypervisor hosts (--kvm-host); empty: this machine
+    #: the CPU architectures of the matrix (--kvm-arch, Debian's names); the first is the default
+    archs: tuple[str, ...] = field(default_factory=lambda: (host_arch().debian,))
 
     @property
     def default_os(self) -> str:
         return self.os_names[0]
+
+    def os_for(self, os: str | None, arch: str | None) -> str:
+        """The image name a request for *os* on *arch* means (each default if None):
+        ``debian-12`` on arm64 is ``debian-12-arm64``, on amd64 ``debian-12``. A name that
+        already carries an architecture (``debian-12-arm64``) keeps it; *arch* must agree."""
+        base, named = split_image_name(os or self.default_os)
+        suffixed = named.debian != "amd64"
+        wanted = arch_of(arch) if arch else named if suffixed else arch_of(self.archs[0])
+        if suffixed and named != wanted:
+            raise SpecError(f"os={os!r} is the {named.debian} image: it cannot run on "
+                            f"arch={arch!r}")
+        return image_name(base, bootable(wanted))
 
     def limits(self, accel: str, boot_timeout: float | None = None) -> dict[str, "Limit"]:
         """Each boot phase's time limit, scaled under TCG, saying where it came from."""
@@ -97,7 +113,8 @@ class Settings:
             or _relative_to(config.getini("kvm_artifacts"), config.rootpath),
             artifacts_when=opt.kvm_artifacts_when or "failed",
             network=opt.kvm_network or config.getini("kvm_network") or "user",
-            hosts=opt.kvm_host or config.getini("kvm_hosts"))
+            hosts=opt.kvm_host or config.getini("kvm_hosts"),
+            archs=tuple(opt.kvm_arch or ()) or tuple(config.getini("kvm_arch").split()))
 
     @classmethod
     def build(cls, *, os_names=(DEFAULT_OS,), accel="auto", uri=None, keep="none", images=(),
@@ -105,7 +122,7 @@ class Settings:
               memory_mib=None, cpus=None, command_timeout=None,
               reset="clone", mirror=None, catalogs=(), snapshots="on", snapshot_max_gb=None,
               prepare_ahead=None, tb_cache_mib=None, artifacts_dir=None, artifacts_when="failed",
-              network="user", hosts=()) -> "Settings":
+              network="user", hosts=(), archs=()) -> "Settings":
         if accel not in ACCEL_CHOICES:
             raise SettingsError(f"--kvm-accel must be one of {', '.join(ACCEL_CHOICES)}, not {accel!r}")
         if keep not in KEEP_CHOICES:
@@ -130,6 +147,11 @@ class Settings:
         if parsed_hosts and uri:
             raise SettingsError("--kvm-uri and --kvm-host do not mix: --kvm-host names the "
                                 "libvirt URIs of the remote hosts")
+        try:
+            archs = tuple(dict.fromkeys(bootable(arch_of(a)).debian for a in archs)) \
+                or (host_arch().debian,)
+        except UnknownArch as exc:
+            raise SettingsError(f"--kvm-arch / kvm_arch: {exc}") from None
         local_images = {}
         for item in images:
             name, sep, path = item.partition("=")
@@ -161,6 +183,7 @@ class Settings:
             artifacts_when=artifacts_when,
             network=network,
             hosts=parsed_hosts,
+            archs=archs,
         )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .arches import arch_of, bootable
 from .choices import RESET_CHOICES
 from .errors import KvmError
 from .families import FAMILIES, SEED_FORMATS
@@ -52,6 +53,7 @@ class GuestRequest:
     golden: Any = None  # a user golden (guest.freeze(), kvm.golden()), or a fixture's name
     networks: tuple[str, ...] = ()  # private networks shared with the session's other guests
     name: str | None = None  # the guest's name on its networks (hosts files)
+    arch: str | None = None  # the CPU architecture, Debian's name (None: --kvm-arch's first)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
                   unique: bool = False, tpm: bool | None = None,
                   share: Mapping[str, Any] | None = None,
                   artifacts: Sequence[str] = (), golden: Any = None,
-                  networks: Sequence[str] = (), name: str | None = None) -> GuestRequest:
+                  networks: Sequence[str] = (), name: str | None = None,
+                  arch: str | None = None) -> GuestRequest:
     """Check and normalise the arguments of ``kvm.boot``, ``guest_factory`` and the ``guest``
     marker (the one list of those keywords: see :data:`KEYWORDS`)."""
     if os is not None and (not isinstance(os, str) or not os):
@@ -173,13 +176,21 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
             checked_label("name", name)
         except KvmError as exc:
             raise SpecError(str(exc)) from None
+    if arch is not None:
+        if not isinstance(arch, str):
+            raise SpecError(f"arch must be an architecture's name (arm64 or aarch64, ...), "
+                            f"not {arch!r}")
+        try:
+            arch = bootable(arch_of(arch)).debian
+        except KvmError as exc:
+            raise SpecError(f"arch: {exc}") from None
     return GuestRequest(os=os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,
                         image=Path(image) if image is not None else None,
                         boot_timeout=float(boot_timeout) if boot_timeout is not None else None,
                         reset=reset, family=family, seed=seed, unique=unique, tpm=tpm,
                         share=_shares(share) if share is not None else (),
                         artifacts=_paths("artifacts", artifacts), golden=golden,
-                        networks=_networks(networks), name=name)
+                        networks=_networks(networks), name=name, arch=arch)
 
 
 def guest_marker(*args: Any, **kwargs: Any) -> GuestRequest:

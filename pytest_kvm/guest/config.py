@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..arches import Arch, host_arch
 from ..families import Family, family
 from ..hosts.base import GuestFiles
 from ..vm.domain import DomainSpec, family_fields
@@ -49,10 +50,16 @@ class GuestConfig:
     # its volumes' names on a remote host (default: its name); a snapshot golden's outlive the run
     volume_prefix: str | None = None
     tb_cache_mib: int = 0  # TCG's translation cache (see Settings.tb_cache_mib); 0: QEMU's default
+    arch: Arch = field(default_factory=host_arch)  # the guest's CPU architecture
 
     @property
     def user(self) -> str:
         return self.family.login_user
+
+    @property
+    def native(self) -> bool:
+        """Whether the guest has the host's architecture (else QEMU emulates it: TCG)."""
+        return self.arch == host_arch()
 
 
 def domain_spec(cfg: GuestConfig, port: int, mac: str | None = None,
@@ -71,5 +78,5 @@ def domain_spec(cfg: GuestConfig, port: int, mac: str | None = None,
         kernel=files.kernel if direct else None, initrd=files.initrd if direct else None,
         cmdline=cfg.image.cmdline if direct else "", metadata=dict(cfg.metadata),
         machine_type=cfg.machine_type, mac=mac, network_mode=cfg.network_mode,
-        tb_cache_mib=cfg.tb_cache_mib or None,
+        tb_cache_mib=cfg.tb_cache_mib or None, arch=cfg.arch,
         **family_fields(cfg.family, workdir, firmware=cfg.image.firmware, tpm=cfg.tpm))

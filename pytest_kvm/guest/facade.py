@@ -87,6 +87,12 @@ class Guest:
         return self._m.config
 
     @property
+    def arch(self) -> str:
+        """The guest's CPU architecture, the kernel's name (what ``uname -m`` prints in it):
+        ``x86_64``, ``aarch64``, ``riscv64``."""
+        return self._m.config.arch.kernel
+
+    @property
     def user(self) -> str:
         """The account the handle logs in as (the family's login user)."""
         return self._m.config.user

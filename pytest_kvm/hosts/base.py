@@ -205,8 +205,8 @@ class Host(ABC):
     def save(self, name: str, path: Path) -> None:
         self.hv.save(name, path)
 
-    def canonical_machine(self, alias: str) -> str:
-        return self.hv.canonical_machine(alias)
+    def canonical_machine(self, alias: str, arch: str = "x86_64") -> str:
+        return self.hv.canonical_machine(alias, arch)
 
     def versions(self) -> dict[str, str]:
         return self.hv.versions()

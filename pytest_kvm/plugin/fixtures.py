@@ -43,7 +43,8 @@ def guest(request: pytest.FixtureRequest, kvm: KvmSession) -> Iterator[Guest]:
     spec = guest_marker(*marker.args, **marker.kwargs) if marker else guest_marker()
     if isinstance(spec.golden, str):  # golden="fixture name": that fixture's user golden
         spec = replace(spec, golden=request.getfixturevalue(spec.golden))
-    g = kvm.create_for(replace(spec, os=spec.os or getattr(request, "param", None)))
+    os, arch = getattr(request, "param", (None, None))  # --kvm-os x --kvm-arch (see hooks)
+    g = kvm.create_for(replace(spec, os=spec.os or os, arch=spec.arch or arch))
     _remember(request, g)
     try:
         g.start()

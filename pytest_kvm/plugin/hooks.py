@@ -17,6 +17,7 @@ from ..choices import (ACCEL_CHOICES, ARTIFACTS_WHEN_CHOICES, KEEP_CHOICES, NETW
 from ..config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, DEFAULT_TB_CACHE_MIB, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
+from ..arches import BOOTABLE
 from ..errors import KvmError
 from ..hosts.choose import where_worker_ran
 from ..spec import KEYWORDS, guest_marker
@@ -34,6 +35,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kvm-os", action="append", metavar="NAME", dest="kvm_os",
                     help=f"guest OS for the `guest` fixture (repeatable: with two or more, tests "
                          f"using `guest` run once per OS). Default: ini kvm_os, else {DEFAULT_OS}.")
+    group.addoption("--kvm-arch", action="append", metavar="ARCH", dest="kvm_arch",
+                    help=f"CPU architecture of the guests: {', '.join(BOOTABLE)} (or the kernel's "
+                         f"names: x86_64, aarch64; repeatable: with two or more, tests using "
+                         f"`guest` run once per OS and architecture). Other architectures than "
+                         f"the host's run under TCG. Default: ini kvm_arch, else the host's.")
     group.addoption("--kvm-accel", choices=ACCEL_CHOICES, default="auto", dest="kvm_accel",
                     help="acceleration: kvm, tcg (software emulation) or auto (kvm when it really "
                          "works, else tcg, saying why). Default: auto.")
@@ -80,6 +86,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "else $PYTEST_KVM_CACHE_DIR, else $XDG_CACHE_HOME/pytest-kvm "
                          "(~/.cache/pytest-kvm).")
     parser.addini("kvm_os", "default guest OS name(s), space separated", default="")
+    parser.addini("kvm_arch", "guest CPU architecture(s), space separated (see --kvm-arch)",
+                  default="")
     parser.addini("kvm_hosts", "remote libvirt hosts, one URI per line (see --kvm-host)",
                   type="linelist", default=[])
     parser.addini("kvm_cache_dir", "base image cache directory", default="")
@@ -211,22 +219,33 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     settings = state.settings
     return [f"pytest-kvm: {state.host.describe(settings)}; "
-            f"os {', '.join(settings.os_names)}; reset {settings.reset}; "
+            f"os {', '.join(settings.os_names)}; arch {', '.join(settings.archs)}; "
+            f"reset {settings.reset}; "
             f"snapshots {settings.snapshots}; prepare ahead {settings.prepare_ahead}; "
             f"network {settings.network}; cache {settings.cache_dir}"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests using ``guest`` run once per OS (``--kvm-os``) and architecture (``--kvm-arch``)
+    the marker leaves open, with ids ``debian-12``, ``arm64`` or ``debian-12-arm64``."""
     if "guest" not in metafunc.fixturenames:
         return
     state = metafunc.config.stash.get(STATE_KEY, None)
-    if state is None or len(state.settings.os_names) < 2:
+    if state is None:
         return
     marker = metafunc.definition.get_closest_marker("guest")
-    if marker is not None and (marker.kwargs.get("os") or marker.kwargs.get("golden")):
-        return  # pinned to one OS (a user golden's is the one it was made from)
-    names = list(state.settings.os_names)
-    metafunc.parametrize("guest", names, indirect=True, ids=names)
+    pinned = marker.kwargs if marker is not None else {}
+    if pinned.get("golden"):
+        return  # a user golden's OS and architecture are the ones it was made from
+    settings = state.settings
+    oses = [None] if pinned.get("os") or (marker and marker.args) else list(settings.os_names)
+    archs = [None] if pinned.get("arch") else list(settings.archs)
+    if len(oses) * len(archs) < 2:
+        return
+    params = [(os, arch) for os in oses for arch in archs]
+    ids = ["-".join(filter(None, (os if len(oses) > 1 else None, arch if len(archs) > 1 else None)))
+           for os, arch in params]
+    metafunc.parametrize("guest", params, indirect=True, ids=ids)
 
 
 @pytest.hookimpl(trylast=True)  # after -k, -m and --deselect: only what will run is checked

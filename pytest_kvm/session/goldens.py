@@ -132,7 +132,7 @@ class Goldens:
         it, ``pytest-kvm snapshot list`` shows it."""
         from ..guest.config import domain_spec  # noqa: PLC0415
         from ..seed import cloudinit, iso  # noqa: PLC0415
-        from ..vm.domain import TCG_CPU_MODEL, domain_xml, firmware_digest  # noqa: PLC0415
+        from ..vm.domain import domain_xml, firmware_digest  # noqa: PLC0415
         fam = config.family
         # not the network mode: it is a netdev option outside the saved state, and each clone
         # gets its own through retarget (a golden booted in either mode serves both)
@@ -147,10 +147,11 @@ class Goldens:
                                     public_keys={"pytest-kvm": dummy.public_openssh}).files
         spec = domain_spec(template, 0)
         return {
-            "os": config.os, "family": fam.name, "accel": config.virt_type,
+            "os": config.os, "arch": config.arch.debian, "family": fam.name,
+            "accel": config.virt_type,
             "memory_mib": config.memory_mib, "cpus": config.cpus,
             "machine": config.machine_type or fam.machine,
-            "cpu": TCG_CPU_MODEL if config.virt_type != "kvm" else self.host.cpu_model(),
+            "cpu": spec.cpu_model if config.virt_type != "kvm" else self.host.cpu_model(),
             "base": self._image_digest(config.image),
             "domain": digest(domain_xml(spec)),
             "seed": digest({name: data.hex() for name, data in sorted(seed_files.items())}),
@@ -185,7 +186,8 @@ class Goldens:
 
     def made_by(self, key: str, prepare: Callable[["Guest"], Any], request: "GuestRequest") -> Golden:
         """``kvm.golden(key, prepare, ...)``: see :meth:`KvmSession.golden`."""
-        parent = self.for_config(self._config(request.os or self.settings.default_os, request))
+        parent = self.for_config(self._config(self.settings.os_for(request.os, request.arch),
+                                              request))
         user_key = _user_key(parent.key, key)
         if user_key in self._goldens:
             return self._goldens[user_key]

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..arches import host_arch, split_image_name
 from ..cleanup.reaper import make_run_dir
 from ..owner import cache_id, machine_identity, process_start_time
 from ..workdir import KEPT_MARKER
@@ -201,13 +202,15 @@ class KvmSession:
         """:meth:`create` for a checked request (what the ``guest`` marker gives)."""
         if request.golden is not None:
             request = self.goldens.user_request(request)
-        os_name = request.os or self.settings.default_os
+        os_name = self.settings.os_for(request.os, request.arch)
         if request.image is None:
             self.images.check_name(os_name)
         config = self._config(os_name, request)
         if request.share and config.family.share_mount_command is None:
             raise SpecError(f"share: family {config.family.name} ({os_name}) cannot mount shared "
                             f"folders (virtiofs); copy files with guest.put(directory, ...) instead")
+        if not config.native:
+            self._refuse_foreign(request, config)
         if request.networks and (config.family.network_command is None
                                  or config.family.machine != "pc"):
             raise SpecError(f"networks: family {config.family.name} ({os_name}) cannot join "
@@ -234,6 +237,23 @@ class KvmSession:
                 self._ahead.prepare(golden.key, self._clone(golden, ahead), after=guest)
             return guest
         return self._new_boot(config)
+
+    @staticmethod
+    def _refuse_foreign(request: GuestRequest, config: GuestConfig) -> None:
+        """What guests of another architecture than the host's cannot do yet."""
+        where = f"{config.os} ({config.arch.debian})"
+        if config.family.name != "linux":
+            raise SpecError(f"{where}: only Linux guests run on other architectures than the "
+                            f"host's, not family {config.family.name}")
+        if request.tpm:
+            raise SpecError(f"tpm: {where}: an emulated TPM is only offered on the host's "
+                            f"architecture")
+        if request.share or request.networks:
+            what = "share" if request.share else "networks"
+            raise SpecError(f"{what}: {where}: hot-plugged devices (shares, private networks) "
+                            f"are not supported on other architectures than the host's yet "
+                            f"(their PCI Express root has no hot-plug slot); copy files with "
+                            f"guest.put")
 
     # -- goldens ------------------------------------------------------------------------------
     def golden(self, key: str, prepare: Callable[[Guest], Any], os: str | None = None,
@@ -278,15 +298,20 @@ class KvmSession:
         memory = request.memory_mib or max(self.settings.memory_mib, base.min_memory_mib or 0)
         key_file = self._key_file()
         name = self._next_name()
+        arch = split_image_name(os_name)[1]
+        # another architecture than the host's is emulated (TCG), whatever KVM can do
+        native = arch == host_arch()
         return GuestConfig(
-            name=name, os=os_name, image=base,
+            name=name, os=os_name, image=base, arch=arch,
             memory_mib=memory, cpus=request.cpus or self.settings.cpus,
-            virt_type=accel.virt_type,
-            limits=self.settings.limits(accel.name, request.boot_timeout),
+            virt_type=accel.virt_type if native else "qemu",
+            limits=self.settings.limits(accel.name if native else "tcg", request.boot_timeout),
             command_timeout=self.settings.command_timeout,
             workdir=self.run_dir / name, login_key_file=key_file, login_key=self._login_key,
             user_data=request.user_data, family=fam, seed_format=request.seed, unique=request.unique,
-            tpm=request.tpm, machine_type=self.host.canonical_machine(fam.machine),
+            tpm=request.tpm,
+            machine_type=self.host.canonical_machine(fam.machine if native else arch.machine,
+                                                     arch.kernel),
             shares=request.share, artifacts=request.artifacts,
             networks=request.networks, network_name=request.name,
             network_mode=self.settings.network, tb_cache_mib=self.settings.tb_cache_mib,

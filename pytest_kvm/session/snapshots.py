@@ -34,7 +34,7 @@ from ..guest.golden import Golden
 from ..workdir import META_FILE
 
 SNAPSHOTS_DIR = "snapshots"
-SUMMARY_FIELDS = ("os", "family", "memory_mib", "cpus", "accel", "machine", "qemu", "libvirt", "base",
+SUMMARY_FIELDS = ("os", "arch", "family", "memory_mib", "cpus", "accel", "machine", "qemu", "libvirt", "base",
                   "user_data", "host")  # the key fields `pytest-kvm snapshot list` shows
 
 

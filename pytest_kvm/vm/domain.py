@@ -31,13 +31,13 @@ from .libvirtxml.domain import (META_NS, Boot, Clock, Cpu, Domain, Features,  # 
                                 MemoryBacking, Metadata, Os, Tcg, run_metadata)
 from .libvirtxml.elements import XmlElement
 from .libvirtxml.qemu import QEMU_NS, QemuCommandline, UserNic  # noqa: F401
+from ..arches import Arch, host_arch
 from ..choices import NETWORK_MODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..families import Family
 
 NAME_PREFIX = "pytest-kvm-"
-TCG_CPU_MODEL = "qemu64"  # QEMU's own default under TCG, named
 NIC_PCI_SLOT = "0x1e"
 OVMF_DIR = Path("/usr/share/OVMF")  # Debian's ovmf package
 OVMF_CODE = "OVMF_CODE_4M.fd"
@@ -85,6 +85,9 @@ class DomainSpec:
     #: TCG's translation cache in MiB (``<features><tcg><tb-cache>``); None: QEMU's default
     #: (1 GiB). Written only under TCG: KVM runs guest code natively and has none
     tb_cache_mib: int | None = None
+    #: the guest's CPU architecture: its machine (``virt`` for arm64 and riscv64, instead of
+    #: the family's), its named CPU under TCG (see :mod:`pytest_kvm.arches`)
+    arch: Arch = field(default_factory=host_arch)
 
     def __post_init__(self) -> None:
         checks = (("machine", ("pc", "q35")), ("firmware", ("bios", "uefi")),
@@ -97,6 +100,19 @@ class DomainSpec:
             raise ValueError("DomainSpec: UEFI firmware needs an nvram path (the guest's own copy)")
         if self.secure_boot and (self.firmware != "uefi" or self.machine != "q35"):
             raise ValueError("DomainSpec: Secure Boot needs firmware='uefi' and machine='q35' (SMM)")
+        if not self.x86 and (self.firmware != "bios" or self.kernel is None or self.tpm
+                             or self.virt_type == "kvm" and self.arch != host_arch()):
+            raise ValueError(f"DomainSpec: a {self.arch.debian} guest boots its kernel directly "
+                             f"(no firmware, no TPM), emulated unless it is the host's")
+
+    @property
+    def x86(self) -> bool:
+        return self.arch.kernel == "x86_64"
+
+    @property
+    def cpu_model(self) -> str:
+        """The named CPU a TCG guest gets (a saved state restores only onto it)."""
+        return self.arch.tcg_cpu
 
     @property
     def loader(self) -> Path | None:
@@ -138,8 +154,13 @@ NIC_ROMS = {"virtio-net-pci": "efi-virtio.rom", "e1000": "efi-e1000.rom", "e1000
 def firmware_files(spec: DomainSpec) -> list[str]:
     """The firmware and option ROMs QEMU loads for *spec*: a saved state holds code from
     them, so a snapshot is only good with the same files."""
-    names = ["bios-256k.bin" if spec.firmware == "bios" else None, "kvmvapic.bin",
-             "linuxboot_dma.bin" if spec.kernel is not None else None, NIC_ROMS.get(spec.nic_model)]
+    x86 = spec.x86
+    names = ["bios-256k.bin" if spec.firmware == "bios" and x86 else None,
+             "kvmvapic.bin" if x86 else None,
+             "linuxboot_dma.bin" if spec.kernel is not None and x86 else None,
+             # riscv64's virt machine runs OpenSBI before the kernel
+             "opensbi-riscv64-generic-fw_dynamic.bin" if spec.arch.kernel == "riscv64" else None,
+             NIC_ROMS.get(spec.nic_model)]
     found = []
     for name in filter(None, names):
         path = next((d / name for d in QEMU_DATA_DIRS if (d / name).is_file()), None)
@@ -204,7 +225,8 @@ def _disks(spec: DomainSpec) -> list[Disk]:
 
 
 def _os(spec: DomainSpec) -> Os:
-    os = Os(type="hvm", arch="x86_64", machine=spec.machine_type or spec.machine)
+    os = Os(type="hvm", arch=spec.arch.kernel,
+            machine=spec.machine_type or (spec.machine if spec.x86 else spec.arch.machine))
     if spec.firmware == "uefi":
         os.loader, os.loader_readonly, os.loader_type = str(spec.loader), "yes", "pflash"
         os.loader_secure = "yes" if spec.secure_boot else "no"
@@ -250,11 +272,13 @@ def build_domain(spec: DomainSpec) -> Domain:
         memory_backing=shared_memory_backing() if spec.shared_memory else None,
         vcpus=spec.cpus, os=_os(spec),
         # OVMF's Secure Boot build refuses to run without SMM
-        features=Features(acpi=True, smm="on" if spec.secure_boot else None,
+        # ACPI: x86 only (libvirt ties it to UEFI on aarch64; the kernel finds virt's devices
+        # in its device tree)
+        features=Features(acpi=spec.x86, smm="on" if spec.secure_boot else None,
                           tcg=Tcg(tb_cache=spec.tb_cache_mib, tb_cache_unit="MiB")
                           if tcg and spec.tb_cache_mib else None),
         # under TCG a named model: a saved state only restores onto the CPU it was saved on
-        cpu=Cpu(mode="custom", match="exact", check="none", model=TCG_CPU_MODEL,
+        cpu=Cpu(mode="custom", match="exact", check="none", model=spec.cpu_model,
                 model_fallback="forbid") if tcg else Cpu(mode="host-passthrough"),
         clock=Clock(offset="utc"), on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
         devices=_devices(spec),

@@ -204,7 +204,7 @@ class Hypervisor:
         self._conn = conn
         self.uri = uri
         self._embed = embed
-        self._machines: dict[str, str] | None = None
+        self._machines: dict[tuple[str, str], str] | None = None
         self._caps: ET.Element | None = None
 
     @classmethod
@@ -465,19 +465,18 @@ class Hypervisor:
                 self._caps = ET.fromstring(self._conn.getCapabilities())
         return self._caps
 
-    def canonical_machine(self, alias: str) -> str:
-        """The versioned machine type QEMU means by *alias* (``pc`` -> ``pc-i440fx-7.2``):
-        a saved state restores only onto the same machine type."""
+    def canonical_machine(self, alias: str, arch: str = "x86_64") -> str:
+        """The versioned machine type QEMU for *arch* (the kernel's name) means by *alias*
+        (``pc`` -> ``pc-i440fx-7.2``, ``virt`` -> ``virt-7.2``): a saved state restores
+        only onto the same machine type."""
         if self._machines is None:
             self._machines = {}
             for guest in self._capabilities().iter("guest"):
-                arch = guest.find("arch")
-                if arch is None or arch.get("name") != "x86_64":
-                    continue
-                for machine in arch.iter("machine"):
+                found = guest.find("arch")
+                for machine in found.iter("machine") if found is not None else ():
                     if machine.get("canonical") and machine.text:
-                        self._machines[machine.text] = machine.get("canonical")
-        return self._machines.get(alias, alias)
+                        self._machines[(found.get("name"), machine.text)] = machine.get("canonical")
+        return self._machines.get((arch, alias), alias)
 
     def host_cpu(self) -> str:
         """The host CPU as its libvirt describes it (model, vendor and a hash of the feature

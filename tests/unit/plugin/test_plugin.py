@@ -38,14 +38,14 @@ def test_help_documents_every_option_and_ini(pytester):
 
 def test_marker_is_registered(pytester):
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None, boot_timeout=None, reset=None, family=None, seed=None, unique=False, tpm=None, share=None, artifacts=(), golden=None, networks=(), name=None)*"])
+    result.stdout.fnmatch_lines(["@pytest.mark.guest(os=None, memory_mib=None, cpus=None, user_data=None, image=None, boot_timeout=None, reset=None, family=None, seed=None, unique=False, tpm=None, share=None, artifacts=(), golden=None, networks=(), name=None, arch=None)*"])
 
 
 def test_header_says_uri_and_acceleration(pytester):
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest()
     accel = choose_accel("auto")
-    result.stdout.fnmatch_lines([f"pytest-kvm: accel {accel.name}: {accel.reason}; uri *; os debian-12; reset clone; snapshots on; prepare ahead 1; network user; cache *"])
+    result.stdout.fnmatch_lines([f"pytest-kvm: accel {accel.name}: {accel.reason}; uri *; os debian-12; arch amd64; reset clone; snapshots on; prepare ahead 1; network user; cache *"])
 
 
 def test_header_says_the_network_mode_and_refuses_an_unknown_one(pytester):
@@ -72,7 +72,7 @@ def test_kvm_host_in_the_header_and_refused_when_unusable(pytester):
                                 "--kvm-host", "qemu+libssh://ci@hv2.invalid:2222/system?slots=3")
     assert result.ret == 0, result.stderr.str()
     result.stdout.fnmatch_lines(["pytest-kvm: hosts ci@hv1.invalid, ci@hv2.invalid:2222 (3 slots); "
-                                 "accel auto; os debian-12; reset clone; snapshots on; "
+                                 "accel auto; os debian-12; arch amd64; reset clone; snapshots on; "
                                  "prepare ahead 1; network user; cache *"])
     assert "secret_key" not in result.stdout.str()
     pytester.makeini("[pytest]\nkvm_hosts =\n    qemu+ssh://ci@hv3.invalid/system\n")
@@ -356,3 +356,32 @@ def test_sigterm_ends_the_run_like_ctrl_c(pytester):
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     assert "KeyboardInterrupt" in out and "SIGTERM" in out
     assert torn_down.read_text() == "session fixture torn down"
+
+
+def test_kvm_arch_makes_a_matrix_with_ids_naming_os_and_architecture(pytester):
+    pytester.makepyfile("""
+import pytest
+def test_any(guest): pass
+@pytest.mark.guest(arch="riscv64")
+def test_pinned_arch(guest): pass
+@pytest.mark.guest(os="debian-13")
+def test_pinned_os(guest): pass
+""")
+    result = pytester.runpytest("--collect-only", "-q", "--kvm-os", "debian-12", "--kvm-os",
+                                "debian-13", "--kvm-arch", "amd64", "--kvm-arch", "aarch64")
+    result.stdout.fnmatch_lines([
+        "*::test_any[[]debian-12-amd64]", "*::test_any[[]debian-12-arm64]",
+        "*::test_any[[]debian-13-amd64]", "*::test_any[[]debian-13-arm64]",
+        "*::test_pinned_arch[[]debian-12]", "*::test_pinned_arch[[]debian-13]",
+        "*::test_pinned_os[[]amd64]", "*::test_pinned_os[[]arm64]"])
+    result.stdout.fnmatch_lines(["*8 tests collected*"])
+
+
+def test_kvm_arch_ini_and_an_unsupported_architecture(pytester):
+    pytester.makeini("[pytest]\nkvm_arch = arm64\n")
+    pytester.makepyfile("def test_x(): pass")
+    pytester.runpytest().stdout.fnmatch_lines(["pytest-kvm: *; arch arm64; *"])
+    result = pytester.runpytest("--kvm-arch", "s390x")
+    result.stderr.fnmatch_lines(["*--kvm-arch / kvm_arch: s390x (s390x) guests are not "
+                                 "supported yet*"])
+    assert result.ret != 0

@@ -476,3 +476,29 @@ def test_retarget_refuses_a_saved_domain_with_what_the_plugin_did_not_put_there(
     retarget(SAVED, clone)  # the real one passes
     with pytest.raises(ForeignDomain, match=re.escape(named)):
         retarget(_planted(change), clone)
+
+
+def test_an_arm64_guest_is_a_virt_machine_with_a_named_cpu_and_no_acpi():
+    from pytest_kvm.arches import ARCHES
+    root = parse(spec(arch=ARCHES["arm64"], cmdline="root=LABEL=rootfs console=ttyAMA0"))
+    os_type = root.find("os/type")
+    assert (os_type.get("arch"), os_type.get("machine")) == ("aarch64", "virt")
+    assert root.find("cpu/model").text == "cortex-a57"
+    assert root.find("features/acpi") is None
+    assert root.findtext("os/kernel") == "/c/vmlinuz"
+
+
+def test_a_foreign_guest_needs_direct_kernel_boot_and_tcg():
+    from pytest_kvm.arches import ARCHES
+    with pytest.raises(ValueError, match="boots its kernel directly"):
+        spec(arch=ARCHES["arm64"], kernel=None)
+    with pytest.raises(ValueError, match="emulated"):
+        spec(arch=ARCHES["riscv64"], virt_type="kvm")
+
+
+def test_firmware_files_follow_the_architecture():
+    from pytest_kvm.arches import ARCHES
+    from pytest_kvm.vm.domain import firmware_files
+    names = [Path(p).name for p in firmware_files(spec(arch=ARCHES["riscv64"]))]
+    assert "opensbi-riscv64-generic-fw_dynamic.bin" in names and "bios-256k.bin" not in names
+    assert "bios-256k.bin" in [Path(p).name for p in firmware_files(spec())]
