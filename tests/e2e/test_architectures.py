@@ -1,0 +1,43 @@
+"""Guests of other CPU architectures than the host's (arm64, riscv64), emulated by QEMU:
+their images built by the plugin itself, their goldens and clones as on amd64."""
+import re
+
+import pytest
+
+MATRIX = '''
+import pytest
+
+def test_uname(guest):
+    machine = guest.run("uname -m", check=True).stdout.strip()
+    print("ARCH", guest.arch, machine, guest.name, flush=True)
+    assert machine == guest.arch
+    assert guest.run("python3 -c 'import sys; print(sys.byteorder)'").stdout.strip() == "little"
+
+def test_two_arm64_clones_are_separate_guests(guest_factory):
+    first = guest_factory(arch="arm64")
+    second = guest_factory(arch="aarch64")
+    assert first.cloned and second.cloned and first.name != second.name
+    assert first.golden_name == second.golden_name
+    first.run("echo mine > /var/tmp/mark", check=True)
+    assert second.run("cat /var/tmp/mark").exit_code != 0
+    assert first.arch == second.arch == "aarch64"
+
+@pytest.mark.guest(arch="riscv64", os="debian-13")
+def test_riscv64(guest):
+    assert guest.run("uname -m").stdout.strip() == "riscv64" == guest.arch
+'''
+
+
+def test_a_matrix_of_amd64_arm64_and_a_riscv64_guest(pytester):
+    """`--kvm-arch amd64 --kvm-arch arm64` runs a test once on each (`uname -m` is
+    guest.arch); two arm64 clones of one golden are separate guests; a riscv64 guest
+    (Debian 13) runs from the marker. The foreign images are built by the plugin itself when
+    the cache has none."""
+    pytester.makepyfile(MATRIX)
+    result = pytester.runpytest_subprocess("-s", "-v", "-p", "no:cacheprovider", "--kvm-arch",
+                                           "amd64", "--kvm-arch", "arm64", timeout=3000)
+    out = result.stdout.str()
+    result.assert_outcomes(passed=4)  # test_uname on each, the clones, riscv64
+    assert re.search(r"test_uname\[amd64\] PASSED", out) and re.search(r"test_uname\[arm64\] PASSED", out)
+    seen = dict(line.split()[1:3] for line in out.splitlines() if line.startswith("ARCH "))
+    assert seen == {"x86_64": "x86_64", "aarch64": "aarch64"}, out
