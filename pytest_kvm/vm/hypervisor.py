@@ -307,7 +307,15 @@ class Hypervisor:
         with translate(f"listing volumes of {pool}", self.uri):
             the_pool = self._conn.storagePoolLookupByName(pool)
             the_pool.refresh(0)
-            return {vol.name(): vol.path() for vol in the_pool.listAllVolumes(0)}
+            found = {}
+            for vol in the_pool.listAllVolumes(0):
+                try:
+                    found[vol.name()] = vol.path()
+                except libvirt.libvirtError as exc:  # removed since the listing (another run's
+                    # guest, or a save file QEMU just finished with): not there, then
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                        raise
+            return found
 
     def upload_volume(self, pool: str, name: str, source: Path | bytes) -> str:
         """A new volume *name* holding *source* (a file, or bytes); returns its host path."""
