@@ -21,7 +21,8 @@ from .vm.accel import choose_accel
 from .files import default_cache_dir
 from .errors import HypervisorError, KvmError
 from .hosts.uris import HostError, parse_host
-from .vm.hypervisor import EMBED_SLOTS, SYSTEM_SOCKET, Hypervisor, libvirt_state_dir
+from .vm.embed import EMBED_SLOTS, libvirt_state_dir
+from .vm.hypervisor import SYSTEM_SOCKET, Hypervisor
 from .images.store import ImageStore
 from .progress import Progress
 from .transport.integrations import IntegrationError, kept_hosts, write_host_inventory

@@ -15,11 +15,10 @@ import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..files import try_lock
+from .embed import EmbedSlot, libvirt_state_dir, take_embed_slot
 from .libvirtxml.storage import pool_xml, volume_xml
 from ..errors import HypervisorError
 
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
     from ..hosts.uris import HostUri
 
 SYSTEM_SOCKET = Path("/run/libvirt/libvirt-sock")
-EMBED_SLOTS = 64
 
 
 class PortInUse(HypervisorError):
@@ -65,68 +63,6 @@ def _ensure_event_loop() -> None:
 
         threading.Thread(target=loop, name="pytest-kvm-libvirt-events", daemon=True).start()
         _event_loop_started = True
-
-
-def _write_embed_config(root: Path) -> None:
-    conf = root / "etc" / "qemu.conf"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    lines = ['security_driver = "none"', 'stdio_handler = "file"']
-    if os.geteuid() == 0:
-        lines += ['user = "root"', 'group = "root"', "dynamic_ownership = 0"]
-    conf.write_text("# written by pytest-kvm\n" + "\n".join(lines) + "\n")
-
-
-@dataclass
-class _EmbedSlot:
-    root: Path
-    lock_fd: int
-    index: int
-
-
-def _lock_embed_slot(state_dir: Path, index: int) -> _EmbedSlot | None:
-    root = state_dir / f"embed-{index}"
-    fd = try_lock(state_dir / f"embed-{index}.lock")
-    if fd is None:
-        return None
-    _write_embed_config(root)
-    return _EmbedSlot(root, fd, index)
-
-
-# libvirt loads its embedded driver once per process, and the loaded driver keeps its root
-# busy until the process exits: so each process takes one root and keeps it (and our lock
-# on it) for its whole life, like the event loop above.
-_process_embed: dict[str, _EmbedSlot] = {}
-
-
-def _take_embed_slot(state_dir: Path, index: int | None = None) -> _EmbedSlot:
-    """This process's embedded-driver root: the first free one (or number *index*). The
-    capability cache inside a root survives, so only its first open probes QEMU (~8 s)."""
-    held = _process_embed.get("slot")
-    if held is not None:
-        if index is None or held.index == index:
-            return held
-        raise HypervisorError(f"this process already uses embedded libvirt root {held.index}; "
-                              "libvirt loads its embedded driver once per process")
-    for candidate in range(EMBED_SLOTS) if index is None else (index,):
-        slot = _lock_embed_slot(state_dir, candidate)
-        if slot is not None:
-            _process_embed["slot"] = slot
-            return slot
-    if index is not None:
-        raise HypervisorError(f"embedded libvirt root {index} is in use by a live run")
-    raise HypervisorError(f"all {EMBED_SLOTS} embedded libvirt roots in {state_dir} are in use")
-
-
-def libvirt_state_dir() -> Path:
-    """Where the embedded driver's roots live. Not under the cache directory: QEMU's UNIX
-    sockets go inside the root and their paths may not exceed 107 bytes, so this must be
-    short: ``$XDG_RUNTIME_DIR/pytest-kvm``, else ``/tmp/pytest-kvm-UID``."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(runtime) / "pytest-kvm" if runtime else Path(f"/tmp/pytest-kvm-{os.getuid()}")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_uid != os.getuid():
-        raise HypervisorError(f"{path} belongs to another user; set XDG_RUNTIME_DIR to a directory of yours")
-    return path
 
 
 def _send_all(stream, data: bytes) -> None:
@@ -200,7 +136,7 @@ def translate(action: str, uri: str = "", console_tail: str = "",
 class Hypervisor:
     """An open libvirt connection and what this process started through it."""
 
-    def __init__(self, conn, uri: str, embed: _EmbedSlot | None = None) -> None:
+    def __init__(self, conn, uri: str, embed: EmbedSlot | None = None) -> None:
         self._conn = conn
         self.uri = uri
         self._embed = embed
@@ -212,7 +148,7 @@ class Hypervisor:
         """Open *uri*; without one, libvirtd's system URI if it runs, else a free embedded root."""
         uri = uri or default_uri()
         state_dir = state_dir or libvirt_state_dir()
-        return cls._open(uri, _take_embed_slot(state_dir) if uri is None else None)
+        return cls._open(uri, take_embed_slot(state_dir) if uri is None else None)
 
     @classmethod
     def open_remote(cls, host: "HostUri") -> "Hypervisor":
@@ -229,10 +165,10 @@ class Hypervisor:
     @classmethod
     def open_embed_slot(cls, index: int, state_dir: Path | None = None) -> "Hypervisor":
         """Open embedded root number *index* if no live process holds it (for reaping)."""
-        return cls._open(None, _take_embed_slot(state_dir or libvirt_state_dir(), index))
+        return cls._open(None, take_embed_slot(state_dir or libvirt_state_dir(), index))
 
     @classmethod
-    def _open(cls, uri: str | None, embed: _EmbedSlot | None) -> "Hypervisor":
+    def _open(cls, uri: str | None, embed: EmbedSlot | None) -> "Hypervisor":
         libvirt = _libvirt()
         if runs_qemu_here(uri) and not shutil.which("qemu-system-x86_64"):
             raise HypervisorError("qemu-system-x86_64 not found: apt install qemu-system-x86")
@@ -309,12 +245,8 @@ class Hypervisor:
             the_pool.refresh(0)
             found = {}
             for vol in the_pool.listAllVolumes(0):
-                try:
+                with _unless(libvirt.VIR_ERR_NO_STORAGE_VOL):  # removed since the listing
                     found[vol.name()] = vol.path()
-                except libvirt.libvirtError as exc:  # removed since the listing (another run's
-                    # guest, or a save file QEMU just finished with): not there, then
-                    if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                        raise
             return found
 
     def upload_volume(self, pool: str, name: str, source: Path | bytes) -> str:
@@ -353,11 +285,8 @@ class Hypervisor:
         there itself, a saved state, is unknown to the pool until then)."""
         libvirt = _libvirt()
         the_pool = self._conn.storagePoolLookupByName(pool)
-        try:
+        with _unless(libvirt.VIR_ERR_NO_STORAGE_VOL):
             return the_pool.storageVolLookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                raise
         the_pool.refresh(0)
         return the_pool.storageVolLookupByName(name)
 
@@ -600,4 +529,14 @@ class Hypervisor:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
-        self._embed = None  # the root stays this process's (see _take_embed_slot)
+        self._embed = None  # the root stays this process's (see take_embed_slot)
+
+
+@contextlib.contextmanager
+def _unless(code: int) -> Iterator[None]:
+    """Ignore a libvirtError of error *code* (e.g. a volume gone since it was listed)."""
+    try:
+        yield
+    except _libvirt().libvirtError as exc:
+        if exc.get_error_code() != code:
+            raise

@@ -1,5 +1,5 @@
 """The embedded driver's qemu.conf: what the README's threat model says about QEMU's user; which URIs need QEMU installed here."""
-from pytest_kvm.vm import hypervisor
+from pytest_kvm.vm import embed, hypervisor
 
 
 def settings(root):
@@ -8,16 +8,16 @@ def settings(root):
 
 
 def test_as_root_qemu_runs_as_root_unconfined(tmp_path, monkeypatch):
-    monkeypatch.setattr(hypervisor.os, "geteuid", lambda: 0)
-    hypervisor._write_embed_config(tmp_path)
+    monkeypatch.setattr(embed.os, "geteuid", lambda: 0)
+    embed.write_embed_config(tmp_path)
     conf = settings(tmp_path)
     assert conf["user"] == conf["group"] == '"root"'
     assert conf["security_driver"] == '"none"' and conf["dynamic_ownership"] == "0"
 
 
 def test_as_a_user_qemu_runs_as_that_user(tmp_path, monkeypatch):
-    monkeypatch.setattr(hypervisor.os, "geteuid", lambda: 1000)
-    hypervisor._write_embed_config(tmp_path)
+    monkeypatch.setattr(embed.os, "geteuid", lambda: 1000)
+    embed.write_embed_config(tmp_path)
     conf = settings(tmp_path)
     assert "user" not in conf and "group" not in conf  # libvirt's default: the caller's own
 
