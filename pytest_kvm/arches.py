@@ -30,7 +30,8 @@ class Arch:
     #: foreign root's maintainer scripts with it, through proot: no binfmt_misc)
     user_emulator: str
     #: the machine type and, under TCG, the named CPU model (a saved state restores only
-    #: onto the CPU it was saved on; aarch64 TCG refuses host-model)
+    #: onto the CPU it was saved on; aarch64 TCG refuses host-model); "": QEMU's default CPU
+    #: of the machine, left unnamed (libvirt 9.0 has no CPU models for riscv64)
     machine: str
     tcg_cpu: str
     #: Debian's kernel package for a virtual machine, and the serial console it prints on
@@ -53,7 +54,7 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
          console="ttyAMA0", pci_root="pcie.0", suites=("bookworm", "trixie")),
     Arch(debian="riscv64", kernel="riscv64", emulator="qemu-system-riscv64",
          emulator_package="qemu-system-misc", user_emulator="qemu-riscv64-static",
-         machine="virt", tcg_cpu="rv64", kernel_package="linux-image-riscv64",
+         machine="virt", tcg_cpu="", kernel_package="linux-image-riscv64",
          console="ttyS0", pci_root="pcie.0", suites=("trixie",)),
     Arch(debian="s390x", kernel="s390x", emulator="qemu-system-s390x",
          emulator_package="qemu-system-misc", user_emulator="qemu-s390x-static",

@@ -272,8 +272,8 @@ def _marker_problems(config: pytest.Config, items: list[pytest.Item]) -> list[st
         for marker in item.iter_markers("guest"):
             try:
                 spec = guest_marker(*marker.args, **marker.kwargs)
-                if state is not None and spec.os and spec.image is None:
-                    state.check_name(spec.os)
+                if state is not None and (spec.os or spec.arch) and spec.image is None:
+                    state.check_name(state.settings.os_for(spec.os, spec.arch))
             except KvmError as exc:
                 problems.append(f"{_unparametrized(item)}: @pytest.mark.guest: {exc}")
     return list(dict.fromkeys(problems))

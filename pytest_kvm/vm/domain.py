@@ -278,8 +278,9 @@ def build_domain(spec: DomainSpec) -> Domain:
                           tcg=Tcg(tb_cache=spec.tb_cache_mib, tb_cache_unit="MiB")
                           if tcg and spec.tb_cache_mib else None),
         # under TCG a named model: a saved state only restores onto the CPU it was saved on
-        cpu=Cpu(mode="custom", match="exact", check="none", model=spec.cpu_model,
-                model_fallback="forbid") if tcg else Cpu(mode="host-passthrough"),
+        cpu=(Cpu(mode="custom", match="exact", check="none", model=spec.cpu_model,
+                 model_fallback="forbid") if spec.cpu_model else None)
+        if tcg else Cpu(mode="host-passthrough"),
         clock=Clock(offset="utc"), on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
         devices=_devices(spec),
         commandline=QemuCommandline(args=user_nic(spec.nic_model, spec.mac, spec.ssh_port,

@@ -245,7 +245,7 @@ class Hypervisor:
             the_pool.refresh(0)
             found = {}
             for vol in the_pool.listAllVolumes(0):
-                with _unless(libvirt.VIR_ERR_NO_STORAGE_VOL):  # removed since the listing
+                with _unless("VIR_ERR_NO_STORAGE_VOL"):  # removed since the listing
                     found[vol.name()] = vol.path()
             return found
 
@@ -285,7 +285,7 @@ class Hypervisor:
         there itself, a saved state, is unknown to the pool until then)."""
         libvirt = _libvirt()
         the_pool = self._conn.storagePoolLookupByName(pool)
-        with _unless(libvirt.VIR_ERR_NO_STORAGE_VOL):
+        with _unless("VIR_ERR_NO_STORAGE_VOL"):
             return the_pool.storageVolLookupByName(name)
         the_pool.refresh(0)
         return the_pool.storageVolLookupByName(name)
@@ -533,10 +533,12 @@ class Hypervisor:
 
 
 @contextlib.contextmanager
-def _unless(code: int) -> Iterator[None]:
-    """Ignore a libvirtError of error *code* (e.g. a volume gone since it was listed)."""
+def _unless(code: str) -> Iterator[None]:
+    """Ignore a libvirtError of error *code*, libvirt's constant's name (e.g.
+    ``VIR_ERR_NO_STORAGE_VOL``: a volume gone since it was listed)."""
+    libvirt = _libvirt()
     try:
         yield
-    except _libvirt().libvirtError as exc:
-        if exc.get_error_code() != code:
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != getattr(libvirt, code):
             raise
