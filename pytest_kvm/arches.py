@@ -40,6 +40,9 @@ class Arch:
     pci_root: str
     #: the Debian suites whose images the builder makes for it
     suites: tuple[str, ...]
+    #: modules its image's initramfs needs besides the virtio disk's (``virtio_pci``,
+    #: ``virtio_blk``: every recipe lists them) to mount the root
+    initramfs_modules: tuple[str, ...] = ()
 
 
 ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (

@@ -6,6 +6,16 @@ a package mirror, configure it from the recipe's data (files, unit masks, clean-
 ``commands`` in a chroot, e.g. rebuilding the initramfs), turn the root into an
 ext4 file system without loop devices (``mkfs.ext4 -d``), convert it to qcow2
 and keep the kernel and initrd beside it for direct kernel boot.
+
+A recipe for another CPU architecture than this machine's (``Recipe.arch``) is built the
+same way, without binfmt_misc: ``debootstrap --foreign`` unpacks the packages, then the
+second stage and every command in the root run under QEMU's static user-mode emulator,
+which proot starts for each foreign program (``proot -q qemu-aarch64-static``). proot runs
+inside a real chroot, in a mount namespace of its own (see :data:`IN_ROOT`), rather than
+translating paths with ``-r``: proot 5.1 (Debian 12 and 13) does not know the ``statx``
+and ``faccessat2`` calls of today's C library, so with ``-r`` they looked at the host's
+files (``ls /debootstrap`` failed, ``[ -x ]`` was false). The namespace also keeps the
+mounts and unmounts debootstrap makes (``/proc``, ``/dev/pts``) away from the host's.
 """
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from ..arches import ARCHES, host_arch
 from ..files import sha256_file
 from ..errors import ImageError
 from ..progress import Bar, Progress
@@ -37,17 +48,87 @@ TOOLS = {"debootstrap": "debootstrap", "mkfs.ext4": "e2fsprogs", "qemu-img": "qe
          "chroot": "coreutils"}
 
 
+def foreign(recipe: Recipe) -> bool:
+    """Whether *recipe* is for another CPU architecture than this machine's."""
+    return recipe.arch != host_arch().debian
+
+
+def _tools(recipe: Recipe) -> dict[str, str]:
+    """The commands a build of *recipe* runs, and the Debian package of each."""
+    if not foreign(recipe):
+        return TOOLS
+    return {**TOOLS, "proot": "proot", "unshare": "util-linux", "mount": "mount",
+            ARCHES[recipe.arch].user_emulator: "qemu-user-static"}
+
+
 def _check_prerequisites(recipe: Recipe) -> None:
     if recipe.builder != "debootstrap":
         raise ImageError(f"recipe {recipe.name!r}: unknown builder {recipe.builder!r}")
-    missing = [f"{tool} (apt install {pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)]
+    tools = _tools(recipe)
+    missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
-        raise ImageError(f"cannot build {recipe.name!r}: missing {', '.join(missing)}")
+        packages = sorted({tools[tool] for tool in missing})
+        raise ImageError(f"cannot build {recipe.image!r}: missing {', '.join(missing)} "
+                         f"(apt install {' '.join(packages)})")
     if os.geteuid() != 0:
+        arch = f" --arch {recipe.arch}" if recipe.arch != "amd64" else ""
         raise ImageError(
-            f"building image {recipe.name!r} needs root (debootstrap, chroot): run "
-            f"`sudo pytest-kvm image build {recipe.name}` once, or point --kvm-image "
-            f"{recipe.name}=PATH at an image you have")
+            f"building image {recipe.image!r} needs root (debootstrap, chroot): run "
+            f"`sudo pytest-kvm image build {recipe.name}{arch}` once, or point --kvm-image "
+            f"{recipe.image}=PATH at an image you have")
+
+
+#: run in a private mount namespace (``unshare --mount``): ``sh -c IN_ROOT sh ROOT EMULATOR
+#: ARGV...``. It mounts /proc, /dev and /sys into the foreign ROOT and the host's own root,
+#: read-only, on ROOT/run/pytest-kvm-host (an empty directory, removed once the root is
+#: configured; the mounts end with the namespace), then chroots into ROOT and starts the host's proot there with the host's
+#: dynamic loader (an amd64 host's): proot runs ARGV's programs under EMULATOR with no path
+#: translation.
+HOST_MOUNT = "run/pytest-kvm-host"
+IN_ROOT = """set -e
+root=$1; emulator=$2; shift 2
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+mount --rbind /sys "$root/sys"
+host=/run/pytest-kvm-host
+mkdir -p "$root$host"
+mount --bind / "$root$host"
+mount -o remount,bind,ro "$root$host"
+lib=$host/usr/lib/x86_64-linux-gnu
+export PROOT_TMP_DIR=/tmp
+exec chroot "$root" $lib/ld-linux-x86-64.so.2 --library-path $lib \\
+  $host/usr/bin/proot -q "$host$emulator" -w / "$@"
+"""
+
+
+def in_root(recipe: Recipe, root: Path) -> list[str]:
+    """The argv prefix that runs a command inside *root*: ``chroot`` on this machine's
+    architecture; else proot with the architecture's static user-mode QEMU (no
+    binfmt_misc) in a chroot of a private mount namespace (:data:`IN_ROOT`)."""
+    if not foreign(recipe):
+        return ["chroot", str(root)]
+    user_emulator = ARCHES[recipe.arch].user_emulator
+    emulator = os.path.realpath(shutil.which(user_emulator) or f"/usr/bin/{user_emulator}")
+    return ["unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", IN_ROOT, "sh", str(root), emulator]
+
+
+def _second_stage(recipe: Recipe, root: Path, steps: _Steps) -> None:
+    """debootstrap's second stage in the foreign *root* (its first left /proc a link to the
+    host's, which the namespace's own /proc replaces)."""
+    proc = root / "proc"
+    if proc.is_symlink():
+        proc.unlink()
+    proc.mkdir(exist_ok=True)
+    steps.run([*in_root(recipe, root), "/debootstrap/debootstrap", "--second-stage"],
+              "debootstrap --second-stage")
+
+
+def debootstrap_argv(recipe: Recipe, root: Path, mirror: str) -> list[str]:
+    """debootstrap's first (and, natively, only) stage."""
+    stage = [f"--arch={recipe.arch}", "--foreign"] if foreign(recipe) else []
+    return ["debootstrap", *stage, f"--variant={recipe.variant}",
+            f"--include={','.join(recipe.packages)}", recipe.suite, str(root), mirror]
 
 
 class _Steps:
@@ -106,8 +187,10 @@ def _configure_root(recipe: Recipe, root: Path, steps: _Steps) -> None:
     for rel in recipe.truncate:
         (root / rel).write_text("")
     for argv in recipe.commands:
-        steps.run(["chroot", str(root), *argv], " ".join(argv))
-    audit = steps.run(["chroot", str(root), "dpkg", "--audit"], "dpkg --audit")
+        steps.run([*in_root(recipe, root), *argv], " ".join(argv))
+    audit = steps.run([*in_root(recipe, root), "dpkg", "--audit"], "dpkg --audit")
+    if (root / HOST_MOUNT).is_dir():
+        (root / HOST_MOUNT).rmdir()
     if audit.strip():
         raise ImageError(f"recipe {recipe.name!r}: packages left unconfigured:\n{audit}")
 
@@ -136,7 +219,7 @@ def build_image(recipe: Recipe, out: Path, progress: Progress | Callable[[str], 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=".build-", dir=out.parent) as tmp, \
             log.open("w") as log_file, \
-            progress.bar(f"building {recipe.name}", len(PHASES), unit="step") as bar:
+            progress.bar(f"building {recipe.image}", len(PHASES), unit="step") as bar:
         steps = _Steps(log_file, log, bar)
 
         def phase(index: int, text: str) -> None:
@@ -146,10 +229,14 @@ def build_image(recipe: Recipe, out: Path, progress: Progress | Callable[[str], 
         work = Path(tmp)
         root = work / "root"
         mirror = recipe.mirror_url()
-        phase(0, f"{recipe.suite} from {mirror} (about a minute or two; output in {log})")
-        steps.run(["debootstrap", f"--variant={recipe.variant}",
-                   f"--include={','.join(recipe.packages)}", recipe.suite, str(root), mirror],
-                  "debootstrap")
+        if foreign(recipe):
+            phase(0, f"{recipe.suite} {recipe.arch} from {mirror} (emulated: tens of minutes; "
+                     f"output in {log})")
+        else:
+            phase(0, f"{recipe.suite} from {mirror} (about a minute or two; output in {log})")
+        steps.run(debootstrap_argv(recipe, root, mirror), "debootstrap")
+        if foreign(recipe):
+            _second_stage(recipe, root, steps)
         phase(1, "the root file system")
         _configure_root(recipe, root, steps)
         shutil.copyfile(_newest(root, "vmlinuz-*"), out / KERNEL)
@@ -165,8 +252,9 @@ def build_image(recipe: Recipe, out: Path, progress: Progress | Callable[[str], 
                   "qemu-img convert")
         bar.update(len(PHASES), len(PHASES))
     manifest = {
-        "name": recipe.name,
+        "name": recipe.image,
         "source": "recipe",
+        "arch": recipe.arch,
         "family": recipe.family,
         "description": recipe.description,
         "recipe_digest": recipe.digest,
@@ -179,5 +267,5 @@ def build_image(recipe: Recipe, out: Path, progress: Progress | Callable[[str], 
         "built_at": utc_now(),
         "build_seconds": round(time.monotonic() - started, 1),
     }
-    progress(f"built {recipe.name} in {manifest['build_seconds']} s")
+    progress(f"built {recipe.image} in {manifest['build_seconds']} s")
     return manifest
