@@ -7,15 +7,11 @@ a package mirror, configure it from the recipe's data (files, unit masks, clean-
 ext4 file system without loop devices (``mkfs.ext4 -d``), convert it to qcow2
 and keep the kernel and initrd beside it for direct kernel boot.
 
-A recipe for another CPU architecture than this machine's (``Recipe.arch``) is built the
-same way, without binfmt_misc: ``debootstrap --foreign`` unpacks the packages, then the
-second stage and every command in the root run under QEMU's static user-mode emulator,
-which proot starts for each foreign program (``proot -q qemu-aarch64-static``). proot runs
-inside a real chroot, in a mount namespace of its own (see :data:`IN_ROOT`), rather than
-translating paths with ``-r``: proot 5.1 (Debian 12 and 13) does not know the ``statx``
-and ``faccessat2`` calls of today's C library, so with ``-r`` they looked at the host's
-files (``ls /debootstrap`` failed, ``[ -x ]`` was false). The namespace also keeps the
-mounts and unmounts debootstrap makes (``/proc``, ``/dev/pts``) away from the host's.
+A recipe for another CPU architecture than this machine's (``Recipe.arch``) is built
+without binfmt_misc: ``debootstrap --foreign`` downloads and unpacks the packages here,
+then the root boots in an emulated guest of its architecture, which installs it and runs
+the recipe's commands (:mod:`pytest_kvm.images.emulated`); the rest (unit masks, clean-up,
+the file system) is done here as for this machine's architecture.
 """
 from __future__ import annotations
 
@@ -34,6 +30,7 @@ from ..arches import ARCHES, host_arch
 from ..files import sha256_file
 from ..errors import ImageError
 from ..progress import Bar, Progress
+from . import emulated
 from .cache import utc_now
 from .recipes import Recipe
 
@@ -57,8 +54,8 @@ def _tools(recipe: Recipe) -> dict[str, str]:
     """The commands a build of *recipe* runs, and the Debian package of each."""
     if not foreign(recipe):
         return TOOLS
-    return {**TOOLS, "proot": "proot", "unshare": "util-linux", "mount": "mount",
-            ARCHES[recipe.arch].user_emulator: "qemu-user-static"}
+    arch = ARCHES[recipe.arch]
+    return {**TOOLS, "dpkg-deb": "dpkg", "tar": "tar", arch.emulator: arch.emulator_package}
 
 
 def _check_prerequisites(recipe: Recipe) -> None:
@@ -76,52 +73,6 @@ def _check_prerequisites(recipe: Recipe) -> None:
             f"building image {recipe.image!r} needs root (debootstrap, chroot): run "
             f"`sudo pytest-kvm image build {recipe.name}{arch}` once, or point --kvm-image "
             f"{recipe.image}=PATH at an image you have")
-
-
-#: run in a private mount namespace (``unshare --mount``): ``sh -c IN_ROOT sh ROOT EMULATOR
-#: ARGV...``. It mounts /proc, /dev and /sys into the foreign ROOT and the host's own root,
-#: read-only, on ROOT/run/pytest-kvm-host (an empty directory, removed once the root is
-#: configured; the mounts end with the namespace), then chroots into ROOT and starts the host's proot there with the host's
-#: dynamic loader (an amd64 host's): proot runs ARGV's programs under EMULATOR with no path
-#: translation.
-HOST_MOUNT = "run/pytest-kvm-host"
-IN_ROOT = """set -e
-root=$1; emulator=$2; shift 2
-mount -t proc proc "$root/proc"
-mount --rbind /dev "$root/dev"
-mount --rbind /sys "$root/sys"
-host=/run/pytest-kvm-host
-mkdir -p "$root$host"
-mount --bind / "$root$host"
-mount -o remount,bind,ro "$root$host"
-lib=$host/usr/lib/x86_64-linux-gnu
-export PROOT_TMP_DIR=/tmp
-exec chroot "$root" $lib/ld-linux-x86-64.so.2 --library-path $lib \\
-  $host/usr/bin/proot -q "$host$emulator" -w / "$@"
-"""
-
-
-def in_root(recipe: Recipe, root: Path) -> list[str]:
-    """The argv prefix that runs a command inside *root*: ``chroot`` on this machine's
-    architecture; else proot with the architecture's static user-mode QEMU (no
-    binfmt_misc) in a chroot of a private mount namespace (:data:`IN_ROOT`)."""
-    if not foreign(recipe):
-        return ["chroot", str(root)]
-    user_emulator = ARCHES[recipe.arch].user_emulator
-    emulator = os.path.realpath(shutil.which(user_emulator) or f"/usr/bin/{user_emulator}")
-    return ["unshare", "--mount", "--propagation", "private", "--",
-            "sh", "-c", IN_ROOT, "sh", str(root), emulator]
-
-
-def _second_stage(recipe: Recipe, root: Path, steps: _Steps) -> None:
-    """debootstrap's second stage in the foreign *root* (its first left /proc a link to the
-    host's, which the namespace's own /proc replaces)."""
-    proc = root / "proc"
-    if proc.is_symlink():
-        proc.unlink()
-    proc.mkdir(exist_ok=True)
-    steps.run([*in_root(recipe, root), "/debootstrap/debootstrap", "--second-stage"],
-              "debootstrap --second-stage")
 
 
 def debootstrap_argv(recipe: Recipe, root: Path, mirror: str) -> list[str]:
@@ -151,6 +102,7 @@ class _Steps:
         for line in proc.stdout:
             lines.append(line)
             self.log.write(line)
+            self.log.flush()  # an emulated build runs for long: the log can be followed
             if line.strip():
                 self.bar.describe(f"{label}: {line.strip()}")
         rc = proc.wait()
@@ -162,7 +114,10 @@ class _Steps:
         return "".join(lines)
 
 
-def _configure_root(recipe: Recipe, root: Path, steps: _Steps) -> None:
+def _configure_root(recipe: Recipe, root: Path, steps: _Steps, *, commands: bool = True) -> None:
+    """Write the recipe's files, mask and enable its units, clean up; then (*commands*)
+    run its commands in a chroot and check that every package is configured (a foreign
+    root did those in its guest, :mod:`~pytest_kvm.images.emulated`)."""
     for rel, content in recipe.files.items():
         target = root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -186,11 +141,11 @@ def _configure_root(recipe: Recipe, root: Path, steps: _Steps) -> None:
                 path.unlink()
     for rel in recipe.truncate:
         (root / rel).write_text("")
+    if not commands:
+        return
     for argv in recipe.commands:
-        steps.run([*in_root(recipe, root), *argv], " ".join(argv))
-    audit = steps.run([*in_root(recipe, root), "dpkg", "--audit"], "dpkg --audit")
-    if (root / HOST_MOUNT).is_dir():
-        (root / HOST_MOUNT).rmdir()
+        steps.run(["chroot", str(root), *argv], " ".join(argv))
+    audit = steps.run(["chroot", str(root), "dpkg", "--audit"], "dpkg --audit")
     if audit.strip():
         raise ImageError(f"recipe {recipe.name!r}: packages left unconfigured:\n{audit}")
 
@@ -200,6 +155,34 @@ def _newest(root: Path, pattern: str) -> Path:
     if not found:
         raise ImageError(f"the built root has no /boot/{pattern}: is a kernel in the recipe?")
     return found[-1]
+
+
+def _build_in_guest(recipe: Recipe, root: Path, work: Path, steps: _Steps,
+                    progress: Callable[[str], None]) -> None:
+    """Install the foreign *root* the first stage unpacked, in an emulated guest booted
+    from it (:mod:`~pytest_kvm.images.emulated`), and put the result back at *root*."""
+    arch = ARCHES[recipe.arch]
+    kernel = emulated.extract_kernel(emulated.kernel_package_file(root, arch), arch,
+                                     work / "kernel")
+    emulated.prepare_root(recipe, root)
+    initramfs = work / "root.cpio"
+    emulated.write_cpio(root, initramfs)
+    shutil.rmtree(root)
+    disk = work / "root.tar"
+    with disk.open("wb") as fh:
+        fh.truncate(emulated.TAR_DISK_SIZE)
+    progress(f"installing in an emulated {arch.debian} guest ({arch.emulator}, TCG: "
+             f"tens of minutes)")
+    output = steps.run(emulated.qemu_argv(arch, kernel, initramfs, disk), arch.emulator)
+    initramfs.unlink()
+    if emulated.DONE not in output:
+        tail = "".join(output.splitlines(keepends=True)[-30:])
+        raise ImageError(f"the emulated {arch.debian} guest did not finish installing "
+                         f"{recipe.image}:\n{tail}(the whole output of the build: {steps.log_path})")
+    root.mkdir()
+    steps.run(["tar", "--extract", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
+               "--preserve-permissions", f"--file={disk}", f"--directory={root}"], "tar --extract")
+    disk.unlink()
 
 
 #: the phases of a build, one step of its bar each
@@ -236,12 +219,13 @@ def build_image(recipe: Recipe, out: Path, progress: Progress | Callable[[str], 
             phase(0, f"{recipe.suite} from {mirror} (about a minute or two; output in {log})")
         steps.run(debootstrap_argv(recipe, root, mirror), "debootstrap")
         if foreign(recipe):
-            _second_stage(recipe, root, steps)
+            _build_in_guest(recipe, root, work, steps, progress)
         phase(1, "the root file system")
-        _configure_root(recipe, root, steps)
-        shutil.copyfile(_newest(root, "vmlinuz-*"), out / KERNEL)
+        _configure_root(recipe, root, steps, commands=not foreign(recipe))
+        kernel_file = ARCHES[recipe.arch].kernel_file
+        shutil.copyfile(_newest(root, f"{kernel_file}-*"), out / KERNEL)
         shutil.copyfile(_newest(root, "initrd.img-*"), out / INITRD)
-        kernel_version = _newest(root, "vmlinuz-*").name.removeprefix("vmlinuz-")
+        kernel_version = _newest(root, f"{kernel_file}-*").name.removeprefix(f"{kernel_file}-")
         phase(2, f"the ext4 file system ({recipe.disk_size})")
         raw = work / "disk.raw"
         steps.run(["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(root), str(raw), recipe.disk_size],

@@ -4,13 +4,15 @@ console from ``pytest_kvm.arches``), their names (``debian-12-arm64``), ``image 
 build is root's and the network's (``pytest-kvm image build debian-12 --arch arm64``)."""
 import dataclasses
 import os
+import shutil
+import subprocess
 
 import pytest
 
 from pytest_kvm import cli
 from pytest_kvm.arches import ARCHES, arch_of, image_name, split_image_name
 from pytest_kvm.errors import ImageError
-from pytest_kvm.images import build
+from pytest_kvm.images import build, emulated
 from pytest_kvm.images.recipes import load_recipe
 from pytest_kvm.images.store import ImageStore
 
@@ -121,55 +123,99 @@ def test_an_unknown_arch_is_a_usage_error(capsys):
 # -- what a foreign build runs -----------------------------------------------------------
 def test_a_native_build_uses_chroot_and_one_debootstrap(tmp_path):
     recipe = load_recipe("debian-12")
-    assert build.in_root(recipe, tmp_path) == ["chroot", str(tmp_path)]
+    assert not build.foreign(recipe) and build.foreign(load_recipe("debian-12", arch=ARM64))
     argv = build.debootstrap_argv(recipe, tmp_path, "http://m")
     assert "--foreign" not in argv and not any(a.startswith("--arch") for a in argv)
 
 
-def test_a_foreign_build_runs_in_the_root_under_the_user_emulator(tmp_path):
+def test_a_foreign_build_is_first_stage_here_then_an_emulated_guest(tmp_path):
     recipe = load_recipe("debian-12", arch=ARM64)
     argv = build.debootstrap_argv(recipe, tmp_path, "http://m")
     assert argv[:3] == ["debootstrap", "--arch=arm64", "--foreign"]
     assert argv[-3:] == ["bookworm", str(tmp_path), "http://m"]
-    prefix = build.in_root(recipe, tmp_path)
-    # a mount namespace of its own: debootstrap's mounts and unmounts stay there
-    assert prefix[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
-    assert prefix[5:7] == ["sh", "-c"] and prefix[7] == build.IN_ROOT
-    assert prefix[8:10] == ["sh", str(tmp_path)] and prefix[10].endswith("qemu-aarch64-static")
-    assert "binfmt" not in build.IN_ROOT and "proot -q" in build.IN_ROOT
-    assert build.HOST_MOUNT in build.IN_ROOT
+    qemu = emulated.qemu_argv(ARM64, tmp_path / "k", tmp_path / "i", tmp_path / "d")
+    assert qemu[:5] == ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57"]
+    assert "-no-reboot" in qemu and qemu[qemu.index("-nic") + 1] == "none"
+    append = qemu[qemu.index("-append") + 1]
+    assert "console=ttyAMA0" in append and f"rdinit=/{emulated.BUILD_DIR}/init" in append
+    assert "panic=-1" in append  # a failed init ends QEMU instead of hanging
+
+
+def test_the_guest_script_runs_the_recipe_and_says_it_is_done():
+    recipe = load_recipe("debian-13", arch=RISCV64)
+    script = emulated.guest_script(recipe)
+    assert script.index("--second-stage") < script.index("update-initramfs -u -k all") \
+        < script.index("dpkg --audit") < script.index("--file=/dev/vda") < script.index(emulated.DONE)
+    assert "sed -i '/pam_motd.so/d; /pam_mail.so/d' /etc/pam.d/sshd" in script
+    assert "{" + "commands}" not in script and "binfmt" not in script
+
+
+def test_the_guest_gets_the_recipe_files_and_a_real_proc(tmp_path):
+    recipe = load_recipe("debian-13", arch=RISCV64)
+    (tmp_path / "proc").symlink_to("/proc")  # as debootstrap --foreign leaves it
+    emulated.prepare_root(recipe, tmp_path)
+    files = tmp_path / emulated.BUILD_DIR / "files"
+    assert "ext4" in (files / "etc/initramfs-tools/modules").read_text().split()
+    assert os.access(tmp_path / emulated.BUILD_DIR / "init", os.X_OK)
+    assert (tmp_path / "proc").is_dir() and not (tmp_path / "proc").is_symlink()
+
+
+def test_the_initramfs_archive_keeps_owners_links_and_devices(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text("x\n")
+    os.chown(root / "etc/hostname", 1234, 5678)
+    (root / "bin").symlink_to("usr/bin")
+    archive = tmp_path / "root.cpio"
+    emulated.write_cpio(root, archive)
+    listing = subprocess.run(["cpio", "-itv", "--numeric-uid-gid", "-F", str(archive)],
+                             capture_output=True, text=True) if shutil.which("cpio") else None
+    data = archive.read_bytes()
+    assert data.startswith(b"070701") and data.rstrip(b"\0").endswith(b"TRAILER!!!")
+    assert b"etc/hostname\0" in data and b"bin\0" in data and b"usr/bin" in data
+    assert len(data) % 4 == 0
+    header = data[data.index(b"etc/hostname\0") - 110:]
+    assert int(header[6 + 8 * 2:6 + 8 * 3], 16) == 1234 and int(header[6 + 8 * 3:6 + 8 * 4], 16) == 5678
+    if listing is not None:
+        assert "1234" in listing.stdout and "bin -> usr/bin" in listing.stdout
 
 
 def test_missing_foreign_tools_name_their_packages(monkeypatch):
     recipe = load_recipe("debian-13", arch=RISCV64)
     monkeypatch.setattr(build.shutil, "which",
-                        lambda tool: None if tool in ("proot", "qemu-riscv64-static") else "/x")
+                        lambda tool: None if tool == "qemu-system-riscv64" else "/x")
     with pytest.raises(ImageError) as info:
         build._check_prerequisites(recipe)
     message = str(info.value)
-    assert "'debian-13-riscv64'" in message and "apt install proot qemu-user-static" in message
+    assert "'debian-13-riscv64'" in message and "apt install qemu-system-misc" in message
 
 
 def test_a_native_build_needs_no_emulator(monkeypatch):
-    monkeypatch.setattr(build.shutil, "which", lambda tool: None if tool == "proot" else "/x")
+    monkeypatch.setattr(build.shutil, "which",
+                        lambda tool: None if tool.startswith("qemu-system-") else "/x")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     build._check_prerequisites(load_recipe("debian-12"))  # no error
 
 
-def test_the_manifest_records_the_arch(tmp_path, monkeypatch):
-    for name, body in {"debootstrap": 'root="${@: -2:1}"; mkdir -p "$root/boot" "$root/proc" && '
+def test_a_foreign_build_runs_no_chroot_and_records_the_arch(tmp_path, monkeypatch):
+    """The recipe's commands run in the guest, not in a chroot here (which could not
+    execute them); the manifest names the architecture."""
+    chrooted = tmp_path / "chrooted"
+    for name, body in {"debootstrap": 'root="${@: -2:1}"; mkdir -p "$root/boot" && '
                                       'touch "$root/boot/vmlinuz-6.1" "$root/boot/initrd.img-6.1"',
-                       "unshare": "exit 0", "chroot": "exit 0", "systemctl": "exit 0",
+                       "chroot": f'echo "$@" >> {chrooted}', "systemctl": "exit 0",
                        "mkfs.ext4": 'eval touch "\\${$(($#-1))}"',
                        "qemu-img": 'eval touch "\\${$#}"'}.items():
         (tmp_path / name).write_text(f"#!/bin/bash\n{body}\n")
         (tmp_path / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(build, "_check_prerequisites", lambda recipe: None)
+    guests = []
+    monkeypatch.setattr(build, "_build_in_guest",
+                        lambda recipe, root, work, steps, progress: guests.append(recipe.image))
     out = tmp_path / "images" / "debian-12-arm64" / ".stage-x"
     out.mkdir(parents=True)
-    recipe = dataclasses.replace(load_recipe("debian-12", arch=ARM64), commands=())
-    manifest = build.build_image(recipe, out, lambda line: None)
+    manifest = build.build_image(load_recipe("debian-12", arch=ARM64), out, lambda line: None)
+    assert guests == ["debian-12-arm64"] and not chrooted.exists()
     assert manifest["arch"] == "arm64" and manifest["name"] == "debian-12-arm64"
-    log = (out.parent / build.BUILD_LOG).read_text()
-    assert "--second-stage" in log and "--foreign" in log
+    assert "--foreign" in (out.parent / build.BUILD_LOG).read_text()
