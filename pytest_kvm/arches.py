@@ -26,8 +26,10 @@ class Arch:
     #: QEMU's system emulator (``qemu-system-<x>``) and the Debian package that has it
     emulator: str
     emulator_package: str
-    #: QEMU's user-mode emulator in ``qemu-user-static`` (the image builder runs the
-    #: foreign root's maintainer scripts with it, through proot: no binfmt_misc)
+    #: QEMU's user-mode emulator in ``qemu-user-static``. The image builder does not use it:
+    #: without binfmt_misc only proot could start the root's programs under it, and proot
+    #: aborts on systemd's maintainer scripts; the builder boots the root under
+    #: ``emulator`` instead (see ``pytest_kvm/images/emulated.py``)
     user_emulator: str
     #: the machine type and, under TCG, the named CPU model (a saved state restores only
     #: onto the CPU it was saved on; aarch64 TCG refuses host-model); "": QEMU's default CPU
@@ -41,6 +43,11 @@ class Arch:
     pci_root: str
     #: the Debian suites whose images the builder makes for it
     suites: tuple[str, ...]
+    #: modules its image's initramfs needs besides the virtio disk's (``virtio_pci``,
+    #: ``virtio_blk``: every recipe lists them) to mount the root
+    initramfs_modules: tuple[str, ...] = ()
+    #: the name its kernel package gives the kernel in /boot (``vmlinuz-<version>``)
+    kernel_file: str = "vmlinuz"
 
 
 ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
@@ -55,7 +62,11 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
     Arch(debian="riscv64", kernel="riscv64", emulator="qemu-system-riscv64",
          emulator_package="qemu-system-misc", user_emulator="qemu-riscv64-static",
          machine="virt", tcg_cpu="", kernel_package="linux-image-riscv64",
-         console="ttyS0", pci_root="pcie.0", suites=("trixie",)),
+         console="ttyS0", pci_root="pcie.0", suites=("trixie",),
+         # its generic kernel has ext4 as a module (the cloud kernels build it in; crc32c
+         # is ext4's soft dependency, loaded first)
+         initramfs_modules=("crc32c_generic", "ext4"),
+         kernel_file="vmlinux"),  # an uncompressed Image
     Arch(debian="s390x", kernel="s390x", emulator="qemu-system-s390x",
          emulator_package="qemu-system-misc", user_emulator="qemu-s390x-static",
          machine="s390-ccw-virtio", tcg_cpu="qemu", kernel_package="linux-image-s390x",

@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 from . import __version__
+from .arches import Arch, UnknownArch, arch_of, image_name
 from .vm.accel import choose_accel
 from .files import default_cache_dir
 from .errors import HypervisorError, KvmError
@@ -53,17 +54,39 @@ def _store(args, mirror: str | None = None) -> ImageStore:
                       mirror=mirror, catalogs=tuple(Path(p) for p in args.catalog or ()))
 
 
+def _arch(text: str) -> Arch:
+    """``--arch``: either spelling (``arm64`` or ``aarch64``)."""
+    try:
+        return arch_of(text)
+    except UnknownArch as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_names(names: list[str], arches: list[Arch] | None) -> list[str]:
+    """The images ``image build NAME... [--arch A]...`` means: each name on each
+    architecture (``debian-12 --arch arm64``: ``debian-12-arm64``), in order, once each;
+    without --arch, the names as given."""
+    if not arches:
+        return list(dict.fromkeys(names))
+    return list(dict.fromkeys(image_name(name, arch) for name in names for arch in arches))
+
+
 def cmd_image_build(args) -> int:
     if args.debian_mirror:
         os.environ["PYTEST_KVM_DEBIAN_MIRROR"] = args.debian_mirror
     store = _store(args, mirror=args.mirror)
-    recipes = [name for name in args.names if name not in store.catalog]
+    if args.arch and any(name in store.catalog for name in args.names):
+        _error("--arch builds a recipe for another architecture; "
+               f"{', '.join(n for n in args.names if n in store.catalog)} is downloaded")
+        return 2
+    names = build_names(args.names, args.arch)
+    recipes = [name for name in names if name not in store.catalog]
     if args.mirror and recipes:
         _error(f"--mirror is where catalog images are downloaded from (as for `image fetch` and "
                f"--kvm-mirror), and {', '.join(recipes)} is built from a recipe: for the "
                f"Debian package mirror, use --debian-mirror URL")
         return 2
-    for name in args.names:
+    for name in names:
         # a catalog name is downloaded rather than built
         image = store.ensure(name, force=args.force)
         print(f"{name}: {image.disk}")
@@ -402,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "catalog images are downloaded")
     build.add_argument("names", nargs="+", metavar="NAME")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument("--arch", action="append", type=_arch, metavar="ARCH",
+                       help="build for this CPU architecture (arm64 or aarch64, riscv64, "
+                            "s390x, ppc64el; repeatable): image NAME-ARCH, e.g. "
+                            "debian-12-arm64 (default: NAME as given, amd64's)")
     build.add_argument("--mirror", metavar="URL", help=mirror_help)
     build.add_argument("--debian-mirror", metavar="URL",
                        help="the Debian package mirror debootstrap uses (default: the recipe's)")

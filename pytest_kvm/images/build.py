@@ -6,6 +6,12 @@ a package mirror, configure it from the recipe's data (files, unit masks, clean-
 ``commands`` in a chroot, e.g. rebuilding the initramfs), turn the root into an
 ext4 file system without loop devices (``mkfs.ext4 -d``), convert it to qcow2
 and keep the kernel and initrd beside it for direct kernel boot.
+
+A recipe for another CPU architecture than this machine's (``Recipe.arch``) is built
+without binfmt_misc: ``debootstrap --foreign`` downloads and unpacks the packages here,
+then the root boots in an emulated guest of its architecture, which installs it and runs
+the recipe's commands (:mod:`pytest_kvm.images.emulated`); the rest (unit masks, clean-up,
+the file system) is done here as for this machine's architecture.
 """
 from __future__ import annotations
 
@@ -20,9 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from ..arches import ARCHES, host_arch
 from ..files import sha256_file
 from ..errors import ImageError
 from ..progress import Bar, Progress
+from . import emulated
 from .cache import utc_now
 from .recipes import Recipe
 
@@ -37,17 +45,41 @@ TOOLS = {"debootstrap": "debootstrap", "mkfs.ext4": "e2fsprogs", "qemu-img": "qe
          "chroot": "coreutils"}
 
 
+def foreign(recipe: Recipe) -> bool:
+    """Whether *recipe* is for another CPU architecture than this machine's."""
+    return recipe.arch != host_arch().debian
+
+
+def _tools(recipe: Recipe) -> dict[str, str]:
+    """The commands a build of *recipe* runs, and the Debian package of each."""
+    if not foreign(recipe):
+        return TOOLS
+    arch = ARCHES[recipe.arch]
+    return {**TOOLS, "dpkg-deb": "dpkg", "tar": "tar", arch.emulator: arch.emulator_package}
+
+
 def _check_prerequisites(recipe: Recipe) -> None:
     if recipe.builder != "debootstrap":
         raise ImageError(f"recipe {recipe.name!r}: unknown builder {recipe.builder!r}")
-    missing = [f"{tool} (apt install {pkg})" for tool, pkg in TOOLS.items() if not shutil.which(tool)]
+    tools = _tools(recipe)
+    missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
-        raise ImageError(f"cannot build {recipe.name!r}: missing {', '.join(missing)}")
+        packages = sorted({tools[tool] for tool in missing})
+        raise ImageError(f"cannot build {recipe.image!r}: missing {', '.join(missing)} "
+                         f"(apt install {' '.join(packages)})")
     if os.geteuid() != 0:
+        arch = f" --arch {recipe.arch}" if recipe.arch != "amd64" else ""
         raise ImageError(
-            f"building image {recipe.name!r} needs root (debootstrap, chroot): run "
-            f"`sudo pytest-kvm image build {recipe.name}` once, or point --kvm-image "
-            f"{recipe.name}=PATH at an image you have")
+            f"building image {recipe.image!r} needs root (debootstrap, chroot): run "
+            f"`sudo pytest-kvm image build {recipe.name}{arch}` once, or point --kvm-image "
+            f"{recipe.image}=PATH at an image you have")
+
+
+def debootstrap_argv(recipe: Recipe, root: Path, mirror: str) -> list[str]:
+    """debootstrap's first (and, natively, only) stage."""
+    stage = [f"--arch={recipe.arch}", "--foreign"] if foreign(recipe) else []
+    return ["debootstrap", *stage, f"--variant={recipe.variant}",
+            f"--include={','.join(recipe.packages)}", recipe.suite, str(root), mirror]
 
 
 class _Steps:
@@ -70,6 +102,7 @@ class _Steps:
         for line in proc.stdout:
             lines.append(line)
             self.log.write(line)
+            self.log.flush()  # an emulated build runs for long: the log can be followed
             if line.strip():
                 self.bar.describe(f"{label}: {line.strip()}")
         rc = proc.wait()
@@ -81,7 +114,10 @@ class _Steps:
         return "".join(lines)
 
 
-def _configure_root(recipe: Recipe, root: Path, steps: _Steps) -> None:
+def _configure_root(recipe: Recipe, root: Path, steps: _Steps, *, commands: bool = True) -> None:
+    """Write the recipe's files, mask and enable its units, clean up; then (*commands*)
+    run its commands in a chroot and check that every package is configured (a foreign
+    root did those in its guest, :mod:`~pytest_kvm.images.emulated`)."""
     for rel, content in recipe.files.items():
         target = root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +141,8 @@ def _configure_root(recipe: Recipe, root: Path, steps: _Steps) -> None:
                 path.unlink()
     for rel in recipe.truncate:
         (root / rel).write_text("")
+    if not commands:
+        return
     for argv in recipe.commands:
         steps.run(["chroot", str(root), *argv], " ".join(argv))
     audit = steps.run(["chroot", str(root), "dpkg", "--audit"], "dpkg --audit")
@@ -117,6 +155,34 @@ def _newest(root: Path, pattern: str) -> Path:
     if not found:
         raise ImageError(f"the built root has no /boot/{pattern}: is a kernel in the recipe?")
     return found[-1]
+
+
+def _build_in_guest(recipe: Recipe, root: Path, work: Path, steps: _Steps,
+                    progress: Callable[[str], None]) -> None:
+    """Install the foreign *root* the first stage unpacked, in an emulated guest booted
+    from it (:mod:`~pytest_kvm.images.emulated`), and put the result back at *root*."""
+    arch = ARCHES[recipe.arch]
+    kernel = emulated.extract_kernel(emulated.kernel_package_file(root, arch), arch,
+                                     work / "kernel")
+    emulated.prepare_root(recipe, root)
+    initramfs = work / "root.cpio"
+    emulated.write_cpio(root, initramfs)
+    shutil.rmtree(root)
+    disk = work / "root.tar"
+    with disk.open("wb") as fh:
+        fh.truncate(emulated.TAR_DISK_SIZE)
+    progress(f"installing in an emulated {arch.debian} guest ({arch.emulator}, TCG: "
+             f"tens of minutes)")
+    output = steps.run(emulated.qemu_argv(arch, kernel, initramfs, disk), arch.emulator)
+    initramfs.unlink()
+    if emulated.DONE not in output:
+        tail = "".join(output.splitlines(keepends=True)[-30:])
+        raise ImageError(f"the emulated {arch.debian} guest did not finish installing "
+                         f"{recipe.image}:\n{tail}(the whole output of the build: {steps.log_path})")
+    root.mkdir()
+    steps.run(["tar", "--extract", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
+               "--preserve-permissions", f"--file={disk}", f"--directory={root}"], "tar --extract")
+    disk.unlink()
 
 
 #: the phases of a build, one step of its bar each
@@ -136,7 +202,7 @@ def build_image(recipe: Recipe, out: Path, progress: Progress | Callable[[str], 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=".build-", dir=out.parent) as tmp, \
             log.open("w") as log_file, \
-            progress.bar(f"building {recipe.name}", len(PHASES), unit="step") as bar:
+            progress.bar(f"building {recipe.image}", len(PHASES), unit="step") as bar:
         steps = _Steps(log_file, log, bar)
 
         def phase(index: int, text: str) -> None:
@@ -146,15 +212,20 @@ def build_image(recipe: Recipe, out: Path, progress: Progress | Callable[[str], 
         work = Path(tmp)
         root = work / "root"
         mirror = recipe.mirror_url()
-        phase(0, f"{recipe.suite} from {mirror} (about a minute or two; output in {log})")
-        steps.run(["debootstrap", f"--variant={recipe.variant}",
-                   f"--include={','.join(recipe.packages)}", recipe.suite, str(root), mirror],
-                  "debootstrap")
+        if foreign(recipe):
+            phase(0, f"{recipe.suite} {recipe.arch} from {mirror} (emulated: tens of minutes; "
+                     f"output in {log})")
+        else:
+            phase(0, f"{recipe.suite} from {mirror} (about a minute or two; output in {log})")
+        steps.run(debootstrap_argv(recipe, root, mirror), "debootstrap")
+        if foreign(recipe):
+            _build_in_guest(recipe, root, work, steps, progress)
         phase(1, "the root file system")
-        _configure_root(recipe, root, steps)
-        shutil.copyfile(_newest(root, "vmlinuz-*"), out / KERNEL)
+        _configure_root(recipe, root, steps, commands=not foreign(recipe))
+        kernel_file = ARCHES[recipe.arch].kernel_file
+        shutil.copyfile(_newest(root, f"{kernel_file}-*"), out / KERNEL)
         shutil.copyfile(_newest(root, "initrd.img-*"), out / INITRD)
-        kernel_version = _newest(root, "vmlinuz-*").name.removeprefix("vmlinuz-")
+        kernel_version = _newest(root, f"{kernel_file}-*").name.removeprefix(f"{kernel_file}-")
         phase(2, f"the ext4 file system ({recipe.disk_size})")
         raw = work / "disk.raw"
         steps.run(["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(root), str(raw), recipe.disk_size],
@@ -165,8 +236,9 @@ def build_image(recipe: Recipe, out: Path, progress: Progress | Callable[[str], 
                   "qemu-img convert")
         bar.update(len(PHASES), len(PHASES))
     manifest = {
-        "name": recipe.name,
+        "name": recipe.image,
         "source": "recipe",
+        "arch": recipe.arch,
         "family": recipe.family,
         "description": recipe.description,
         "recipe_digest": recipe.digest,
@@ -179,5 +251,5 @@ def build_image(recipe: Recipe, out: Path, progress: Progress | Callable[[str], 
         "built_at": utc_now(),
         "build_seconds": round(time.monotonic() - started, 1),
     }
-    progress(f"built {recipe.name} in {manifest['build_seconds']} s")
+    progress(f"built {recipe.image} in {manifest['build_seconds']} s")
     return manifest

@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..arches import ARCHES, Arch, image_name
 from ..names import checked
 from ..errors import ImageError
 
@@ -50,6 +51,14 @@ class Recipe:
     truncate: tuple[str, ...] = ()
     commands: tuple[tuple[str, ...], ...] = ()
     digest: str = ""
+    #: the Debian name of the CPU architecture it is built for (see :mod:`pytest_kvm.arches`)
+    arch: str = "amd64"
+
+    @property
+    def image(self) -> str:
+        """The image cache's name of this recipe on its architecture: ``debian-12-arm64``
+        (``debian-12`` on amd64)."""
+        return image_name(self.name, ARCHES[self.arch])
 
     def mirror_url(self) -> str:
         return os.environ.get("PYTEST_KVM_DEBIAN_MIRROR") or self.mirror
@@ -79,7 +88,48 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_recipe(name: str, directory: Path | None = None) -> Recipe:
+#: what a recipe's ``packages`` and ``kernel_cmdline`` name by these placeholders comes from
+#: the architecture's entry in :mod:`pytest_kvm.arches` (declared once, there)
+PLACEHOLDERS = ("kernel_package", "console")
+
+
+def _for_arch(data: dict, arch: Arch) -> dict:
+    """*data* with the placeholders filled in for *arch*; other architectures than amd64
+    also record it (so amd64's digest is that of the recipe before architectures existed)."""
+    values = {key: getattr(arch, key) for key in PLACEHOLDERS}
+
+    def fill(text: str) -> str:
+        for key, value in values.items():
+            text = text.replace("{" + key + "}", value)
+        return text
+
+    data = dict(data)
+    data["packages"] = [fill(p) for p in data["packages"]]
+    data["kernel_cmdline"] = fill(data["kernel_cmdline"])
+    if arch.initramfs_modules and "etc/initramfs-tools/modules" in data.get("files", {}):
+        files = dict(data["files"])
+        files["etc/initramfs-tools/modules"] += "".join(f"{m}\n" for m in arch.initramfs_modules)
+        data["files"] = files
+    if arch.debian != "amd64":
+        data["arch"] = arch.debian
+    return data
+
+
+def _check_suite(name: str, data: dict, arch: Arch, directory: Path) -> None:
+    if data["suite"] in arch.suites:
+        return
+    others = [r for r in list_recipes(directory) if r != name
+              and _read_toml(directory / r / "recipe.toml").get("suite") in arch.suites]
+    raise ImageError(
+        f"recipe {name!r} ({data['suite']}) has no {arch.debian} image: Debian {data['suite']} "
+        f"has no {arch.debian} port here; {arch.debian} images exist for "
+        f"{', '.join(arch.suites)} ({', '.join(image_name(r, arch) for r in others) or 'no recipe'})")
+
+
+def load_recipe(name: str, directory: Path | None = None, *, arch: Arch | None = None) -> Recipe:
+    """Recipe *name* for *arch* (default amd64): its ``{kernel_package}`` and ``{console}``
+    are the architecture's."""
+    arch = arch or ARCHES["amd64"]
     directory = directory or recipes_dir()
     path = directory / checked("recipe", name) / "recipe.toml"
     if not path.is_file():
@@ -91,6 +141,8 @@ def load_recipe(name: str, directory: Path | None = None) -> Recipe:
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise ImageError(f"recipe {path} lacks {', '.join(missing)}")
+    _check_suite(name, data, arch, directory)
+    data = _for_arch(data, arch)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return Recipe(
         name=name,
@@ -111,6 +163,7 @@ def load_recipe(name: str, directory: Path | None = None) -> Recipe:
         truncate=tuple(data.get("truncate", ())),
         commands=_commands(path, data.get("commands", [])),
         digest=digest,
+        arch=arch.debian,
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arches import split_image_name
 from ..errors import ImageError
 from ..families import family_for_name
 from . import build, vendor
@@ -86,8 +87,16 @@ class ImageStore:
     def known_names(self) -> list[str]:
         return sorted(set(list_recipes(self.recipe_dir)) | set(self.local_images) | set(self.catalog))
 
+    def _recipe_of(self, name: str):
+        """The recipe image *name* is built from (``debian-12-arm64``: ``debian-12`` for
+        arm64), or None if *name* is not a recipe's image."""
+        os_name, arch = split_image_name(name)
+        if os_name not in list_recipes(self.recipe_dir):
+            return None
+        return load_recipe(os_name, self.recipe_dir, arch=arch)
+
     def check_name(self, name: str) -> None:
-        if name not in self.known_names():
+        if name not in self.known_names() and self._recipe_of(name) is None:
             own = sorted(set(list_recipes(self.recipe_dir)) | set(self.local_images))
             raise ImageError(f"unknown guest OS {name!r}; known: {', '.join(own)}; "
                              f"downloadable: {', '.join(sorted(self.catalog))} "
@@ -106,6 +115,8 @@ class ImageStore:
         """Whether *name* can be booted without downloading: a local image, a recipe (built
         offline) or a catalog entry whose current download is cached."""
         if name in self.local_images or name in list_recipes(self.recipe_dir):
+            return True
+        if name not in self.catalog and split_image_name(name)[0] in list_recipes(self.recipe_dir):
             return True
         entry = self.catalog.get(name)
         if entry is None:
@@ -128,10 +139,13 @@ class ImageStore:
         return self._verified[key]
 
     def ensure_built(self, name: str, *, force: bool = False) -> BaseImage:
-        """Build recipe *name* unless a build of its current version is cached; verify it once."""
+        """Build the recipe of image *name* unless a build of its current version is cached;
+        verify it once. *name* is a recipe's for amd64 (``debian-12``), else it ends with the
+        architecture (``debian-12-arm64``: recipe ``debian-12`` built for arm64)."""
         if name in self._verified and not force:
             return self._verified[name]
-        recipe = load_recipe(name, self.recipe_dir)
+        os_name, arch = split_image_name(name)
+        recipe = load_recipe(os_name, self.recipe_dir, arch=arch)
         dest, manifest = self.cache.ensure(name, Source(
             kind="recipe", digest=recipe.digest, verb="build", requested="rebuild requested",
             changed="recipe changed since it was built",
@@ -185,8 +199,9 @@ class ImageStore:
         if kind == "catalog":
             entry = self.catalog.get(name)
             return entry.digest if entry else None
+        os_name, arch = split_image_name(name)
         try:
-            return load_recipe(name, self.recipe_dir).digest
+            return load_recipe(os_name, self.recipe_dir, arch=arch).digest
         except ImageError:
             return None
 
