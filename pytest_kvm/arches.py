@@ -48,13 +48,17 @@ class Arch:
     initramfs_modules: tuple[str, ...] = ()
     #: the name its kernel package gives the kernel in /boot (``vmlinuz-<version>``)
     kernel_file: str = "vmlinuz"
+    #: whether QEMU gives its guests a VM generation ID (``vmgenid``, an ACPI device: x86
+    #: only), whose change makes a restored clone's kernel reseed its random number
+    #: generator; without one the plugin reseeds it (the family's ``reseed_command``)
+    vm_genid: bool = False
 
 
 ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
     Arch(debian="amd64", kernel="x86_64", emulator="qemu-system-x86_64",
          emulator_package="qemu-system-x86", user_emulator="qemu-x86_64-static",
          machine="pc", tcg_cpu="qemu64", kernel_package="linux-image-cloud-amd64",
-         console="ttyS0", pci_root="pci.0", suites=("bookworm", "trixie")),
+         console="ttyS0", pci_root="pci.0", suites=("bookworm", "trixie"), vm_genid=True),
     Arch(debian="arm64", kernel="aarch64", emulator="qemu-system-aarch64",
          emulator_package="qemu-system-arm", user_emulator="qemu-aarch64-static",
          machine="virt", tcg_cpu="cortex-a57", kernel_package="linux-image-cloud-arm64",

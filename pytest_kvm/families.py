@@ -105,6 +105,10 @@ class Family:
     #: (Cold boots are always unique: cloud-init sets the hostname, the first boot a
     #: machine-id.) :meth:`identity_command_for` adds the privilege tool
     identity_command: str | None = None
+    #: run as root in a warm clone of an architecture without a VM generation ID (see
+    #: :mod:`pytest_kvm.arches`): the kernel reseeds its random number generator from fresh
+    #: entropy, so clones of one golden do not share its state; None: unsupported
+    reseed_command: str | None = None
     #: ``str.format`` template (``{tag}``, ``{mount_point}``, ``{mode}``: ``ro``/``rw``; the
     #: values come quoted) mounting a virtiofs share, run as root once the guest is up; None:
     #: the family cannot mount shares (``share=`` is refused for it)
@@ -222,6 +226,11 @@ _FAMILIES: dict[str, Family] = {family.name: family for family in (
         identity_command=("hostname {hostname} && echo {hostname} > /etc/hostname"
                           " && sed -i 's/^127.0.1.1 .*/127.0.1.1 {hostname}/' /etc/hosts"
                           " && cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id"),
+        # 32 bytes from the host (virtio-rng's /dev/hwrng) credited to the input pool
+        # (RNDADDENTROPY), then a reseed of the kernel's generator from it (RNDRESEEDCRNG)
+        reseed_command=("python3 -c 'import fcntl, struct; d = open(\"/dev/hwrng\", \"rb\").read(32);"
+                        " f = open(\"/dev/random\", \"wb\"); fcntl.ioctl(f, 0x40085203,"
+                        " struct.pack(\"ii\", 256, 32) + d); fcntl.ioctl(f, 0x5207)'"),
         # virtiofs: in Linux since 5.4 (a module in Debian's cloud and generic kernels)
         share_mount_command="mkdir -p {mount_point} && mount -t virtiofs -o {mode} {tag} {mount_point}",
         reboot_command="systemctl reboot", poweroff_command="systemctl poweroff",

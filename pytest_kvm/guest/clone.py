@@ -91,6 +91,10 @@ def _restore(m: Machine, golden: Golden) -> None:
                + f" (the guest agent did not answer: {exc or type(exc).__name__})")
     m.timeline.add("clock", time.monotonic() - t0)
     m.log("clock %s", how)
+    if not cfg.arch.vm_genid and cfg.family.reseed_command:  # no VM generation ID to change
+        t0 = time.monotonic()
+        m.handle.run(cfg.family.as_root(cfg.family.reseed_command), timeout=60, check=True)
+        m.timeline.add("reseed", time.monotonic() - t0)
     if cfg.unique:
         t0 = time.monotonic()
         m.handle.run(cfg.family.identity_command_for(m.hostname), timeout=120, check=True)

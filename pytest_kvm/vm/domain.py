@@ -263,8 +263,8 @@ def build_domain(spec: DomainSpec) -> Domain:
     return Domain(
         virt_type=spec.virt_type, name=spec.name,
         # a VM generation ID: a clone restored under a new one makes the guest kernel reseed
-        # its random number generator (see retarget)
-        genid="",
+        # its random number generator (see retarget), where the architecture has one
+        genid="" if spec.arch.vm_genid else None,
         metadata=Metadata(run=dict(spec.metadata)) if spec.metadata else None,
         memory=spec.memory_mib, memory_unit="MiB",
         # virtiofsd maps the guest's RAM; a memfd saves and restores like private RAM, so
@@ -381,7 +381,9 @@ def retarget_domain(domain: Domain, clone: CloneIdentity) -> None:
     system disk, console file, host forward, network mode, NVRAM (for UEFI), seed (when it
     moved), owner metadata and RAM (shared or private); every device stays as saved (QEMU's migration stream expects
     them). The system disk is the one writable disk, wherever it is among the devices."""
-    domain.name, domain.uuid, domain.genid = clone.name, clone.uuid, clone.genid
+    domain.name, domain.uuid = clone.name, clone.uuid
+    if domain.genid is not None:
+        domain.genid = clone.genid
     if clone.metadata:
         domain.metadata = domain.metadata or Metadata()
         domain.metadata.run = dict(clone.metadata)

@@ -125,3 +125,11 @@ def test_linux_goldens_zero_their_free_memory_with_a_valid_shell_command():
     assert "/proc/meminfo" in command and "/dev/zero" in command
     assert subprocess.run(["sh", "-n", "-c", command]).returncode == 0
     assert family("windows").zero_free_memory_command is None
+
+
+def test_the_linux_reseed_command_runs_as_root_and_reseeds_from_the_hosts_entropy():
+    fam = family("linux")
+    command = fam.as_root(fam.reseed_command)
+    assert command.startswith("sudo -n ")
+    assert "/dev/hwrng" in command and "0x40085203" in command and "0x5207" in command
+    assert all(f.reseed_command is None for f in FAMILIES.values() if f.name != "linux")

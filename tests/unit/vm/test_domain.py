@@ -502,3 +502,14 @@ def test_firmware_files_follow_the_architecture():
     names = [Path(p).name for p in firmware_files(spec(arch=ARCHES["riscv64"]))]
     assert "opensbi-riscv64-generic-fw_dynamic.bin" in names and "bios-256k.bin" not in names
     assert "bios-256k.bin" in [Path(p).name for p in firmware_files(spec())]
+
+
+def test_only_x86_guests_have_a_vm_generation_id():
+    from pytest_kvm.arches import ARCHES
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
+    assert parse(spec()).find("genid") is not None
+    arm = domain_xml(spec(arch=ARCHES["arm64"]))
+    assert ET.fromstring(arm).find("genid") is None
+    clone = retarget(arm, CloneIdentity(name="c", disk=Path("/w/c.qcow2"), console_log=Path("/w/c.log"),
+                                        ssh_port=1))
+    assert ET.fromstring(clone).find("genid") is None
