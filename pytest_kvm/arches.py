@@ -46,6 +46,10 @@ class Arch:
     #: modules its image's initramfs needs besides the virtio disk's (``virtio_pci``,
     #: ``virtio_blk``: every recipe lists them) to mount the root
     initramfs_modules: tuple[str, ...] = ()
+    #: udev's ID_PATH of the user NIC (slot 0x1e of the PCI root bus), which the image's
+    #: systemd-networkd file matches: on ``virt`` machines the PCIe host bridge is a
+    #: platform device, whose name (its address) comes first
+    nic_path: str = "pci-0000:00:1e.0"
     #: the name its kernel package gives the kernel in /boot (``vmlinuz-<version>``)
     kernel_file: str = "vmlinuz"
     #: whether QEMU gives its guests a VM generation ID (``vmgenid``, an ACPI device: x86
@@ -62,11 +66,13 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
     Arch(debian="arm64", kernel="aarch64", emulator="qemu-system-aarch64",
          emulator_package="qemu-system-arm", user_emulator="qemu-aarch64-static",
          machine="virt", tcg_cpu="cortex-a57", kernel_package="linux-image-cloud-arm64",
-         console="ttyAMA0", pci_root="pcie.0", suites=("bookworm", "trixie")),
+         console="ttyAMA0", pci_root="pcie.0", suites=("bookworm", "trixie"),
+         nic_path="platform-*-pci-0000:00:1e.0"),
     Arch(debian="riscv64", kernel="riscv64", emulator="qemu-system-riscv64",
          emulator_package="qemu-system-misc", user_emulator="qemu-riscv64-static",
          machine="virt", tcg_cpu="", kernel_package="linux-image-riscv64",
          console="ttyS0", pci_root="pcie.0", suites=("trixie",),
+         nic_path="platform-*-pci-0000:00:1e.0",
          # its generic kernel has ext4 as a module (the cloud kernels build it in; crc32c
          # is ext4's soft dependency, loaded first)
          initramfs_modules=("crc32c_generic", "ext4"),

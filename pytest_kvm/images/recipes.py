@@ -88,9 +88,9 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-#: what a recipe's ``packages`` and ``kernel_cmdline`` name by these placeholders comes from
-#: the architecture's entry in :mod:`pytest_kvm.arches` (declared once, there)
-PLACEHOLDERS = ("kernel_package", "console")
+#: what a recipe's ``packages``, ``kernel_cmdline`` and ``files`` name by these placeholders
+#: comes from the architecture's entry in :mod:`pytest_kvm.arches` (declared once, there)
+PLACEHOLDERS = ("kernel_package", "console", "nic_path")
 
 
 def _for_arch(data: dict, arch: Arch) -> dict:
@@ -106,10 +106,11 @@ def _for_arch(data: dict, arch: Arch) -> dict:
     data = dict(data)
     data["packages"] = [fill(p) for p in data["packages"]]
     data["kernel_cmdline"] = fill(data["kernel_cmdline"])
-    if arch.initramfs_modules and "etc/initramfs-tools/modules" in data.get("files", {}):
-        files = dict(data["files"])
-        files["etc/initramfs-tools/modules"] += "".join(f"{m}\n" for m in arch.initramfs_modules)
+    files = {rel: fill(text) for rel, text in data.get("files", {}).items()}
+    if files:
         data["files"] = files
+    if arch.initramfs_modules and "etc/initramfs-tools/modules" in files:
+        files["etc/initramfs-tools/modules"] += "".join(f"{m}\n" for m in arch.initramfs_modules)
     if arch.debian != "amd64":
         data["arch"] = arch.debian
     return data

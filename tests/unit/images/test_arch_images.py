@@ -50,6 +50,21 @@ def test_a_recipe_for_another_arch_has_its_kernel_and_console(name, arch):
     assert recipe.digest not in (amd64.digest, load_recipe(name, arch=ARCHES["s390x"]).digest)
 
 
+NETWORK = "etc/systemd/network/99-pytest-kvm-user.network"
+
+
+@pytest.mark.parametrize("arch, path", [(ARCHES["amd64"], "pci-0000:00:1e.0"),
+                                        (ARM64, "platform-*-pci-0000:00:1e.0"),
+                                        (RISCV64, "platform-*-pci-0000:00:1e.0")])
+def test_the_user_nic_is_matched_by_the_arch_path_of_slot_0x1e(arch, path):
+    """On ``virt`` the PCIe host bridge is a platform device: udev's ID_PATH of the NIC
+    starts with it (seen on arm64: without the glob the NIC stayed unconfigured)."""
+    recipe = load_recipe("debian-13", arch=arch)
+    assert f"\nPath={path}\n" in recipe.files[NETWORK]
+    assert not any("{" + key + "}" in text for text in recipe.files.values()
+                   for key in ("nic_path", "console", "kernel_package"))
+
+
 def test_a_suite_the_arch_lacks_is_one_error_naming_what_exists():
     with pytest.raises(ImageError) as info:
         load_recipe("debian-12", arch=RISCV64)
