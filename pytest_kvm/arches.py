@@ -26,11 +26,6 @@ class Arch:
     #: QEMU's system emulator (``qemu-system-<x>``) and the Debian package that has it
     emulator: str
     emulator_package: str
-    #: QEMU's user-mode emulator in ``qemu-user-static``. The image builder does not use it:
-    #: without binfmt_misc only proot could start the root's programs under it, and proot
-    #: aborts on systemd's maintainer scripts; the builder boots the root under
-    #: ``emulator`` instead (see ``pytest_kvm/images/emulated.py``)
-    user_emulator: str
     #: the machine type and, under TCG, the named CPU model (a saved state restores only
     #: onto the CPU it was saved on; aarch64 TCG refuses host-model); "": QEMU's default CPU
     #: of the machine, left unnamed (libvirt 9.0 has no CPU models for riscv64)
@@ -39,8 +34,6 @@ class Arch:
     #: Debian's kernel package for a virtual machine, and the serial console it prints on
     kernel_package: str
     console: str
-    #: the PCI root bus the user NIC goes on (slot 0x1e), as QEMU names it
-    pci_root: str
     #: the Debian suites whose images the builder makes for it
     suites: tuple[str, ...]
     #: modules its image's initramfs needs besides the virtio disk's (``virtio_pci``,
@@ -60,31 +53,31 @@ class Arch:
 
 ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
     Arch(debian="amd64", kernel="x86_64", emulator="qemu-system-x86_64",
-         emulator_package="qemu-system-x86", user_emulator="qemu-x86_64-static",
+         emulator_package="qemu-system-x86",
          machine="pc", tcg_cpu="qemu64", kernel_package="linux-image-cloud-amd64",
-         console="ttyS0", pci_root="pci.0", suites=("bookworm", "trixie"), vm_genid=True),
+         console="ttyS0", suites=("bookworm", "trixie"), vm_genid=True),
     Arch(debian="arm64", kernel="aarch64", emulator="qemu-system-aarch64",
-         emulator_package="qemu-system-arm", user_emulator="qemu-aarch64-static",
+         emulator_package="qemu-system-arm",
          machine="virt", tcg_cpu="cortex-a57", kernel_package="linux-image-cloud-arm64",
-         console="ttyAMA0", pci_root="pcie.0", suites=("bookworm", "trixie"),
+         console="ttyAMA0", suites=("bookworm", "trixie"),
          nic_path="platform-*-pci-0000:00:1e.0"),
     Arch(debian="riscv64", kernel="riscv64", emulator="qemu-system-riscv64",
-         emulator_package="qemu-system-misc", user_emulator="qemu-riscv64-static",
+         emulator_package="qemu-system-misc",
          machine="virt", tcg_cpu="", kernel_package="linux-image-riscv64",
-         console="ttyS0", pci_root="pcie.0", suites=("trixie",),
+         console="ttyS0", suites=("trixie",),
          nic_path="platform-*-pci-0000:00:1e.0",
          # its generic kernel has ext4 as a module (the cloud kernels build it in; crc32c
          # is ext4's soft dependency, loaded first)
          initramfs_modules=("crc32c_generic", "ext4"),
          kernel_file="vmlinux"),  # an uncompressed Image
     Arch(debian="s390x", kernel="s390x", emulator="qemu-system-s390x",
-         emulator_package="qemu-system-misc", user_emulator="qemu-s390x-static",
+         emulator_package="qemu-system-misc",
          machine="s390-ccw-virtio", tcg_cpu="qemu", kernel_package="linux-image-s390x",
-         console="ttysclp0", pci_root="", suites=("bookworm", "trixie")),
+         console="ttysclp0", suites=("bookworm", "trixie")),
     Arch(debian="ppc64el", kernel="ppc64le", emulator="qemu-system-ppc64",
-         emulator_package="qemu-system-ppc", user_emulator="qemu-ppc64le-static",
+         emulator_package="qemu-system-ppc",
          machine="pseries", tcg_cpu="power9", kernel_package="linux-image-powerpc64le",
-         console="hvc0", pci_root="pci.0", suites=("bookworm", "trixie")),
+         console="hvc0", suites=("bookworm", "trixie")),
 )})
 
 #: the architectures whose guests the plugin boots today; the others are described above
