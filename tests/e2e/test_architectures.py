@@ -4,9 +4,8 @@ import re
 
 import pytest
 
-MATRIX = '''
-import pytest
 
+MATRIX = '''
 def test_uname(guest):
     machine = guest.run("uname -m", check=True).stdout.strip()
     print("ARCH", guest.arch, machine, guest.name, flush=True)
@@ -25,23 +24,37 @@ def test_two_arm64_clones_are_separate_guests(guest_factory):
     assert first.run(random).stdout != second.run(random).stdout
     assert "reseed" in [phase for phase, _ in second.timeline.entries]
     assert first.arch == second.arch == "aarch64"
-
-@pytest.mark.guest(arch="riscv64", os="debian-13")
-def test_riscv64(guest):
-    assert guest.run("uname -m").stdout.strip() == "riscv64" == guest.arch
 '''
 
 
-def test_a_matrix_of_amd64_arm64_and_a_riscv64_guest(pytester):
+def test_a_matrix_of_amd64_and_arm64_guests(pytester):
     """`--kvm-arch amd64 --kvm-arch arm64` runs a test once on each (`uname -m` is
-    guest.arch); two arm64 clones of one golden are separate guests; a riscv64 guest
-    (Debian 13) runs from the marker. The foreign images are built by the plugin itself when
-    the cache has none."""
+    guest.arch); two arm64 clones of one golden are separate guests. The arm64 image is
+    built by the plugin itself when the cache has none."""
     pytester.makepyfile(MATRIX)
     result = pytester.runpytest_subprocess("-s", "-v", "-p", "no:cacheprovider", "--kvm-arch",
                                            "amd64", "--kvm-arch", "arm64", timeout=3000)
     out = result.stdout.str()
-    result.assert_outcomes(passed=4)  # test_uname on each, the clones, riscv64
+    result.assert_outcomes(passed=3)  # test_uname on each, the clones
     assert re.search(r"test_uname\[amd64\] PASSED", out) and re.search(r"test_uname\[arm64\] PASSED", out)
     seen = dict(line.split()[1:3] for line in out.splitlines() if line.startswith("ARCH "))
     assert seen == {"x86_64": "x86_64", "aarch64": "aarch64"}, out
+
+
+def test_a_riscv64_guest_from_the_marker(pytester, kvm):
+    """`@pytest.mark.guest(arch="riscv64", os="debian-13")` runs (Debian 12 has no riscv64).
+    Its image takes ~20 min to build under emulation: `./dev.sh test` (CI) does not build
+    it, so this runs where it is cached (`pytest-kvm image build debian-13 --arch riscv64`)."""
+    if not [i for i in kvm.images.list_cached() if i.name == "debian-13-riscv64" and not i.stale]:
+        pytest.skip("debian-13-riscv64 is not built (or its recipe changed since): "
+                    "pytest-kvm image build debian-13 --arch riscv64")
+    pytester.makepyfile('''
+import pytest
+
+@pytest.mark.guest(arch="riscv64", os="debian-13")
+def test_riscv64(guest):
+    assert guest.run("uname -m").stdout.strip() == "riscv64" == guest.arch
+    assert guest.cloned
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=3000)
+    result.assert_outcomes(passed=1)
