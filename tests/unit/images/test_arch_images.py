@@ -154,6 +154,8 @@ def test_a_foreign_build_is_first_stage_here_then_an_emulated_guest(tmp_path):
     append = qemu[qemu.index("-append") + 1]
     assert "console=ttyAMA0" in append and f"rdinit=/{emulated.BUILD_DIR}/init" in append
     assert "panic=-1" in append  # a failed init ends QEMU instead of hanging
+    riscv = emulated.qemu_argv(RISCV64, tmp_path / "k", tmp_path / "i", tmp_path / "d")
+    assert riscv[:3] == ["qemu-system-riscv64", "-M", "virt"] and "-cpu" not in riscv
 
 
 def test_the_guest_script_runs_the_recipe_and_says_it_is_done():
