@@ -218,7 +218,8 @@ class KvmSession:
         self.host.refuse_unsupported(request, config)
         tpm = config.family.tpm if config.tpm is None else config.tpm
         # libvirt keys a TPM's state by the domain's UUID, which clones share: cold boot those
-        if (request.reset or self.settings.reset) == "clone" and not tpm:
+        # ... and so are guests of an architecture whose restore does not work (arches.py)
+        if (request.reset or self.settings.reset) == "clone" and not tpm and config.arch.warm_clones:
             if request.unique and config.family.identity_command is None:
                 raise SpecError(f"unique=True: warm clones of family {config.family.name} cannot "
                                 f"get a new identity; use reset='boot'")

@@ -36,13 +36,14 @@ def test_a_matrix_of_amd64_and_arm64_guests(pytester):
                                            "amd64", "--kvm-arch", "arm64", timeout=3000)
     out = result.stdout.str()
     result.assert_outcomes(passed=3)  # test_uname on each, the clones
-    assert re.search(r"test_uname\[amd64\] PASSED", out) and re.search(r"test_uname\[arm64\] PASSED", out)
-    seen = dict(line.split()[1:3] for line in out.splitlines() if line.startswith("ARCH "))
+    assert "::test_uname[amd64]" in out and "::test_uname[arm64]" in out
+    seen = dict(re.findall(r"ARCH (\S+) (\S+)", out))  # guest.arch, `uname -m`
     assert seen == {"x86_64": "x86_64", "aarch64": "aarch64"}, out
 
 
 def test_a_riscv64_guest_from_the_marker(pytester, kvm):
-    """`@pytest.mark.guest(arch="riscv64", os="debian-13")` runs (Debian 12 has no riscv64).
+    """`@pytest.mark.guest(arch="riscv64", os="debian-13")` runs (Debian 12 has no riscv64),
+    booted cold (a restored riscv64 clone did not come back: see arches.py).
     Its image takes ~20 min to build under emulation: `./dev.sh test` (CI) does not build
     it, so this runs where it is cached (`pytest-kvm image build debian-13 --arch riscv64`)."""
     if not [i for i in kvm.images.list_cached() if i.name == "debian-13-riscv64" and not i.stale]:
@@ -54,7 +55,7 @@ import pytest
 @pytest.mark.guest(arch="riscv64", os="debian-13")
 def test_riscv64(guest):
     assert guest.run("uname -m").stdout.strip() == "riscv64" == guest.arch
-    assert guest.cloned
+    assert not guest.cloned  # its restore does not work yet: riscv64 guests boot cold
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=3000)
     result.assert_outcomes(passed=1)
