@@ -5,7 +5,7 @@
 # Debian mirror into the cache).
 #
 #   ./dev.sh examples   boot the default guest and run examples/ in it
-#   ./dev.sh test       run the test suite (unit + end-to-end on debian-12, debian-13, arm64)
+#   ./dev.sh test       run the test suite (unit + end-to-end on debian-12 and debian-13)
 #   ./dev.sh setup      only the set-up
 #
 # Extra arguments are passed to pytest. Needs root (re-runs itself with sudo).
@@ -73,9 +73,6 @@ case "$cmd" in
   test)
     setup
     images debian-12 debian-13
-    # arm64 for tests/e2e/test_architectures.py (emulated: ~20 min the first time); riscv64's
-    # test runs where its image is cached (not built here: CI's time)
-    images debian-12 --arch arm64
     say "running the test suite"
     exec "$VENV/bin/pytest" tests -v -p no:cacheprovider --kvm-os debian-12 --kvm-os debian-13 \
       --timeout 1800 --durations 25 "$@" ;;
