@@ -30,6 +30,13 @@ class KeyPair:
     def key_type(self) -> str:
         return self.public_openssh.split()[0]
 
+    @property
+    def short_type(self) -> str:
+        """The type as cloud-init's ``ssh_keys`` and OpenSSH's host key files name it:
+        ``ed25519``, ``rsa``, ``ecdsa``."""
+        return {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa",
+                "ecdsa-sha2-nistp256": "ecdsa"}[self.key_type]
+
     def write_private(self, path: Path) -> Path:
         """Write the private key readable by the owner only (0600), as OpenSSH wants."""
         return write_owner_only(path, self.private_openssh.encode())

@@ -3,14 +3,20 @@ its host, its domain started, and the wait until it is ready."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ..errors import HypervisorError
 from ..files import writable
 from ..keys import KeyPair
+from ..seed import plain
 from ..vm.domain import domain_xml, host_problems, random_mac
-from .config import domain_spec
+from .config import GuestConfig, domain_spec
 from .machine import Machine
 from .ready import wait_ready
+
+if TYPE_CHECKING:
+    from ..seed.iso import Seed
 
 
 class ColdStart:
@@ -41,17 +47,12 @@ class ColdStart:
         return wait_ready(self.m)
 
     def _prepare(self) -> None:
-        from ..seed import cloudinit, iso  # noqa: PLC0415 - PyYAML and pycdlib once a guest boots
         m, t0 = self.m, time.monotonic()
         cfg = m.config
         fam = cfg.family
         # a bad user_data fails here, before any file is made
-        user_data = cloudinit.render_user_data(
-            fam, login_key=cfg.login_key, host_key=self._host_key,
-            password=m.credentials.password if m.credentials else None, extra=cfg.user_data)
-        guest_seed = iso.build_seed(cfg.seed_format or fam.seed_format, instance_id=cfg.name,
-                                    hostname=cfg.name, user_data=user_data,
-                                    public_keys={"pytest-kvm": cfg.login_key.public_openssh})
+        guest_seed = seed_for(cfg, cfg.name, login_key=cfg.login_key, host_key=self._host_key,
+                              password=m.credentials.password if m.credentials else None)
         problems = host_problems(self._spec(0))
         if problems:
             raise HypervisorError(f"cannot boot {m.name} ({cfg.os}, family {fam.name}): "
@@ -61,3 +62,20 @@ class ColdStart:
             m.files = m.host.prepare(cfg.name, cfg.image, cfg.workdir, guest_seed,
                                      cfg.volume_prefix)
         m.timeline.add("prepare", time.monotonic() - t0)
+
+
+def seed_for(cfg: GuestConfig, name: str, *, login_key: KeyPair, host_key: KeyPair,
+             password: str | None = None) -> "Seed":
+    """The seed of a cold boot of *cfg* named *name*: the family's user data (with the
+    user's merged in) in the family's seed format, and the plain seed's files where its
+    boot goes without cloud-init."""
+    from ..seed import cloudinit, iso  # noqa: PLC0415 - PyYAML and pycdlib once a guest boots
+    fam = cfg.family
+    user_data = cloudinit.render_user_data(fam, login_key=login_key, host_key=host_key,
+                                           password=password, extra=cfg.user_data)
+    seed = iso.build_seed(cfg.seed_format or fam.seed_format, instance_id=name, hostname=name,
+                          user_data=user_data, public_keys={"pytest-kvm": login_key.public_openssh})
+    if cfg.plain_seed:
+        seed = replace(seed, files={**seed.files, **plain.files(
+            user=cfg.user, hostname=name, login_key=login_key, host_key=host_key)})
+    return seed

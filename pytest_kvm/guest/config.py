@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..arches import Arch, host_arch
 from ..families import Family, family
 from ..hosts.base import GuestFiles
+from ..seed import plain
 from ..vm.domain import DomainSpec, family_fields
 from ..workdir import CONSOLE_FILE, DISK_FILE, SEED_FILE
 
@@ -61,6 +62,11 @@ class GuestConfig:
         """Whether the guest has the host's architecture (else QEMU emulates it: TCG)."""
         return self.arch == host_arch()
 
+    @property
+    def plain_seed(self) -> bool:
+        """Whether its cold boot goes without cloud-init (see :mod:`pytest_kvm.seed.plain`)."""
+        return plain.applies(self)
+
 
 def domain_spec(cfg: GuestConfig, port: int, mac: str | None = None,
                 files: GuestFiles | None = None) -> DomainSpec:
@@ -76,7 +82,13 @@ def domain_spec(cfg: GuestConfig, port: int, mac: str | None = None,
         disk=files.disk, disk_format="qcow2", seed=files.seed,
         console_log=workdir / CONSOLE_FILE, console=files.console, ssh_port=port,
         kernel=files.kernel if direct else None, initrd=files.initrd if direct else None,
-        cmdline=cfg.image.cmdline if direct else "", metadata=dict(cfg.metadata),
+        cmdline=_cmdline(cfg) if direct else "", metadata=dict(cfg.metadata),
         machine_type=cfg.machine_type, mac=mac, network_mode=cfg.network_mode,
         tb_cache_mib=cfg.tb_cache_mib or None, arch=cfg.arch,
         **family_fields(cfg.family, workdir, firmware=cfg.image.firmware, tpm=cfg.tpm))
+
+
+def _cmdline(cfg: GuestConfig) -> str:
+    if cfg.plain_seed:
+        return plain.cmdline(cfg.image.cmdline)
+    return cfg.image.cmdline

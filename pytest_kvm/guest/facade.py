@@ -79,7 +79,8 @@ class Guest:
         self.family = config.family.name
         self.cloned = golden is not None
         self.kept = False
-        self.cloud_init_status = ""  # `cloud-init status --long` once ready (cold boots)
+        # `cloud-init status --long` once ready (cold boots; a plain seed: seed.plain.STATUS)
+        self.cloud_init_status = ""
 
     # -- what it is ------------------------------------------------------------------------
     @property

@@ -1,5 +1,5 @@
 """Waiting until a guest is ready: logged in through its transport's phases, its init
-(cloud-init) done; after a reboot, a login that reaches the new boot; after a dropped
+(cloud-init; systemd's boot for a plain seed) done; after a reboot, a login that reaches the new boot; after a dropped
 connection, one new login."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import CloudInitError, CommandTimeout, ConnectionLost, KvmError, LoginRefused
+from ..seed import plain
 from ..waiting import Limit, Retry
 from .machine import Machine
 
@@ -35,21 +36,29 @@ def wait_ready(m: Machine, timeout: float | None = None, *,
             name, limit_name = "new-boot", "boot"
         handle = waiter.phase(name, attempt, limit(limit_name))
     m.handle = handle
+    if cfg.plain_seed:  # no cloud-init: the boot is done when systemd says so
+        state = waiter.phase("systemd", _ready(m, plain.READY_COMMAND, "systemd"),
+                             limit("cloud-init"))
+        return plain.STATUS + state.stdout
     if fam.ready_command is None:  # the login proves the seed was applied
         return None
-
-    def init_done(remaining: float):
-        try:
-            return m.handle.run(fam.ready_command, timeout=max(remaining, 1.0))
-        except CommandTimeout as exc:
-            raise Retry("the guest's init (cloud-init) is still running") from exc
-
-    status = waiter.phase("cloud-init", init_done, limit("cloud-init"))
+    status = waiter.phase("cloud-init", _ready(m, fam.ready_command, "cloud-init"),
+                          limit("cloud-init"))
     # cloud-init: 0 done; 2 done with recoverable errors (deprecations); 127 not installed
     if status.exit_code not in fam.ready_exit_codes:
         raise CloudInitError(f"guest {m.name}: cloud-init reported an error "
                              "(often a bad user_data)", status=status.stdout + status.stderr)
     return status.stdout
+
+
+def _ready(m: Machine, command: str, init: str) -> Callable[[float], Any]:
+    """A waiter's attempt: *command* run to its end, which is when *init* is done."""
+    def attempt(remaining: float):
+        try:
+            return m.handle.run(command, timeout=max(remaining, 1.0))
+        except CommandTimeout as exc:
+            raise Retry(f"the guest's init ({init}) is still running") from exc
+    return attempt
 
 
 def log_in_again(m: Machine, limit: Limit) -> None:

@@ -44,6 +44,9 @@ class Recipe:
     disk_size: str
     login_user: str
     kernel_cmdline: str
+    #: the image has ``pytest-kvm-seed.service``, which boots without cloud-init from the
+    #: seed's plain files when the kernel's command line asks (see seed/plain.py)
+    plain_seed: bool = False
     files: dict[str, str] = field(default_factory=dict)
     mask_units: tuple[str, ...] = ()
     enable_units: tuple[str, ...] = ()
@@ -157,6 +160,7 @@ def load_recipe(name: str, directory: Path | None = None, *, arch: Arch | None =
         disk_size=data["disk_size"],
         login_user=data["login_user"],
         kernel_cmdline=data["kernel_cmdline"],
+        plain_seed=bool(data.get("plain_seed", False)),
         files=dict(data.get("files", {})),
         mask_units=tuple(data.get("mask_units", ())),
         enable_units=tuple(data.get("enable_units", ())),

@@ -36,6 +36,8 @@ class BaseImage:
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""
+    #: whether it has the plain seed's unit (a recipe's ``plain_seed``: see seed/plain.py)
+    plain_seed: bool = False
     family: str = "linux"
     firmware: str | None = None  # None: the family's default
     login_user: str | None = None  # None: the plugin's own user (recipe images)
@@ -156,7 +158,7 @@ class ImageStore:
             name=name, disk=dest / build.DISK, format=manifest["format"],
             kernel=dest / build.KERNEL, initrd=dest / build.INITRD,
             cmdline=manifest["kernel_cmdline"], family=manifest["family"],
-            digest=dest.name, files_sha256=tuple(sorted(manifest["sha256"].items()))))
+            plain_seed=manifest.get("plain_seed", False), digest=dest.name, files_sha256=tuple(sorted(manifest["sha256"].items()))))
 
     def _catalog_source(self, entry: CatalogEntry) -> Source:
         return Source(

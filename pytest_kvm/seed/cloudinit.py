@@ -60,12 +60,12 @@ def plugin_user_data(login_key: KeyPair, host_key: KeyPair, user: str = LOGIN_US
         "disable_root": True,
         "ssh_deletekeys": True,
         # only the type the seed brings (so nothing is generated); cloud-init 24+ rejects []
-        "ssh_genkeytypes": [_cloudinit_key_name(host_key)],
+        "ssh_genkeytypes": [host_key.short_type],
         # the hostname resolves (127.0.1.1), so sudo does not try DNS and warn
         "manage_etc_hosts": True,
         "ssh_keys": {
-            f"{_cloudinit_key_name(host_key)}_private": host_key.private_openssh,
-            f"{_cloudinit_key_name(host_key)}_public": host_key.public_openssh,
+            f"{host_key.short_type}_private": host_key.private_openssh,
+            f"{host_key.short_type}_public": host_key.public_openssh,
         },
     }
     if privilege == "doas":
@@ -73,10 +73,6 @@ def plugin_user_data(login_key: KeyPair, host_key: KeyPair, user: str = LOGIN_US
         data["write_files"] = [{"path": "/etc/doas.conf", "content": f"permit nopass {user}\n",
                                 "owner": "root:wheel", "permissions": "0600", "append": True}]
     return data
-
-
-def _cloudinit_key_name(key: KeyPair) -> str:
-    return {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa", "ecdsa-sha2-nistp256": "ecdsa"}[key.key_type]
 
 
 def dump_yaml(data: Mapping[str, Any], what: str = "user_data") -> bytes:

@@ -131,7 +131,7 @@ class Goldens:
         """Everything that can make a saved state wrong for *config*: the snapshot key hashes
         it, ``pytest-kvm snapshot list`` shows it."""
         from ..guest.config import domain_spec  # noqa: PLC0415
-        from ..seed import cloudinit, iso  # noqa: PLC0415
+        from ..guest.cold import seed_for  # noqa: PLC0415
         from ..vm.domain import domain_xml, firmware_digest  # noqa: PLC0415
         fam = config.family
         # not the network mode: it is a netdev option outside the saved state, and each clone
@@ -139,12 +139,8 @@ class Goldens:
         template = replace(config, name="golden", workdir=Path("/golden"), metadata={},
                            network_mode="user")
         dummy = KeyPair("private", "ssh-ed25519 AAAA pytest-kvm")
-        user_data = cloudinit.render_user_data(fam, login_key=dummy, host_key=dummy,
-                                               password="password" if fam.transport == "winrm"
-                                               else None, extra=config.user_data)
-        seed_files = iso.build_seed(config.seed_format or fam.seed_format, instance_id="golden",
-                                    hostname="golden", user_data=user_data,
-                                    public_keys={"pytest-kvm": dummy.public_openssh}).files
+        seed_files = seed_for(config, "golden", login_key=dummy, host_key=dummy,
+                              password="password" if fam.transport == "winrm" else None).files
         spec = domain_spec(template, 0)
         return {
             "os": config.os, "arch": config.arch.debian, "family": fam.name,

@@ -81,7 +81,8 @@ def test_timeline(shared_guest):
     if shared_guest.cloned:
         assert phases[:4] == ["prepare", "restore", "ssh-auth", "clock"]
     else:
-        assert phases[:5] == ["prepare", "domain-start", "ssh-banner", "ssh-auth", "cloud-init"]
+        init = "systemd" if shared_guest.config.plain_seed else "cloud-init"  # seed/plain.py
+        assert phases[:5] == ["prepare", "domain-start", "ssh-banner", "ssh-auth", init]
     assert all(seconds >= 0 for _, seconds in shared_guest.timeline.entries)
 
 
