@@ -12,6 +12,7 @@ booting.
     .venv/bin/python scripts/benchmark.py                  # 3 runs, 20-test modules
     .venv/bin/python scripts/benchmark.py --runs 5 --cold-os debian-12 debian-13
     .venv/bin/python scripts/benchmark.py --memory-only --tb-sizes 0 256 128 64
+    .venv/bin/python scripts/benchmark.py --lean-only --runs 3   # scripts/benchmark_lean.py's rows
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ from pytest_kvm.keys import KeyPair, write_known_hosts
 from pytest_kvm.session.session import KvmSession
 from pytest_kvm.transport.ssh import SshClient, read_banner
 from pytest_kvm.images.qemu_img import create_overlay
+
+import benchmark_lean  # beside this script: the rows of lean guests
 
 
 def rss_mib(pid: int) -> float:
@@ -376,8 +379,14 @@ def main() -> int:
                         help="seconds a guest idles before its memory is read")
     parser.add_argument("--memory-only", action="store_true",
                         help="only the rows of memory and TCG translation cache sizes")
+    parser.add_argument("--lean-only", action="store_true",
+                        help="only the rows of lean guests (scripts/benchmark_lean.py): cold boot "
+                             "with the plain seed vs cloud-init, a 12-test module without vs with cgroups")
     args = parser.parse_args()
     log = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.lean_only:
+        print(json.dumps(benchmark_lean.lean(args.runs, 12, args.os, log), indent=2))
+        return 0
     ram = clone_ram_rows(args.os, args.memory, args.runs, args.clones, args.settle, log)
     print_clone_ram(ram, args.clones)
     tb = tb_cache_rows(args.os, args.memory, args.tb_sizes, args.runs, args.clones, args.settle, log)
@@ -489,7 +498,8 @@ def main() -> int:
     print(f"idle guest QEMU RSS: {results.get('guest_qemu_rss_mib')} MiB; plugin RSS: {results.get('plugin_rss_mib')} MiB")
     print_clone_ram(ram, args.clones)
     print_tb_cache(tb, args.clones)
-    print(json.dumps({**results, "clone_ram": ram, "tb_cache": tb}, indent=2))
+    lean = benchmark_lean.lean(args.runs, 12, args.os, log)
+    print(json.dumps({**results, "clone_ram": ram, "tb_cache": tb, "lean": lean}, indent=2))
     return 0
 
 
