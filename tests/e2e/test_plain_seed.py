@@ -38,3 +38,15 @@ def test_user_data_still_goes_through_cloud_init(kvm):
         assert g.run("cat /etc/pytest-kvm-mark").stdout == "cloud-init\n"
         assert g.run("hostname").stdout.strip() == g.name
         assert g.run("sudo -n true").ok
+
+
+def test_a_unique_clone_keeps_its_own_name_across_reboots(kvm):
+    """The unit sets the seed's hostname at every boot, but not over a name the guest was
+    given since (a unique clone's), as cloud-init's update_hostname does not either."""
+    with kvm.boot("debian-12", reset="clone", unique=True) as g:
+        assert g.cloned and g.config.plain_seed
+        assert g.run("hostname").stdout.strip() == g.hostname
+        for _ in range(2):
+            g.reboot()
+            assert g.run("hostname").stdout.strip() == g.hostname
+            assert g.run("getent hosts \"$(hostname)\"").stdout.split()[0] == "127.0.1.1"

@@ -21,8 +21,8 @@ ARM64, RISCV64 = ARCHES["arm64"], ARCHES["riscv64"]
 #: seed's unit changed them): a change to a recipe rebuilds every cache, so it is made on
 #: purpose, here too
 AMD64_DIGESTS = {
-    "debian-12": "22a0629c3e6e40fcf347fb7774517aeb57af637b33abca4cd289a5a9922ce9a4",
-    "debian-13": "9dcf23fc8374b05587b9a4b0698abe680b7eb2bf4a88a490c65a53a2b2a25fc1",
+    "debian-12": "4dff15c327800b28dd2abc24809d9ecaa46c1ac33a5c0b93ad95ed27ae9dc4c7",
+    "debian-13": "d126fb116a89345ce28e16e94a0f7f5a7c43ba6c77f4391a44ff86b525e49d12",
 }
 
 
