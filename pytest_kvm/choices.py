@@ -4,8 +4,9 @@ settings check them without loading the modules that act on them."""
 
 #: ``--kvm-accel``: KVM, TCG (software emulation), or KVM when it really works, else TCG
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
-#: ``--kvm-reset``, ``reset=``: a warm clone of a golden guest, or a cold boot
-RESET_CHOICES = ("clone", "boot")
+#: ``--kvm-reset``, ``reset=``: a warm clone of a golden guest, a cold boot, or a warm clone
+#: reverted in place after its test and handed to the next one (see guest/revert.py)
+RESET_CHOICES = ("clone", "boot", "revert")
 #: ``--kvm-snapshots``: goldens kept across runs in the cache, or per session
 SNAPSHOT_CHOICES = ("on", "off")
 #: ``--kvm-keep``: which guests keep running after their test

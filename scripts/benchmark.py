@@ -28,9 +28,9 @@ from pathlib import Path
 
 from pytest_kvm.seed import cloudinit
 
-from pytest_kvm.seed import iso as seed
 from pytest_kvm.config import DEFAULT_TB_CACHE_MIB, Settings
-from pytest_kvm.families import family
+from pytest_kvm.guest.cold import seed_for
+from pytest_kvm.guest.config import domain_spec
 from pytest_kvm.guest.machine import free_port
 from pytest_kvm.keys import KeyPair, write_known_hosts
 from pytest_kvm.session.session import KvmSession
@@ -72,17 +72,18 @@ def bare_qemu(session: KvmSession, os_name: str, memory: int, cpus: int, timeout
         login, host = KeyPair.generate("bench"), KeyPair.generate("bench-host")
         login.write_private(tmp / "id")
         create_overlay(image.disk, image.format, tmp / "disk.qcow2")
-        # the very seed the plugin writes for this family (same builder, same contents)
-        linux = family(image.family)
-        seed.build_seed(linux.seed_format, instance_id="bench", hostname="bench",
-                        user_data=cloudinit.render_user_data(linux, login_key=login, host_key=host),
-                        public_keys={"pytest-kvm": login.public_openssh}).write(tmp / "seed.iso")
+        # the very seed and command line the plugin gives a guest without user_data (the
+        # plain seed where the image has it: see pytest_kvm/seed/plain.py)
+        unstarted = session.create(os_name, reset="boot")
+        config = unstarted.config
+        unstarted.destroy()
+        seed_for(config, "bench", login_key=login, host_key=host).write(tmp / "seed.iso")
         port = free_port()
         write_known_hosts(tmp / "known_hosts", "127.0.0.1", port, host.public_openssh)
         accel = "kvm" if session.accel == "kvm" else "tcg"
         argv = ["qemu-system-x86_64", "-machine", f"pc,accel={accel}", "-m", str(memory), "-smp", str(cpus),
                 "-nodefaults", "-no-user-config", "-display", "none",
-                "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", image.cmdline,
+                "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", domain_spec(config, port).cmdline,
                 "-drive", f"file={tmp / 'disk.qcow2'},if=virtio,format=qcow2",
                 "-drive", f"file={tmp / 'seed.iso'},if=virtio,format=raw,readonly=on",
                 "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
@@ -381,7 +382,7 @@ def main() -> int:
                         help="only the rows of memory and TCG translation cache sizes")
     parser.add_argument("--lean-only", action="store_true",
                         help="only the rows of lean guests (scripts/benchmark_lean.py): cold boot "
-                             "with the plain seed vs cloud-init, a 12-test module without vs with cgroups")
+                             "with the plain seed vs cloud-init, a 12-test module reverted vs cloned")
     args = parser.parse_args()
     log = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     if args.lean_only:

@@ -6,8 +6,8 @@ seconds), each mechanism next to the way before it, in the same run:
   cloud-init (the same guest with an empty ``runcmd``, which is cloud-init's way);
 - a module of N trivial tests (three one-line commands each) in a second session: per-test
   wall (setup + call + teardown, from pytest's reports) median, and the machine's busy
-  CPU-seconds per test, with the embedded driver as the plugin sets it up now (no cgroups)
-  vs with libvirt's cgroups (the plugin before: each domain its cgroup and BPF filter).
+  CPU-seconds per test, with each test's guest reverted in place (``--kvm-reset revert``)
+  vs a new warm clone per test (``--kvm-reset clone``, the default).
 
     .venv/bin/python scripts/benchmark_lean.py [--runs 3] [--module-tests 12]
 
@@ -28,7 +28,6 @@ from pathlib import Path
 
 from pytest_kvm.config import Settings
 from pytest_kvm.session.session import KvmSession
-from pytest_kvm.vm import embed
 
 REPORTS = """
 import json, os
@@ -75,36 +74,23 @@ def session_walls(body: str, *options: str) -> tuple[list[float], float]:
         return list(walls.values()), cpu
 
 
-def cgroup_root(tmp: Path) -> str:
-    """An embedded-driver root configured as the plugin's, but with libvirt's cgroups (the
-    way before): its URI. Its first session probes QEMU (~8 s) and boots a golden."""
-    embed.write_embed_config(tmp)
-    conf = tmp / "etc" / "qemu.conf"
-    conf.write_text("".join(line + "\n" for line in conf.read_text().splitlines()
-                            if not line.startswith("cgroup_controllers")))
-    return f"qemu:///embed?root={tmp}"
-
-
 def module_rows(tests: int, runs: int, os_name: str, log) -> dict:
-    """Per-test wall and CPU per test, second sessions, without vs with cgroups."""
-    rows: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="pk-bench-cg-", dir="/tmp") as tmp:
-        ways = {"now (no cgroups)": (), "before (cgroups)": ("--kvm-uri", cgroup_root(Path(tmp)))}
-        for label, options in ways.items():
-            session_walls(module(2), "--kvm-os", os_name, *options)  # golden, capabilities
-        results: dict[str, dict[str, list]] = {label: {"walls": [], "cpu": []} for label in ways}
-        for run in range(runs):
-            for label, options in ways.items():  # alternating: the machine's drift hits both
-                walls, cpu = session_walls(module(tests), "--kvm-os", os_name, *options)
-                results[label]["walls"].append(statistics.median(walls))
-                results[label]["cpu"].append(cpu / tests)
-                log(f"run {run + 1}: {label}: per-test wall median {results[label]['walls'][-1]:.2f} s, "
-                    f"{results[label]['cpu'][-1]:.2f} CPU-s a test")
-        for label, r in results.items():
-            rows[label] = {"per_test_wall_median_s": round(statistics.median(r["walls"]), 2),
-                           "sessions": [round(w, 2) for w in r["walls"]],
-                           "busy_cpu_s_per_test": round(statistics.median(r["cpu"]), 2)}
-    return rows
+    """Per-test wall and CPU per test, second sessions, a new clone vs a revert per test."""
+    ways = {"revert in place (--kvm-reset revert)": ("--kvm-reset", "revert"),
+            "new warm clone (--kvm-reset clone)": ("--kvm-reset", "clone")}
+    session_walls(module(2), "--kvm-os", os_name)  # the golden's snapshot exists
+    results: dict[str, dict[str, list]] = {label: {"walls": [], "cpu": []} for label in ways}
+    for run in range(runs):
+        for label, options in ways.items():  # alternating: the machine's drift hits both
+            walls, cpu = session_walls(module(tests), "--kvm-os", os_name, *options)
+            results[label]["walls"].append(statistics.median(walls))
+            results[label]["cpu"].append(cpu / tests)
+            log(f"run {run + 1}: {label}: per-test wall median {results[label]['walls'][-1]:.2f} s, "
+                f"{results[label]['cpu'][-1]:.2f} CPU-s a test")
+    return {label: {"per_test_wall_median_s": round(statistics.median(r["walls"]), 2),
+                    "sessions": [round(w, 2) for w in r["walls"]],
+                    "busy_cpu_s_per_test": round(statistics.median(r["cpu"]), 2)}
+            for label, r in results.items()}
 
 
 def cold_rows(runs: int, os_name: str, log) -> dict:

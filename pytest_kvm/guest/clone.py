@@ -72,6 +72,18 @@ def _restore(m: Machine, golden: Golden) -> None:
     m.start_on_free_port(lambda port: m.host.restore(
         m.name, golden, m.xml_for_port(port), cfg.workdir, m.console))
     m.timeline.add("restore", time.monotonic() - t0)
+    wake(m, reseed=not cfg.arch.vm_genid)  # a VM generation ID's change reseeds by itself
+    if cfg.unique:
+        t0 = time.monotonic()
+        m.handle.run(cfg.family.identity_command_for(m.hostname), timeout=120, check=True)
+        m.timeline.add("identity", time.monotonic() - t0)
+
+
+def wake(m: Machine, *, reseed: bool) -> None:
+    """A guest whose memory was just loaded (a clone's restore, an in-place revert): log
+    in again while its clock is set, then, where *reseed*, its kernel's random number
+    generator reseeded (the family's ``reseed_command``): its state is the saved one."""
+    cfg = m.config
     # the guest's clock stopped while it was saved: set it from the host's, through the
     # guest agent while we log in (else with the family's clock command afterwards)
     by_agent = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -91,14 +103,10 @@ def _restore(m: Machine, golden: Golden) -> None:
                + f" (the guest agent did not answer: {exc or type(exc).__name__})")
     m.timeline.add("clock", time.monotonic() - t0)
     m.log("clock %s", how)
-    if not cfg.arch.vm_genid and cfg.family.reseed_command:  # no VM generation ID to change
+    if reseed and cfg.family.reseed_command:
         t0 = time.monotonic()
         m.handle.run(cfg.family.as_root(cfg.family.reseed_command), timeout=60, check=True)
         m.timeline.add("reseed", time.monotonic() - t0)
-    if cfg.unique:
-        t0 = time.monotonic()
-        m.handle.run(cfg.family.identity_command_for(m.hostname), timeout=120, check=True)
-        m.timeline.add("identity", time.monotonic() - t0)
 
 
 def clock_by_agent(m: Machine, deadline: float = AGENT_WAIT) -> None:

@@ -41,6 +41,7 @@ class GuestConfig:
     family: Family = field(default_factory=lambda: family("linux"))
     seed_format: str | None = None  # None: the family's
     unique: bool = False  # a clone gets its own hostname and machine-id
+    revert: bool = False  # a clone kept and reverted in place between tests (guest/revert.py)
     tpm: bool | None = None  # None: the family's default
     machine_type: str | None = None  # the versioned machine type (pinned); None: the alias
     shares: "tuple[Share, ...]" = ()  # host directories mounted once the guest is up

@@ -24,7 +24,7 @@ from ..errors import CommandError, ConnectionLost, HypervisorError, KvmError
 from ..output import LineLog, guest_logger
 from ..result import CommandResult
 from .. import commands
-from . import clone
+from . import clone, revert
 from .attachments import Attachments
 from .cold import ColdStart
 from .machine import CONSOLE_TAIL_LINES, Machine
@@ -201,6 +201,8 @@ class Guest:
         try:
             if self._cold is None:
                 clone.start_clone(m)
+                if m.config.revert:
+                    revert.keep_state(m)
             else:
                 self._set_status(self._cold.run())
         except BaseException:
@@ -386,6 +388,18 @@ class Guest:
     def reset(self, timeout: float | None = None) -> "Guest":
         """A hard reset (the reset button: no clean shutdown), then like :meth:`reboot`."""
         self._set_status(self._power.restart("reset", None, timeout))
+        return self
+
+    def revert(self) -> "Guest":
+        """Back, in the same QEMU, to the state this guest had when it first came up: its
+        memory and disk, then a new login, the clock and a reseeded random number generator.
+        Only for guests made with ``reset="revert"`` (the plugin reverts them between tests
+        itself)."""
+        if not self._m.config.revert:
+            raise KvmError(f"guest {self.name} keeps no state to revert to: only guests made "
+                           f"with reset='revert' do")
+        revert.revert(self._m)
+        self.kept = False
         return self
 
     def wait_ready(self, timeout: float | None = None) -> "Guest":

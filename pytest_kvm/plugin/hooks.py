@@ -380,8 +380,11 @@ def pytest_testnodedown(node, error) -> None:
 
 def _counts_line(counts: dict[str, int]) -> str:
     line = f"{counts['boots']} cold boots, {counts['clones']} warm clones"
-    if counts.get("ahead"):
-        line += f" ({counts['ahead']} made ahead)"
+    how = [f"{counts[key]} {what}" for key, what in (("ahead", "made ahead"),
+                                                      ("reverted", "reverted in place"))
+           if counts.get(key)]
+    if how:
+        line += f" ({', '.join(how)})"
     return line + f"; snapshots {counts['reused']} reused, {counts['created']} created"
 
 

@@ -20,7 +20,8 @@ HANDOVER_WAIT = 600.0  # seconds a test waits for a clone already being made for
 
 
 class AheadPool:
-    """Clones of each golden restored, logged in and clock-set before a test asks.
+    """Clones of each golden restored, logged in and clock-set before a test asks; and clones
+    whose test is over, reverted in place for the next one (:meth:`recycle`).
 
     ``prepare(key, guest, after)`` starts *guest* in a thread once *after* (the clone
     just handed out, still starting) is up, so that the two never compete; ``take(key)``
@@ -33,10 +34,12 @@ class AheadPool:
         self.depth = depth
         self.progress = progress
         self._lock = threading.Lock()
-        self._pending: dict[str, list[tuple[Guest, concurrent.futures.Future]]] = {}
+        # per golden: (guest, its start or revert, what its failure is called)
+        self._pending: dict[str, list[tuple[Guest, concurrent.futures.Future, str]]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(depth, 1),
                                                            thread_name_prefix="pytest-kvm-ahead")
-        self.handed_over = 0
+        self.handed_over = 0  # clones made ahead that went to a test
+        self.reverted = 0  # clones reverted in place after a test that went to another
         self._closed = threading.Event()
 
     def wanted(self, key: str) -> bool:
@@ -54,28 +57,44 @@ class AheadPool:
             return guest.start()
 
         with self._lock:
-            self._pending.setdefault(key, []).append((guest, self._pool.submit(start)))
+            self._pending.setdefault(key, []).append(
+                (guest, self._pool.submit(start), "made ahead did not start"))
+
+    def recycle(self, key: str, guest: "Guest") -> None:
+        """*guest*, a clone of golden *key* whose test is over, reverted in place in a thread
+        (``reset="revert"``) and queued for the next test that takes a clone of *key*."""
+        def revert() -> "Guest":
+            if self._closed.is_set():
+                raise RuntimeError("not reverted: the session ended first")
+            return guest.revert()
+
+        with self._lock:
+            self._pending.setdefault(key, []).append(
+                (guest, self._pool.submit(revert), "reverted in place did not come back"))
 
     def waiting(self) -> set[str]:
         """Names of the clones made ahead and not handed to a test yet."""
         with self._lock:
-            return {guest.name for queue in self._pending.values() for guest, _ in queue}
+            return {guest.name for queue in self._pending.values() for guest, _, _ in queue}
 
     def take(self, key: str) -> "Guest | None":
         with self._lock:
             queue = self._pending.get(key, [])
             if not queue:
                 return None
-            guest, future = queue.pop(0)
+            guest, future, failed = queue.pop(0)
         try:
             future.result(HANDOVER_WAIT)
         except BaseException as exc:  # noqa: BLE001 - start() removed what it made; boot another
             first_line = (str(exc).strip().splitlines() or [""])[0]
-            self.progress(f"clone {guest.name} made ahead did not start ({type(exc).__name__}: "
+            self.progress(f"clone {guest.name} {failed} ({type(exc).__name__}: "
                           f"{first_line}); destroyed, making another")
             guest.destroy()
             return None
-        self.handed_over += 1
+        if failed.startswith("reverted"):
+            self.reverted += 1
+        else:
+            self.handed_over += 1
         return guest
 
     def close(self) -> None:

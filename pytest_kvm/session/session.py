@@ -219,7 +219,13 @@ class KvmSession:
         tpm = config.family.tpm if config.tpm is None else config.tpm
         # libvirt keys a TPM's state by the domain's UUID, which clones share: cold boot those
         # ... and so are guests of an architecture whose restore does not work (arches.py)
-        if (request.reset or self.settings.reset) == "clone" and not tpm and config.arch.warm_clones:
+        reset = request.reset or self.settings.reset
+        if reset in ("clone", "revert") and not tpm and config.arch.warm_clones:
+            from ..guest import revert  # noqa: PLC0415 - the guest modules once a guest is made
+            if reset == "revert" and revert.why_not(
+                    config, shares=bool(request.share), networks=bool(request.networks),
+                    unique=request.unique, tpm=bool(tpm)) is None:
+                config = replace(config, revert=True)
             if request.unique and config.family.identity_command is None:
                 raise SpecError(f"unique=True: warm clones of family {config.family.name} cannot "
                                 f"get a new identity; use reset='boot'")
@@ -233,8 +239,9 @@ class KvmSession:
             else:  # made ahead for whoever came next: this request's shares are mounted now
                 guest.hand_over(config)
             if not request.unique and self._ahead.wanted(golden.key):
-                ahead = self._config(os_name, replace(request, share=(), artifacts=(),
-                                                      networks=(), name=None))
+                ahead = replace(self._config(os_name, replace(request, share=(), artifacts=(),
+                                                              networks=(), name=None)),
+                                revert=config.revert)
                 self._ahead.prepare(golden.key, self._clone(golden, ahead), after=guest)
             return guest
         return self._new_boot(config)
@@ -325,10 +332,16 @@ class KvmSession:
     def release(self, guest: Guest) -> None:
         """Destroy *guest* in the background (the session end waits for it); what it wrote
         to writable shares copied to a remote host comes back first (by the end of its test,
-        as it is there on this machine)."""
+        as it is there on this machine). A ``reset="revert"`` guest still running is reverted
+        in place instead, and goes to the next test asking for a clone of its golden."""
         try:
             guest.sync_shares(last=True)
-        finally:
+        except BaseException:
+            self._reclaimer.destroy(guest.destroy)
+            raise
+        if guest.config.revert and guest.running and guest.golden is not None:
+            self._ahead.recycle(guest.golden.key, guest)  # reverted in place for the next test
+        else:
             self._reclaimer.destroy(guest.destroy)
 
     def inventory(self, path: str | os.PathLike) -> Path:
@@ -344,6 +357,7 @@ class KvmSession:
         """Cold boots (goldens included), clones handed out (of them made ahead), snapshots
         reused and created: the summary line."""
         return {"boots": self.boots, "clones": self.clones, "ahead": self._ahead.handed_over,
+                "reverted": self._ahead.reverted,
                 "reused": self.snapshots.reused, "created": self.snapshots.created}
 
     def keep(self, guest: Guest) -> None:

@@ -1,0 +1,77 @@
+"""Reverting a guest in place (``reset="revert"``): the same QEMU process goes back to the
+state its clone had when it first came up, instead of a new clone being restored.
+
+Right after a clone is up (logged in, clock set), QEMU saves its whole state as an
+internal snapshot of the clone's own overlay (``savevm``: memory and disk; the read-only
+seed has none). When its test is over, QEMU loads it back (``loadvm``), and the guest
+wakes as a clone does: a new login, the clock set, its kernel's random number generator
+reseeded (its VM generation ID has not changed, so nothing else would). It is then handed
+to the next test that asks for a guest of the same golden.
+
+QEMU flushes its translated code on ``loadvm`` (TCG: the loaded memory bypassed the write
+tracking that invalidates stale translations), so the guest's code is translated anew, as
+in a new clone; what the revert saves is the rest: a new QEMU, its start under libvirt, the
+restore into memory that must be faulted in, and the domain's teardown
+(docs/design/benchmarks.md has the figures).
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import HypervisorError
+from ..waiting import Timeline
+from .clone import wake
+from .machine import Machine
+
+if TYPE_CHECKING:
+    from .config import GuestConfig
+
+#: the internal snapshot's name in the clone's overlay
+SNAPSHOT = "pytest-kvm-fresh"
+
+
+def why_not(config: "GuestConfig", *, shares: bool, networks: bool, unique: bool,
+            tpm: bool) -> str | None:
+    """Why a guest of *config* cannot be reverted in place (it is then a clone, destroyed
+    after its test); None if it can."""
+    if shares or networks:
+        return "its shares or private networks are devices outside the saved state"
+    if unique:
+        return "a unique clone's identity is its own"
+    if tpm:
+        return "its TPM's state is outside QEMU's snapshot"
+    if not config.native:
+        return f"not tried on {config.arch.debian} guests yet"
+    if config.family.reseed_command is None or config.family.name != "linux":
+        return f"family {config.family.name} has no way to reseed its random number generator"
+    return None
+
+
+def _hmp(m: Machine, command: str, what: str) -> None:
+    """QEMU's human-monitor *command* (``savevm``, ``loadvm``: QMP has only jobs for them);
+    any output is QEMU's error."""
+    reply = m.host.monitor(m.dom, {"execute": "human-monitor-command",
+                                   "arguments": {"command-line": command}}, what)
+    said = str(reply.get("return", "")).strip()
+    if said:
+        raise HypervisorError(f"{what} ({m.name}): QEMU said {said}")
+
+
+def keep_state(m: Machine) -> None:
+    """Save *m*'s running clone as it is now, to revert to after each test."""
+    t0 = time.monotonic()
+    _hmp(m, f"savevm {SNAPSHOT}", "saving the guest's state to revert to")
+    m.timeline.add("savevm", time.monotonic() - t0)
+
+
+def revert(m: Machine) -> None:
+    """Load *m*'s kept state back in its running QEMU, then wake it (login, clock, random
+    seed). A fresh timeline tells the next test what its guest's set-up took."""
+    m.check_running("revert")
+    m.timeline = Timeline()
+    m.close_handle()  # the guest's end of it is gone with the loaded state
+    t0 = time.monotonic()
+    _hmp(m, f"loadvm {SNAPSHOT}", "reverting the guest in place")
+    m.timeline.add("loadvm", time.monotonic() - t0)
+    wake(m, reseed=True)
