@@ -133,3 +133,14 @@ def test_the_linux_reseed_command_runs_as_root_and_reseeds_from_the_hosts_entrop
     assert command.startswith("sudo -n ")
     assert "/dev/hwrng" in command and "0x40085203" in command and "0x5207" in command
     assert all(f.reseed_command is None for f in FAMILIES.values() if f.name != "linux")
+
+
+def test_a_reverted_guest_is_made_fresh_by_one_root_command():
+    """reset="revert": the clock and the random seed in one sudo (guest/revert.py)."""
+    fam = family("linux")
+    command = fam.refresh_command_for(1765000000.25)
+    assert command.startswith("sudo -n ") and command.count("sudo") == 1
+    assert "date -u -s @1765000000.250" in command and "0x5207" in command
+    assert "perl" in command and "python3" in command  # perl where it is, else python3
+    with pytest.raises(ValueError, match="freebsd"):
+        family("freebsd").refresh_command_for(0)
