@@ -56,8 +56,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "`pytest-kvm reap --kept`. Default: none.")
     group.addoption("--kvm-reset", choices=RESET_CHOICES, default=None, dest="kvm_reset",
                     help="how each test gets a fresh guest: clone (restore a warm clone of a golden "
-                         "guest booted once per OS and configuration: a few seconds) or boot "
-                         "(cold boot every time). Default: ini kvm_reset, else clone.")
+                         "guest booted once per OS and configuration: a few seconds), revert (a "
+                         "clone reverted in place after each test and handed to the next one) or "
+                         "boot (cold boot every time). Default: ini kvm_reset, else clone.")
     group.addoption("--kvm-snapshots", choices=SNAPSHOT_CHOICES, default=None, dest="kvm_snapshots",
                     help="on: keep golden guests across runs in the cache's snapshots/ directory, "
                          "so a later session clones without booting; off: boot goldens per "
@@ -107,7 +108,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("kvm_memory_mib", f"default guest memory in MiB; default {DEFAULT_MEMORY_MIB}",
                   default="")
     parser.addini("kvm_cpus", f"default number of guest vCPUs; default {DEFAULT_CPUS}", default="")
-    parser.addini("kvm_reset", "clone or boot (see --kvm-reset); default clone", default="")
+    parser.addini("kvm_reset", "clone, revert or boot (see --kvm-reset); default clone", default="")
     parser.addini("kvm_snapshots", "on or off (see --kvm-snapshots); default on", default="")
     parser.addini("kvm_network", "user or isolated (see --kvm-network); default user", default="")
     parser.addini("kvm_snapshot_max_gb", "size limit of the snapshot cache in GiB: the least "
