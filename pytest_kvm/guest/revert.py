@@ -32,9 +32,11 @@ SNAPSHOT = "pytest-kvm-fresh"
 
 
 def why_not(config: "GuestConfig", *, shares: bool, networks: bool, unique: bool,
-            tpm: bool) -> str | None:
+            tpm: bool, remote: bool = False) -> str | None:
     """Why a guest of *config* cannot be reverted in place (it is then a clone, destroyed
     after its test); None if it can."""
+    if remote:
+        return "not tried on remote hosts yet"
     if shares or networks:
         return "its shares or private networks are devices outside the saved state"
     if unique:

@@ -45,6 +45,9 @@ class Host(ABC):
 
     #: how the summary names where guests ran (empty for this machine)
     where: str = ""
+    #: whether its clones may be reverted in place (``reset="revert"``: tried on this
+    #: machine's libvirt; a remote host's clones are destroyed after their test)
+    reverts_in_place: bool = True
 
     def __init__(self) -> None:
         self._hv: Hypervisor | None = None

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 
 class RemoteHost(Host):
+    reverts_in_place = False  # not tried there yet: its clones stay clones
     """Guests on a remote libvirt host reached over SSH (``--kvm-host``)."""
 
     copies_shares = True

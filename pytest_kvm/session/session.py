@@ -224,7 +224,8 @@ class KvmSession:
             from ..guest import revert  # noqa: PLC0415 - the guest modules once a guest is made
             if reset == "revert" and revert.why_not(
                     config, shares=bool(request.share), networks=bool(request.networks),
-                    unique=request.unique, tpm=bool(tpm)) is None:
+                    unique=request.unique, tpm=bool(tpm),
+                    remote=not self.host.reverts_in_place) is None:
                 config = replace(config, revert=True)
             if request.unique and config.family.identity_command is None:
                 raise SpecError(f"unique=True: warm clones of family {config.family.name} cannot "

@@ -36,6 +36,7 @@ def test_a_plain_linux_clone_can_be_reverted():
     ({"networks": True}, "shares or private networks"),
     ({"unique": True}, "unique clone"),
     ({"tpm": True}, "TPM"),
+    ({"remote": True}, "remote hosts"),
 ])
 def test_what_keeps_a_guest_a_clone(what, words):
     assert words in why_not(config(), **{**NONE, **what})
