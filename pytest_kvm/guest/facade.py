@@ -214,13 +214,22 @@ class Guest:
         return self
 
     def hand_over(self, taker: "GuestConfig") -> None:
-        """A clone made ahead goes to a test: mount the shares, join the networks and collect
-        the artifacts that test asked for (in *taker*, its own config), not those of the test
-        it was made for."""
+        """A clone made ahead (or reverted) goes to a test: mount the shares, join the networks
+        and collect the artifacts that test asked for (in *taker*, its own config), not those
+        of the test it was made for; it is reverted after this test if *taker* asks for that
+        (its state to revert to is saved now if it was made for a test that did not)."""
         if self._attachments.shares_mounted or self._attachments.attachments:
             raise KvmError(f"guest {self.name} already has its shares or networks")
-        self._m.config = replace(self._m.config, shares=taker.shares, artifacts=taker.artifacts,
-                                 networks=taker.networks, network_name=taker.network_name)
+        m = self._m
+        m.config = replace(m.config, shares=taker.shares, artifacts=taker.artifacts,
+                           networks=taker.networks, network_name=taker.network_name,
+                           revert=taker.revert)
+        if taker.revert and not m.state_kept:
+            try:
+                revert.keep_state(m)
+            except BaseException:
+                self.destroy()
+                raise
 
     def _connect_or_destroy(self) -> None:
         """Once the guest is up: its shares and networks, or nothing of it is left."""
@@ -395,7 +404,7 @@ class Guest:
         memory and disk, then a new login, the clock and a reseeded random number generator.
         Only for guests made with ``reset="revert"`` (the plugin reverts them between tests
         itself)."""
-        if not self._m.config.revert:
+        if not self._m.state_kept:
             raise KvmError(f"guest {self.name} keeps no state to revert to: only guests made "
                            f"with reset='revert' do")
         revert.revert(self._m)

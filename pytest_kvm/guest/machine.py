@@ -71,6 +71,7 @@ class Machine:
         self.login_key_file = config.login_key_file
         self.credentials = None
         self.mac = ""
+        self.state_kept = False  # QEMU saved the state a revert goes back to (guest/revert.py)
 
     @property
     def running(self) -> bool:

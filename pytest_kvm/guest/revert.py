@@ -64,6 +64,7 @@ def keep_state(m: Machine) -> None:
     """Save *m*'s running clone as it is now, to revert to after each test."""
     t0 = time.monotonic()
     _hmp(m, f"savevm {SNAPSHOT}", "saving the guest's state to revert to")
+    m.state_kept = True
     m.timeline.add("savevm", time.monotonic() - t0)
 
 
