@@ -408,7 +408,6 @@ class Guest:
             raise KvmError(f"guest {self.name} keeps no state to revert to: only guests made "
                            f"with reset='revert' do")
         revert.revert(self._m)
-        self.kept = False
         return self
 
     def wait_ready(self, timeout: float | None = None) -> "Guest":

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DESTROY_WORKERS = 4
 HANDOVER_WAIT = 600.0  # seconds a test waits for a clone already being made for it
+#: how the progress line names a queued clone that did not come up, by how it was queued
+FAILED = {"ahead": "made ahead did not start", "reverted": "reverted in place did not come back"}
 
 
 class AheadPool:
@@ -34,7 +36,7 @@ class AheadPool:
         self.depth = depth
         self.progress = progress
         self._lock = threading.Lock()
-        # per golden: (guest, its start or revert, what its failure is called)
+        # per golden: (guest, its start or revert, which of the two: a key of FAILED)
         self._pending: dict[str, list[tuple[Guest, concurrent.futures.Future, str]]] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(depth, 1),
                                                            thread_name_prefix="pytest-kvm-ahead")
@@ -56,9 +58,7 @@ class AheadPool:
                 raise RuntimeError("not started: the session ended first")
             return guest.start()
 
-        with self._lock:
-            self._pending.setdefault(key, []).append(
-                (guest, self._pool.submit(start), "made ahead did not start"))
+        self._queue(key, guest, start, "ahead")
 
     def recycle(self, key: str, guest: "Guest") -> None:
         """*guest*, a clone of golden *key* whose test is over, reverted in place in a thread
@@ -68,9 +68,11 @@ class AheadPool:
                 raise RuntimeError("not reverted: the session ended first")
             return guest.revert()
 
+        self._queue(key, guest, revert, "reverted")
+
+    def _queue(self, key: str, guest: "Guest", job: Callable[[], "Guest"], kind: str) -> None:
         with self._lock:
-            self._pending.setdefault(key, []).append(
-                (guest, self._pool.submit(revert), "reverted in place did not come back"))
+            self._pending.setdefault(key, []).append((guest, self._pool.submit(job), kind))
 
     def waiting(self) -> set[str]:
         """Names of the clones made ahead and not handed to a test yet."""
@@ -82,16 +84,16 @@ class AheadPool:
             queue = self._pending.get(key, [])
             if not queue:
                 return None
-            guest, future, failed = queue.pop(0)
+            guest, future, kind = queue.pop(0)
         try:
             future.result(HANDOVER_WAIT)
         except BaseException as exc:  # noqa: BLE001 - start() removed what it made; boot another
             first_line = (str(exc).strip().splitlines() or [""])[0]
-            self.progress(f"clone {guest.name} {failed} ({type(exc).__name__}: "
+            self.progress(f"clone {guest.name} {FAILED[kind]} ({type(exc).__name__}: "
                           f"{first_line}); destroyed, making another")
             guest.destroy()
             return None
-        if failed.startswith("reverted"):
+        if kind == "reverted":
             self.reverted += 1
         else:
             self.handed_over += 1
