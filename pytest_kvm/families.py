@@ -169,14 +169,15 @@ class Family:
             epoch=epoch, utc=datetime.fromtimestamp(epoch, tz=timezone.utc)))
 
     def refresh_command_for(self, epoch: float) -> str:
-        """The one command (as root) that makes a guest whose memory was loaded back fresh
-        again: its clock set to *epoch*, its random number generator reseeded; a
-        :class:`ValueError` for a family without either."""
+        """The one root command, without the privilege tool (a reverted guest's helper runs
+        it as root: :mod:`pytest_kvm.guest.revert`), that makes a guest whose memory was
+        loaded back fresh again: its clock set to *epoch*, its random number generator
+        reseeded; a :class:`ValueError` for a family without either."""
         if self.clock_command is None or self.reseed_command is None:
             raise ValueError(f"family {self.name} cannot set a guest's clock and reseed it")
         clock = self.clock_command.format(epoch=epoch,
                                           utc=datetime.fromtimestamp(epoch, tz=timezone.utc))
-        return self.as_root(f"{clock} && {{ {self.reseed_command}; }}")
+        return f"{clock} && {{ {self.reseed_command}; }}"
 
     def identity_command_for(self, hostname: str) -> str:
         """The command (as root) giving a clone *hostname* and a machine identity of its own;

@@ -27,6 +27,9 @@ def _use(guest):
         assert guest.run("ls /var/tmp/state /etc/dirty").exit_code != 0
         assert guest.run("pgrep -x sleep").exit_code != 0  # the earlier test's process too
         assert guest.run("head -c 16 /dev/urandom | od -An -tx1").stdout != earlier["random"]
+        # the root helper that ran the refresh is back with the loaded state (the reboot
+        # test's guest lost it)
+        assert guest.run("pgrep -u root -f 'read -r c < /run/pytest-kvm/refresh'").ok
     else:  # a new clone (or one made ahead earlier): its state to revert to was saved
         assert phases[:2] == ["prepare", "restore"], phases
         assert guest.timeline.entries and "savevm" in phases, phases

@@ -136,10 +136,11 @@ def test_the_linux_reseed_command_runs_as_root_and_reseeds_from_the_hosts_entrop
 
 
 def test_a_reverted_guest_is_made_fresh_by_one_root_command():
-    """reset="revert": the clock and the random seed in one sudo (guest/revert.py)."""
+    """reset="revert": the clock and the random seed in one root command, which the helper
+    in the guest runs as root: no privilege tool in it (guest/revert.py)."""
     fam = family("linux")
     command = fam.refresh_command_for(1765000000.25)
-    assert command.startswith("sudo -n ") and command.count("sudo") == 1
+    assert "sudo" not in command
     assert "date -u -s @1765000000.250" in command and "0x5207" in command
     assert "perl" in command and "python3" in command  # perl where it is, else python3
     with pytest.raises(ValueError, match="freebsd"):

@@ -59,3 +59,33 @@ def test_the_summary_counts_reverted_guests():
     assert line == ("1 cold boots, 8 warm clones (1 made ahead, 6 reverted in place); "
                     "snapshots 1 reused, 0 created")
     assert "reverted" not in _counts_line({"boots": 0, "clones": 2, "reused": 0, "created": 0})
+
+
+@pytest.fixture
+def helper(tmp_path):
+    """The revert helper's loop run by this host's sh, its FIFOs moved under *tmp_path*."""
+    import subprocess
+    from pytest_kvm.guest import revert
+
+    def here(command: str) -> str:
+        return command.replace(revert.RUN_DIR, str(tmp_path / "run"))
+
+    subprocess.run(["sh", "-c", here(revert.helper_command("root"))], check=True, timeout=10)
+    yield lambda root_command: subprocess.run(
+        ["sh", "-c", here(revert.wake_command(root_command))], capture_output=True, text=True,
+        timeout=10)
+    subprocess.run(["pkill", "-f", str(tmp_path / "run")])
+
+
+def test_the_revert_helper_runs_each_command_it_is_handed_and_answers_its_status(helper, tmp_path):
+    """The helper waiting in a reverted guest's saved state (no sudo after a loadvm): the
+    login user's one command hands it a root command and fails as that command failed,
+    with its errors; the helper goes on waiting for the next."""
+    done = helper(f"echo 'quoted $HOME' > {tmp_path}/out")
+    assert done.returncode == 0 and (tmp_path / "out").read_text() == "quoted $HOME\n"
+    failed = helper("echo no clock here >&2; exit 3")
+    assert failed.returncode == 3 and "no clock here" in failed.stderr
+    # a command arrives whole: both quotes, a backslash, expansions (the family's refresh
+    # has them all)
+    assert helper(f"""printf '%s\\n' "a'b\\"c\\\\d $((1+1))" > {tmp_path}/out""").returncode == 0
+    assert (tmp_path / "out").read_text() == "a'b\"c\\d 2\n"
