@@ -23,7 +23,7 @@ fi
 APT_PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
               libvirt-dev pkg-config debootstrap e2fsprogs openssh-client python3 python3-venv
               python3-dev gcc ansible-core rsync openssh-server socat iproute2
-              qemu-system-arm qemu-system-misc)
+              qemu-system-arm qemu-system-misc qemu-system-ppc)
 VENV=.venv
 
 say() { printf '\n==> %s\n' "$*"; }

@@ -50,8 +50,16 @@ class Arch:
     #: generator; without one the plugin reseeds it (the family's ``reseed_command``)
     vm_genid: bool = False
     #: whether a saved guest restores into a working clone (QEMU 7.2, TCG): a riscv64 clone
-    #: came back with SSH logins timing out, so its guests boot cold (``reset="boot"``)
+    #: came back with SSH logins timing out, and QEMU before 8.2 does not save a pseries
+    #: CPU's decrementer under TCG (a restored ppc64el guest can hang: QEMU commit 578912ad73),
+    #: so their guests boot cold (``reset="boot"``)
     warm_clones: bool = True
+    #: firmware QEMU runs before the kernel (files in its data directory): a saved state
+    #: holds its code, so it is part of the snapshot key
+    firmware: tuple[str, ...] = ()
+    #: options of QEMU's command line for the image builder's emulated guest besides the
+    #: machine's defaults
+    builder_options: tuple[str, ...] = ()
 
 
 ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
@@ -73,22 +81,28 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
          # is ext4's soft dependency, loaded first)
          initramfs_modules=("crc32c_generic", "ext4"),
          kernel_file="vmlinux",  # an uncompressed Image
+         firmware=("opensbi-riscv64-generic-fw_dynamic.bin",),  # run before the kernel
          warm_clones=False),
     Arch(debian="s390x", kernel="s390x", emulator="qemu-system-s390x",
          emulator_package="qemu-system-misc",
          machine="s390-ccw-virtio", tcg_cpu="qemu", kernel_package="linux-image-s390x",
          console="ttysclp0", suites=("bookworm", "trixie")),
+    # pseries: SLOF runs, then the kernel (an uncompressed ELF); the serial console is the
+    # hypervisor's virtual terminal (hvc0); libvirt names the TCG CPU POWER9
     Arch(debian="ppc64el", kernel="ppc64le", emulator="qemu-system-ppc64",
          emulator_package="qemu-system-ppc",
-         machine="pseries", tcg_cpu="power9", kernel_package="linux-image-powerpc64le",
-         console="hvc0", suites=("bookworm", "trixie")),
+         machine="pseries", tcg_cpu="POWER9", kernel_package="linux-image-powerpc64le",
+         console="hvc0", suites=("bookworm", "trixie"),
+         initramfs_modules=("crc32c_generic", "ext4"), kernel_file="vmlinux",
+         firmware=("slof.bin",), warm_clones=False,
+         # no VGA (and so no USB keyboard and mouse): SLOF would print to it
+         builder_options=("-vga", "none")),
 )})
 
 #: the architectures whose guests the plugin boots today; the others are described above
 #: (the builder's data) but refused with :data:`NOT_YET` until their domain is done
-BOOTABLE = ("amd64", "arm64", "riscv64")
-NOT_YET = ("their domain (no PCI root for the user NIC on s390x; pseries' console and "
-           "SLOF boot on ppc64el) is not done yet")
+BOOTABLE = ("amd64", "arm64", "riscv64", "ppc64el")
+NOT_YET = "its domain (no PCI root for the user NIC on s390x) is not done yet"
 
 
 class UnknownArch(KvmError):

@@ -152,7 +152,7 @@ def qemu_argv(arch: Arch, kernel: Path, initramfs: Path, disk: Path) -> list[str
     stage downloaded every package), the scratch disk, off (QEMU exits) when it is done
     or when its init fails (``panic=-1`` with ``-no-reboot``)."""
     cpu = ["-cpu", arch.tcg_cpu] if arch.tcg_cpu else []  # "": the machine's default
-    return [arch.emulator, "-M", arch.machine, *cpu,
+    return [arch.emulator, "-M", arch.machine, *cpu, *arch.builder_options,
             "-m", str(MEMORY_MIB), "-smp", "2", "-accel", "tcg,thread=multi",
             "-display", "none", "-serial", "stdio", "-monitor", "none", "-nic", "none",
             "-no-reboot", "-kernel", str(kernel), "-initrd", str(initramfs),

@@ -158,9 +158,7 @@ def firmware_files(spec: DomainSpec) -> list[str]:
     names = ["bios-256k.bin" if spec.firmware == "bios" and x86 else None,
              "kvmvapic.bin" if x86 else None,
              "linuxboot_dma.bin" if spec.kernel is not None and x86 else None,
-             # riscv64's virt machine runs OpenSBI before the kernel
-             "opensbi-riscv64-generic-fw_dynamic.bin" if spec.arch.kernel == "riscv64" else None,
-             NIC_ROMS.get(spec.nic_model)]
+             *spec.arch.firmware, NIC_ROMS.get(spec.nic_model)]
     found = []
     for name in filter(None, names):
         path = next((d / name for d in QEMU_DATA_DIRS if (d / name).is_file()), None)

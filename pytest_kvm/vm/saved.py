@@ -16,9 +16,9 @@ from .libvirtxml.elements import OtherElement
 from .libvirtxml.qemu import UserNic
 
 #: device tags of build_domain's domains, and those libvirt adds (``<emulator>``, ``<input>``
-#: mouse and keyboard, controllers for the buses it uses)
+#: mouse and keyboard, controllers for the buses it uses, pseries' ``<panic>``)
 DEVICE_TAGS = frozenset({"emulator", "disk", "controller", "serial", "console", "channel", "input",
-                         "memballoon", "rng", "tpm"})
+                         "memballoon", "rng", "tpm", "panic"})
 _EMULATOR = re.compile(r"qemu-system-[a-z0-9_]+|qemu-kvm")
 _CHAR_TYPES = {"serial": {"file", "pty"}, "console": {"file", "pty"}, "channel": {"unix"}}
 _DOMAIN_EXTRAS = frozenset({"currentMemory", "resource", "seclabel"})  # what libvirt adds

@@ -158,6 +158,9 @@ def test_a_foreign_build_is_first_stage_here_then_an_emulated_guest(tmp_path):
     assert "panic=-1" in append  # a failed init ends QEMU instead of hanging
     riscv = emulated.qemu_argv(RISCV64, tmp_path / "k", tmp_path / "i", tmp_path / "d")
     assert riscv[:3] == ["qemu-system-riscv64", "-M", "virt"] and "-cpu" not in riscv
+    ppc = emulated.qemu_argv(ARCHES["ppc64el"], tmp_path / "k", tmp_path / "i", tmp_path / "d")
+    assert ppc[:7] == ["qemu-system-ppc64", "-M", "pseries", "-cpu", "POWER9", "-vga", "none"]
+    assert "console=hvc0" in ppc[ppc.index("-append") + 1]
 
 
 def test_the_guest_script_runs_the_recipe_and_says_it_is_done():

@@ -502,6 +502,26 @@ def test_firmware_files_follow_the_architecture():
     names = [Path(p).name for p in firmware_files(spec(arch=ARCHES["riscv64"]))]
     assert "opensbi-riscv64-generic-fw_dynamic.bin" in names and "bios-256k.bin" not in names
     assert "bios-256k.bin" in [Path(p).name for p in firmware_files(spec())]
+    assert "slof.bin" in [Path(p).name for p in firmware_files(spec(arch=ARCHES["ppc64el"]))]
+
+
+def test_a_ppc64el_guest_is_a_pseries_machine_with_libvirts_cpu_name():
+    """pseries under TCG: libvirt's TCG model list spells the CPU POWER9; SLOF then the
+    kernel; no ACPI, no VM generation ID (x86's)."""
+    from pytest_kvm.arches import ARCHES
+    root = parse(spec(arch=ARCHES["ppc64el"], cmdline="root=LABEL=rootfs console=hvc0"))
+    os_type = root.find("os/type")
+    assert (os_type.get("arch"), os_type.get("machine")) == ("ppc64le", "pseries")
+    assert root.find("cpu/model").text == "POWER9"
+    assert root.find("features/acpi") is None and root.find("devices/genid") is None
+    assert root.findtext("os/kernel") == "/c/vmlinuz"
+
+
+def test_a_saved_pseries_domain_may_hold_the_panic_device_libvirt_adds():
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
+    clone = CloneIdentity(name="c", disk=Path("/c/d"), console_log=Path("/c/l"), ssh_port=1)
+    planted = _planted(lambda root: _add_device(root, "<panic model='pseries'/>"))
+    assert "<panic" in retarget(planted, clone)
 
 
 def test_only_x86_guests_have_a_vm_generation_id():
