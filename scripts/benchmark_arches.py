@@ -6,7 +6,7 @@ module of small tests in a new session (the golden comes from the snapshot cache
 a test; run it with nothing else booting (two cores: another guest's boot is measured
 too).
 
-    .venv/bin/python scripts/benchmark_arches.py                    # amd64 arm64 riscv64
+    .venv/bin/python scripts/benchmark_arches.py                    # amd64 arm64 riscv64 ppc64el
     .venv/bin/python scripts/benchmark_arches.py --arch arm64 --runs 3
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ def measure(arch: str, runs: int, tests: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", nargs="+", default=["amd64", "arm64", "riscv64"])
+    parser.add_argument("--arch", nargs="+", default=["amd64", "arm64", "riscv64", "ppc64el"])
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--module-tests", type=int, default=6)
     args = parser.parse_args()
