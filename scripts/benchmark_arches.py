@@ -6,7 +6,7 @@ module of small tests in a new session (the golden comes from the snapshot cache
 a test; run it with nothing else booting (two cores: another guest's boot is measured
 too).
 
-    .venv/bin/python scripts/benchmark_arches.py                    # amd64 arm64 riscv64 ppc64el
+    .venv/bin/python scripts/benchmark_arches.py                    # every bootable arch
     .venv/bin/python scripts/benchmark_arches.py --arch arm64 --runs 3
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import child_pytest, module, per_test_after_first  # noqa: E402
 
-from pytest_kvm.arches import arch_of, image_name  # noqa: E402
+from pytest_kvm.arches import BOOTABLE, arch_of, image_name  # noqa: E402
 from pytest_kvm.config import Settings  # noqa: E402
 from pytest_kvm.images.cache import read_manifest  # noqa: E402
 from pytest_kvm.session.session import KvmSession  # noqa: E402
@@ -64,7 +64,7 @@ def measure(arch: str, runs: int, tests: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", nargs="+", default=["amd64", "arm64", "riscv64", "ppc64el"])
+    parser.add_argument("--arch", nargs="+", default=list(BOOTABLE))
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--module-tests", type=int, default=6)
     args = parser.parse_args()
