@@ -39,9 +39,12 @@ class Arch:
     #: modules its image's initramfs needs besides the virtio disk's (``virtio_pci``,
     #: ``virtio_blk``: every recipe lists them) to mount the root
     initramfs_modules: tuple[str, ...] = ()
-    #: udev's ID_PATH of the user NIC (slot 0x1e of the PCI root bus), which the image's
-    #: systemd-networkd file matches: on ``virt`` machines the PCIe host bridge is a
-    #: platform device, whose name (its address) comes first
+    #: the bus of its virtio devices (QEMU's ``virtio-<x>-<bus>``): ``pci``, or ``ccw``
+    #: (s390x's channel I/O, where there is no PCI root for the user NIC)
+    virtio_bus: str = "pci"
+    #: udev's ID_PATH of the user NIC (slot 0x1e of the PCI root bus; device number 0x001e
+    #: of channel subsystem 0 on ccw), which the image's systemd-networkd file matches: on
+    #: ``virt`` machines the PCIe host bridge is a platform device, whose name comes first
     nic_path: str = "pci-0000:00:1e.0"
     #: the name its kernel package gives the kernel in /boot (``vmlinuz-<version>``)
     kernel_file: str = "vmlinuz"
@@ -60,6 +63,13 @@ class Arch:
     #: options of QEMU's command line for the image builder's emulated guest besides the
     #: machine's defaults
     builder_options: tuple[str, ...] = ()
+
+    def device(self, model: str) -> str:
+        """QEMU's name on this architecture for the PCI device *model*: a virtio device is
+        on the architecture's bus (``virtio-net-pci`` is ``virtio-net-ccw`` on s390x)."""
+        if model.startswith("virtio-") and model.endswith("-pci"):
+            return model.removesuffix("pci") + self.virtio_bus
+        return model
 
 
 ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
@@ -83,10 +93,13 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
          kernel_file="vmlinux",  # an uncompressed Image
          firmware=("opensbi-riscv64-generic-fw_dynamic.bin",),  # run before the kernel
          warm_clones=False),
+    # channel I/O instead of PCI; the console is the SCLP's VT220 line (ttysclp0)
     Arch(debian="s390x", kernel="s390x", emulator="qemu-system-s390x",
          emulator_package="qemu-system-misc",
          machine="s390-ccw-virtio", tcg_cpu="qemu", kernel_package="linux-image-s390x",
-         console="ttysclp0", suites=("bookworm", "trixie")),
+         console="ttysclp0", suites=("bookworm", "trixie"),
+         virtio_bus="ccw", nic_path="ccw-0.0.001e",
+         initramfs_modules=("virtio_ccw", "crc32c_generic", "ext4")),
     # pseries: SLOF runs, then the kernel (an uncompressed ELF); the serial console is the
     # hypervisor's virtual terminal (hvc0); libvirt names the TCG CPU POWER9
     Arch(debian="ppc64el", kernel="ppc64le", emulator="qemu-system-ppc64",

@@ -47,6 +47,7 @@ audit="$(dpkg --audit)"
 if [ -n "$audit" ]; then echo "pytest-kvm-build: packages left unconfigured:"; echo "$audit"; exit 1; fi
 echo "pytest-kvm-build: writing the root to the scratch disk"
 modprobe virtio_pci || true
+modprobe virtio_ccw || true
 modprobe virtio_blk
 tar --create --file=/dev/vda --numeric-owner --xattrs --xattrs-include='*' --acls \\
     --one-file-system --exclude=./{build} --exclude=./proc/* --exclude=./sys/* \\
@@ -158,4 +159,4 @@ def qemu_argv(arch: Arch, kernel: Path, initramfs: Path, disk: Path) -> list[str
             "-no-reboot", "-kernel", str(kernel), "-initrd", str(initramfs),
             "-append", f"console={arch.console} rdinit=/{BUILD_DIR}/init panic=-1",
             "-drive", f"file={disk},if=none,id=out,format=raw",
-            "-device", "virtio-blk-pci,drive=out"]
+            "-device", f"{arch.device('virtio-blk-pci')},drive=out"]

@@ -30,7 +30,7 @@ from .libvirtxml.devices import (Channel, Console, Controller, Disk, Filesystem,
 from .libvirtxml.domain import (META_NS, Boot, Clock, Cpu, Domain, Features,  # noqa: F401
                                 MemoryBacking, Metadata, Os, Tcg, run_metadata)
 from .libvirtxml.elements import XmlElement
-from .libvirtxml.qemu import QEMU_NS, QemuCommandline, UserNic  # noqa: F401
+from .libvirtxml.qemu import QEMU_NS, QemuCommandline, UserNic, address_property  # noqa: F401
 from ..arches import Arch, host_arch
 from ..choices import NETWORK_MODES
 
@@ -39,6 +39,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 NAME_PREFIX = "pytest-kvm-"
 NIC_PCI_SLOT = "0x1e"
+#: on channel I/O (s390x) the user NIC's device number instead: the guest sees 0.0.001e
+#: (``Arch.nic_path``); libvirt numbers its own devices from fe.0.0000 up
+NIC_CCW_DEVNO = "fe.0.001e"
 OVMF_DIR = Path("/usr/share/OVMF")  # Debian's ovmf package
 OVMF_CODE = "OVMF_CODE_4M.fd"
 OVMF_VARS = "OVMF_VARS_4M.fd"
@@ -110,6 +113,11 @@ class DomainSpec:
         return self.arch.kernel == "x86_64"
 
     @property
+    def nic_device(self) -> str:
+        """QEMU's device for the user NIC on this architecture (``nic_model`` on its bus)."""
+        return self.arch.device(self.nic_model)
+
+    @property
     def cpu_model(self) -> str:
         """The named CPU a TCG guest gets (a saved state restores only onto it)."""
         return self.arch.tcg_cpu
@@ -158,7 +166,7 @@ def firmware_files(spec: DomainSpec) -> list[str]:
     names = ["bios-256k.bin" if spec.firmware == "bios" and x86 else None,
              "kvmvapic.bin" if x86 else None,
              "linuxboot_dma.bin" if spec.kernel is not None and x86 else None,
-             *spec.arch.firmware, NIC_ROMS.get(spec.nic_model)]
+             *spec.arch.firmware, NIC_ROMS.get(spec.nic_device)]
     found = []
     for name in filter(None, names):
         path = next((d / name for d in QEMU_DATA_DIRS if (d / name).is_file()), None)
@@ -281,7 +289,7 @@ def build_domain(spec: DomainSpec) -> Domain:
         if tcg else Cpu(mode="host-passthrough"),
         clock=Clock(offset="utc"), on_poweroff="destroy", on_reboot="restart", on_crash="destroy",
         devices=_devices(spec),
-        commandline=QemuCommandline(args=user_nic(spec.nic_model, spec.mac, spec.ssh_port,
+        commandline=QemuCommandline(args=user_nic(spec.nic_device, spec.mac, spec.ssh_port,
                                                   spec.guest_port, spec.network_mode).args()))
 
 
@@ -300,7 +308,8 @@ def user_nic(model: str, mac: str | None, host_port: int, guest_port: int,
     restricts it (see :data:`NETWORK_MODES`)."""
     if network_mode not in NETWORK_MODES:
         raise ValueError(f"network mode {network_mode!r} is not one of {NETWORK_MODES}")
-    return UserNic(model=model, host_port=host_port, guest_port=guest_port, slot=NIC_PCI_SLOT,
+    slot = NIC_CCW_DEVNO if address_property(model) == "devno" else NIC_PCI_SLOT
+    return UserNic(model=model, host_port=host_port, guest_port=guest_port, slot=slot,
                    mac=mac, restrict=network_mode == "isolated")
 
 

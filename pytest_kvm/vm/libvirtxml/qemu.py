@@ -24,9 +24,16 @@ def _options(value: str) -> tuple[str, dict[str, str]]:
     return head, dict(pair.partition("=")[::2] for pair in pairs)
 
 
+def address_property(model: str) -> str:
+    """The property of QEMU's device *model* that places it on its bus: a channel I/O
+    (``-ccw``) device's number, else a PCI device's slot."""
+    return "devno" if model.endswith("-ccw") else "addr"
+
+
 @dataclass(frozen=True)
 class UserNic:
-    """A user-mode NIC of QEMU *model* at PCI *slot* of the root bus, with one TCP forward
+    """A user-mode NIC of QEMU *model* at *slot* (its PCI slot on the root bus, or a
+    channel I/O device's number: see :func:`address_property`), with one TCP forward
     from ``address:host_port`` on the host to *guest_port*; *restrict*: slirp's
     ``restrict=on`` (nothing beyond the guest but that forward). *mac*: None is QEMU's."""
 
@@ -45,7 +52,8 @@ class UserNic:
                 f"hostfwd=tcp:{self.address}:{self.host_port}-:{self.guest_port}")
 
     def device(self) -> str:
-        return f"{self.model},netdev={self.netdev_id},addr={self.slot}" + (f",mac={self.mac}" if self.mac else "")
+        return (f"{self.model},netdev={self.netdev_id},"
+                f"{address_property(self.model)}={self.slot}") + (f",mac={self.mac}" if self.mac else "")
 
     def args(self) -> list[str]:
         return ["-netdev", self.netdev(), "-device", self.device()]
@@ -62,9 +70,10 @@ class UserNic:
                 continue
             for device_at, (option, value) in enumerate(pairs):
                 model, device = _options(value)
-                if option == "-device" and device.get("netdev") == netdev["id"] and "addr" in device:
+                slot = device.get(address_property(model))
+                if option == "-device" and device.get("netdev") == netdev["id"] and slot:
                     nic = cls(model=model, host_port=int(forward["host"]),
-                              guest_port=int(forward["guest"]), slot=device["addr"],
+                              guest_port=int(forward["guest"]), slot=slot,
                               mac=device.get("mac"), restrict=netdev.get("restrict") == "on",
                               address=forward["address"], netdev_id=netdev["id"])
                     return nic, netdev_at + 1, device_at + 1

@@ -57,7 +57,8 @@ NETWORK = "etc/systemd/network/99-pytest-kvm-user.network"
 
 @pytest.mark.parametrize("arch, path", [(ARCHES["amd64"], "pci-0000:00:1e.0"),
                                         (ARM64, "platform-*-pci-0000:00:1e.0"),
-                                        (RISCV64, "platform-*-pci-0000:00:1e.0")])
+                                        (RISCV64, "platform-*-pci-0000:00:1e.0"),
+                                        (ARCHES["s390x"], "ccw-0.0.001e")])
 def test_the_user_nic_is_matched_by_the_arch_path_of_slot_0x1e(arch, path):
     """On ``virt`` the PCIe host bridge is a platform device: udev's ID_PATH of the NIC
     starts with it (seen on arm64: without the glob the NIC stayed unconfigured)."""
@@ -161,6 +162,9 @@ def test_a_foreign_build_is_first_stage_here_then_an_emulated_guest(tmp_path):
     ppc = emulated.qemu_argv(ARCHES["ppc64el"], tmp_path / "k", tmp_path / "i", tmp_path / "d")
     assert ppc[:7] == ["qemu-system-ppc64", "-M", "pseries", "-cpu", "POWER9", "-vga", "none"]
     assert "console=hvc0" in ppc[ppc.index("-append") + 1]
+    s390x = emulated.qemu_argv(ARCHES["s390x"], tmp_path / "k", tmp_path / "i", tmp_path / "d")
+    assert s390x[s390x.index("-device") + 1] == "virtio-blk-ccw,drive=out"  # channel I/O
+    assert qemu[qemu.index("-device") + 1] == "virtio-blk-pci,drive=out"
 
 
 def test_the_guest_script_runs_the_recipe_and_says_it_is_done():

@@ -517,6 +517,26 @@ def test_a_ppc64el_guest_is_a_pseries_machine_with_libvirts_cpu_name():
     assert root.findtext("os/kernel") == "/c/vmlinuz"
 
 
+def test_an_s390x_guest_has_its_user_nic_on_channel_io():
+    """No PCI root for the user NIC on s390x: virtio-net-ccw at device number 0x001e of
+    the guest's channel subsystem 0 (what the image's networkd file matches), and a clone
+    keeps it there."""
+    from pytest_kvm.arches import ARCHES
+    from pytest_kvm.vm.domain import CloneIdentity, retarget
+    s390x = ARCHES["s390x"]
+    xml = domain_xml(spec(arch=s390x, cmdline="root=LABEL=rootfs console=ttysclp0"))
+    root = ET.fromstring(xml)
+    assert (root.find("os/type").get("arch"), root.find("os/type").get("machine")) == \
+        ("s390x", "s390-ccw-virtio")
+    args = [a.get("value") for a in root.iter(f"{{{QEMU_NS}}}arg")]
+    assert args[args.index("-device") + 1].startswith("virtio-net-ccw,netdev=net0,devno=fe.0.001e")
+    assert s390x.nic_path == "ccw-0.0.001e"
+    clone = ET.fromstring(retarget(xml, CloneIdentity(name="c", disk=Path("/c/d"), ssh_port=4,
+                                                      console_log=Path("/c/l"), mac="52:54:00:00:00:09")))
+    args = [a.get("value") for a in clone.iter(f"{{{QEMU_NS}}}arg")]
+    assert "virtio-net-ccw,netdev=net0,devno=fe.0.001e,mac=52:54:00:00:00:09" in args
+
+
 def test_a_saved_pseries_domain_may_hold_the_panic_device_libvirt_adds():
     from pytest_kvm.vm.domain import CloneIdentity, retarget
     clone = CloneIdentity(name="c", disk=Path("/c/d"), console_log=Path("/c/l"), ssh_port=1)

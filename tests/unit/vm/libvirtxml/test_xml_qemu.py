@@ -19,6 +19,9 @@ def test_user_nic_is_found_wherever_its_arguments_are():
         netdev, device = nic.args()[1::2]
         args = ["-device", device, "-S", "-netdev", "socket,id=other", "-netdev", netdev]
         assert UserNic.find(args) == (nic, 6, 1)
+    ccw = replace(NIC, model="virtio-net-ccw", slot="fe.0.001e")  # s390x: a device number
+    assert ccw.device() == "virtio-net-ccw,netdev=net0,devno=fe.0.001e,mac=52:54:00:00:00:01"
+    assert UserNic.find(ccw.args()) == (ccw, 1, 3)
     assert UserNic.find(["-netdev", "user,id=net0"]) is None  # no forward: not ours
     assert UserNic.find(NIC.args()[:2]) is None  # no device on it
 
