@@ -18,6 +18,17 @@ from .errors import KvmError
 
 
 @dataclass(frozen=True)
+class Uefi:
+    """UEFI firmware of one architecture for guests that boot from their disk (a vendor's
+    image, ``firmware = "uefi"``): its code, the template of a guest's variable store, in
+    *directory*, from the Debian *package*."""
+    directory: str
+    code: str
+    vars: str
+    package: str
+
+
+@dataclass(frozen=True)
 class Arch:
     #: Debian's name (``dpkg --print-architecture``): image names, ids, ``--kvm-arch``
     debian: str
@@ -63,6 +74,9 @@ class Arch:
     #: options of QEMU's command line for the image builder's emulated guest besides the
     #: machine's defaults
     builder_options: tuple[str, ...] = ()
+    #: UEFI firmware for images that boot from their disk (vendor images); None: the
+    #: architecture's guests boot their kernel directly only
+    uefi: Uefi | None = None
 
     def device(self, model: str) -> str:
         """QEMU's name on this architecture for the PCI device *model*: a virtio device is
@@ -76,12 +90,15 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
     Arch(debian="amd64", kernel="x86_64", emulator="qemu-system-x86_64",
          emulator_package="qemu-system-x86",
          machine="pc", tcg_cpu="qemu64", kernel_package="linux-image-cloud-amd64",
-         console="ttyS0", suites=("bookworm", "trixie"), vm_genid=True),
+         console="ttyS0", suites=("bookworm", "trixie"), vm_genid=True,
+         uefi=Uefi("/usr/share/OVMF", "OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd", "ovmf")),
     Arch(debian="arm64", kernel="aarch64", emulator="qemu-system-aarch64",
          emulator_package="qemu-system-arm",
          machine="virt", tcg_cpu="cortex-a57", kernel_package="linux-image-cloud-arm64",
          console="ttyAMA0", suites=("bookworm", "trixie"),
-         nic_path="platform-*-pci-0000:00:1e.0"),
+         nic_path="platform-*-pci-0000:00:1e.0",
+         # AAVMF: what arm64 cloud images boot with (their GRUB is an EFI program)
+         uefi=Uefi("/usr/share/AAVMF", "AAVMF_CODE.fd", "AAVMF_VARS.fd", "qemu-efi-aarch64")),
     Arch(debian="riscv64", kernel="riscv64", emulator="qemu-system-riscv64",
          emulator_package="qemu-system-misc",
          machine="virt", tcg_cpu="", kernel_package="linux-image-riscv64",

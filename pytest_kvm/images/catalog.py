@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from ..arches import UnknownArch, arch_of, split_image_name
 from ..names import NAME_PATTERN, NAME_RULE
 from ..errors import ImageError
 from ..families import FAMILIES
@@ -47,6 +48,9 @@ class CatalogEntry:
     login_user: str
     compression: str = "none"
     firmware: str = "bios"
+    #: the CPU architecture (Debian's name); other than amd64, the name ends with it
+    #: (``debian-12-genericcloud-arm64``: what ``--kvm-arch arm64`` looks up)
+    arch: str = "amd64"
     description: str = ""
     sha256: str | None = None
     sha512: str | None = None
@@ -158,6 +162,16 @@ def read_catalog(path: Path) -> dict[str, CatalogEntry]:
     return entries
 
 
+def _arch_mismatch(name: str, arch: str, named: str) -> str:
+    """Why entry *name* of architecture *arch* is misnamed: ``--kvm-os OS --kvm-arch ARCH``
+    looks up ``OS-ARCH`` (``OS`` on amd64), so the name's suffix is the architecture's."""
+    if named == "amd64":
+        return (f"arch is {arch}, so the name must end with -{arch} "
+                f"(--kvm-os <os> --kvm-arch {arch} looks up <os>-{arch})")
+    return (f"the name ends with -{named}, which names a {named} image: say arch = \"{named}\" "
+            f"(or rename it)" + ("" if arch == "amd64" else f"; a {arch} image ends with -{arch}"))
+
+
 def _entry(path: Path, index: int, table: dict) -> CatalogEntry:
     name = table.get("name")
     where = f"image catalog {path}: entry {name!r}" if isinstance(name, str) else \
@@ -174,7 +188,7 @@ def _entry(path: Path, index: int, table: dict) -> CatalogEntry:
     if missing:
         raise bad(f"missing field(s) {', '.join(missing)}")
     for key in ("name", "family", "url", "format", "login_user", "compression", "firmware",
-                "description", "sha256", "sha512", "checksum_url", "checksum_algorithm"):
+                "arch", "description", "sha256", "sha512", "checksum_url", "checksum_algorithm"):
         if key in table and not isinstance(table[key], str):
             raise bad(f"{key} must be a string, not {type(table[key]).__name__}")
     if not NAME_PATTERN.match(table["name"]):
@@ -183,6 +197,13 @@ def _entry(path: Path, index: int, table: dict) -> CatalogEntry:
                          ("compression", COMPRESSIONS), ("firmware", FIRMWARES)):
         if key in table and table[key] not in allowed:
             raise bad(f"{key} {table[key]!r} is not one of {', '.join(allowed)}")
+    try:
+        arch = arch_of(table.get("arch", "amd64"))
+    except UnknownArch as exc:
+        raise bad(f"arch: {exc}") from None
+    named = split_image_name(table["name"])[1]
+    if named != arch:
+        raise bad(_arch_mismatch(table["name"], arch.debian, named.debian))
     memory = table["min_memory_mib"]
     if isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0:
         raise bad(f"min_memory_mib must be a positive integer (MiB), not {memory!r}")
@@ -204,7 +225,7 @@ def _entry(path: Path, index: int, table: dict) -> CatalogEntry:
                   "trust_on_first_use = true)")
     if len(ways) > 1:
         raise bad(f"give exactly one way to verify the image, not {' and '.join(ways)}")
-    values = dict(table)
+    values = dict(table, arch=arch.debian)
     for algorithm, length in ALGORITHMS.items():
         if algorithm in values:
             digest = values[algorithm].strip().lower()

@@ -254,6 +254,13 @@ class KvmSession:
         if config.family.name != "linux":
             raise SpecError(f"{where}: only Linux guests run on other architectures than the "
                             f"host's, not family {config.family.name}")
+        image = config.image
+        if image.kernel is None and (config.arch.uefi is None or image.firmware != "uefi"):
+            why = ("its catalog entry must say firmware = \"uefi\"" if config.arch.uefi else
+                   "no UEFI firmware for it is packaged here")
+            raise SpecError(f"{where}: the image has no kernel of its own for a direct boot, and "
+                            f"a {config.arch.debian} guest boots from its disk only with UEFI: "
+                            f"{why}")
         if request.tpm:
             raise SpecError(f"tpm: {where}: an emulated TPM is only offered on the host's "
                             f"architecture")

@@ -42,9 +42,7 @@ NIC_PCI_SLOT = "0x1e"
 #: on channel I/O (s390x) the user NIC's device number instead: the guest sees 0.0.001e
 #: (``Arch.nic_path``); libvirt numbers its own devices from fe.0.0000 up
 NIC_CCW_DEVNO = "fe.0.001e"
-OVMF_DIR = Path("/usr/share/OVMF")  # Debian's ovmf package
-OVMF_CODE = "OVMF_CODE_4M.fd"
-OVMF_VARS = "OVMF_VARS_4M.fd"
+#: amd64's Secure Boot build of OVMF (in its ``Arch.uefi`` directory: Debian's ovmf package)
 OVMF_CODE_SECBOOT = "OVMF_CODE_4M.secboot.fd"
 OVMF_VARS_MS = "OVMF_VARS_4M.ms.fd"  # Microsoft's keys enrolled: what Windows Secure Boot needs
 SWTPM = "swtpm"
@@ -71,10 +69,10 @@ class DomainSpec:
     metadata: dict[str, str] = field(default_factory=dict)
     machine: str = "pc"  # "pc" (i440fx) or "q35"
     machine_type: str | None = None  # the versioned type QEMU means by `machine` (pinned)
-    firmware: str = "bios"  # "bios" (SeaBIOS) or "uefi" (OVMF)
+    firmware: str = "bios"  # "bios" (SeaBIOS) or "uefi" (the architecture's: OVMF, AAVMF)
     secure_boot: bool = False  # uefi + q35 only
     nvram: Path | None = None  # this guest's UEFI variable store; required with uefi
-    ovmf_dir: Path = OVMF_DIR
+    firmware_dir: Path | None = None  # where the UEFI files are; None: the architecture's
     tpm: bool = False  # a TPM 2.0 (CRB) backed by swtpm, which libvirt starts
     disk_bus: str = "virtio"  # "virtio" or "sata"
     nic_model: str = "virtio-net-pci"  # a QEMU -device name: "virtio-net-pci", "e1000", "e1000e"
@@ -103,10 +101,12 @@ class DomainSpec:
             raise ValueError("DomainSpec: UEFI firmware needs an nvram path (the guest's own copy)")
         if self.secure_boot and (self.firmware != "uefi" or self.machine != "q35"):
             raise ValueError("DomainSpec: Secure Boot needs firmware='uefi' and machine='q35' (SMM)")
-        if not self.x86 and (self.firmware != "bios" or self.kernel is None or self.tpm
+        if self.firmware == "uefi" and self.arch.uefi is None:
+            raise ValueError(f"DomainSpec: no UEFI firmware for {self.arch.debian} guests")
+        if not self.x86 and (self.kernel is None and self.firmware != "uefi" or self.tpm
                              or self.virt_type == "kvm" and self.arch != host_arch()):
             raise ValueError(f"DomainSpec: a {self.arch.debian} guest boots its kernel directly "
-                             f"(no firmware, no TPM), emulated unless it is the host's")
+                             f"or from UEFI (no BIOS, no TPM), emulated unless it is the host's")
 
     @property
     def x86(self) -> bool:
@@ -122,17 +122,20 @@ class DomainSpec:
         """The named CPU a TCG guest gets (a saved state restores only onto it)."""
         return self.arch.tcg_cpu
 
+    def _uefi_file(self, name: str) -> Path | None:
+        if self.firmware != "uefi" or self.arch.uefi is None:
+            return None
+        return (self.firmware_dir or Path(self.arch.uefi.directory)) / name
+
     @property
     def loader(self) -> Path | None:
-        if self.firmware != "uefi":
-            return None
-        return self.ovmf_dir / (OVMF_CODE_SECBOOT if self.secure_boot else OVMF_CODE)
+        uefi = self.arch.uefi
+        return self._uefi_file(OVMF_CODE_SECBOOT if self.secure_boot else uefi.code) if uefi else None
 
     @property
     def nvram_template(self) -> Path | None:
-        if self.firmware != "uefi":
-            return None
-        return self.ovmf_dir / (OVMF_VARS_MS if self.secure_boot else OVMF_VARS)
+        uefi = self.arch.uefi
+        return self._uefi_file(OVMF_VARS_MS if self.secure_boot else uefi.vars) if uefi else None
 
 
 def family_fields(family: "Family", workdir: Path, *, firmware: str | None = None,
@@ -206,7 +209,8 @@ def host_problems(spec: DomainSpec) -> list[str]:
     problems = []
     for path in (spec.loader, spec.nvram_template):
         if path is not None and not path.is_file():
-            problems.append(f"UEFI firmware file {path} is missing (install Debian's 'ovmf' package)")
+            problems.append(f"UEFI firmware file {path} is missing (install Debian's "
+                            f"'{spec.arch.uefi.package}' package)")
     if spec.tpm and shutil.which(SWTPM) is None:
         problems.append("a TPM was asked for but 'swtpm' is not installed (Debian: swtpm, swtpm-tools)")
     return problems

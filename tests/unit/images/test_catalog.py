@@ -42,6 +42,43 @@ def test_builtin_catalog_lists_the_vendor_images():
     assert all(e.url.startswith("https://") for e in entries.values())
 
 
+def test_builtin_catalog_has_arm64_images_named_for_their_architecture():
+    """What ``--kvm-os debian-12-genericcloud --kvm-arch arm64`` looks up, booted with
+    AAVMF (UEFI): each arm64 entry is the <os>-arm64 of an amd64 entry of the same vendor."""
+    entries = read_catalog(builtin_catalog())
+    arm64 = {n: e for n, e in entries.items() if e.arch == "arm64"}
+    assert {"debian-12-genericcloud-arm64", "debian-13-genericcloud-arm64",
+            "ubuntu-24.04-arm64"} <= set(arm64)
+    assert any(n.startswith("fedora-cloud-") for n in arm64)
+    for name, entry in arm64.items():
+        assert entry.firmware == "uefi" and entry.family == "linux"
+        assert name.removesuffix("-arm64") in entries  # its amd64 sibling
+        assert "arm64" in entry.url or "aarch64" in entry.url
+        assert entry.checksum_url or entry.pinned
+    assert {e.arch for e in entries.values()} == {"amd64", "arm64"}
+
+
+@pytest.mark.parametrize("name, arch, message", [
+    ("tiny-arm64", None, r"the name ends with -arm64, which names a arm64 image: say arch = \"arm64\""),
+    ("tiny", "arm64", r"arch is arm64, so the name must end with -arm64"),
+    ("tiny-riscv64", "arm64", r"ends with -riscv64.*a arm64 image ends with -arm64"),
+    ("tiny", "sparc", r"arch: unknown architecture 'sparc'"),
+])
+def test_an_entrys_architecture_agrees_with_its_name(tmp_path, name, arch, message):
+    text = ENTRY.format(sha="a" * 64).replace('name = "tiny"', f'name = "{name}"')
+    if arch:
+        text += f'arch = "{arch}"\n'
+    with pytest.raises(ImageError, match=message):
+        read_catalog(write(tmp_path, text))
+
+
+def test_an_entrys_architecture_takes_either_spelling(tmp_path):
+    text = ENTRY.format(sha="a" * 64).replace('name = "tiny"', 'name = "tiny-arm64"')
+    entry = read_catalog(write(tmp_path, text + 'arch = "aarch64"\n'))["tiny-arm64"]
+    assert entry.arch == "arm64"
+    assert read_catalog(write(tmp_path, ENTRY.format(sha="a" * 64)))["tiny"].arch == "amd64"
+
+
 def test_user_catalog_overrides_and_adds(tmp_path):
     user = write(tmp_path, """
         [[image]]

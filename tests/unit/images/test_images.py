@@ -189,6 +189,23 @@ def test_catalog_image_downloaded_through_mirror_and_reused(tmp_path, server, qc
 
 
 @needs_qemu_img
+def test_an_arm64_entry_is_what_the_arm64_matrix_downloads(tmp_path, server, qcow2):
+    """``--kvm-os tiny-linux --kvm-arch arm64`` means catalog entry tiny-linux-arm64,
+    downloaded and verified like any other (checksum file from the server)."""
+    from pytest_kvm.config import Settings
+    catalog = tmp_path / "arm.toml"
+    catalog.write_text(tiny_catalog(tmp_path).read_text()
+                       .replace('name = "tiny-linux"', 'name = "tiny-linux-arm64"\narch = "arm64"'))
+    serve_tiny(server, qcow2)
+    name = Settings.build(os_names=("tiny-linux",), archs=("arm64",)).os_for(None, None)
+    assert name == "tiny-linux-arm64"
+    with store_for(tmp_path, server, catalog) as store:
+        image = store.resolve(name)
+        assert store.catalog[name].arch == "arm64"
+    assert (image.firmware, image.kernel, image.disk.read_bytes()) == ("uefi", None, qcow2)
+
+
+@needs_qemu_img
 def test_changed_entry_is_downloaded_again(tmp_path, server, qcow2):
     serve_tiny(server, qcow2)
     with store_for(tmp_path, server, tiny_catalog(tmp_path)) as store:

@@ -273,7 +273,7 @@ def test_tpm_is_an_swtpm_emulator():
 
 def test_secure_boot_uses_secboot_code_ms_vars_and_smm():
     root = parse(spec(machine="q35", firmware="uefi", secure_boot=True, nvram=Path("/w/v.fd"),
-                      ovmf_dir=Path("/fw")))
+                      firmware_dir=Path("/fw")))
     assert root.find("os/loader").text == "/fw/OVMF_CODE_4M.secboot.fd"
     assert root.find("os/loader").get("secure") == "yes"
     assert root.find("os/nvram").get("template") == "/fw/OVMF_VARS_4M.ms.fd"
@@ -298,7 +298,7 @@ def test_image_firmware_overrides_the_family():
 
 
 def test_host_problems_name_the_missing_package(tmp_path, monkeypatch):
-    uefi = spec(firmware="uefi", nvram=tmp_path / "v.fd", ovmf_dir=tmp_path, tpm=True)
+    uefi = spec(firmware="uefi", nvram=tmp_path / "v.fd", firmware_dir=tmp_path, tpm=True)
     monkeypatch.setattr(domain.shutil, "which", lambda name: None)
     problems = domain.host_problems(uefi)
     assert len(problems) == 3
@@ -515,6 +515,28 @@ def test_a_ppc64el_guest_is_a_pseries_machine_with_libvirts_cpu_name():
     assert root.find("cpu/model").text == "POWER9"
     assert root.find("features/acpi") is None and root.find("devices/genid") is None
     assert root.findtext("os/kernel") == "/c/vmlinuz"
+
+
+def test_an_arm64_vendor_image_boots_from_its_disk_with_aavmf():
+    """No kernel of its own to boot directly: AAVMF (Debian's qemu-efi-aarch64) and the
+    guest's own copy of its variable store; riscv64 has no UEFI firmware here."""
+    from pytest_kvm.arches import ARCHES
+    root = parse(spec(arch=ARCHES["arm64"], kernel=None, initrd=None, firmware="uefi",
+                      nvram=Path("/w/OVMF_VARS.fd")))
+    assert root.find("os/loader").text == "/usr/share/AAVMF/AAVMF_CODE.fd"
+    assert root.find("os/loader").get("type") == "pflash"
+    assert root.find("os/nvram").get("template") == "/usr/share/AAVMF/AAVMF_VARS.fd"
+    assert root.find("os/kernel") is None and root.find("os/boot").get("dev") == "hd"
+    with pytest.raises(ValueError, match="no UEFI firmware for riscv64"):
+        spec(arch=ARCHES["riscv64"], kernel=None, firmware="uefi", nvram=Path("/w/v.fd"))
+
+
+def test_a_missing_aavmf_names_its_package(tmp_path):
+    from pytest_kvm.arches import ARCHES
+    arm = spec(arch=ARCHES["arm64"], kernel=None, firmware="uefi", nvram=tmp_path / "v.fd",
+               firmware_dir=tmp_path)
+    problems = domain.host_problems(arm)
+    assert len(problems) == 2 and all("'qemu-efi-aarch64'" in p for p in problems)
 
 
 def test_an_s390x_guest_has_its_user_nic_on_channel_io():
