@@ -256,7 +256,7 @@ class KvmSession:
                             f"host's, not family {config.family.name}")
         image = config.image
         if image.kernel is None and (config.arch.uefi is None or image.firmware != "uefi"):
-            why = ("its catalog entry must say firmware = \"uefi\"" if config.arch.uefi else
+            why = ("give it a catalog entry with firmware = \"uefi\"" if config.arch.uefi else
                    "no UEFI firmware for it is packaged here")
             raise SpecError(f"{where}: the image has no kernel of its own for a direct boot, and "
                             f"a {config.arch.debian} guest boots from its disk only with UEFI: "

@@ -98,3 +98,21 @@ def test_ppc64el(guest):
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=3000)
     result.assert_outcomes(passed=1)
+
+
+def test_a_foreign_image_without_a_kernel_of_its_own_needs_uefi(pytester, tmp_path):
+    """A disk of another architecture that the plugin did not build has no kernel to boot
+    directly: an arm64 one needs a catalog entry saying firmware = "uefi" (AAVMF), a
+    riscv64 one cannot boot (no UEFI firmware for it on Debian 12): one clear error each,
+    before anything starts."""
+    import subprocess
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    pytester.makepyfile("def test_it(guest):\n    pass\n")
+    for name, why in (("mine-arm64", 'give it a catalog entry with firmware = "uefi"'),
+                      ("mine-riscv64", "no UEFI firmware for it is packaged here")):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kvm-os", name,
+                                               "--kvm-image", f"{name}={disk}", timeout=600)
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines([f"*{name} (*): the image has no kernel of its own for a "
+                                     f"direct boot*only with UEFI: {why}*"])
