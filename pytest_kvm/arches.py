@@ -5,7 +5,7 @@ Like :mod:`pytest_kvm.families`, the rest of the plugin reads these fields and n
 which architecture it is: a new architecture is a new table entry. Two spellings name
 each one: Debian's (``arm64``, the plugin's ids and image names) and the kernel's
 (``aarch64``, what ``uname -m`` prints and ``guest.arch`` is); both are accepted wherever
-a user names one. What each architecture does not support yet is in ``SUPPORT``.
+a user names one.
 """
 from __future__ import annotations
 
@@ -129,12 +129,6 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
          builder_options=("-vga", "none")),
 )})
 
-#: the architectures whose guests the plugin boots today; the others are described above
-#: (the builder's data) but refused with :data:`NOT_YET` until their domain is done
-BOOTABLE = ("amd64", "arm64", "riscv64", "ppc64el")
-NOT_YET = "its domain (no PCI root for the user NIC on s390x) is not done yet"
-
-
 class UnknownArch(KvmError):
     """An architecture name that is in neither spelling of :data:`ARCHES`."""
 
@@ -153,14 +147,6 @@ def arch_of(name: str) -> Arch:
 def host_arch() -> Arch:
     """This machine's architecture: the default, and the only one KVM can run."""
     return arch_of(platform.machine())
-
-
-def bootable(arch: Arch) -> Arch:
-    """*arch* if the plugin boots its guests; else one clear error."""
-    if arch.debian not in BOOTABLE:
-        raise UnknownArch(f"{arch.debian} ({arch.kernel}) guests are not supported yet: "
-                          f"{NOT_YET}; supported: {', '.join(BOOTABLE)}")
-    return arch
 
 
 def image_name(os: str, arch: Arch) -> str:

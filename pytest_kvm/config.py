@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .choices import (ACCEL_CHOICES, ARTIFACTS_WHEN_CHOICES, KEEP_CHOICES, NETWORK_MODES,
                       RESET_CHOICES, SNAPSHOT_CHOICES)
-from .arches import UnknownArch, arch_of, bootable, host_arch, image_name, split_image_name
+from .arches import UnknownArch, arch_of, host_arch, image_name, split_image_name
 from .files import default_cache_dir
 from .hosts.uris import HostError, HostUri, check_uri, parse_host
 from .names import NAME_PATTERN, NAME_RULE
@@ -73,7 +73,7 @@ class Settings:
         if suffixed and named != wanted:
             raise SpecError(f"os={os!r} is the {named.debian} image: it cannot run on "
                             f"arch={arch!r}")
-        return image_name(base, bootable(wanted))
+        return image_name(base, wanted)
 
     def limits(self, accel: str, boot_timeout: float | None = None) -> dict[str, "Limit"]:
         """Each boot phase's time limit, scaled under TCG, saying where it came from."""
@@ -148,7 +148,7 @@ class Settings:
             raise SettingsError("--kvm-uri and --kvm-host do not mix: --kvm-host names the "
                                 "libvirt URIs of the remote hosts")
         try:
-            archs = tuple(dict.fromkeys(bootable(arch_of(a)).debian for a in archs)) \
+            archs = tuple(dict.fromkeys(arch_of(a).debian for a in archs)) \
                 or (host_arch().debian,)
         except UnknownArch as exc:
             raise SettingsError(f"--kvm-arch / kvm_arch: {exc}") from None

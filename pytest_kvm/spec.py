@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .arches import arch_of, bootable
+from .arches import arch_of
 from .choices import RESET_CHOICES
 from .errors import KvmError
 from .families import FAMILIES, SEED_FORMATS
@@ -181,7 +181,7 @@ def guest_request(os: str | None = None, *, memory_mib: int | None = None, cpus:
             raise SpecError(f"arch must be an architecture's name (arm64 or aarch64, ...), "
                             f"not {arch!r}")
         try:
-            arch = bootable(arch_of(arch)).debian
+            arch = arch_of(arch).debian
         except KvmError as exc:
             raise SpecError(f"arch: {exc}") from None
     return GuestRequest(os=os, memory_mib=memory_mib, cpus=cpus, user_data=user_data,

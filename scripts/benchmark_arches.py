@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import child_pytest, module, per_test_after_first  # noqa: E402
 
-from pytest_kvm.arches import BOOTABLE, arch_of, image_name  # noqa: E402
+from pytest_kvm.arches import ARCHES, arch_of, image_name  # noqa: E402
 from pytest_kvm.config import Settings  # noqa: E402
 from pytest_kvm.images.cache import read_manifest  # noqa: E402
 from pytest_kvm.session.session import KvmSession  # noqa: E402
@@ -64,7 +64,7 @@ def measure(arch: str, runs: int, tests: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", nargs="+", default=list(BOOTABLE))
+    parser.add_argument("--arch", nargs="+", default=list(ARCHES))
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--module-tests", type=int, default=6)
     args = parser.parse_args()

@@ -47,7 +47,6 @@ audit="$(dpkg --audit)"
 if [ -n "$audit" ]; then echo "pytest-kvm-build: packages left unconfigured:"; echo "$audit"; exit 1; fi
 echo "pytest-kvm-build: writing the root to the scratch disk"
 modprobe virtio_pci || true
-modprobe virtio_ccw || true
 modprobe virtio_blk
 tar --create --file=/dev/vda --numeric-owner --xattrs --xattrs-include='*' --acls \\
     --one-file-system --exclude=./{build} --exclude=./proc/* --exclude=./sys/* \\

@@ -17,7 +17,7 @@ from ..choices import (ACCEL_CHOICES, ARTIFACTS_WHEN_CHOICES, KEEP_CHOICES, NETW
 from ..config import DEFAULT_BOOT_TIMEOUT, DEFAULT_CLOUD_INIT_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, \
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OS, DEFAULT_PREPARE_AHEAD, DEFAULT_SSH_TIMEOUT, DEFAULT_TB_CACHE_MIB, TCG_TIMEOUT_FACTOR, Settings, \
     SettingsError
-from ..arches import BOOTABLE
+from ..arches import ARCHES
 from ..errors import KvmError
 from ..hosts.choose import where_worker_ran
 from ..spec import KEYWORDS, guest_marker
@@ -36,7 +36,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"guest OS for the `guest` fixture (repeatable: with two or more, tests "
                          f"using `guest` run once per OS). Default: ini kvm_os, else {DEFAULT_OS}.")
     group.addoption("--kvm-arch", action="append", metavar="ARCH", dest="kvm_arch",
-                    help=f"CPU architecture of the guests: {', '.join(BOOTABLE)} (or the kernel's "
+                    help=f"CPU architecture of the guests: {', '.join(ARCHES)} (or the kernel's "
                          f"names: x86_64, aarch64; repeatable: with two or more, tests using "
                          f"`guest` run once per OS and architecture). Other architectures than "
                          f"the host's run under TCG. Default: ini kvm_arch, else the host's.")

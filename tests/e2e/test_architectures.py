@@ -1,5 +1,6 @@
-"""Guests of other CPU architectures than the host's (arm64, riscv64), emulated by QEMU:
-their images built by the plugin itself, their goldens and clones as on amd64."""
+"""Guests of other CPU architectures than the host's (arm64, riscv64, ppc64el, s390x),
+emulated by QEMU: their images built by the plugin itself, their goldens and clones as on
+amd64 where the architecture's restore works."""
 import re
 from pathlib import Path
 
@@ -98,6 +99,35 @@ def test_ppc64el(guest):
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=3000)
     result.assert_outcomes(passed=1)
+
+
+def test_s390x_guests_are_big_endian_clones_on_channel_io(pytester, kvm):
+    """`@pytest.mark.guest(arch="s390x")`: a big-endian guest whose devices are on channel
+    I/O (its user NIC is virtio-net-ccw, matched by the image as ccw-0.0.001e); warm clones
+    of one golden are separate guests with their own random numbers. Runs where its image
+    is built (see require_built)."""
+    require_built(kvm, "debian-12-s390x", "debian-12 --arch s390x")
+    pytester.makepyfile('''
+import pytest
+
+@pytest.mark.guest(arch="s390x")
+def test_s390x(guest):
+    machine, order = guest.run("uname -m; python3 -c 'import sys; print(sys.byteorder)'",
+                               check=True).stdout.split()
+    assert (machine, order) == ("s390x", "big") and guest.arch == "s390x"
+    assert guest.run("readlink /sys/class/net/*/device/driver", check=True).stdout.strip() \\
+        .endswith("virtio_net")
+    assert guest.cloned
+
+def test_two_s390x_clones(guest_factory):
+    first, second = guest_factory(arch="s390x"), guest_factory(arch="s390x")
+    first.run("echo mine > /var/tmp/mark", check=True)
+    assert second.run("cat /var/tmp/mark").exit_code != 0
+    random = "head -c 16 /dev/urandom | od -An -tx1"
+    assert first.run(random).stdout != second.run(random).stdout
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=3000)
+    result.assert_outcomes(passed=2)
 
 
 def test_a_foreign_image_without_a_kernel_of_its_own_needs_uefi(pytester, tmp_path):

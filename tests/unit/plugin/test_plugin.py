@@ -377,11 +377,12 @@ def test_pinned_os(guest): pass
     result.stdout.fnmatch_lines(["*8 tests collected*"])
 
 
-def test_kvm_arch_ini_and_an_unsupported_architecture(pytester):
+def test_kvm_arch_ini_and_an_unknown_architecture(pytester):
     pytester.makeini("[pytest]\nkvm_arch = arm64\n")
     pytester.makepyfile("def test_x(): pass")
     pytester.runpytest().stdout.fnmatch_lines(["pytest-kvm: *; arch arm64; *"])
-    result = pytester.runpytest("--kvm-arch", "s390x")
-    result.stderr.fnmatch_lines(["*--kvm-arch / kvm_arch: s390x (s390x) guests are not "
-                                 "supported yet*"])
+    pytester.runpytest("--kvm-arch", "s390x").stdout.fnmatch_lines(["pytest-kvm: *; arch s390x; *"])
+    result = pytester.runpytest("--kvm-arch", "mips")
+    result.stderr.fnmatch_lines(["*--kvm-arch / kvm_arch: unknown architecture 'mips': known are "
+                                 "amd64 (x86_64), arm64 (aarch64), *s390x (s390x)*"])
     assert result.ret != 0
