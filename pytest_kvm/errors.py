@@ -28,6 +28,11 @@ class HypervisorError(InfrastructureError):
         super().__init__(_with_tail(message, console_tail))
 
 
+class AgentCommandFailed(HypervisorError):
+    """The guest's QEMU agent answered a command with a failure: it is there, so asking
+    again does not help (s390x's agent cannot set the clock without an RTC to write)."""
+
+
 class ImageError(InfrastructureError):
     """A base image is missing, corrupt, unknown or could not be built."""
 

@@ -6,7 +6,7 @@ module of small tests in a new session (the golden comes from the snapshot cache
 a test; run it with nothing else booting (two cores: another guest's boot is measured
 too).
 
-    .venv/bin/python scripts/benchmark_arches.py                    # every bootable arch
+    .venv/bin/python scripts/benchmark_arches.py                    # every architecture
     .venv/bin/python scripts/benchmark_arches.py --arch arm64 --runs 3
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import HypervisorError, KvmError
+from ..errors import AgentCommandFailed, HypervisorError, KvmError
 from ..files import writable
 from ..hosts.base import GuestFiles
 from ..vm.domain import NVRAM_FILE, CloneIdentity, retarget
@@ -100,7 +100,7 @@ def wake(m: Machine, *, reseed: bool) -> None:
             m.handle.run(clock, timeout=60, check=True)
         how = (("set from the host's with the family's clock command" if clock is not None
                 else "not set: the family has no clock command")
-               + f" (the guest agent did not answer: {exc or type(exc).__name__})")
+               + f" (not through the guest agent: {exc or type(exc).__name__})")
     m.timeline.add("clock", time.monotonic() - t0)
     m.log("clock %s", how)
     if reseed and cfg.family.reseed_command:
@@ -111,13 +111,15 @@ def wake(m: Machine, *, reseed: bool) -> None:
 
 def clock_by_agent(m: Machine, deadline: float = AGENT_WAIT) -> None:
     """Set the clock through the guest agent, retrying while it reconnects after the
-    restore; each try reads the host's time anew."""
+    restore (not once it answered with a failure); each try reads the host's time anew."""
     end = time.monotonic() + deadline
     while True:
         if m.destroyed:  # a clone that failed meanwhile: its domain is gone
             raise HypervisorError(f"guest {m.name} was destroyed before its clock was set")
         try:
             return m.host.set_time(m.dom, time.time(), timeout=2)
+        except AgentCommandFailed:
+            raise  # it answered, with a failure: the family's clock command sets it
         except HypervisorError:
             if time.monotonic() > end:
                 raise

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .embed import EmbedSlot, libvirt_state_dir, take_embed_slot
 from .libvirtxml.storage import pool_xml, volume_xml
-from ..errors import HypervisorError
+from ..errors import AgentCommandFailed, HypervisorError
 
 if TYPE_CHECKING:
     from ..hosts.uris import HostUri
@@ -433,10 +433,19 @@ class Hypervisor:
     def set_time(self, dom, epoch: float, timeout: int = 5) -> None:
         """Set the guest's clock to *epoch* through its QEMU guest agent (no login needed);
         raises HypervisorError if no agent answers within *timeout* seconds."""
-        with translate("setting the guest clock through its agent", self.uri):
+        libvirt = _libvirt()
+        action = "setting the guest clock through its agent"
+        with translate(action, self.uri):
             dom.agentSetResponseTimeout(timeout, 0)
             seconds = int(epoch)
-            dom.setTime({"seconds": seconds, "nseconds": int((epoch - seconds) * 1e9)}, 0)
+            try:
+                dom.setTime({"seconds": seconds, "nseconds": int((epoch - seconds) * 1e9)}, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_AGENT_UNRESPONSIVE:
+                    raise  # not (yet) connected, or no answer in time
+                # it answered: qemu-ga sets the time, then fails where `hwclock -w` does (no
+                # RTC on s390x), and says so
+                raise AgentCommandFailed(f"{action}: {exc.get_error_message()}") from exc
 
     def power(self, dom, action: str) -> None:
         """``reboot`` or ``shutdown`` through ACPI (the guest's OS does it), or ``reset``

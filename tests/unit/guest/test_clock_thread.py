@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from pytest_kvm.errors import HypervisorError
+from pytest_kvm.errors import AgentCommandFailed, HypervisorError
 from pytest_kvm.guest.clone import clock_by_agent
 
 
@@ -34,3 +34,21 @@ def test_clock_thread_stops_when_the_clone_is_destroyed():
     calls = guest.host.calls
     time.sleep(0.3)
     assert guest.host.calls == calls
+
+
+class AgentFailsTheCommand(AgentNeverAnswers):
+    def set_time(self, dom, epoch, timeout):
+        self.calls += 1
+        raise AgentCommandFailed("unable to execute QEMU agent command 'guest-set-time': "
+                                 "hwclock failed to set hardware clock to system time")
+
+
+def test_an_agent_that_answers_with_a_failure_is_not_asked_again():
+    """s390x: qemu-ga sets the time, then fails on `hwclock -w` (no RTC); retrying it
+    until the deadline cost every clone 5 s before the clock command ran."""
+    guest = types.SimpleNamespace(name="clone", dom=object(), destroyed=False,
+                                  host=AgentFailsTheCommand())
+    started = time.monotonic()
+    with pytest.raises(AgentCommandFailed, match="hwclock"):
+        clock_by_agent(guest, 60)
+    assert guest.host.calls == 1 and time.monotonic() - started < 1
