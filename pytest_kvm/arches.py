@@ -77,6 +77,13 @@ class Arch:
     #: UEFI firmware for images that boot from their disk (vendor images); None: the
     #: architecture's guests boot their kernel directly only
     uefi: Uefi | None = None
+    #: empty PCI Express root ports the domain gets, for devices hot-plugged into a running
+    #: guest (shares): on QEMU's ``virt`` machine nothing can be plugged into the root
+    #: complex itself; 0: none (amd64's ``pc`` hot-plugs into its root bus)
+    hotplug_ports: int = 0
+    #: why its guests get no shared folders (virtiofs, hot-plugged after a clone's
+    #: restore); empty: they do
+    no_shares: str = ""
 
     def device(self, model: str) -> str:
         """QEMU's name on this architecture for the PCI device *model*: a virtio device is
@@ -98,7 +105,8 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
          console="ttyAMA0", suites=("bookworm", "trixie"),
          nic_path="platform-*-pci-0000:00:1e.0",
          # AAVMF: what arm64 cloud images boot with (their GRUB is an EFI program)
-         uefi=Uefi("/usr/share/AAVMF", "AAVMF_CODE.fd", "AAVMF_VARS.fd", "qemu-efi-aarch64")),
+         uefi=Uefi("/usr/share/AAVMF", "AAVMF_CODE.fd", "AAVMF_VARS.fd", "qemu-efi-aarch64"),
+         hotplug_ports=2),
     Arch(debian="riscv64", kernel="riscv64", emulator="qemu-system-riscv64",
          emulator_package="qemu-system-misc",
          machine="virt", tcg_cpu="", kernel_package="linux-image-riscv64",
@@ -109,13 +117,18 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
          initramfs_modules=("crc32c_generic", "ext4"),
          kernel_file="vmlinux",  # an uncompressed Image
          firmware=("opensbi-riscv64-generic-fw_dynamic.bin",),  # run before the kernel
-         warm_clones=False),
+         warm_clones=False,
+         no_shares="not tried yet (its virt machine would need spare PCI Express root "
+                   "ports, as arm64's has)"),
     # channel I/O instead of PCI; the console is the SCLP's VT220 line (ttysclp0)
     Arch(debian="s390x", kernel="s390x", emulator="qemu-system-s390x",
          emulator_package="qemu-system-misc",
          machine="s390-ccw-virtio", tcg_cpu="qemu", kernel_package="linux-image-s390x",
          console="ttysclp0", suites=("bookworm", "trixie"),
          virtio_bus="ccw", nic_path="ccw-0.0.001e",
+         # seen: the device attached and the share mounted, but every access to it failed
+         # with "Connection refused" (FUSE messages are in the guest's byte order)
+         no_shares="virtiofsd on this little-endian host does not serve a big-endian guest",
          initramfs_modules=("virtio_ccw", "crc32c_generic", "ext4")),
     # pseries: SLOF runs, then the kernel (an uncompressed ELF); the serial console is the
     # hypervisor's virtual terminal (hvc0); libvirt names the TCG CPU POWER9
@@ -125,6 +138,8 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
          console="hvc0", suites=("bookworm", "trixie"),
          initramfs_modules=("crc32c_generic", "ext4"), kernel_file="vmlinux",
          firmware=("slof.bin",), warm_clones=False,
+         no_shares="pseries hot-plug needs rtas_errd and drmgr in the guest (ppc64-diag, "
+                   "powerpc-ibm-utils), which the image does not have",
          # no VGA (and so no USB keyboard and mouse): SLOF would print to it
          builder_options=("-vga", "none")),
 )})

@@ -262,6 +262,17 @@ def _devices(spec: DomainSpec) -> list[XmlElement]:
                # clone's clock while the SSH login runs, where the image has the agent
                Channel(type="unix", target_type="virtio", target_name=AGENT_CHANNEL),
                Rng(model="virtio", backend_model="random", backend="/dev/urandom")]
+    # spare PCI Express root ports: a virt machine's devices are on its root complex,
+    # where nothing can be hot-plugged (shares are, after a clone's restore)
+    if spec.arch.hotplug_ports:
+        # libvirt puts each of these devices on a root port of its own (the virtio disks,
+        # the agent channel's virtio-serial controller, the RNG), taking the ports
+        # listed here first: so as many more as are to stay empty
+        taken = sum(isinstance(d, Disk) and d.target_bus == "virtio" or isinstance(d, Rng)
+                    for d in devices) + 1
+        devices += [Controller(type="pci", index="0", model="pcie-root"),
+                    *(Controller(type="pci", model="pcie-root-port")
+                      for _ in range(taken + spec.arch.hotplug_ports))]
     if spec.tpm:
         devices.append(Tpm(model="tpm-crb", backend_type="emulator", backend_version="2.0"))
     return devices

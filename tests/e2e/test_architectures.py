@@ -83,6 +83,26 @@ def test_the_project_in_guest_example_on_arm64(pytester, kvm):
     result.stdout.fnmatch_lines(["*in debian-12-arm64: 3 tests, 0 failures*"])
 
 
+def test_an_arm64_clone_mounts_a_share(pytester, kvm):
+    """Shares are hot-plugged into a clone after its restore: on arm64 into one of the
+    spare PCI Express root ports its domain has (nothing plugs into the virt machine's
+    root complex). Runs where the arm64 image is built (see require_built)."""
+    require_built(kvm, "debian-12-arm64", "debian-12 --arch arm64")
+    (pytester.path / "src").mkdir()
+    (pytester.path / "src" / "hello.txt").write_text("from the host\n")
+    pytester.makepyfile('''
+import pytest
+
+@pytest.mark.guest(arch="arm64", share={"/mnt/src": "src"})
+def test_share(guest):
+    assert guest.cloned
+    assert guest.run("cat /mnt/src/hello.txt", check=True).stdout == "from the host\\n"
+    assert guest.run("touch /mnt/src/new").exit_code != 0  # read-only unless writable
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=3000)
+    result.assert_outcomes(passed=1)
+
+
 def test_a_ppc64el_guest_from_the_marker(pytester, kvm):
     """`@pytest.mark.guest(arch="ppc64el")`: a pseries guest, little-endian, booted cold
     (QEMU 7.2 does not save its decrementer under TCG: see arches.py); `ppc64le` is the

@@ -539,6 +539,20 @@ def test_a_missing_aavmf_names_its_package(tmp_path):
     assert len(problems) == 2 and all("'qemu-efi-aarch64'" in p for p in problems)
 
 
+def test_an_arm64_guest_has_spare_root_ports_for_hot_plugged_shares():
+    """libvirt puts each virtio device on a root port of its own, taking listed ports
+    first: the domain lists one for each (two disks, the RNG, the agent's virtio-serial
+    controller) plus ``hotplug_ports`` more, which stay empty for the shares."""
+    from pytest_kvm.arches import ARCHES
+    root = parse(spec(arch=ARCHES["arm64"]))
+    controllers = [(c.get("model"), c.get("index")) for c in root.findall("devices/controller")
+                   if c.get("type") == "pci"]
+    assert controllers[0] == ("pcie-root", "0")
+    assert [m for m, _ in controllers[1:]] == ["pcie-root-port"] * (4 + ARCHES["arm64"].hotplug_ports)
+    assert ARCHES["arm64"].hotplug_ports == 2
+    assert not [c for c in parse(spec()).findall("devices/controller") if c.get("type") == "pci"]
+
+
 def test_an_s390x_guest_has_its_user_nic_on_channel_io():
     """No PCI root for the user NIC on s390x: virtio-net-ccw at device number 0x001e of
     the guest's channel subsystem 0 (what the image's networkd file matches), and a clone
