@@ -122,20 +122,22 @@ class DomainSpec:
         """The named CPU a TCG guest gets (a saved state restores only onto it)."""
         return self.arch.tcg_cpu
 
-    def _uefi_file(self, name: str) -> Path | None:
-        if self.firmware != "uefi" or self.arch.uefi is None:
+    def _uefi_file(self, secure_boot_name: str, name: str) -> Path | None:
+        """The architecture's UEFI file *name* (``code``, ``vars``), or amd64's Secure Boot
+        build's *secure_boot_name*; None without UEFI."""
+        uefi = self.arch.uefi
+        if self.firmware != "uefi" or uefi is None:
             return None
-        return (self.firmware_dir or Path(self.arch.uefi.directory)) / name
+        file = secure_boot_name if self.secure_boot else getattr(uefi, name)
+        return (self.firmware_dir or Path(uefi.directory)) / file
 
     @property
     def loader(self) -> Path | None:
-        uefi = self.arch.uefi
-        return self._uefi_file(OVMF_CODE_SECBOOT if self.secure_boot else uefi.code) if uefi else None
+        return self._uefi_file(OVMF_CODE_SECBOOT, "code")
 
     @property
     def nvram_template(self) -> Path | None:
-        uefi = self.arch.uefi
-        return self._uefi_file(OVMF_VARS_MS if self.secure_boot else uefi.vars) if uefi else None
+        return self._uefi_file(OVMF_VARS_MS, "vars")
 
 
 def family_fields(family: "Family", workdir: Path, *, firmware: str | None = None,

@@ -432,7 +432,8 @@ class Hypervisor:
 
     def set_time(self, dom, epoch: float, timeout: int = 5) -> None:
         """Set the guest's clock to *epoch* through its QEMU guest agent (no login needed);
-        raises HypervisorError if no agent answers within *timeout* seconds."""
+        raises HypervisorError if no agent answers within *timeout* seconds, and
+        AgentCommandFailed if it answers that it could not."""
         libvirt = _libvirt()
         action = "setting the guest clock through its agent"
         with translate(action, self.uri):
@@ -441,11 +442,13 @@ class Hypervisor:
             try:
                 dom.setTime({"seconds": seconds, "nseconds": int((epoch - seconds) * 1e9)}, 0)
             except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_AGENT_UNRESPONSIVE:
-                    raise  # not (yet) connected, or no answer in time
+                message = exc.get_error_message() or ""
+                if (exc.get_error_code() != libvirt.VIR_ERR_INTERNAL_ERROR
+                        or "unable to execute QEMU agent command" not in message):
+                    raise  # not (yet) connected, no answer in time, ...: worth another try
                 # it answered: qemu-ga sets the time, then fails where `hwclock -w` does (no
-                # RTC on s390x), and says so
-                raise AgentCommandFailed(f"{action}: {exc.get_error_message()}") from exc
+                # RTC on s390x, no hwclock in Debian 13's images), and says so
+                raise AgentCommandFailed(f"{action}: {message}") from exc
 
     def power(self, dom, action: str) -> None:
         """``reboot`` or ``shutdown`` through ACPI (the guest's OS does it), or ``reset``

