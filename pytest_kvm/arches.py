@@ -118,8 +118,10 @@ ARCHES: Mapping[str, Arch] = MappingProxyType({a.debian: a for a in (
          kernel_file="vmlinux",  # an uncompressed Image
          firmware=("opensbi-riscv64-generic-fw_dynamic.bin",),  # run before the kernel
          warm_clones=False,
-         no_shares="not tried yet (its virt machine would need spare PCI Express root "
-                   "ports, as arm64's has)"),
+         # tried with arm64's spare root ports: libvirt hot-plugged the share's device,
+         # the guest's mount of it failed ("wrong fs type"); not investigated further
+         no_shares="its guest did not mount a share hot-plugged into a spare PCI Express "
+                   "root port (tried as on arm64)"),
     # channel I/O instead of PCI; the console is the SCLP's VT220 line (ttysclp0)
     Arch(debian="s390x", kernel="s390x", emulator="qemu-system-s390x",
          emulator_package="qemu-system-misc",
