@@ -168,8 +168,8 @@ def _arch_mismatch(name: str, arch: str, named: str) -> str:
     if named == "amd64":
         return (f"arch is {arch}, so the name must end with -{arch} "
                 f"(--kvm-os <os> --kvm-arch {arch} looks up <os>-{arch})")
-    return (f"the name ends with -{named}, which names a {named} image: say arch = \"{named}\" "
-            f"(or rename it)" + ("" if arch == "amd64" else f"; a {arch} image ends with -{arch}"))
+    return (f"the name ends with -{named}, the suffix of {named} images: say arch = \"{named}\" "
+            f"(or rename it)" + ("" if arch == "amd64" else f"; {arch} images end with -{arch}"))
 
 
 def _entry(path: Path, index: int, table: dict) -> CatalogEntry:

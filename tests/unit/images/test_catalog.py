@@ -59,9 +59,9 @@ def test_builtin_catalog_has_arm64_images_named_for_their_architecture():
 
 
 @pytest.mark.parametrize("name, arch, message", [
-    ("tiny-arm64", None, r"the name ends with -arm64, which names a arm64 image: say arch = \"arm64\""),
+    ("tiny-arm64", None, r"the name ends with -arm64, the suffix of arm64 images: say arch = \"arm64\""),
     ("tiny", "arm64", r"arch is arm64, so the name must end with -arm64"),
-    ("tiny-riscv64", "arm64", r"ends with -riscv64.*a arm64 image ends with -arm64"),
+    ("tiny-riscv64", "arm64", r"ends with -riscv64.*; arm64 images end with -arm64"),
     ("tiny", "sparc", r"arch: unknown architecture 'sparc'"),
 ])
 def test_an_entrys_architecture_agrees_with_its_name(tmp_path, name, arch, message):
