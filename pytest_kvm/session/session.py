@@ -259,7 +259,7 @@ class KvmSession:
             why = ("give it a catalog entry with firmware = \"uefi\"" if config.arch.uefi else
                    "no UEFI firmware for it is packaged here")
             raise SpecError(f"{where}: the image has no kernel of its own for a direct boot, and "
-                            f"a {config.arch.debian} guest boots from its disk only with UEFI: "
+                            f"{config.arch.debian} guests boot from their disk only with UEFI: "
                             f"{why}")
         if request.tpm:
             raise SpecError(f"tpm: {where}: an emulated TPM is only offered on the host's "
