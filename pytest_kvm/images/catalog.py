@@ -162,9 +162,10 @@ def read_catalog(path: Path) -> dict[str, CatalogEntry]:
     return entries
 
 
-def _arch_mismatch(name: str, arch: str, named: str) -> str:
-    """Why entry *name* of architecture *arch* is misnamed: ``--kvm-os OS --kvm-arch ARCH``
-    looks up ``OS-ARCH`` (``OS`` on amd64), so the name's suffix is the architecture's."""
+def _arch_mismatch(arch: str, named: str) -> str:
+    """Why an entry of architecture *arch*, named as *named*'s images are, is misnamed:
+    ``--kvm-os OS --kvm-arch ARCH`` looks up ``OS-ARCH`` (``OS`` on amd64), so the name's
+    suffix is the architecture's."""
     if named == "amd64":
         return (f"arch is {arch}, so the name must end with -{arch} "
                 f"(--kvm-os <os> --kvm-arch {arch} looks up <os>-{arch})")
@@ -203,7 +204,7 @@ def _entry(path: Path, index: int, table: dict) -> CatalogEntry:
         raise bad(f"arch: {exc}") from None
     named = split_image_name(table["name"])[1]
     if named != arch:
-        raise bad(_arch_mismatch(table["name"], arch.debian, named.debian))
+        raise bad(_arch_mismatch(arch.debian, named.debian))
     memory = table["min_memory_mib"]
     if isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0:
         raise bad(f"min_memory_mib must be a positive integer (MiB), not {memory!r}")

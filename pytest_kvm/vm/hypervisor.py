@@ -102,6 +102,13 @@ def remote_unreachable(host: "HostUri") -> str:
             f"-c {host.display_uri} list` from here), or drop that --kvm-host.")
 
 
+#: how libvirt says the guest agent answered a command with a failure (an internal error);
+#: not connected or silent is VIR_ERR_AGENT_UNRESPONSIVE. qemu-ga's guest-set-time, for
+#: one, sets the time and then fails where `hwclock -w` does (no RTC on s390x, no hwclock
+#: in Debian 13's images)
+AGENT_FAILED = "unable to execute QEMU agent command"
+
+
 def _unreachable(libvirt, exc) -> bool:
     """Whether *exc* says that libvirt could not be reached at all (the connection, not a
     call on it): a failed open, a refused socket, a transport (SSH) that did not connect."""
@@ -127,6 +134,8 @@ def translate(action: str, uri: str = "", console_tail: str = "",
         message = exc.get_error_message() or str(exc)
         if "Could not set up host forwarding rule" in message:
             raise PortInUse(f"{action}: host port already in use: {message}") from exc
+        if exc.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and AGENT_FAILED in message:
+            raise AgentCommandFailed(f"{action}: {message}", console_tail=console_tail) from exc
         if _unreachable(libvirt, exc):
             raise HypervisorError(
                 f"{action}: libvirt is not reachable at {uri!r}: {message}. {unreachable}") from exc
@@ -434,21 +443,10 @@ class Hypervisor:
         """Set the guest's clock to *epoch* through its QEMU guest agent (no login needed);
         raises HypervisorError if no agent answers within *timeout* seconds, and
         AgentCommandFailed if it answers that it could not."""
-        libvirt = _libvirt()
-        action = "setting the guest clock through its agent"
-        with translate(action, self.uri):
+        with translate("setting the guest clock through its agent", self.uri):
             dom.agentSetResponseTimeout(timeout, 0)
             seconds = int(epoch)
-            try:
-                dom.setTime({"seconds": seconds, "nseconds": int((epoch - seconds) * 1e9)}, 0)
-            except libvirt.libvirtError as exc:
-                message = exc.get_error_message() or ""
-                if (exc.get_error_code() != libvirt.VIR_ERR_INTERNAL_ERROR
-                        or "unable to execute QEMU agent command" not in message):
-                    raise  # not (yet) connected, no answer in time, ...: worth another try
-                # it answered: qemu-ga sets the time, then fails where `hwclock -w` does (no
-                # RTC on s390x, no hwclock in Debian 13's images), and says so
-                raise AgentCommandFailed(f"{action}: {message}") from exc
+            dom.setTime({"seconds": seconds, "nseconds": int((epoch - seconds) * 1e9)}, 0)
 
     def power(self, dom, action: str) -> None:
         """``reboot`` or ``shutdown`` through ACPI (the guest's OS does it), or ``reset``
